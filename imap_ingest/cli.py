@@ -1,0 +1,140 @@
+"""The command line: subcommands, and the only place that turns errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__, logs
+from .config import Config, load
+from .errors import EX_OK, EX_USAGE, IngestError, MailboxError, worst
+from .mailbox import Mailbox
+from .service import Service
+from .trackers import Kind, open_tracker
+
+log = logging.getLogger("imap_ingest")
+
+DEFAULT_CONFIG = os.environ.get("IMAP_INGEST_CONFIG", "config.yaml")
+
+_DESCRIPTION = """\
+Turn mail in IMAP folders into Redmine tickets: each new message passes the folder's
+procmail-like header rules, is posted to the tracker, and is then deleted or moved.
+Nothing is marked seen before the tracker has answered; a message the tracker cannot take
+now stays where it is for the next pass.
+"""
+
+_EPILOG = """\
+examples:
+  imap-ingest check -c config.yaml         test the config, the logins and the trackers
+  imap-ingest run --once -c config.yaml    one pass over every folder (for cron)
+  imap-ingest run -c config.yaml           poll each folder on its interval
+
+exit codes (sysexits.h): 0 done, 64 usage, 75 some messages left for a retry,
+  77 login or tracker key refused, 78 configuration error.
+environment: IMAP_INGEST_CONFIG is the default for -c; IMAP_INGEST_<KEY>__<KEY>=value
+  overrides a key of the file, e.g. IMAP_INGEST_TARGETS__REDMINE__KEY.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "command"):
+        parser.print_help(sys.stderr)
+        return EX_USAGE
+    logs.setup(args.log_format, args.debug)
+    try:
+        config = load(args.config)
+        logs.hide(config.secrets())
+        code: int = args.command(config, args)
+        return code
+    except IngestError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    service = Service(config)
+    try:
+        return service.run_once() if args.once else service.run_forever()
+    finally:
+        service.close()
+
+
+def _check(config: Config, args: argparse.Namespace) -> int:
+    codes = [EX_OK]
+
+    def report(ok: bool, what: str, detail: str, code: int = EX_OK) -> None:
+        print(f"{'OK  ' if ok else 'FAIL'}  {what}: {detail}", flush=True)
+        codes.append(code)
+
+    report(True, "config", f"{args.config} is valid")
+    for account in config.accounts:
+        what = f"account {account.name}"
+        try:
+            with Mailbox(account) as mailbox:
+                report(True, what, f"logged in as {account.username} on {account.host}:"
+                       f"{account.effective_port} ({account.security})")
+                for folder in account.folders:
+                    try:
+                        mailbox.select(folder.name)
+                        waiting = len(mailbox.new_uids())
+                        report(True, f"{what} folder {folder.name}", f"{waiting} new message(s)")
+                    except MailboxError as exc:
+                        report(False, f"{what} folder {folder.name}", exc.reason, exc.exit_code)
+        except MailboxError as exc:
+            report(False, what, exc.reason, exc.exit_code)
+    for name, target in config.targets.items():
+        tracker = open_tracker(target)
+        try:
+            outcome = tracker.check()
+        finally:
+            tracker.close()
+        code = {Kind.SUCCESS: EX_OK, Kind.CONFIG: 77}.get(outcome.kind, 75)
+        report(outcome.kind is Kind.SUCCESS, f"target {name}", outcome.reason, code)
+    return worst(*codes)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
+                        help="YAML configuration file (default: $IMAP_INGEST_CONFIG or "
+                        "config.yaml; see config.example.yaml)")
+    common.add_argument("--debug", action="store_true",
+                        help="also log the IMAP and HTTP exchanges (secrets redacted)")
+    common.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log lines to stderr as text (default) or JSON, one per line")
+
+    parser = argparse.ArgumentParser(
+        prog="imap-ingest", description=_DESCRIPTION, epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="ingest mail: once (--once), or polling each folder on its interval",
+        description="Ingest new mail from every configured folder.",
+        epilog="examples:\n"
+               "  imap-ingest run --once -c /etc/imap-ingest/config.yaml   # from cron\n"
+               "  imap-ingest run -c config.yaml --log-format json          # as a service\n\n"
+               "--once exits 0 when every message was dealt with, 75 when some are left\n"
+               "for a retry (tracker down), 77 when a login or the tracker key is refused.\n"
+               "Without --once, SIGTERM or Ctrl-C finish the message in hand and exit 0.")
+    run.add_argument("--once", action="store_true",
+                     help="make one pass over every folder and exit (for cron)")
+    run.set_defaults(command=_run)
+
+    check = commands.add_parser(
+        "check", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="validate the config, log in, open each folder, reach each tracker",
+        description="Check everything a run needs, creating nothing: the config file, each "
+                    "account's login, each folder, and each tracker's URL and key.",
+        epilog="example:\n  imap-ingest check -c config.yaml\n\n"
+               "prints one line per check, OK or FAIL with the reason; exits 0 when all pass.")
+    check.set_defaults(command=_check)
+    return parser

@@ -1,0 +1,422 @@
+"""The configuration: a YAML file, overridden from the environment, validated by pydantic.
+
+Environment overrides are ``IMAP_INGEST_`` followed by the key path with ``__`` between
+levels; a list item is named by its index or by its ``name``:
+
+    IMAP_INGEST_ACCOUNTS__0__PASSWORD=...          accounts[0].password
+    IMAP_INGEST_ACCOUNTS__SUPPORT__FOLDERS__INBOX__INTERVAL=30s
+    IMAP_INGEST_TARGETS__REDMINE__KEY=...          targets.redmine.key
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+ENV_PREFIX = "IMAP_INGEST_"
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZES = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_duration(value: object) -> float:
+    """``30``, ``"30s"``, ``"5m"``, ``"1h"`` → seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration such as 30s, 5m or 1h")
+        seconds = float(match[1]) * _UNITS[match[2] or "s"]
+    if seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """``1048576``, ``"512k"``, ``"25M"``, ``"1G"`` → bytes (binary units)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*", str(value), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"{value!r} is not a size such as 512k, 25M or 1G")
+    return int(float(match[1]) * _SIZES[match[2].lower()])
+
+
+def _read_secret_file(value: object) -> str:
+    path = Path(str(value)).expanduser()
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _read_secret_env(value: object) -> str:
+    secret = os.environ.get(str(value))
+    if not secret:
+        raise ValueError(f"environment variable {value} is not set or empty")
+    return secret
+
+
+def _check_regex(pattern: str) -> str:
+    try:
+        re.compile(pattern.removeprefix("!"))
+    except re.error as exc:
+        raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
+    return pattern
+
+
+def _check_url(url: str) -> str:
+    if not re.match(r"https?://[^/\s]+", url):
+        raise ValueError("must be an http:// or https:// URL")
+    return url.rstrip("/")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+# The *_file and *_env forms hold the secret itself once validated: read once, at load time.
+SecretFromFile = Annotated[SecretStr, BeforeValidator(_read_secret_file)]
+SecretFromEnv = Annotated[SecretStr, BeforeValidator(_read_secret_env)]
+Condition = Annotated[str, AfterValidator(_check_regex)]
+
+
+def _one_secret(model: BaseModel, name: str) -> SecretStr | None:
+    """The one of ``name``, ``name_file``, ``name_env`` that is set."""
+    given = [getattr(model, f) for f in (name, f"{name}_file", f"{name}_env")]
+    given = [secret for secret in given if secret is not None]
+    if len(given) > 1:
+        raise ValueError(f"give only one of {name}, {name}_file, {name}_env")
+    return given[0] if given else None
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SubmitOptions(_Model):
+    """Per-message tracker options: set on a folder, overridden by a rule's ``submit``."""
+
+    target: str | None = None
+    project: str | None = None
+    tracker: str | None = None
+    category: str | None = None
+    priority: str | None = None
+    status: str | None = None
+    assigned_to: str | None = None
+    fixed_version: str | None = None
+    allow_override: str | None = None
+
+    @field_validator("allow_override", mode="before")
+    @classmethod
+    def _join_list(cls, value: object) -> object:
+        return ",".join(map(str, value)) if isinstance(value, list) else value
+
+    def merged(self, overrides: SubmitOptions) -> SubmitOptions:
+        """These options with every field ``overrides`` sets replacing ours."""
+        return self.model_copy(update=overrides.model_dump(exclude_none=True))
+
+    def options(self) -> SubmitOptions:
+        """Just the tracker options, without whatever a subclass adds."""
+        fields = set(SubmitOptions.model_fields)
+        return SubmitOptions.model_validate(self.model_dump(include=fields))
+
+
+class Action(_Model):
+    """What a matching rule does: exactly one of submit, skip, move."""
+
+    submit: SubmitOptions | None = None
+    skip: bool = False
+    move: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_word(cls, value: object) -> object:
+        if value in ("submit", "skip"):
+            return {value: {} if value == "submit" else True}
+        if isinstance(value, str):
+            raise ValueError(f"{value!r} is not an action: use submit, skip, "
+                             "{submit: {OPTION: VALUE}} or {move: FOLDER}")
+        if isinstance(value, dict) and value.get("submit", 0) is None:
+            return {**value, "submit": {}}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Action:
+        if sum((self.submit is not None, self.skip, self.move is not None)) != 1:
+            raise ValueError("give exactly one of submit, skip, move")
+        return self
+
+
+class Rule(_Model):
+    """``if`` all conditions hold (none: always), ``then`` act."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str | None = None
+    if_: list[Condition] = Field(default=[], alias="if")
+    then: Action
+
+
+class Folder(SubmitOptions):
+    """One IMAP folder to ingest, with its tracker options and rules."""
+
+    name: str
+    interval: Duration = 60.0
+    move_on_success: str | None = None
+    move_on_failure: str | None = None
+    max_message_size: Size = parse_size("25M")
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 100
+    rules: list[Rule] = []
+
+
+class Account(_Model):
+    """An IMAP account and the folders to ingest from it."""
+
+    name: str
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    allow_insecure: bool = False
+    security: Literal["ssl", "starttls", "none"] = "ssl"
+    ca_file: FilePath | None = None
+    verify_tls: bool = True
+    username: str
+    password: SecretStr | None = None
+    password_file: SecretFromFile | None = None
+    password_env: SecretFromEnv | None = None
+    timeout: Duration = 60.0
+    folders: Annotated[list[Folder], Field(min_length=1)]
+
+    @field_validator("security")
+    @classmethod
+    def _no_clear_text_off_loopback(cls, value: str, info: ValidationInfo) -> str:
+        host = info.data.get("host", "")
+        if value == "none" and not info.data.get("allow_insecure") and not _is_loopback(host):
+            raise ValueError(f"security: none would send the password in clear text to {host}; "
+                             "use ssl or starttls, or set allow_insecure: true")
+        return value
+
+    @model_validator(mode="after")
+    def _password_given(self) -> Account:
+        if _one_secret(self, "password") is None:
+            raise ValueError("give one of password, password_file, password_env")
+        return self
+
+    @property
+    def secret(self) -> SecretStr:
+        """The password, wherever it came from."""
+        secret = _one_secret(self, "password")
+        assert secret is not None  # checked by _password_given
+        return secret
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.security == "ssl" else 143)
+
+
+class RedmineTarget(_Model):
+    """Redmine's incoming-mail web service, ``POST {url}/mail_handler``."""
+
+    type: Literal["redmine"]
+    url: Annotated[str, AfterValidator(_check_url)]
+    key: SecretStr | None = None
+    key_file: SecretFromFile | None = None
+    key_env: SecretFromEnv | None = None
+    timeout: Duration = 60.0
+    ca_file: FilePath | None = None
+    verify_tls: bool = True
+    unknown_user: Literal["ignore", "accept", "create"] | None = None
+    no_permission_check: bool = False
+    no_account_notice: bool = False
+    no_notification: bool = False
+    default_group: str | None = None
+    project_from_subaddress: str | None = None
+
+    @model_validator(mode="after")
+    def _key_given(self) -> RedmineTarget:
+        if _one_secret(self, "key") is None:
+            raise ValueError("give one of key, key_file, key_env")
+        return self
+
+    @property
+    def secret(self) -> SecretStr:
+        """The API key, wherever it came from."""
+        secret = _one_secret(self, "key")
+        assert secret is not None  # checked by _key_given
+        return secret
+
+
+Target = RedmineTarget
+
+
+class Config(BaseSettings):
+    """The whole configuration file."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    accounts: Annotated[list[Account], Field(min_length=1)]
+    targets: Annotated[dict[str, Target], Field(min_length=1)]
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        *_: PydanticBaseSettingsSource, **__: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load() has already merged the file and the environment, list items included,
+        # which pydantic-settings' own env source cannot address.
+        return (init_settings,)
+
+    def secrets(self) -> Iterator[str]:
+        """Every secret value, so that logging can redact them."""
+        for account in self.accounts:
+            yield account.secret.get_secret_value()
+        for target in self.targets.values():
+            yield target.secret.get_secret_value()
+
+    def target_for(self, options: SubmitOptions) -> str:
+        """The target a message with these options goes to."""
+        return options.target or next(iter(self.targets))
+
+
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment and validate; ConfigError names file, key, reason."""
+    environ = os.environ if environ is None else environ
+    data = _read_yaml(Path(path))
+    for name, value in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX):
+            _override(data, name, value, path)
+    try:
+        config = Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc), file=path) from None
+    _check_references(config, path)
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"not valid YAML: {where}{problem}", file=path) from None
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping with accounts: and targets:", file=path)
+    return data
+
+
+def _override(data: dict[str, Any], name: str, value: str, path: str | os.PathLike[str]) -> None:
+    """Set the value an ``IMAP_INGEST_A__B__C`` variable names inside ``data``."""
+    keys = name.removeprefix(ENV_PREFIX).split("__")
+    node: Any = data
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            index = _list_index(node, key)
+            if index is None:
+                raise ConfigError(f"{name}: no item {key!r} in this list (use an index or a name)",
+                                  file=path, key=_key_path(keys[:depth]))
+            if last:
+                node[index] = _env_value(value)
+            node = node[index]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"{name}: cannot set a key inside a single value",
+                              file=path, key=_key_path(keys[:depth]))
+        real = next((k for k in node if str(k).lower() == key.lower()), key.lower())
+        if last:
+            node[real] = _env_value(value)
+        else:
+            node = node.setdefault(real, {})
+
+
+def _list_index(items: list[Any], key: str) -> int | None:
+    if key.isdigit() and int(key) < len(items):
+        return int(key)
+    names = [str(item.get("name", "")).lower() if isinstance(item, dict) else "" for item in items]
+    return names.index(key.lower()) if key.lower() in names else None
+
+
+def _env_value(value: str) -> Any:
+    """JSON for lists and mappings; any other value stays a string for pydantic to convert."""
+    if value.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _key_path(loc: tuple[int | str, ...] | list[str]) -> str:
+    """``('accounts', 0, 'folders', 1, 'name')`` → ``accounts[0].folders[1].name``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text.lstrip(".")
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per problem, each naming its key path; never the offending value."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = tuple("if" if part == "if_" else part for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{_key_path(loc) or '(top level)'}: {message}")
+    return "\n  ".join(lines)
+
+
+def _check_references(config: Config, path: str | os.PathLike[str]) -> None:
+    """Names that must point at something: targets, and a default when there are several."""
+    known = ", ".join(config.targets)
+    for a, account in enumerate(config.accounts):
+        for f, folder in enumerate(account.folders):
+            where = f"accounts[{a}].folders[{f}]"
+            if folder.target is None and len(config.targets) > 1:
+                raise ConfigError(f"several targets are defined ({known}): name one",
+                                  file=path, key=f"{where}.target")
+            named = [(f"{where}.target", folder.target)] + [
+                (f"{where}.rules[{r}].then.submit.target", rule.then.submit.target)
+                for r, rule in enumerate(folder.rules) if rule.then.submit is not None
+            ]
+            for key, target in named:
+                if target is not None and target not in config.targets:
+                    raise ConfigError(f"no target named {target!r} (known: {known})",
+                                      file=path, key=key)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

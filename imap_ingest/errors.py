@@ -1,0 +1,89 @@
+"""Exceptions raised by imap-ingest, each carrying the sysexits code the CLI returns.
+
+A tracker's answer is never an exception (see ``trackers.Outcome``); these mean bad
+configuration, a refused login, or a broken IMAP session.
+
+    IngestError (70, EX_SOFTWARE)
+    ├── ConfigError (78, EX_CONFIG)        file, key path and reason
+    ├── TrackerRefused (77, EX_NOPERM)     wrong key or URL: the folder stops
+    └── MailboxError (75, EX_TEMPFAIL)     account and folder
+        ├── LoginRefused (77, EX_NOPERM)
+        ├── FolderMissing (78, EX_CONFIG)
+        └── ConnectionLost (75, EX_TEMPFAIL)
+"""
+
+from __future__ import annotations
+
+import os
+
+EX_OK = 0
+EX_USAGE = 64
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_NOPERM = 77
+EX_CONFIG = 78
+
+# When several folders end differently, the run reports the most serious of them.
+_SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_SOFTWARE: 2, EX_NOPERM: 3, EX_CONFIG: 4}
+
+
+def worst(*codes: int) -> int:
+    """The most serious of several exit codes."""
+    return max(codes, key=lambda code: _SEVERITY.get(code, 2), default=EX_OK)
+
+
+class IngestError(Exception):
+    """Base class: an error that ends a folder's pass or the whole run."""
+
+    exit_code = EX_SOFTWARE
+
+
+class ConfigError(IngestError):
+    """The configuration is wrong: names the file, the key path and the reason."""
+
+    exit_code = EX_CONFIG
+
+    def __init__(self, reason: str, *, file: str | os.PathLike[str] | None = None,
+                 key: str | None = None) -> None:
+        self.file = os.fspath(file) if file is not None else None
+        self.key = key
+        self.reason = reason
+        where = ": ".join(part for part in (self.file, key) if part)
+        super().__init__(f"{where}: {reason}" if where else reason)
+
+
+class MailboxError(IngestError):
+    """The IMAP session failed; names the account and folder."""
+
+    exit_code = EX_TEMPFAIL
+
+    def __init__(self, reason: str, *, account: str, folder: str | None = None) -> None:
+        self.account = account
+        self.folder = folder
+        self.reason = reason
+        where = f"account {account}" + (f", folder {folder}" if folder else "")
+        super().__init__(f"{where}: {reason}")
+
+
+class LoginRefused(MailboxError):
+    """The IMAP server refused the credentials."""
+
+    exit_code = EX_NOPERM
+
+
+class FolderMissing(MailboxError):
+    """A configured source folder does not exist."""
+
+    exit_code = EX_CONFIG
+
+
+class ConnectionLost(MailboxError):
+    """The server could not be reached or dropped the connection."""
+
+    exit_code = EX_TEMPFAIL
+
+
+class TrackerRefused(IngestError):
+    """The tracker refused our key or URL: no message is touched, the folder stops."""
+
+    exit_code = EX_NOPERM

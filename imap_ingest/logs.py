@@ -1,0 +1,85 @@
+"""Logging to stderr as text or JSON, with every configured secret redacted from every line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+Format = Literal["text", "json"]
+REDACTED = "***"
+
+
+class _Redactor:
+    """The secrets to hide; filled once the configuration is loaded."""
+
+    def __init__(self) -> None:
+        self.secrets: set[str] = set()
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+
+redact = _Redactor()
+
+
+def hide(secrets: Iterable[str]) -> None:
+    """Redact these values from every log line from now on."""
+    redact.secrets.update(secret for secret in secrets if secret)
+
+
+def event(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:
+    """Log ``message`` with fixed, machine-readable fields (shown as key=value in text)."""
+    logger.log(level, message, extra={"fields": fields})
+
+
+class _Text(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "fields", None)
+        if fields:
+            line += " " + " ".join(f"{k}={_quote(v)}" for k, v in fields.items() if v is not None)
+        return redact(line)
+
+
+class _Json(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        # Redact before encoding: JSON escaping could hide a secret from a plain replace.
+        entry = {key: redact(str(value)) if isinstance(value, str) else value
+                 for key, value in entry.items()}
+        return json.dumps(entry, default=lambda value: redact(str(value)), ensure_ascii=False)
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    plain = text and not any(c in text for c in ' "=')
+    return text if plain else json.dumps(text, ensure_ascii=False)
+
+
+def setup(fmt: Format = "text", debug: bool = False) -> None:
+    """Send logs to stderr; ``debug`` adds the IMAP and HTTP exchanges."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Json() if fmt == "json" else _Text())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # The libraries' chatter is only worth seeing with --debug.
+    for name in ("imapclient", "urllib3", "apscheduler"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)

@@ -1,0 +1,218 @@
+"""One IMAP session: connect, find new mail, fetch it in batches, move or delete it.
+
+Every imapclient, socket and TLS error is turned into a MailboxError here; none leaves
+this module. Nothing here marks a message seen: bodies are read with BODY.PEEK[].
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from imapclient import IMAPClient, SocketTimeout
+from imapclient.exceptions import IMAPClientError, LoginError
+
+from .config import Account
+from .errors import ConnectionLost, FolderMissing, LoginRefused, MailboxError
+
+log = logging.getLogger(__name__)
+
+# Keywords that remember, on the server, a message we must not look at again.
+FAILED = "$ImapIngestFailed"
+SKIPPED = "$ImapIngestSkipped"
+SEEN = "\\Seen"
+_DELETED = "\\Deleted"
+
+# One FETCH never carries more than this many bytes of bodies.
+_BATCH_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One message as the server gave it; ``raw`` is None when it was too large to fetch."""
+
+    uid: int
+    size: int
+    raw: bytes | None
+    internaldate: datetime | None = None
+
+
+class Mailbox:
+    """A logged-in session on one account; ``select`` a folder before the other calls."""
+
+    def __init__(self, account: Account) -> None:
+        self.account = account
+        self.folder: str | None = None
+        self._known_folders: set[str] = set()
+        with self._errors():
+            self._client = _connect(account)
+            caps = self._client.capabilities()
+        self._has_move = b"MOVE" in caps
+        self._has_uidplus = b"UIDPLUS" in caps
+        self._keywords = False
+        log.debug("account %s: moving with %s", account.name,
+                  "MOVE" if self._has_move else "COPY + \\Deleted + UID EXPUNGE")
+        if not self._has_uidplus:
+            log.warning("account %s: server lacks UIDPLUS, so deleted messages are flagged "
+                        "\\Deleted but not expunged (a plain EXPUNGE would remove other "
+                        "clients' messages too)", account.name)
+
+    def __enter__(self) -> Mailbox:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Log out, or just drop the connection if it is already broken."""
+        try:
+            self._client.logout()
+        except (IMAPClientError, OSError):
+            self._client.shutdown()
+
+    def select(self, folder: str) -> None:
+        """Open ``folder`` read-write."""
+        with self._errors(folder):
+            if not self._client.folder_exists(folder):
+                raise FolderMissing("the folder does not exist", account=self.account.name,
+                                    folder=folder)
+            state = self._client.select_folder(folder)
+        self.folder = folder
+        # A server that takes custom keywords (\* in PERMANENTFLAGS) lets us leave \Seen alone.
+        self._keywords = b"\\*" in state.get(b"PERMANENTFLAGS", ())
+
+    def new_uids(self) -> list[int]:
+        """UIDs not deleted and not marked failed or skipped, found by one UID SEARCH."""
+        criteria = (["UNDELETED", "UNKEYWORD", FAILED, "UNKEYWORD", SKIPPED]
+                    if self._keywords else ["UNDELETED", "UNSEEN"])
+        with self._errors(self.folder):
+            return sorted(self._client.search(criteria))
+
+    def fetch(self, uids: Sequence[int], batch_size: int, max_size: int) -> Iterator[Fetched]:
+        """The messages, a batch per FETCH; those over ``max_size`` come without their bytes."""
+        if not uids:
+            return
+        with self._errors(self.folder):
+            sizes = self._client.fetch(uids, ["RFC822.SIZE"])
+        batch: list[int] = []
+        batch_bytes = 0
+        for uid in uids:
+            size = sizes.get(uid, {}).get(b"RFC822.SIZE")
+            if size is None:
+                continue  # expunged by another client meanwhile
+            if size > max_size:
+                yield Fetched(uid, size, None)
+                continue
+            if batch and (len(batch) >= batch_size or batch_bytes + size > _BATCH_BYTES):
+                yield from self._bodies(batch)
+                batch, batch_bytes = [], 0
+            batch.append(uid)
+            batch_bytes += size
+        yield from self._bodies(batch)
+
+    def _bodies(self, uids: list[int]) -> Iterator[Fetched]:
+        if not uids:
+            return
+        with self._errors(self.folder):
+            data = self._client.fetch(uids, ["BODY.PEEK[]", "RFC822.SIZE", "INTERNALDATE",
+                                             "FLAGS"])
+        for uid in uids:
+            item = data.get(uid)
+            # Gone, or deleted by another client since the search: not ours any more.
+            if item is None or _DELETED.encode() in item.get(b"FLAGS", ()):
+                continue
+            raw = item.get(b"BODY[]") or b""
+            yield Fetched(uid, item.get(b"RFC822.SIZE", len(raw)), raw, item.get(b"INTERNALDATE"))
+
+    def delete(self, uids: Sequence[int]) -> None:
+        """Flag \\Deleted and expunge exactly these UIDs."""
+        if not uids:
+            return
+        with self._errors(self.folder):
+            self._client.add_flags(uids, [_DELETED], silent=True)
+            if self._has_uidplus:
+                self._client.uid_expunge(uids)
+
+    def move(self, uids: Sequence[int], folder: str) -> None:
+        """Move these UIDs to ``folder``, creating it if missing."""
+        if not uids:
+            return
+        self._ensure(folder)
+        if self._has_move:
+            with self._errors(self.folder):
+                self._client.move(uids, folder)
+            return
+        with self._errors(self.folder):
+            self._client.copy(uids, folder)
+        self.delete(uids)
+
+    def mark(self, uids: Sequence[int], keyword: str) -> None:
+        """Remember on the server not to look at these again: a keyword, else \\Seen."""
+        if uids:
+            with self._errors(self.folder):
+                self._client.add_flags(uids, [keyword if self._keywords else SEEN], silent=True)
+
+    def _ensure(self, folder: str) -> None:
+        if folder in self._known_folders:
+            return
+        with self._errors(folder):
+            if not self._client.folder_exists(folder):
+                self._client.create_folder(folder)
+                log.info("account %s: created folder %s", self.account.name, folder)
+        self._known_folders.add(folder)
+
+    @contextmanager
+    def _errors(self, folder: str | None = None) -> Iterator[None]:
+        """Translate library errors into MailboxError, naming account and folder."""
+        name = self.account.name
+        try:
+            yield
+        except MailboxError:
+            raise
+        except LoginError as exc:
+            raise LoginRefused(f"login refused: {_text(exc)}", account=name) from None
+        except ssl.SSLError as exc:
+            raise ConnectionLost(f"TLS failure: {exc.reason or exc}", account=name,
+                                 folder=folder) from None
+        except OSError as exc:  # socket timeouts included
+            raise ConnectionLost(f"connection failed: {exc.strerror or exc}", account=name,
+                                 folder=folder) from None
+        except IMAPClientError as exc:
+            raise ConnectionLost(f"server said: {_text(exc)}", account=name,
+                                 folder=folder) from None
+
+
+def _connect(account: Account) -> IMAPClient:
+    timeout = SocketTimeout(connect=min(account.timeout, 30.0), read=account.timeout)
+    context = _tls_context(account)
+    client = IMAPClient(account.host, port=account.effective_port,
+                        ssl=account.security == "ssl", ssl_context=context, timeout=timeout)
+    try:
+        if account.security == "starttls":
+            client.starttls(context)
+        client.login(account.username, account.secret.get_secret_value())
+    except BaseException:
+        client.shutdown()
+        raise
+    return client
+
+
+def _tls_context(account: Account) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(account.ca_file) if account.ca_file else None)
+    if not account.verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _text(exc: BaseException) -> str:
+    text = str(exc)
+    for prefix in ("b'", 'b"'):
+        if text.startswith(prefix):
+            text = text[2:-1]
+    return text
+

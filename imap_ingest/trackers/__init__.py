@@ -1,0 +1,45 @@
+"""Trackers take a raw message and answer with an Outcome; adding one means adding a file.
+
+A tracker's answer, good or bad, is a value: ``submit`` raises only for our own bugs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from ..config import SubmitOptions, Target
+
+
+class Kind(Enum):
+    SUCCESS = "success"  # the tracker took it: dispose of the message
+    PERMANENT = "permanent"  # refused for good: move it aside
+    TEMPORARY = "temporary"  # try again later: leave it where it is
+    CONFIG = "config"  # our key or URL is wrong: touch nothing, stop the folder
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: Kind
+    reason: str  # logged and stored: never a secret
+    ticket: str | None = None
+    status: int | None = None
+
+
+class Tracker(Protocol):
+    def submit(self, raw: bytes, options: SubmitOptions) -> Outcome:
+        """Hand one message to the tracker."""
+
+    def check(self) -> Outcome:
+        """Reach the tracker and test the credentials, creating nothing."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def open_tracker(target: Target) -> Tracker:
+    """The tracker for one entry of ``targets:``."""
+    from .redmine import Redmine
+
+    return Redmine(target)

@@ -1,0 +1,108 @@
+"""Redmine's incoming-mail web service, spoken as rdm-mailhandler speaks it.
+
+``POST {url}/mail_handler``, form-encoded: ``key``, ``email`` (the raw message, CRLF line
+ends) and the handler options. Redmine answers 201 (taken; the issue id is not returned),
+422 (refused, for any reason), 403 (wrong key or the web service is off).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import requests
+
+from ..config import RedmineTarget, SubmitOptions
+from . import Kind, Outcome
+from ._http import session, unreachable
+
+_ISSUE_FIELDS = ("project", "status", "tracker", "category", "priority", "assigned_to",
+                 "fixed_version")
+_FLAGS = ("no_permission_check", "no_account_notice", "no_notification")
+
+
+def crlf(raw: bytes) -> bytes:
+    """Bare LF or CR → CRLF, as rdm-mailhandler does before posting."""
+    return re.sub(rb"\r\n|\r|\n", b"\r\n", raw)
+
+
+def form(raw: bytes, options: SubmitOptions, target: RedmineTarget) -> dict[str, str | bytes]:
+    """The form fields rdm-mailhandler would send for this message."""
+    fields: dict[str, str | bytes] = {"key": target.secret.get_secret_value(), "email": crlf(raw)}
+    for name in ("unknown_user", "default_group", "project_from_subaddress"):
+        if (value := getattr(target, name)) is not None:
+            fields[name] = value
+    # Redmine honours these only when the value is exactly "1".
+    fields.update({name: "1" for name in _FLAGS if getattr(target, name)})
+    if options.allow_override is not None:
+        fields["allow_override"] = options.allow_override
+    for name in _ISSUE_FIELDS:
+        if (value := getattr(options, name)) is not None:
+            fields[f"issue[{name}]"] = value
+    return fields
+
+
+def classify(status: int, body: str) -> Outcome:
+    """What Redmine's answer means for the message."""
+    if status == 201:
+        return Outcome(Kind.SUCCESS, "Redmine created the issue or note", status=status)
+    if status == 422:
+        return Outcome(Kind.PERMANENT, "Redmine refused the message (422): unknown or "
+                       "unauthorised sender, auto-reply, unknown project or invalid issue; "
+                       "Redmine's log says which", status=status)
+    if status == 403:
+        why = _first_line(body) or "the incoming-mail web service is off or the key is wrong"
+        return Outcome(Kind.CONFIG, f"Redmine refused the key (403): {why}", status=status)
+    if status == 413:
+        return Outcome(Kind.PERMANENT, "Redmine refused the message as too large (413)",
+                       status=status)
+    if 300 <= status < 400 or status == 404:
+        return Outcome(Kind.CONFIG, f"Redmine answered {status} at /mail_handler: check the url "
+                       "(scheme, host, sub-path)", status=status)
+    if status == 429 or status >= 500:
+        return Outcome(Kind.TEMPORARY, f"Redmine is in trouble ({status})", status=status)
+    if 400 <= status < 500:
+        return Outcome(Kind.PERMANENT, f"Redmine refused the message ({status})", status=status)
+    # 200 and other 2xx are not Redmine's answer: a proxy or login page stands in between.
+    return Outcome(Kind.TEMPORARY, f"unexpected answer {status} (not Redmine's 201)",
+                   status=status)
+
+
+def _first_line(body: str) -> str:
+    return body.strip().splitlines()[0][:200] if body.strip() else ""
+
+
+class Redmine:
+    """One Redmine, one keep-alive connection; submissions are serialised (concurrency 1)."""
+
+    def __init__(self, target: RedmineTarget) -> None:
+        self._target = target
+        self._url = f"{target.url}/mail_handler"
+        self._http = session(target.verify_tls, target.ca_file)
+        # Redmine on SQLite answers 422 "database is locked" to concurrent posts.
+        self._lock = threading.Lock()
+
+    def submit(self, raw: bytes, options: SubmitOptions) -> Outcome:
+        fields = form(raw, options, self._target)
+        with self._lock:
+            try:
+                answer = self._http.post(self._url, data=fields, timeout=self._target.timeout,
+                                         allow_redirects=False)
+            except requests.RequestException as exc:
+                return unreachable(self._url, self._target.timeout, exc)
+        return classify(answer.status_code, answer.text)
+
+    def check(self) -> Outcome:
+        # GET renders Redmine's manual submit form, behind the same key check as POST.
+        params = {"key": self._target.secret.get_secret_value()}
+        try:
+            answer = self._http.get(self._url, params=params, timeout=self._target.timeout,
+                                    allow_redirects=False)
+        except requests.RequestException as exc:
+            return unreachable(self._url, self._target.timeout, exc)
+        if answer.status_code == 200:
+            return Outcome(Kind.SUCCESS, f"{self._url} accepts the key", status=200)
+        return classify(answer.status_code, answer.text)
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,180 @@
+"""Loading the configuration: defaults, environment overrides, and errors naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from imap_ingest.config import load, parse_duration, parse_size
+from imap_ingest.errors import ConfigError
+
+
+def base() -> dict[str, Any]:
+    return {
+        "accounts": [{
+            "name": "support", "host": "imap.example.org", "username": "helpdesk",
+            "password": "hunter2",
+            "folders": [{"name": "INBOX"}, {"name": "Requests", "interval": "5m"}],
+        }],
+        "targets": {"redmine": {"type": "redmine", "url": "https://redmine.example.org/",
+                                "key": "k3y"}},
+    }
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def error(tmp_path: Path, data: object, environ: dict[str, str] | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, data), environ or {})
+    return info.value
+
+
+def test_defaults(tmp_path: Path) -> None:
+    """A minimal file gets port 993 for ssl, 60 s interval, verified TLS, the one target."""
+    config = load(write(tmp_path, base()), {})
+    account = config.accounts[0]
+    assert (account.effective_port, account.security, account.verify_tls) == (993, "ssl", True)
+    assert [f.interval for f in account.folders] == [60.0, 300.0]
+    assert config.targets["redmine"].url == "https://redmine.example.org"
+    assert config.target_for(account.folders[0]) == "redmine"
+
+
+def test_environment_overrides_by_index_and_by_name(tmp_path: Path) -> None:
+    """IMAP_INGEST_ variables reach list items by index or name, and dict keys."""
+    environ = {
+        "IMAP_INGEST_ACCOUNTS__0__PASSWORD": "from-env",
+        "IMAP_INGEST_ACCOUNTS__SUPPORT__FOLDERS__REQUESTS__INTERVAL": "30s",
+        "IMAP_INGEST_TARGETS__REDMINE__KEY": "env-key",
+        "IMAP_INGEST_ACCOUNTS__0__FOLDERS__0__RULES": '[{"then": "skip"}]',
+    }
+    config = load(write(tmp_path, base()), environ)
+    account = config.accounts[0]
+    assert account.secret.get_secret_value() == "from-env"
+    assert account.folders[1].interval == 30.0
+    assert account.folders[0].rules[0].then.skip
+    assert config.targets["redmine"].secret.get_secret_value() == "env-key"
+
+
+def test_secrets_from_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """password_file and key_env are read at load time; a trailing newline is dropped."""
+    (tmp_path / "pw").write_text("file-pass\n")
+    data = base()
+    del data["accounts"][0]["password"]
+    data["accounts"][0]["password_file"] = str(tmp_path / "pw")
+    data["targets"]["redmine"] = {"type": "redmine", "url": "http://r", "key_env": "RM_KEY"}
+    monkeypatch.setenv("RM_KEY", "key-from-env")
+    config = load(write(tmp_path, data), {})
+    assert config.accounts[0].secret.get_secret_value() == "file-pass"
+    assert config.targets["redmine"].secret.get_secret_value() == "key-from-env"
+
+
+def _set(data: dict[str, Any], path: str, value: object) -> dict[str, Any]:
+    node: Any = data
+    *keys, last = path.split(".")
+    for key in keys:
+        node = node[int(key)] if key.isdigit() else node[key]
+    if value is None:
+        del node[int(last) if last.isdigit() else last]
+    else:
+        node[int(last) if last.isdigit() else last] = value
+    return data
+
+
+BAD = [
+    ("accounts.0.folders.1.move_on_faliure", "x", "accounts[0].folders[1].move_on_faliure",
+     "unknown key"),
+    ("accounts.0.folders.0.interval", "soon", "accounts[0].folders[0].interval",
+     "not a duration"),
+    ("accounts.0.password", None, "accounts[0]", "give one of password"),
+    ("accounts.0.password_env", "NOPE_UNSET", "accounts[0].password_env", "NOPE_UNSET is not set"),
+    ("accounts.0.password_file", "/nonexistent/pw", "accounts[0].password_file",
+     "cannot read /nonexistent/pw"),
+    ("accounts.0.security", "none", "accounts[0].security", "clear text"),
+    ("accounts.0.security", "tls", "accounts[0].security", "'ssl', 'starttls' or 'none'"),
+    ("accounts.0.folders.0.target", "jira", "accounts[0].folders[0].target",
+     "no target named 'jira'"),
+    ("accounts.0.folders.0.rules", [{"if": ["^From:", "!^Subject: ("], "then": "skip"}],
+     "accounts[0].folders[0].rules[0].if[1]", "bad regular expression"),
+    ("accounts.0.folders.0.rules", [{"then": "sumbit"}], "accounts[0].folders[0].rules[0].then",
+     "'sumbit' is not an action"),
+    ("accounts.0.folders.0.rules", [{"then": {"submit": {"projekt": "x"}}}],
+     "accounts[0].folders[0].rules[0].then.submit.projekt", "unknown key"),
+    ("accounts.0.folders.0.rules", [{"then": {"submit": {"target": "rt"}}}],
+     "accounts[0].folders[0].rules[0].then.submit.target", "no target named 'rt'"),
+    ("accounts.0.folders.0.rules", [{"then": {"move": "X", "skip": True}}],
+     "accounts[0].folders[0].rules[0].then", "exactly one of submit, skip, move"),
+    ("accounts.0.folders", [], "accounts[0].folders", "at least 1"),
+    ("targets.redmine.url", "redmine.example.org", "targets.redmine.url", "http:// or https://"),
+    ("targets.redmine.key", None, "targets.redmine", "give one of key"),
+    ("targets.redmine.type", "jira", "targets.redmine.type", "'redmine'"),
+    ("targets.redmine.unknown_user", "maybe", "targets.redmine.unknown_user", "'accept'"),
+    ("accounts.0.port", 99999, "accounts[0].port", "less than or equal to 65535"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "key", "reason"), BAD, ids=[b[2] + ":" + b[3]
+                                                                       for b in BAD])
+def test_bad_config_names_file_key_and_reason(tmp_path: Path, path: str, value: object, key: str,
+                                              reason: str) -> None:
+    """Each mistake gives one message naming the file, the key path and what is wrong."""
+    exc = error(tmp_path, _set(base(), path, value))
+    assert str(tmp_path / "config.yaml") in str(exc)
+    assert f"{key}: " in str(exc) and reason in str(exc)
+    assert exc.exit_code == 78
+
+
+def test_several_targets_need_a_name(tmp_path: Path) -> None:
+    """With two targets a folder must say which one it uses."""
+    data = base()
+    data["targets"]["other"] = {"type": "redmine", "url": "http://o", "key": "x"}
+    exc = error(tmp_path, data)
+    assert "accounts[0].folders[0].target: several targets" in str(exc)
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("accounts:\n  - name: x\n   host: y\n", "not valid YAML: line 3"),
+    ("- just a list\n", "top level must be a mapping"),
+])
+def test_unreadable_yaml(tmp_path: Path, text: str, reason: str) -> None:
+    """YAML that does not parse or has the wrong shape is named with its line."""
+    assert reason in str(error(tmp_path, text))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.yaml: cannot read: No such file"):
+        load(tmp_path / "nope.yaml", {})
+
+
+def test_bad_env_override_names_variable(tmp_path: Path) -> None:
+    """An override pointing at a list item that does not exist says so."""
+    exc = error(tmp_path, base(), {"IMAP_INGEST_ACCOUNTS__7__PASSWORD": "x"})
+    assert "IMAP_INGEST_ACCOUNTS__7__PASSWORD: no item '7'" in str(exc)
+
+
+def test_errors_never_contain_secrets(tmp_path: Path) -> None:
+    """Even a secret of the wrong type is not echoed back in the error."""
+    data = base()
+    data["accounts"][0]["password"] = ["hunter2-in-a-list"]
+    data["targets"]["redmine"]["key"] = {"k": "k3y-in-a-map"}
+    text = str(error(tmp_path, data))
+    assert "accounts[0].password" in text and "targets.redmine.key" in text
+    assert "hunter2" not in text and "k3y" not in text
+
+
+@pytest.mark.parametrize(("text", "seconds"), [(30, 30), ("45s", 45), ("5m", 300), ("1h", 3600),
+                                               ("500ms", 0.5), ("2d", 172800)])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(("text", "size"), [(100, 100), ("512k", 524288), ("25M", 26214400),
+                                            ("1G", 1073741824), ("10MB", 10485760)])
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text) == size
