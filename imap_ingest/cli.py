@@ -46,15 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "command"):
         parser.print_help(sys.stderr)
         return EX_USAGE
-    logs.setup(args.log_format, args.debug)
-    try:
-        config = load(args.config)
-        logs.hide(config.secrets())
-        code: int = args.command(config, args)
-        return code
-    except IngestError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
+    with logs.configured(args.log_format, args.debug):
+        try:
+            config = load(args.config)
+            logs.hide(config.secrets())
+            code: int = args.command(config, args)
+            return code
+        except IngestError as exc:
+            log.error("%s", exc)
+            return exc.exit_code
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:

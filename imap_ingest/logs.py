@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -29,8 +30,8 @@ redact = _Redactor()
 
 
 def hide(secrets: Iterable[str]) -> None:
-    """Redact these values from every log line from now on."""
-    redact.secrets.update(secret for secret in secrets if secret)
+    """Redact these values (the loaded configuration's secrets) from every log line."""
+    redact.secrets = {secret for secret in secrets if secret}
 
 
 def event(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:
@@ -73,13 +74,25 @@ def _quote(value: object) -> str:
     return text if plain else json.dumps(text, ensure_ascii=False)
 
 
-def setup(fmt: Format = "text", debug: bool = False) -> None:
-    """Send logs to stderr; ``debug`` adds the IMAP and HTTP exchanges."""
+@contextmanager
+def configured(fmt: Format = "text", debug: bool = False) -> Iterator[None]:
+    """Log to stderr while inside; ``debug`` adds the IMAP and HTTP exchanges."""
+    hide(())  # until a configuration is loaded, there is nothing to redact
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Json() if fmt == "json" else _Text())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    levels = {name: logging.getLogger(name).level for name in ("", *_CHATTY)}
+    root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     # The libraries' chatter is only worth seeing with --debug.
-    for name in ("imapclient", "urllib3", "apscheduler"):
+    for name in _CHATTY:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+_CHATTY = ("imapclient", "urllib3", "apscheduler")

@@ -19,6 +19,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     form: dict[str, list[bytes]] = field(default_factory=dict)
+    client_port: int = 0  # tells whether requests shared one connection
 
     def field(self, name: str) -> bytes:
         return self.form[name][0]
@@ -38,6 +39,11 @@ def parse_form(data: bytes) -> dict[str, list[bytes]]:
 Answer = tuple[int, bytes, float]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that gave up (our timeout tests) is expected, not an error to print."""
+
+
 class FakeRedmine:
     """Records every request; ``answer`` decides the reply (default: Redmine's 201)."""
 
@@ -45,7 +51,7 @@ class FakeRedmine:
         self.key = key
         self.requests: list[Request] = []
         self.answer: Callable[[Request], Answer] = self._redmine
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -84,7 +90,8 @@ class FakeRedmine:
                 query = urlsplit(self.path).query.encode()
                 form = parse_form(body if self.command == "POST" else query)
                 request = Request(self.command, urlsplit(self.path).path,
-                                  dict(self.headers.items()), body, form)
+                                  dict(self.headers.items()), body, form,
+                                  self.client_address[1])
                 fake.requests.append(request)
                 status, reply, delay = fake.answer(request)
                 time.sleep(delay)

@@ -148,7 +148,7 @@ def test_unreadable_yaml(tmp_path: Path, text: str, reason: str) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nope.yaml: cannot read: No such file"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read: No such file"):
         load(tmp_path / "nope.yaml", {})
 
 
@@ -178,3 +178,24 @@ def test_durations(text: object, seconds: float) -> None:
                                             ("1G", 1073741824), ("10MB", 10485760)])
 def test_sizes(text: object, size: int) -> None:
     assert parse_size(text) == size
+
+
+def test_example_config_loads_and_reproduces_the_seed_rule(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """config.example.yaml is valid and its rules pass form mail, not Redmine's own notices."""
+    from imap_ingest.message import Message
+    from imap_ingest.rules import Act, RuleSet
+
+    from .mail import make
+
+    (tmp_path / "pw").write_text("pw")
+    monkeypatch.setenv("REDMINE_MAIL_KEY", "k")
+    example = Path(__file__).parent.parent / "config.example.yaml"
+    config = load(example, {"IMAP_INGEST_ACCOUNTS__SUPPORT__PASSWORD_FILE": str(tmp_path / "pw")})
+    rules = RuleSet(config.accounts[0].folders[0])
+    form = make(sender="Request form <request@example.org>",
+                headers={"Auto-Submitted": "auto-generated"})
+    notice = make(sender="request@example.org",
+                  headers={"Auto-Submitted": "auto-generated", "X-Mailer": "Redmine"})
+    assert rules.evaluate(Message(form)).act is Act.SUBMIT
+    assert rules.evaluate(Message(notice)).act is Act.SKIP

@@ -1,0 +1,65 @@
+"""Shared fixtures: real Dovecot IMAP servers (see tests/dovecot.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from .dovecot import Dovecot, DovecotNotInstalled, ImapAccount, find_dovecot
+
+NOT_INSTALLED = (
+    "Dovecot is required for the IMAP tests but no dovecot binary was found "
+    "(Debian package dovecot-imapd). Run the test command from README.md, which installs it."
+)
+
+
+def _start(without: tuple[str, ...] = ()) -> Dovecot:
+    if find_dovecot() is None:
+        pytest.fail(NOT_INSTALLED, pytrace=False)
+    try:
+        server = Dovecot(without=without)
+    except DovecotNotInstalled:
+        pytest.fail(NOT_INSTALLED, pytrace=False)
+    try:
+        server.start()
+    except BaseException:
+        server.close()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    """A Dovecot with its full capability list, shared by the whole session."""
+    server = _start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def dovecot_nomove() -> Iterator[Dovecot]:
+    """A Dovecot that does not advertise MOVE (but still UIDPLUS, IDLE, ...)."""
+    server = _start(without=("MOVE",))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def imap(dovecot: Dovecot) -> ImapAccount:
+    """A fresh, empty mailbox (new username) on the full-capability server."""
+    return dovecot.account()
+
+
+@pytest.fixture
+def imap_nomove(dovecot_nomove: Dovecot) -> ImapAccount:
+    """A fresh, empty mailbox on the server without MOVE."""
+    return dovecot_nomove.account()
+
+
+@pytest.fixture(params=["move", "nomove"])
+def imap_any(request: pytest.FixtureRequest) -> ImapAccount:
+    """A fresh, empty mailbox on each server: with MOVE (id ``move``) and without (``nomove``)."""
+    name = "dovecot" if request.param == "move" else "dovecot_nomove"
+    server: Dovecot = request.getfixturevalue(name)
+    return server.account()

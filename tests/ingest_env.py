@@ -1,0 +1,28 @@
+"""Builds a config file that points imap-ingest at the test dovecot and a fake Redmine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .dovecot import ImapAccount
+
+
+def write_config(path: Path, imap: ImapAccount, redmine_url: str, *, key: str = "s3cret-key",
+                 folder: dict[str, Any] | None = None, account: dict[str, Any] | None = None,
+                 target: dict[str, Any] | None = None) -> Path:
+    """One account, one folder (INBOX unless ``folder`` says otherwise), one Redmine target."""
+    data = {
+        "accounts": [{
+            "name": "test", "host": imap.host, "port": imap.port, "security": "none",
+            "username": imap.username, "password": imap.password,
+            "folders": [{"name": "INBOX", "project": "support", **(folder or {})}],
+            **(account or {}),
+        }],
+        "targets": {"redmine": {"type": "redmine", "url": redmine_url, "key": key,
+                                "timeout": "5s", **(target or {})}},
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -1,0 +1,126 @@
+"""The Redmine target: what it sends (as rdm-mailhandler) and how it reads each answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from imap_ingest.config import RedmineTarget, SubmitOptions
+from imap_ingest.trackers import Kind
+from imap_ingest.trackers.redmine import Redmine, classify, crlf
+
+from .mail import make
+from .redmine_server import FORBIDDEN, FakeRedmine, Request
+
+
+@pytest.fixture
+def redmine() -> Iterator[FakeRedmine]:
+    server = FakeRedmine()
+    yield server
+    server.close()
+
+
+def target(url: str, **extra: object) -> RedmineTarget:
+    return RedmineTarget.model_validate({"type": "redmine", "url": url, "key": "s3cret-key",
+                                         "timeout": 2, **extra})
+
+
+@pytest.mark.parametrize(("status", "body", "kind"), [
+    (201, "", Kind.SUCCESS),
+    (422, "", Kind.PERMANENT),
+    (403, FORBIDDEN.decode(), Kind.CONFIG),
+    (413, "", Kind.PERMANENT),
+    (404, "", Kind.CONFIG),
+    (302, "", Kind.CONFIG),
+    (500, "", Kind.TEMPORARY),
+    (502, "<html>Bad gateway</html>", Kind.TEMPORARY),
+    (503, "", Kind.TEMPORARY),
+    (429, "", Kind.TEMPORARY),
+    (400, "", Kind.PERMANENT),
+    (200, "<html>login</html>", Kind.TEMPORARY),
+], ids=lambda v: str(v) if isinstance(v, int) else None)
+def test_classify(status: int, body: str, kind: Kind) -> None:
+    outcome = classify(status, body)
+    assert outcome.kind is kind and outcome.status == status and outcome.reason
+
+
+def test_forbidden_reason_quotes_redmine() -> None:
+    assert "Incoming emails WS is disabled" in classify(403, FORBIDDEN.decode()).reason
+
+
+def test_posts_what_rdm_mailhandler_posts(redmine: FakeRedmine) -> None:
+    """Form fields, flags as exactly "1", issue[...] options, email with CRLF, raw bytes kept."""
+    raw = b"From: a@example.org\nSubject: caf\xe9\n\nline\rline2\r\n\x00\xff end"
+    tracker = Redmine(target(redmine.url, unknown_user="accept", no_permission_check=True,
+                             default_group="clients"))
+    options = SubmitOptions(project="support", category="request", tracker="Bug",
+                            allow_override="project,tracker")
+    outcome = tracker.submit(raw, options)
+    tracker.close()
+    assert outcome.kind is Kind.SUCCESS
+    [request] = redmine.requests
+    assert (request.method, request.path) == ("POST", "/mail_handler")
+    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert request.headers["User-Agent"].startswith("imap-ingest/")
+    assert request.field("email") == crlf(raw) == (
+        b"From: a@example.org\r\nSubject: caf\xe9\r\n\r\nline\r\nline2\r\n\x00\xff end")
+    sent = {name: values[0] for name, values in request.form.items() if name != "email"}
+    assert sent == {
+        "key": b"s3cret-key", "unknown_user": b"accept", "default_group": b"clients",
+        "no_permission_check": b"1", "allow_override": b"project,tracker",
+        "issue[project]": b"support", "issue[category]": b"request", "issue[tracker]": b"Bug",
+    }
+
+
+def test_keep_alive_one_connection(redmine: FakeRedmine) -> None:
+    """Several submissions reuse one connection."""
+    tracker = Redmine(target(redmine.url))
+    for _ in range(5):
+        assert tracker.submit(make(), SubmitOptions()).kind is Kind.SUCCESS
+    tracker.close()
+    assert len(redmine.requests) == 5
+    assert len({request.client_port for request in redmine.requests}) == 1
+
+
+def test_wrong_key_is_config(redmine: FakeRedmine) -> None:
+    tracker = Redmine(target(redmine.url, key="wrong"))
+    outcome = tracker.submit(make(), SubmitOptions())
+    tracker.close()
+    assert outcome.kind is Kind.CONFIG and outcome.status == 403
+
+
+def test_timeout_is_temporary_and_says_it_may_have_arrived(redmine: FakeRedmine) -> None:
+    redmine.answer = lambda request: (201, b"", 3.0)
+    tracker = Redmine(target(redmine.url, timeout=0.5))
+    outcome = tracker.submit(make(), SubmitOptions())
+    tracker.close()
+    assert outcome.kind is Kind.TEMPORARY
+    assert "within 0.5 s" in outcome.reason and "may still have taken" in outcome.reason
+
+
+def test_connection_refused_is_temporary() -> None:
+    tracker = Redmine(target("http://127.0.0.1:9"))
+    outcome = tracker.submit(make(), SubmitOptions())
+    tracker.close()
+    assert outcome.kind is Kind.TEMPORARY and "cannot connect" in outcome.reason
+
+
+def test_redirect_is_not_followed(redmine: FakeRedmine) -> None:
+    """A redirect would turn the POST into a GET that 'succeeds': it is a URL problem."""
+    def moved(request: Request) -> tuple[int, bytes, float]:
+        return 301, b"", 0
+    redmine.answer = moved
+    tracker = Redmine(target(redmine.url))
+    outcome = tracker.submit(make(), SubmitOptions())
+    tracker.close()
+    assert outcome.kind is Kind.CONFIG and len(redmine.requests) == 1
+
+
+def test_check_tests_the_key_without_posting(redmine: FakeRedmine) -> None:
+    good, bad = Redmine(target(redmine.url)), Redmine(target(redmine.url, key="nope"))
+    assert good.check().kind is Kind.SUCCESS
+    assert bad.check().kind is Kind.CONFIG
+    good.close()
+    bad.close()
+    assert {r.method for r in redmine.requests} == {"GET"}
