@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, logs
-from .config import Config, load
+from .config import CONFIG_VARIABLE, Config, load
 from .errors import EX_OK, EX_USAGE, IngestError, MailboxError, worst
 from .mailbox import Mailbox
 from .service import Service
@@ -17,7 +17,7 @@ from .trackers import Kind, open_tracker
 
 log = logging.getLogger("imap_ingest")
 
-DEFAULT_CONFIG = os.environ.get("IMAP_INGEST_CONFIG", "config.yaml")
+DEFAULT_CONFIG = os.environ.get(CONFIG_VARIABLE, "config.yaml")
 
 _DESCRIPTION = """\
 Turn mail in IMAP folders into Redmine tickets: each new message passes the folder's

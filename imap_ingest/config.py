@@ -37,6 +37,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .errors import ConfigError
 
 ENV_PREFIX = "IMAP_INGEST_"
+CONFIG_VARIABLE = "IMAP_INGEST_CONFIG"  # names the file itself, not a key in it
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZES = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -305,7 +306,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     environ = os.environ if environ is None else environ
     data = _read_yaml(Path(path))
     for name, value in sorted(environ.items()):
-        if name.startswith(ENV_PREFIX):
+        if name.startswith(ENV_PREFIX) and name != CONFIG_VARIABLE:
             _override(data, name, value, path)
     try:
         config = Config(**data)

@@ -29,7 +29,7 @@ class PassReport:
 
     @property
     def exit_code(self) -> int:
-        return EX_TEMPFAIL if self.counts["deferred"] else EX_OK
+        return EX_TEMPFAIL if self.counts["deferred"] or self.counts["left"] else EX_OK
 
 
 class _Disposal:
@@ -87,6 +87,8 @@ class _Pass:
             for fetched in self.mailbox.fetch(uids, self.folder.batch_size,
                                               self.folder.max_message_size):
                 if stop.is_set():
+                    # Untouched, for the next pass; counted so that --once exits 75.
+                    self.report.counts["left"] = len(uids) - self.report.counts.total()
                     break
                 self._one(fetched)
                 if len(self.disposal) >= self.folder.batch_size:

@@ -62,6 +62,12 @@ def test_environment_overrides_by_index_and_by_name(tmp_path: Path) -> None:
     assert config.targets["redmine"].secret.get_secret_value() == "env-key"
 
 
+def test_config_variable_is_not_a_key(tmp_path: Path) -> None:
+    """IMAP_INGEST_CONFIG names the file (the -c default); it is not read as a key."""
+    path = write(tmp_path, base())
+    assert load(path, {"IMAP_INGEST_CONFIG": str(path)}).accounts[0].name == "support"
+
+
 def test_secrets_from_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """password_file and key_env are read at load time; a trailing newline is dropped."""
     (tmp_path / "pw").write_text("file-pass\n")
