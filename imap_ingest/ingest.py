@@ -111,6 +111,9 @@ class _Pass:
             self._fail(fetched.uid, None, "-", f"message is {fetched.size} bytes, over "
                        f"max_message_size ({self.folder.max_message_size} bytes)")
             return
+        if not fetched.raw:
+            self._fail(fetched.uid, None, "-", "empty message (0 bytes): nothing to submit")
+            return
         message = Message(fetched.raw)
         decision = self.rules.evaluate(message)
         if decision.act is Act.SKIP:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from imap_ingest.cli import main
 from imap_ingest.mailbox import FAILED, SKIPPED
 from imap_ingest.trackers.redmine import crlf
 
-from .dovecot import ImapAccount
+from .dovecot import Dovecot, ImapAccount
 from .ingest_env import write_config
 from .mail import make
 from .redmine_server import FakeRedmine
@@ -200,6 +201,21 @@ def test_odd_messages_are_submitted_untouched(run: Run, imap: ImapAccount, redmi
     imap.append("INBOX", raw)
     assert run() == 0
     assert redmine.emails == [crlf(raw)]
+
+
+def test_empty_message_is_moved_aside_not_posted(run: Run, imap: ImapAccount,
+                                                 dovecot: Dovecot, redmine: FakeRedmine,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A 0-byte message (dovecot refuses to APPEND one, so it is written into the Maildir as
+    an MDA would) is set aside with its reason; the message beside it is still submitted."""
+    imap.append("INBOX", make())  # creates the Maildir
+    empty = dovecot.directory / "home" / imap.username / "Maildir" / "new" / "1700000000.M1.t"
+    empty.write_bytes(b"")
+    os.chown(empty, dovecot.users.mail_uid, dovecot.users.mail_gid)
+    assert run(folder={"move_on_failure": "Failed"}) == 0
+    assert len(redmine.requests) == 1
+    assert [body for _, body in imap.messages("Failed").values()] == [b""]
+    assert "empty message" in capsys.readouterr().err
 
 
 def test_huge_message_is_moved_aside_without_being_fetched(
