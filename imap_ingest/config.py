@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import yaml
 from pydantic import (
@@ -104,17 +104,34 @@ SecretFromEnv = Annotated[SecretStr, BeforeValidator(_read_secret_env)]
 Condition = Annotated[str, AfterValidator(_check_regex)]
 
 
-def _one_secret(model: BaseModel, name: str) -> SecretStr | None:
-    """The one of ``name``, ``name_file``, ``name_env`` that is set."""
-    given = [getattr(model, f) for f in (name, f"{name}_file", f"{name}_env")]
-    given = [secret for secret in given if secret is not None]
-    if len(given) > 1:
-        raise ValueError(f"give only one of {name}, {name}_file, {name}_env")
-    return given[0] if given else None
-
-
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _WithSecret(_Model):
+    """A model whose secret is given as NAME, NAME_file or NAME_env: exactly one of them."""
+
+    secret_name: ClassVar[str]
+
+    @model_validator(mode="after")
+    def _one_secret_given(self) -> Self:
+        self._given()
+        return self
+
+    def _given(self) -> SecretStr:
+        name = self.secret_name
+        given = [getattr(self, f) for f in (name, f"{name}_file", f"{name}_env")]
+        given = [secret for secret in given if secret is not None]
+        if len(given) != 1:
+            raise ValueError(f"give {'only ' if given else ''}one of {name}, {name}_file, "
+                             f"{name}_env")
+        secret: SecretStr = given[0]
+        return secret
+
+    @property
+    def secret(self) -> SecretStr:
+        """The secret, wherever it came from (read once, at load time)."""
+        return self._given()
 
 
 class SubmitOptions(_Model):
@@ -193,8 +210,10 @@ class Folder(SubmitOptions):
     rules: list[Rule] = []
 
 
-class Account(_Model):
+class Account(_WithSecret):
     """An IMAP account and the folders to ingest from it."""
+
+    secret_name = "password"
 
     name: str
     host: str
@@ -219,26 +238,15 @@ class Account(_Model):
                              "use ssl or starttls, or set allow_insecure: true")
         return value
 
-    @model_validator(mode="after")
-    def _password_given(self) -> Account:
-        if _one_secret(self, "password") is None:
-            raise ValueError("give one of password, password_file, password_env")
-        return self
-
-    @property
-    def secret(self) -> SecretStr:
-        """The password, wherever it came from."""
-        secret = _one_secret(self, "password")
-        assert secret is not None  # checked by _password_given
-        return secret
-
     @property
     def effective_port(self) -> int:
         return self.port or (993 if self.security == "ssl" else 143)
 
 
-class RedmineTarget(_Model):
+class RedmineTarget(_WithSecret):
     """Redmine's incoming-mail web service, ``POST {url}/mail_handler``."""
+
+    secret_name = "key"
 
     type: Literal["redmine"]
     url: Annotated[str, AfterValidator(_check_url)]
@@ -254,19 +262,6 @@ class RedmineTarget(_Model):
     no_notification: bool = False
     default_group: str | None = None
     project_from_subaddress: str | None = None
-
-    @model_validator(mode="after")
-    def _key_given(self) -> RedmineTarget:
-        if _one_secret(self, "key") is None:
-            raise ValueError("give one of key, key_file, key_env")
-        return self
-
-    @property
-    def secret(self) -> SecretStr:
-        """The API key, wherever it came from."""
-        secret = _one_secret(self, "key")
-        assert secret is not None  # checked by _key_given
-        return secret
 
 
 Target = RedmineTarget
