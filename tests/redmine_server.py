@@ -30,9 +30,12 @@ def parse_form(data: bytes) -> dict[str, list[bytes]]:
     form: dict[str, list[bytes]] = {}
     for pair in filter(None, data.split(b"&")):
         name, _, value = pair.partition(b"=")
-        decode = lambda part: unquote_to_bytes(part.replace(b"+", b" "))  # noqa: E731
-        form.setdefault(decode(name).decode(), []).append(decode(value))
+        form.setdefault(_unquote(name).decode(), []).append(_unquote(value))
     return form
+
+
+def _unquote(part: bytes) -> bytes:
+    return unquote_to_bytes(part.replace(b"+", b" "))
 
 
 # status, body, seconds to wait before answering

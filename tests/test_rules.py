@@ -34,7 +34,7 @@ def test_no_rules_submits_with_folder_options() -> None:
     assert (decision.options.project, decision.options.category) == ("support", "request")
 
 
-SEED = [
+SEED: list[dict[str, Any]] = [
     {"if": ["^Auto-Submitted: auto-generated", "!^X-Mailer: Redmine"],
      "then": {"submit": {"project": "ops", "category": "bug"}}},
     {"name": "lists", "if": ["^From:.*@lists\\.example\\.org"], "then": {"move": "Lists"}},
