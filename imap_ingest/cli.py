@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
-    service = Service(config)
+    service = Service(config, retry_now=args.retry_now)
     try:
         return service.run_once() if args.once else service.run_forever()
     finally:
@@ -127,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
                "Without --once, SIGTERM or Ctrl-C finish the message in hand and exit 0.")
     run.add_argument("--once", action="store_true",
                      help="make one pass over every folder and exit (for cron)")
+    run.add_argument("--retry-now", action="store_true",
+                     help="retry messages and trackers now, ignoring their backoff timers")
     run.set_defaults(command=_run)
 
     check = commands.add_parser(

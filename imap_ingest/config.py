@@ -43,6 +43,12 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZES = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
+def default_state_dir() -> Path:
+    """$XDG_STATE_HOME/imap-ingest, else ~/.local/state/imap-ingest."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "imap-ingest"
+
+
 def parse_duration(value: object) -> float:
     """``30``, ``"30s"``, ``"5m"``, ``"1h"`` → seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -267,6 +273,15 @@ class RedmineTarget(_WithSecret):
 Target = RedmineTarget
 
 
+class Retry(_Model):
+    """How temporary failures are retried: backoff with jitter, then given up."""
+
+    first_delay: Duration = 30.0
+    max_delay: Duration = 3600.0
+    max_attempts: Annotated[int, Field(ge=1)] = 10
+    max_age: Duration = parse_duration("2d")
+
+
 class Config(BaseSettings):
     """The whole configuration file."""
 
@@ -274,6 +289,11 @@ class Config(BaseSettings):
 
     accounts: Annotated[list[Account], Field(min_length=1)]
     targets: Annotated[dict[str, Target], Field(min_length=1)]
+    state_dir: Path = Field(default_factory=default_state_dir)
+    dedupe: Literal["message-id", "content", "off"] = "message-id"
+    in_doubt: Literal["quarantine", "resubmit"] = "quarantine"
+    quarantine_folder: str = "Quarantine"
+    retry: Retry = Retry()
 
     @classmethod
     def settings_customise_sources(

@@ -1,20 +1,27 @@
-"""One pass over one folder: fetch → rules → submit → dispose → record (in the log)."""
+"""One pass over one folder: fetch → rules → submit → dispose → record.
+
+Every decision is recorded in the ledger before it is carried out, so a pass that dies
+anywhere is finished by the next one: a message recorded as submitted is disposed of
+without being sent again.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .config import Config, Folder
 from .errors import EX_OK, EX_TEMPFAIL, TrackerRefused
+from .ledger import Backoff, Key, Ledger, Record
 from .logs import event
 from .mailbox import FAILED, SKIPPED, Fetched, Mailbox
 from .message import Message
 from .rules import Act, Decision, RuleSet
-from .trackers import Kind, Tracker
+from .trackers import Kind, Outcome, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -33,55 +40,78 @@ class PassReport:
 
 
 class _Disposal:
-    """Dispositions collected during a pass and sent as one command per destination."""
+    """Dispositions collected during a pass and sent as one command per destination.
 
-    def __init__(self, mailbox: Mailbox) -> None:
+    A disposition is ``delete``, ``move:FOLDER`` or ``mark:KEYWORD``, as the ledger stores it.
+    """
+
+    def __init__(self, mailbox: Mailbox, ledger: Ledger) -> None:
         self._mailbox = mailbox
-        self._moves: dict[str, list[int]] = {}
-        self._marks: dict[str, list[int]] = {}
-        self._deletes: list[int] = []
+        self._ledger = ledger
+        self._pending: dict[str, list[Key]] = {}
 
     def __len__(self) -> int:
-        return len(self._deletes) + sum(map(len, (*self._moves.values(), *self._marks.values())))
+        return sum(map(len, self._pending.values()))
 
-    def move(self, uid: int, folder: str) -> None:
-        self._moves.setdefault(folder, []).append(uid)
-
-    def mark(self, uid: int, keyword: str) -> None:
-        self._marks.setdefault(keyword, []).append(uid)
-
-    def delete(self, uid: int) -> None:
-        self._deletes.append(uid)
+    def add(self, key: Key, to: str) -> None:
+        self._pending.setdefault(to, []).append(key)
 
     def flush(self) -> None:
-        for folder, uids in self._moves.items():
-            self._mailbox.move(uids, folder)
-        for keyword, uids in self._marks.items():
-            self._mailbox.mark(uids, keyword)
-        self._mailbox.delete(self._deletes)
-        self._moves, self._marks, self._deletes = {}, {}, []
+        for to, keys in self._pending.items():
+            uids = [key.uid for key in keys]
+            verb, _, where = to.partition(":")
+            if verb == "move":
+                self._mailbox.move(uids, where)
+            elif verb == "mark":
+                self._mailbox.mark(uids, where)
+            else:
+                self._mailbox.delete(uids)
+        self._ledger.disposed([key for keys in self._pending.values() for key in keys])
+        self._pending = {}
 
 
 def ingest(mailbox: Mailbox, folder: Folder, config: Config, trackers: Mapping[str, Tracker],
-           stop: threading.Event) -> PassReport:
-    """Deal with every new message in ``folder``; stop between messages when ``stop`` is set."""
+           ledger: Ledger, stop: threading.Event, retry_now: bool = False) -> PassReport:
+    """Deal with every new message in ``folder``; stop between messages when ``stop`` is set.
+
+    ``retry_now`` ignores the retry timers of messages and targets.
+    """
     mailbox.select(folder.name)
-    return _Pass(mailbox, folder, config, trackers).run(stop)
+    return _Pass(mailbox, folder, config, trackers, ledger, retry_now).run(stop)
+
+
+def _where(to: str) -> str:
+    verb, _, where = to.partition(":")
+    if verb == "move":
+        return f"moved to {where}"
+    return "deleted" if verb == "delete" else "kept in place, marked so it is not tried again"
 
 
 class _Pass:
     def __init__(self, mailbox: Mailbox, folder: Folder, config: Config,
-                 trackers: Mapping[str, Tracker]) -> None:
+                 trackers: Mapping[str, Tracker], ledger: Ledger, retry_now: bool) -> None:
         self.mailbox = mailbox
         self.folder = folder
         self.config = config
         self.trackers = trackers
+        self.ledger = ledger
+        self.retry_now = retry_now
         self.rules = RuleSet(folder)
-        self.disposal = _Disposal(mailbox)
+        self.disposal = _Disposal(mailbox, ledger)
+        self.backoff = Backoff(config.retry.first_delay, config.retry.max_delay)
         self.report = PassReport(mailbox.account.name, folder.name)
-        self.down: set[str] = set()  # targets that failed temporarily during this pass
+        self.where = f"{self.report.account}/{folder.name}"
+        self.down: set[str] = set()  # targets not to contact again during this pass
+        self.success_to = (f"move:{folder.move_on_success}" if folder.move_on_success
+                           else "delete")
+        self.failure_to = (f"move:{folder.move_on_failure}" if folder.move_on_failure
+                           else f"mark:{FAILED}")
 
     def run(self, stop: threading.Event) -> PassReport:
+        if self.ledger.uidvalidity_changed(self.report.account, self.folder.name,
+                                           self.mailbox.uidvalidity):
+            log.warning("%s: UIDVALIDITY changed: every UID is new, so messages are matched "
+                        "to earlier ones by Message-ID and content", self.where)
         uids = self.mailbox.new_uids()
         try:
             for fetched in self.mailbox.fetch(uids, self.folder.batch_size,
@@ -102,72 +132,145 @@ class _Pass:
               folder=self.folder.name, new=len(uids), **self.report.counts)
         return self.report
 
-    @property
-    def where(self) -> str:
-        return f"{self.report.account}/{self.folder.name}"
-
     def _one(self, fetched: Fetched) -> None:
-        if fetched.raw is None:
-            self._fail(fetched.uid, None, "-", f"message is {fetched.size} bytes, over "
-                       f"max_message_size ({self.folder.max_message_size} bytes)")
+        key = Key(self.report.account, self.folder.name, self.mailbox.uidvalidity, fetched.uid)
+        message = Message(fetched.raw) if fetched.raw else None
+        record = self.ledger.find(key)
+        if record is not None and self._resume(key, message, record):
             return
-        if not fetched.raw:
-            self._fail(fetched.uid, None, "-", "empty message (0 bytes): nothing to submit")
+        if message is None:
+            reason = (f"message is {fetched.size} bytes, over max_message_size "
+                      f"({self.folder.max_message_size} bytes)" if fetched.raw is None
+                      else "empty message (0 bytes): nothing to submit")
+            self._decide(key, None, fetched.size, "-", "failed", reason, self.failure_to)
             return
-        message = Message(fetched.raw)
         decision = self.rules.evaluate(message)
         if decision.act is Act.SKIP:
-            self.disposal.mark(fetched.uid, SKIPPED)
-            self._done(fetched.uid, message, decision.rule, "skipped")
+            self._decide(key, message, fetched.size, decision.rule, "skipped", "",
+                         f"mark:{SKIPPED}")
         elif decision.act is Act.MOVE:
-            assert decision.folder is not None
-            self.disposal.move(fetched.uid, decision.folder)
-            self._done(fetched.uid, message, decision.rule, "moved", f"moved to {decision.folder}")
+            self._decide(key, message, fetched.size, decision.rule, "moved", "",
+                         f"move:{decision.folder}")
         else:
-            self._submit(fetched.uid, message, decision)
+            self._submit(key, message, decision, record)
 
-    def _submit(self, uid: int, message: Message, decision: Decision) -> None:
+    def _resume(self, key: Key, message: Message | None, record: Record) -> bool:
+        """Finish what an earlier pass left; False when the message should be submitted."""
+        if record.state in ("submitted", "decided", "disposed") and record.dispose_to:
+            self.disposal.add(key, record.dispose_to)
+            self._log(key.uid, message, "-", record.outcome or "resumed",
+                      f"finishing an earlier pass: {_where(record.dispose_to)}")
+            return True
+        if record.state == "submitting":
+            if self.config.in_doubt == "resubmit":
+                log.warning("%s uid %d: an earlier run stopped while posting it; submitting "
+                            "it again (in_doubt: resubmit)", self.where, key.uid)
+                return False
+            quarantine = self.config.quarantine_folder
+            self._decide(key, message, 0, "-", "quarantined", "an earlier run stopped while "
+                         "posting it, so the tracker may or may not have it; check, then "
+                         f"`imap-ingest retry {quarantine}`", f"move:{quarantine}",
+                         level=logging.WARNING)
+            return True
+        if record.state == "waiting":
+            if self._given_up(record):
+                self._decide(key, message, 0, "-", "failed", self._give_up_reason(record),
+                             self.failure_to)
+                return True
+            if record.next_try and record.next_try > time.time() and not self.retry_now:
+                self._log(key.uid, message, "-", "deferred", "next try at "
+                          + time.strftime("%H:%M:%S", time.localtime(record.next_try)))
+                return True
+        return False
+
+    def _submit(self, key: Key, message: Message, decision: Decision,
+                record: Record | None) -> None:
         assert decision.options is not None
         target = self.config.target_for(decision.options)
+        if target not in self.down and not self.retry_now:
+            failures, next_try = self.ledger.target_state(target)
+            if failures and next_try > time.time():
+                self.down.add(target)
         if target in self.down:
-            self._done(uid, message, decision.rule, "deferred", f"{target} is failing; left for "
-                       "the next pass", level=logging.WARNING)
+            self._log(key.uid, message, decision.rule, "deferred",
+                      f"target {target} is failing; not contacted until it is due again")
+            return
+        earlier = self.ledger.begin_submit(key, message.message_id, len(message.raw),
+                                           message.digest(), decision.rule, target,
+                                           self.config.dedupe)
+        if earlier is not None:
+            self._decide(key, message, len(message.raw), decision.rule, "duplicate",
+                         f"already submitted as {earlier}", self.success_to)
             return
         outcome = self.trackers[target].submit(message.raw, decision.options)
         if outcome.kind is Kind.SUCCESS:
-            if self.folder.move_on_success:
-                self.disposal.move(uid, self.folder.move_on_success)
-            else:
-                self.disposal.delete(uid)
-            self._done(uid, message, decision.rule, "submitted", outcome.reason,
-                       target=target, ticket=outcome.ticket, status=outcome.status)
+            self._answered(key, message, decision.rule, target, outcome, "submitted",
+                           self.success_to)
+            if self.ledger.target_state(target)[0]:
+                self.ledger.target_ok(target)
         elif outcome.kind is Kind.PERMANENT:
-            self._fail(uid, message, decision.rule, outcome.reason, target=target,
-                       status=outcome.status)
+            self._answered(key, message, decision.rule, target, outcome, "failed",
+                           self.failure_to)
         elif outcome.kind is Kind.TEMPORARY:
             self.down.add(target)
-            self._done(uid, message, decision.rule, "deferred", outcome.reason,
-                       level=logging.WARNING, target=target, status=outcome.status)
+            self.ledger.target_failed(target, outcome.reason, self.backoff)
+            tried = Record(0, "waiting", None, None, (record.attempts if record else 0) + 1,
+                           record.first_seen if record else time.time(), None, outcome.reason,
+                           None)
+            if self._given_up(tried):
+                self._answered(key, message, decision.rule, target, outcome, "failed",
+                               self.failure_to, reason=self._give_up_reason(tried))
+            else:
+                self.ledger.answered(key, target, "waiting", "deferred", outcome.reason,
+                                     status=outcome.status,
+                                     next_try=time.time() + self.backoff.delay(tried.attempts))
+                self._log(key.uid, message, decision.rule, "deferred", outcome.reason,
+                          level=logging.WARNING, target=target, status=outcome.status)
         else:
+            # Not the message's fault: it waits, with no attempt counted against it.
+            self.ledger.answered(key, target, "waiting", "refused-key", outcome.reason,
+                                 status=outcome.status, attempt=False)
             raise TrackerRefused(f"{self.where}: target {target}: {outcome.reason}; "
                                  "no message touched, folder stopped")
 
-    def _fail(self, uid: int, message: Message | None, rule: str, reason: str,
-              **fields: object) -> None:
-        """A permanent failure: aside to move_on_failure, else kept and marked."""
-        if self.folder.move_on_failure:
-            self.disposal.move(uid, self.folder.move_on_failure)
-            where = f"moved to {self.folder.move_on_failure}"
-        else:
-            self.disposal.mark(uid, FAILED)
-            where = "kept in place and marked so it is not tried again"
-        self._done(uid, message, rule, "failed", f"{reason}; {where}", level=logging.ERROR,
-                   **fields)
+    def _given_up(self, record: Record) -> bool:
+        retry = self.config.retry
+        return (record.attempts >= retry.max_attempts
+                or time.time() - record.first_seen > retry.max_age)
 
-    def _done(self, uid: int, message: Message | None, rule: str, outcome: str, reason: str = "",
-              level: int = logging.INFO, **fields: object) -> None:
+    def _give_up_reason(self, record: Record) -> str:
+        hours = (time.time() - record.first_seen) / 3600
+        return (f"gave up after {record.attempts} attempt(s) over {hours:.1f} h; last: "
+                f"{record.reason}")
+
+    def _answered(self, key: Key, message: Message, rule: str, target: str, outcome: Outcome,
+                  name: str, to: str, reason: str | None = None) -> None:
+        """Record the tracker's final answer, then queue the message's disposition."""
+        reason = reason or outcome.reason
+        state = "submitted" if name == "submitted" else "decided"
+        self.ledger.answered(key, target, state, name, reason, status=outcome.status,
+                             ticket=outcome.ticket, dispose_to=to)
+        self.disposal.add(key, to)
+        self._log(key.uid, message, rule, name, f"{reason}; {_where(to)}",
+                  level=logging.INFO if name == "submitted" else logging.ERROR, target=target,
+                  status=outcome.status, ticket=outcome.ticket)
+
+    def _decide(self, key: Key, message: Message | None, size: int, rule: str, outcome: str,
+                reason: str, to: str, level: int | None = None) -> None:
+        """Record a decision taken without the tracker, then queue its disposition."""
+        self.ledger.decided(key, message.message_id if message else None,
+                            len(message.raw) if message else size,
+                            message.digest() if message else "", rule, outcome, reason, to)
+        self.disposal.add(key, to)
+        if level is None:
+            level = logging.ERROR if outcome == "failed" else logging.INFO
+        self._log(key.uid, message, rule, outcome,
+                  f"{reason}; {_where(to)}" if reason else _where(to), level=level)
+
+    def _log(self, uid: int, message: Message | None, rule: str, outcome: str, reason: str,
+             level: int = logging.INFO, **fields: object) -> None:
         self.report.counts[outcome] += 1
-        message_id = message.message_id if message else None
-        event(log, level, f"{self.where} uid {uid}: {outcome}" + (f": {reason}" if reason else ""),
+        event(log, level, f"{self.where} uid {uid}: {outcome}: {reason}",
               account=self.report.account, folder=self.folder.name, uid=uid,
-              message_id=message_id, rule=rule, outcome=outcome, **fields)
+              message_id=message.message_id if message else None, rule=rule, outcome=outcome,
+              **fields)

@@ -47,6 +47,7 @@ class Mailbox:
     def __init__(self, account: Account) -> None:
         self.account = account
         self.folder: str | None = None
+        self.uidvalidity = 0
         self._known_folders: set[str] = set()
         with self._errors():
             self._client = _connect(account)
@@ -82,6 +83,7 @@ class Mailbox:
                                     folder=folder)
             state = self._client.select_folder(folder)
         self.folder = folder
+        self.uidvalidity = int(state[b"UIDVALIDITY"])
         # A server that takes custom keywords (\* in PERMANENTFLAGS) lets us leave \Seen alone.
         self._keywords = b"\\*" in state.get(b"PERMANENTFLAGS", ())
 

@@ -6,6 +6,7 @@ and RT's own MIME parsing depend on that).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 
@@ -14,6 +15,10 @@ MAX_HEADER_BYTES = 256 * 1024
 
 _END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
+# Headers added on the way in, which differ between two deliveries of one message.
+_TRACE = re.compile(rb"^(?:Received|Return-Path|Delivered-To|X-Original-To|Envelope-To|"
+                    rb"X-Envelope-To|X-Delivered-To|X-Spam-[\w-]+|Authentication-Results|"
+                    rb"ARC-[\w-]+):.*\n(?:[ \t].*\n)*", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +40,13 @@ class Message:
     @property
     def message_id(self) -> str | None:
         return self.header("Message-ID")
+
+    def digest(self) -> str:
+        """SHA-256 of the message without its trace headers and with LF line ends, so that
+        the same mail delivered twice (other Received: lines) has the same digest."""
+        head, _, body = self.raw.replace(b"\r\n", b"\n").partition(b"\n\n")
+        kept = _TRACE.sub(b"", head + b"\n")
+        return hashlib.sha256(kept + b"\n" + body).hexdigest()
 
 
 def _header_text(raw: bytes) -> str:

@@ -15,6 +15,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .config import Account, Config, Folder
 from .errors import EX_OK, IngestError, MailboxError, worst
 from .ingest import ingest
+from .ledger import Ledger
+from .locks import folder_lock
 from .mailbox import Mailbox
 from .trackers import Tracker, open_tracker
 
@@ -24,9 +26,11 @@ log = logging.getLogger(__name__)
 class Service:
     """The trackers of one configuration and the passes that use them."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, retry_now: bool = False) -> None:
         self.config = config
+        self.retry_now = retry_now
         self.stop = threading.Event()
+        self.ledger = Ledger(config.state_dir / "ledger.sqlite3")
         self.trackers: dict[str, Tracker] = {
             name: open_tracker(target) for name, target in config.targets.items()
         }
@@ -34,6 +38,7 @@ class Service:
     def close(self) -> None:
         for tracker in self.trackers.values():
             tracker.close()
+        self.ledger.close()
 
     def run_folders(self, account: Account, folders: Sequence[Folder]) -> int:
         """One pass over each of ``folders`` on one connection; the worst exit code."""
@@ -44,8 +49,10 @@ class Service:
                     if self.stop.is_set():
                         break
                     try:
-                        codes.append(ingest(mailbox, folder, self.config, self.trackers,
-                                            self.stop).exit_code)
+                        with folder_lock(self.config.state_dir, account.name, folder.name):
+                            report = ingest(mailbox, folder, self.config, self.trackers,
+                                            self.ledger, self.stop, self.retry_now)
+                        codes.append(report.exit_code)
                     except IngestError as exc:
                         if isinstance(exc, MailboxError) and exc.folder is None:
                             raise  # the session itself is gone: no other folder will work

@@ -23,6 +23,7 @@ def write_config(path: Path, imap: ImapAccount, redmine_url: str, *, key: str = 
         }],
         "targets": {"redmine": {"type": "redmine", "url": redmine_url, "key": key,
                                 "timeout": "5s", **(target or {})}},
+        "state_dir": str(path.parent / "state"),
     }
     path.write_text(yaml.safe_dump(data))
     return path

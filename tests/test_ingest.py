@@ -114,7 +114,8 @@ def test_refused_without_failure_folder_is_kept_marked_not_retried(
 @pytest.mark.parametrize("status", [500, 503])
 def test_server_error_leaves_mail_unseen_and_stops_the_target(
         run: Run, imap: ImapAccount, redmine: FakeRedmine, status: int) -> None:
-    """5xx: every message stays unflagged, the target is not hammered, exit 75; later it works."""
+    """5xx: every message stays unflagged, the target is not hammered, exit 75; a run before
+    the retry timer is due does not contact it; --retry-now (or the timer) gets them through."""
     redmine.answer = answer(status)
     for _ in range(3):
         imap.append("INBOX", make())
@@ -122,7 +123,10 @@ def test_server_error_leaves_mail_unseen_and_stops_the_target(
     assert len(redmine.requests) == 1
     assert flags(imap) == [set(), set(), set()]
     redmine.answer = answer(201)
-    assert run() == 0
+    assert run() == 75
+    assert len(redmine.requests) == 1
+    assert run("--retry-now") == 0
+    assert len(redmine.requests) == 4
     assert imap.messages("INBOX") == {}
 
 

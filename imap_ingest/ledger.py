@@ -1,0 +1,292 @@
+"""The ledger: what happened to every message, in SQLite; the only module with SQL.
+
+A message to submit moves ``submitting`` → ``submitted`` (or ``decided``: refused, given
+up; or ``waiting`` for a retry) → ``disposed``, each step committed before the next side
+effect (the POST, the MOVE), so a run that dies anywhere leaves a record the next run can
+finish from. A message a rule skips or moves is ``decided`` at once, then ``disposed``.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .errors import ConfigError, IngestError
+
+SCHEMA_VERSION = 1
+
+Dedupe = Literal["message-id", "content", "off"]
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE folders (
+    account TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
+    PRIMARY KEY (account, folder));
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    account TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    message_id TEXT, size INTEGER NOT NULL, hash TEXT NOT NULL,
+    rule TEXT, target TEXT,
+    state TEXT NOT NULL,          -- submitting | submitted | decided | waiting | disposed
+    outcome TEXT,                 -- submitted | failed | skipped | moved | duplicate | ...
+                                  -- | quarantined | retried
+    ticket TEXT, reason TEXT,
+    dispose_to TEXT,              -- delete | move:FOLDER | mark:KEYWORD
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_seen REAL NOT NULL, updated REAL NOT NULL, next_try REAL,
+    UNIQUE (account, folder, uidvalidity, uid));
+CREATE INDEX messages_message_id ON messages (message_id);
+CREATE INDEX messages_hash ON messages (hash);
+CREATE TABLE attempts (
+    message INTEGER NOT NULL REFERENCES messages (id),
+    at REAL NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL,
+    status INTEGER, ticket TEXT, reason TEXT);
+CREATE INDEX attempts_message ON attempts (message);
+CREATE TABLE targets (
+    name TEXT PRIMARY KEY, failures INTEGER NOT NULL, next_try REAL,
+    last_error TEXT, last_error_at REAL);
+"""
+
+# Rows in these states stand for a message the tracker has, or may have, or will get.
+# A quarantined message may have reached the tracker: it counts until `retry` releases it.
+_COUNTS_AS_SENT = ("(state IN ('submitting', 'submitted', 'waiting') "
+                   "OR outcome IN ('submitted', 'quarantined'))")
+
+
+class LedgerError(IngestError):
+    """The ledger cannot be used: corrupt, from a newer version, or not writable."""
+
+    exit_code = ConfigError.exit_code
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """Where a message is: account, folder, UIDVALIDITY, UID."""
+
+    account: str
+    folder: str
+    uidvalidity: int
+    uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    id: int
+    state: str
+    outcome: str | None
+    dispose_to: str | None
+    attempts: int
+    first_seen: float
+    next_try: float | None
+    reason: str | None
+    ticket: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with jitter: first, doubling, capped."""
+
+    first: float
+    cap: float
+
+    def delay(self, failures: int) -> float:
+        full: float = min(self.cap, self.first * 2.0 ** max(0, failures - 1))
+        return full / 2 + random.uniform(0, full / 2)  # "equal jitter": never under half
+
+
+class Ledger:
+    """One SQLite file shared by every folder, thread and process using the same state_dir."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=30, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # WAL with synchronous=NORMAL survives a killed process (the case that matters
+            # here); only a power cut can lose the last transactions.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"ledger {path}: cannot be used ({exc}); move it aside to start "
+                              "a new one (the history in it will be lost)") from None
+        except OSError as exc:
+            raise LedgerError(f"ledger {path}: {exc.strerror}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _migrate(self) -> None:
+        # IF NOT EXISTS and one immediate transaction: two processes may start at once.
+        schema = _SCHEMA.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS").replace(
+            "CREATE INDEX", "CREATE INDEX IF NOT EXISTS")
+        with self._lock:
+            self._db.executescript(
+                f"BEGIN IMMEDIATE; {schema} INSERT OR IGNORE INTO meta "
+                f"VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if int(row[0]) > SCHEMA_VERSION:
+            raise LedgerError(f"ledger {self.path}: written by a newer imap-ingest (schema "
+                              f"{row[0]}, this one knows {SCHEMA_VERSION}); upgrade imap-ingest")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once so that check-then-insert is atomic."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- folders ---------------------------------------------------------------------------
+
+    def uidvalidity_changed(self, account: str, folder: str, uidvalidity: int) -> bool:
+        """Remember the folder's UIDVALIDITY; True when it differs from the one seen before."""
+        with self._transaction() as db:
+            row = db.execute("SELECT uidvalidity FROM folders WHERE account = ? AND folder = ?",
+                             (account, folder)).fetchone()
+            db.execute("INSERT OR REPLACE INTO folders VALUES (?, ?, ?)",
+                       (account, folder, uidvalidity))
+        return row is not None and row[0] != uidvalidity
+
+    # -- messages --------------------------------------------------------------------------
+
+    def find(self, key: Key) -> Record | None:
+        """The record of the message at this place, if any."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, state, outcome, dispose_to, attempts, first_seen, next_try, reason, "
+                "ticket FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ? "
+                "AND uid = ?", (key.account, key.folder, key.uidvalidity, key.uid)).fetchone()
+        return Record(*row) if row else None
+
+    def begin_submit(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
+                     target: str, dedupe: Dedupe) -> str | None:
+        """Record the message as ``submitting`` unless it is already sent from elsewhere.
+
+        Returns a description of the earlier copy when it is a duplicate (nothing recorded
+        as submitting then). Check and insert are one transaction, so two folders or two
+        processes holding copies of one message never both submit it.
+        """
+        now = time.time()
+        with self._transaction() as db:
+            earlier = db.execute(
+                f"SELECT account, folder, uid, ticket FROM messages WHERE {_COUNTS_AS_SENT} "
+                f"AND NOT (account = ? AND folder = ? AND uidvalidity = ? AND uid = ?) "
+                f"AND {_same_message(dedupe)} LIMIT 1",
+                (key.account, key.folder, key.uidvalidity, key.uid,
+                 *_same_message_args(dedupe, key, message_id, digest))).fetchone()
+            if earlier is not None:
+                account, folder, uid, ticket = earlier
+                return f"{account}/{folder} uid {uid}" + (f" (ticket {ticket})" if ticket else "")
+            db.execute(
+                "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
+                "rule, target, state, first_seen, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'submitting', ?, ?) "
+                "ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET "
+                "state = 'submitting', rule = excluded.rule, target = excluded.target, "
+                "updated = excluded.updated",
+                (key.account, key.folder, key.uidvalidity, key.uid, message_id, size, digest,
+                 rule, target, now, now))
+        return None
+
+    def answered(self, key: Key, target: str, state: str, outcome: str, reason: str, *,
+                 status: int | None = None, ticket: str | None = None,
+                 dispose_to: str | None = None,
+                 next_try: float | None = None, attempt: bool = True) -> None:
+        """Record the tracker's answer and the message's new state; ``attempt`` counts it
+        against the message's max_attempts."""
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE messages SET state = ?, outcome = ?, reason = ?, ticket = ?, "
+                "dispose_to = ?, next_try = ?, attempts = attempts + ?, updated = ? "
+                "WHERE account = ? AND folder = ? AND uidvalidity = ? AND uid = ? RETURNING id",
+                (state, outcome, reason, ticket, dispose_to, next_try, int(attempt), now,
+                 key.account, key.folder, key.uidvalidity, key.uid)).fetchone()
+            db.execute("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (row[0], now, target, outcome, status, ticket, reason))
+
+    def decided(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
+                outcome: str, reason: str, dispose_to: str) -> None:
+        """Record a decision made without the tracker (skip, move, duplicate, too large …)."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
+                "rule, state, outcome, reason, dispose_to, first_seen, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'decided', ?, ?, ?, ?, ?) "
+                "ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET "
+                "state = 'decided', outcome = excluded.outcome, reason = excluded.reason, "
+                "dispose_to = excluded.dispose_to, updated = excluded.updated",
+                (key.account, key.folder, key.uidvalidity, key.uid, message_id, size, digest,
+                 rule, outcome, reason, dispose_to, now, now))
+
+    def disposed(self, keys: list[Key]) -> None:
+        """These messages are gone from their folder (or marked): one transaction."""
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE messages SET state = 'disposed', updated = ? WHERE account = ? AND "
+                "folder = ? AND uidvalidity = ? AND uid = ?",
+                [(now, k.account, k.folder, k.uidvalidity, k.uid) for k in keys])
+
+    # -- targets ---------------------------------------------------------------------------
+
+    def target_state(self, name: str) -> tuple[int, float]:
+        """The target's consecutive temporary failures, and when it may be tried again."""
+        with self._lock:
+            row = self._db.execute("SELECT failures, next_try FROM targets WHERE name = ?",
+                                   (name,)).fetchone()
+        return (row[0], row[1] or 0.0) if row else (0, 0.0)
+
+    def target_failed(self, name: str, reason: str, backoff: Backoff) -> float:
+        """Count a temporary failure of the target; returns when to try it next."""
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute("SELECT failures FROM targets WHERE name = ?", (name,)).fetchone()
+            failures = (row[0] if row else 0) + 1
+            next_try = now + backoff.delay(failures)
+            db.execute("INSERT OR REPLACE INTO targets VALUES (?, ?, ?, ?, ?)",
+                       (name, failures, next_try, reason, now))
+        return next_try
+
+    def target_ok(self, name: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE targets SET failures = 0, next_try = NULL WHERE name = ?",
+                       (name,))
+
+
+def _same_message(dedupe: Dedupe) -> str:
+    """The SQL condition that makes another row the same message under this policy."""
+    if dedupe == "message-id":
+        return "(message_id = ? OR (? IS NULL AND hash = ?))"
+    if dedupe == "content":
+        return "hash = ?"
+    # Even with dedupe off, the same message back in the same folder (a UIDVALIDITY
+    # change, or `retry`) is recognised by Message-ID and content together.
+    return "(account = ? AND folder = ? AND message_id IS ? AND hash = ?)"
+
+
+def _same_message_args(dedupe: Dedupe, key: Key, message_id: str | None,
+                       digest: str) -> tuple[object, ...]:
+    if dedupe == "message-id":
+        return (message_id, message_id, digest)
+    if dedupe == "content":
+        return (digest,)
+    return (key.account, key.folder, message_id, digest)
+
