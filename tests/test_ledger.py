@@ -1,0 +1,134 @@
+"""The ledger on its own: states, duplicates under each policy, atomicity, bad files."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from imap_ingest.ledger import SCHEMA_VERSION, Backoff, Key, Ledger, LedgerError
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger(tmp_path / "state" / "ledger.sqlite3")
+
+
+A1 = Key("acct", "INBOX", 7, 1)
+B1 = Key("acct", "Other", 9, 1)
+
+
+def submit(ledger: Ledger, key: Key, message_id: str | None = "<m@x>", digest: str = "h1",
+           dedupe: str = "message-id") -> str | None:
+    return ledger.begin_submit(key, message_id, 10, digest, "default", "redmine",
+                               dedupe)  # type: ignore[arg-type]
+
+
+def test_states_move_forward(ledger: Ledger) -> None:
+    """submitting → submitted (with ticket and attempt) → disposed."""
+    assert submit(ledger, A1) is None
+    record = ledger.find(A1)
+    assert record is not None and record.state == "submitting"
+    ledger.answered(A1, "redmine", "submitted", "submitted", "ok", status=201, ticket="42",
+                    dispose_to="delete")
+    record = ledger.find(A1)
+    assert record is not None
+    assert (record.state, record.ticket, record.attempts, record.dispose_to) == (
+        "submitted", "42", 1, "delete")
+    ledger.disposed([A1])
+    assert ledger.find(A1).state == "disposed"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("dedupe", "message_id", "digest", "duplicate"), [
+    ("message-id", "<m@x>", "other", True),
+    ("message-id", "<n@x>", "h1", False),
+    ("content", "<n@x>", "h1", True),
+    ("content", "<m@x>", "other", False),
+    ("off", "<m@x>", "h1", False),  # another folder: not matched when dedupe is off
+])
+def test_duplicates_by_policy(ledger: Ledger, dedupe: str, message_id: str | None,
+                              digest: str, duplicate: bool) -> None:
+    assert submit(ledger, A1, dedupe=dedupe) is None
+    earlier = submit(ledger, B1, message_id, digest, dedupe)
+    assert (earlier is not None) is duplicate
+    if duplicate:
+        assert earlier == "acct/INBOX uid 1"
+
+
+def test_no_message_id_dedupes_by_content(ledger: Ledger) -> None:
+    assert submit(ledger, A1, message_id=None) is None
+    assert submit(ledger, B1, message_id=None) == "acct/INBOX uid 1"
+
+
+def test_same_folder_new_uidvalidity_matched_even_with_dedupe_off(ledger: Ledger) -> None:
+    """After a UIDVALIDITY change the same message (Message-ID and content) is recognised."""
+    assert submit(ledger, A1, dedupe="off") is None
+    moved = Key("acct", "INBOX", 8, 55)
+    assert submit(ledger, moved, dedupe="off") == "acct/INBOX uid 1"
+    assert submit(ledger, moved, digest="changed", dedupe="off") is None
+
+
+def test_refused_messages_do_not_block_a_copy(ledger: Ledger) -> None:
+    """A copy of a message that was refused (not in the tracker) may be submitted."""
+    submit(ledger, A1)
+    ledger.answered(A1, "redmine", "decided", "failed", "422", dispose_to="move:Failed")
+    assert submit(ledger, B1) is None
+
+
+def test_check_and_insert_is_atomic_across_threads(ledger: Ledger, tmp_path: Path) -> None:
+    """Ten threads with ten copies, two connections: exactly one may submit."""
+    other = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    results: list[str | None] = []
+    keys = [Key("acct", f"F{i}", 1, 1) for i in range(10)]
+    threads = [threading.Thread(target=lambda k=k, i=i: results.append(
+        submit(ledger if i % 2 else other, k))) for i, k in enumerate(keys)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    other.close()
+    assert results.count(None) == 1
+
+
+def test_uidvalidity_change_detected(ledger: Ledger) -> None:
+    assert not ledger.uidvalidity_changed("acct", "INBOX", 7)
+    assert not ledger.uidvalidity_changed("acct", "INBOX", 7)
+    assert ledger.uidvalidity_changed("acct", "INBOX", 8)
+
+
+def test_target_backoff(ledger: Ledger) -> None:
+    backoff = Backoff(first=30, cap=3600)
+    first = ledger.target_failed("redmine", "down", backoff)
+    second = ledger.target_failed("redmine", "down", backoff)
+    failures, next_try = ledger.target_state("redmine")
+    assert failures == 2 and next_try == second and second > first
+    ledger.target_ok("redmine")
+    assert ledger.target_state("redmine")[0] == 0
+
+
+@pytest.mark.parametrize(("failures", "low", "high"), [
+    (1, 15, 30), (2, 30, 60), (3, 60, 120), (8, 1800, 3600), (30, 1800, 3600)])
+def test_backoff_doubles_with_jitter_and_cap(failures: int, low: float, high: float) -> None:
+    delays = {Backoff(first=30, cap=3600).delay(failures) for _ in range(50)}
+    assert all(low <= d <= high for d in delays) and len(delays) > 1
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(LedgerError, match="cannot be used") as info:
+        Ledger(path)
+    assert info.value.exit_code == 78
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    Ledger(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                   (str(SCHEMA_VERSION + 1),))
+    db.close()
+    with pytest.raises(LedgerError, match="newer imap-ingest"):
+        Ledger(path)

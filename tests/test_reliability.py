@@ -1,0 +1,274 @@
+"""Never lose a message, never submit one twice: ledger, dedupe, locks, retries, recovery.
+
+Real dovecot, real HTTP; the ledger is only written directly to stage the state a crashed
+run leaves behind (tests/test_crash.py makes real crashes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imap_ingest.cli import main
+from imap_ingest.ledger import Key, Ledger
+from imap_ingest.locks import folder_lock
+from imap_ingest.message import Message
+
+from .dovecot import Dovecot, ImapAccount
+from .ingest_env import write_config
+from .mail import make
+from .redmine_server import FakeRedmine
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture
+def redmine() -> Iterator[FakeRedmine]:
+    server = FakeRedmine()
+    yield server
+    server.close()
+
+
+def once(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, *args: str,
+         **config: Any) -> int:
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url, **config)
+    return main(["run", "--once", "-c", str(path), *args])
+
+
+def uidvalidity(imap: ImapAccount, folder: str = "INBOX") -> int:
+    with imap.client() as client:
+        return int(client.select_folder(folder)[b"UIDVALIDITY"])
+
+
+def stage(tmp_path: Path, key: Key, raw: bytes, state: str) -> None:
+    """Leave the ledger as a run that died at ``state`` would have left it."""
+    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    message = Message(raw)
+    ledger.uidvalidity_changed(key.account, key.folder, key.uidvalidity)
+    ledger.begin_submit(key, message.message_id, len(raw), message.digest(), "default",
+                        "redmine", "message-id")
+    if state == "submitted":
+        ledger.answered(key, "redmine", "submitted", "submitted", "201", status=201,
+                        dispose_to="delete")
+    ledger.close()
+
+
+TWO = [{"name": "INBOX"}, {"name": "Copy"}]
+
+
+def test_copy_in_two_folders_is_submitted_once(tmp_path: Path, imap: ImapAccount,
+                                               redmine: FakeRedmine,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    raw = make()
+    imap.append("INBOX", raw)
+    imap.append("Copy", raw)
+    assert once(tmp_path, imap, redmine, folders=TWO) == 0
+    assert redmine.emails == [raw]
+    assert imap.messages("INBOX") == imap.messages("Copy") == {}
+    assert "duplicate: already submitted as test/INBOX uid 1" in capsys.readouterr().err
+
+
+def test_redelivery_with_other_trace_headers_is_submitted_once(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """The same mail delivered again (new Received: lines, new UID) is not a new ticket."""
+    raw = make()
+    imap.append("INBOX", b"Received: from a by b; Sat, 21 Nov 2026 10:00:00\r\n" + raw)
+    assert once(tmp_path, imap, redmine) == 0
+    imap.append("INBOX", b"Received: from c by d; Sat, 21 Nov 2026 11:00:00\r\n"
+                b"Delivered-To: other@example.org\r\n" + raw)
+    assert once(tmp_path, imap, redmine) == 0
+    assert len(redmine.requests) == 1 and imap.messages("INBOX") == {}
+
+
+def test_dedupe_off_submits_each_copy(tmp_path: Path, imap: ImapAccount,
+                                      redmine: FakeRedmine) -> None:
+    raw = make()
+    imap.append("INBOX", raw)
+    imap.append("Copy", raw)
+    assert once(tmp_path, imap, redmine, folders=TWO, dedupe="off") == 0
+    assert redmine.emails == [raw, raw]
+
+
+def test_submitted_before_a_crash_is_disposed_not_resent(tmp_path: Path, imap: ImapAccount,
+                                                         redmine: FakeRedmine) -> None:
+    """The ledger says submitted (the run died before the delete): delete, do not POST."""
+    raw = make()
+    uid = imap.append("INBOX", raw)
+    stage(tmp_path, Key("test", "INBOX", uidvalidity(imap), uid), raw, "submitted")
+    assert once(tmp_path, imap, redmine) == 0
+    assert redmine.requests == [] and imap.messages("INBOX") == {}
+
+
+@pytest.mark.parametrize("dedupe", ["message-id", "off"])
+def test_uidvalidity_change_does_not_resubmit(tmp_path: Path, imap: ImapAccount,
+                                              dovecot: Dovecot, redmine: FakeRedmine,
+                                              capsys: pytest.CaptureFixture[str],
+                                              dedupe: str) -> None:
+    """The server renumbers the folder (dovecot lost its uidlist): a message already
+    submitted is recognised by Message-ID and content, disposed of, not sent again."""
+    raw, fresh = make(), make()
+    uid = imap.append("INBOX", raw)
+    old = uidvalidity(imap)
+    stage(tmp_path, Key("test", "INBOX", old, uid), raw, "submitted")
+    maildir = dovecot.directory / "home" / imap.username / "Maildir"
+    time.sleep(1.1)  # dovecot's new UIDVALIDITY is the current second
+    (maildir / "dovecot-uidlist").unlink()
+    for index in maildir.glob("dovecot.index*"):
+        index.unlink()
+    imap.append("INBOX", fresh)
+    assert uidvalidity(imap) != old
+    assert once(tmp_path, imap, redmine, dedupe=dedupe) == 0
+    assert redmine.emails == [fresh]
+    assert imap.messages("INBOX") == {}
+    assert "UIDVALIDITY changed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("policy", ["quarantine", "resubmit"])
+def test_in_doubt_policy(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
+                         policy: str) -> None:
+    """A run died while posting: quarantine (default) sets it aside; resubmit posts again."""
+    raw = make()
+    uid = imap.append("INBOX", raw)
+    stage(tmp_path, Key("test", "INBOX", uidvalidity(imap), uid), raw, "submitting")
+    extra = {} if policy == "quarantine" else {"in_doubt": "resubmit"}
+    assert once(tmp_path, imap, redmine, **extra) == 0
+    if policy == "quarantine":
+        assert redmine.requests == []
+        assert [body for _, body in imap.messages("Quarantine").values()] == [raw]
+    else:
+        assert redmine.emails == [raw] and imap.messages("Quarantine") == {}
+    assert imap.messages("INBOX") == {}
+
+
+def test_second_process_on_a_busy_folder(tmp_path: Path, imap: ImapAccount,
+                                         redmine: FakeRedmine,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """While another holds the folder's lock, a run touches nothing, says why, and exits 75."""
+    imap.append("INBOX", make())
+    with folder_lock(tmp_path / "state", "test", "INBOX"):
+        assert once(tmp_path, imap, redmine) == 75
+    assert redmine.requests == [] and len(imap.messages("INBOX")) == 1
+    err = capsys.readouterr().err
+    assert "another imap-ingest (pid " in err and "is working this folder" in err
+
+
+def test_lock_is_held_by_a_real_second_process(tmp_path: Path, imap: ImapAccount,
+                                               redmine: FakeRedmine) -> None:
+    """Two processes at once on one folder with a slow tracker: every message posted once."""
+    redmine.answer = lambda request: (201, b"", 0.2)
+    raws = [make() for _ in range(5)]
+    for raw in raws:
+        imap.append("INBOX", raw)
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url)
+    command = [sys.executable, "-m", "imap_ingest", "run", "--once", "-c", str(path)]
+    first = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    while not redmine.requests:
+        time.sleep(0.02)
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    _, first_err = first.communicate(timeout=30)
+    assert first.returncode == 0, first_err
+    assert second.returncode == 75 and "is working this folder" in second.stderr
+    assert sorted(redmine.emails) == sorted(raws)
+
+
+def test_gives_up_after_max_attempts(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A message that keeps failing temporarily goes to move_on_failure with its last reason."""
+    redmine.answer = lambda request: (503, b"", 0)
+    imap.append("INBOX", make())
+    config: dict[str, Any] = {"retry": {"max_attempts": 2},
+                              "folder": {"move_on_failure": "Failed"}}
+    assert once(tmp_path, imap, redmine, **config) == 75
+    assert once(tmp_path, imap, redmine, "--retry-now", **config) == 0
+    assert len(redmine.requests) == 2 and len(imap.messages("Failed")) == 1
+    assert "gave up after 2 attempt(s)" in capsys.readouterr().err
+
+
+def test_retry_timer_is_honoured_without_contacting_the_tracker(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """Once the first retry is due (first_delay), the next run tries again by itself."""
+    redmine.answer = lambda request: (500, b"", 0)
+    imap.append("INBOX", make())
+    config: dict[str, Any] = {"retry": {"first_delay": "1s"}}
+    assert once(tmp_path, imap, redmine, **config) == 75
+    redmine.answer = lambda request: (201, b"", 0)
+    assert once(tmp_path, imap, redmine, **config) == 75  # not due: nobody asked
+    assert len(redmine.requests) == 1
+    time.sleep(1.1)
+    assert once(tmp_path, imap, redmine, **config) == 0
+    assert len(redmine.requests) == 2 and imap.messages("INBOX") == {}
+
+
+def test_tracker_down_then_back_while_the_service_runs(tmp_path: Path, imap: ImapAccount,
+                                                       redmine: FakeRedmine) -> None:
+    """Redmine answers 503 for the first 1.5 s, then 201: all arrive once, none fails."""
+    back_at = time.monotonic() + 1.5
+    redmine.answer = lambda request: (201 if time.monotonic() > back_at else 503, b"", 0)
+    raws = [make() for _ in range(20)]
+    for raw in raws:
+        imap.append("INBOX", raw)
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url,
+                        folder={"interval": "0.2s", "move_on_failure": "Failed"},
+                        retry={"first_delay": "0.2s", "max_delay": "0.5s"})
+    process = subprocess.Popen([sys.executable, "-m", "imap_ingest", "run", "-c", str(path)],
+                               cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while imap.messages("INBOX") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    # Every message arrived; the only repeats are posts Redmine answered with 503.
+    assert sorted(set(redmine.emails)) == sorted(raws)
+    assert len(redmine.emails) > len(raws)  # it really was down for a while
+    assert imap.messages("INBOX") == {} and imap.messages("Failed") == {}
+
+
+def test_imap_server_restarted_mid_pass(tmp_path: Path, imap: ImapAccount, dovecot: Dovecot,
+                                        redmine: FakeRedmine) -> None:
+    """dovecot restarts while a --once run works a backlog: the run ends (75), the next one
+    finishes; messages posted before the restart are disposed of, not posted again."""
+    redmine.answer = lambda request: (201, b"", 0.15)
+    raws = [make() for _ in range(10)]
+    for raw in raws:
+        imap.append("INBOX", raw)
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url)
+    command = [sys.executable, "-m", "imap_ingest", "run", "--once", "-c", str(path)]
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    while len(redmine.requests) < 3:
+        time.sleep(0.01)
+    dovecot.restart()
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 75, err
+    redmine.answer = lambda request: (201, b"", 0)
+    assert main(["run", "--once", "-c", str(path)]) == 0
+    assert sorted(redmine.emails) == sorted(raws)  # each exactly once
+    assert imap.messages("INBOX") == {}
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "newer"])
+def test_unusable_ledger_touches_no_mail(tmp_path: Path, imap: ImapAccount,
+                                         redmine: FakeRedmine, damage: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    imap.append("INBOX", make())
+    ledger_file = tmp_path / "state" / "ledger.sqlite3"
+    ledger_file.parent.mkdir()
+    if damage == "corrupt":
+        ledger_file.write_bytes(b"\x00garbage" * 512)
+    else:
+        Ledger(ledger_file).close()
+        import sqlite3
+
+        with sqlite3.connect(ledger_file) as db:
+            db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+        db.close()
+    assert once(tmp_path, imap, redmine) == 78
+    assert redmine.requests == [] and len(imap.messages("INBOX")) == 1
+    assert f"ledger {ledger_file}" in capsys.readouterr().err
