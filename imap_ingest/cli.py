@@ -6,12 +6,15 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from . import __version__, logs
 from .config import CONFIG_VARIABLE, Config, load
 from .errors import EX_OK, EX_USAGE, IngestError, MailboxError, worst
+from .ledger import Ledger
 from .mailbox import Mailbox
+from .retry import retry
 from .service import Service
 from .trackers import Kind, open_tracker
 
@@ -99,6 +102,82 @@ def _check(config: Config, args: argparse.Namespace) -> int:
     return worst(*codes)
 
 
+def _ledger(config: Config) -> Ledger:
+    return Ledger(config.state_dir / "ledger.sqlite3")
+
+
+def _status(config: Config, args: argparse.Namespace) -> int:
+    ledger = _ledger(config)
+    try:
+        rows, targets = ledger.summary(), ledger.targets()
+    finally:
+        ledger.close()
+    folders: dict[str, list[str]] = {}
+    for account, folder, what, count, oldest in rows:
+        line = f"{count} {what}"
+        if what in ("waiting", "submitting"):
+            line += f" (oldest since {_time(oldest)})"
+        folders.setdefault(f"{account}/{folder}", []).append(line)
+    for folder, parts in folders.items():
+        print(f"{folder}: {', '.join(parts)}")
+    for name, failures, next_try, error, when in targets:
+        state = (f"failing ({failures} in a row), next try {_time(next_try)}" if failures
+                 else "ok")
+        last = f"; last error {_time(when)}: {error}" if error else ""
+        print(f"target {name}: {state}{last}")
+    if not folders:
+        print(f"no messages recorded yet in {config.state_dir}")
+    return EX_OK
+
+
+def _history(config: Config, args: argparse.Namespace) -> int:
+    ledger = _ledger(config)
+    try:
+        records = ledger.history(args.message_id)
+    finally:
+        ledger.close()
+    if not records:
+        print(f"no record of {args.message_id} in {config.state_dir}", file=sys.stderr)
+        return 1
+    for row, attempts in records:
+        ticket = f", ticket {row['ticket']}" if row["ticket"] else ""
+        print(f"{row['account']}/{row['folder']} uid {row['uid']} (UIDVALIDITY "
+              f"{row['uidvalidity']}), first seen {_time(row['first_seen'])}, rule "
+              f"{row['rule']}: {row['state']}, {row['outcome']}{ticket}; "
+              f"{row['reason'] or ''} [{row['dispose_to'] or 'not disposed'}]")
+        for attempt in attempts:
+            status = attempt["status"] if attempt["status"] is not None else "-"
+            print(f"  {_time(attempt['at'])} {attempt['target']} {attempt['outcome']} "
+                  f"{status}: {attempt['reason']}")
+    return EX_OK
+
+
+def _retry(config: Config, args: argparse.Namespace) -> int:
+    candidates = [a for a in config.accounts if args.account in (None, a.name)]
+    if args.account is None and len(candidates) > 1:
+        candidates = [a for a in candidates if any(
+            args.folder in (f.name, f.move_on_failure) for f in a.folders)]
+    if len(candidates) != 1:
+        print("name the account with --account (one of: "
+              + ", ".join(a.name for a in config.accounts) + ")", file=sys.stderr)
+        return EX_USAGE
+    ledger = _ledger(config)
+    try:
+        with Mailbox(candidates[0]) as mailbox:
+            for line in retry(mailbox, ledger, candidates[0], args.folder):
+                print(line)
+    finally:
+        ledger.close()
+    return EX_OK
+
+
+def _time(stamp: object) -> str:
+    """A ledger timestamp (seconds since the epoch) as local time."""
+    if not isinstance(stamp, int | float) or not stamp:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
@@ -139,4 +218,38 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example:\n  imap-ingest check -c config.yaml\n\n"
                "prints one line per check, OK or FAIL with the reason; exits 0 when all pass.")
     check.set_defaults(command=_check)
+
+    status = commands.add_parser(
+        "status", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="what the ledger knows: messages per folder by state, failing targets",
+        description="Summarise the ledger (no network): per folder, how many messages were "
+                    "submitted, failed, skipped, are waiting for a retry (and since when); per "
+                    "target, whether it is failing and its last error.",
+        epilog="example:\n  imap-ingest status -c config.yaml")
+    status.set_defaults(command=_status)
+
+    history = commands.add_parser(
+        "history", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="every attempt for one message, and where it ended up",
+        description="Show every record and attempt the ledger has for a Message-ID.",
+        epilog="example:\n  imap-ingest history -c config.yaml '<CAF=abc@mail.example.org>'\n\n"
+               "exits 1 when the ledger has no record of it.")
+    history.add_argument("message_id", metavar="MESSAGE-ID",
+                         help="the Message-ID header, with its angle brackets")
+    history.set_defaults(command=_history)
+
+    again = commands.add_parser(
+        "retry", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="give set-aside messages another try, after you fixed the cause",
+        description="Move the messages of a failure or quarantine folder back to the folder "
+                    "they came from (or, for a source folder, unmark the messages marked "
+                    "failed in place), so that the next pass submits them again. A message "
+                    "the ledger shows as already in the tracker is left where it is.",
+        epilog="examples:\n  imap-ingest retry -c config.yaml redmine.failed\n"
+               "  imap-ingest retry -c config.yaml Quarantine   # after checking the tracker:\n"
+               "      quarantined mail may already be there; delete those copies first")
+    again.add_argument("folder", metavar="FOLDER", help="the folder to take messages from")
+    again.add_argument("--account", metavar="NAME",
+                       help="the account (needed when several have such a folder)")
+    again.set_defaults(command=_retry)
     return parser

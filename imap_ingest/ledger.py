@@ -91,6 +91,16 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
+class Source:
+    """Where a copy of a message was seen, and what became of it."""
+
+    id: int
+    folder: str
+    outcome: str | None
+    ticket: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Backoff:
     """Exponential backoff with jitter: first, doubling, capped."""
 
@@ -244,6 +254,50 @@ class Ledger:
                 "UPDATE messages SET state = 'disposed', updated = ? WHERE account = ? AND "
                 "folder = ? AND uidvalidity = ? AND uid = ?",
                 [(now, k.account, k.folder, k.uidvalidity, k.uid) for k in keys])
+
+    def sources(self, account: str, message_id: str | None, digest: str) -> list[Source]:
+        """Every record of this message (same Message-ID and content) in this account."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, folder, outcome, ticket FROM messages WHERE account = ? AND "
+                "message_id IS ? AND hash = ? ORDER BY updated DESC",
+                (account, message_id, digest)).fetchall()
+        return [Source(*row) for row in rows]
+
+    def release(self, ids: list[int]) -> None:
+        """Forget that these records may be in the tracker: `retry` sends the message again."""
+        with self._transaction() as db:
+            db.executemany("UPDATE messages SET state = 'disposed', outcome = 'retried', "
+                           "dispose_to = NULL, updated = ? WHERE id = ?",
+                           [(time.time(), i) for i in ids])
+
+    # -- reports ---------------------------------------------------------------------------
+
+    def summary(self) -> list[tuple[str, str, str, int, float]]:
+        """Per account and folder: (account, folder, state or outcome, count, oldest)."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT account, folder, CASE WHEN state = 'disposed' THEN outcome ELSE state "
+                "END AS what, count(*), min(first_seen) FROM messages "
+                "GROUP BY account, folder, what ORDER BY account, folder, what").fetchall()
+
+    def targets(self) -> list[tuple[str, int, float | None, str | None, float | None]]:
+        """(name, consecutive failures, next try, last error, when) for every target seen."""
+        with self._lock:
+            return self._db.execute("SELECT * FROM targets ORDER BY name").fetchall()
+
+    def history(self, message_id: str) -> list[tuple[dict[str, object], list[dict[str, object]]]]:
+        """Every record of the message, each with its attempts, oldest first."""
+        with self._lock:
+            self._db.row_factory = sqlite3.Row
+            try:
+                rows = self._db.execute("SELECT * FROM messages WHERE message_id = ? "
+                                        "ORDER BY first_seen", (message_id,)).fetchall()
+                return [(dict(row), [dict(attempt) for attempt in self._db.execute(
+                    "SELECT * FROM attempts WHERE message = ? ORDER BY at", (row["id"],))])
+                    for row in rows]
+            finally:
+                self._db.row_factory = None
 
     # -- targets ---------------------------------------------------------------------------
 

@@ -89,8 +89,11 @@ class Mailbox:
 
     def new_uids(self) -> list[int]:
         """UIDs not deleted and not marked failed or skipped, found by one UID SEARCH."""
-        criteria = (["UNDELETED", "UNKEYWORD", FAILED, "UNKEYWORD", SKIPPED]
-                    if self._keywords else ["UNDELETED", "UNSEEN"])
+        return self.search(["UNDELETED", "UNKEYWORD", FAILED, "UNKEYWORD", SKIPPED]
+                           if self._keywords else ["UNDELETED", "UNSEEN"])
+
+    def search(self, criteria: list[str]) -> list[int]:
+        """UIDs matching an IMAP SEARCH, in order."""
         with self._errors(self.folder):
             return sorted(self._client.search(criteria))
 
@@ -157,6 +160,12 @@ class Mailbox:
         if uids:
             with self._errors(self.folder):
                 self._client.add_flags(uids, [keyword if self._keywords else SEEN], silent=True)
+
+    def unmark(self, uids: Sequence[int], keyword: str) -> None:
+        """Take a keyword set by ``mark`` off again."""
+        if uids:
+            with self._errors(self.folder):
+                self._client.remove_flags(uids, [keyword], silent=True)
 
     def _ensure(self, folder: str) -> None:
         if folder in self._known_folders:

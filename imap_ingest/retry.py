@@ -1,0 +1,51 @@
+"""`imap-ingest retry FOLDER`: give messages that were set aside another try.
+
+FOLDER is a failure or quarantine folder (its messages go back to the folder they came
+from) or a source folder (its messages marked failed in place are unmarked). A message the
+ledger shows as having reached the tracker stays where it is: retrying it would make a
+second ticket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .config import Account
+from .ledger import Ledger
+from .mailbox import FAILED, Mailbox
+from .message import Message
+
+_ANY_SIZE = 2**62
+
+
+def retry(mailbox: Mailbox, ledger: Ledger, account: Account, folder: str) -> Iterator[str]:
+    """Move or unmark the messages of ``folder``; yields one line per decision."""
+    sources = {f.name for f in account.folders}
+    failing_into = {f.move_on_failure: f.name for f in account.folders if f.move_on_failure}
+    in_place = folder in sources
+    mailbox.select(folder)
+    uids = mailbox.search(["KEYWORD", FAILED] if in_place else ["UNDELETED"])
+    back: dict[str, list[int]] = {}
+    for fetched in mailbox.fetch(uids, 100, _ANY_SIZE):
+        message = Message(fetched.raw or b"")
+        records = ledger.sources(account.name, message.message_id, message.digest())
+        where = f"uid {fetched.uid} {message.message_id or '(no Message-ID)'}"
+        reached = next((r for r in records if r.outcome == "submitted"), None)
+        if reached is not None:
+            ticket = f" as {reached.ticket}" if reached.ticket else ""
+            yield f"kept {where}: already in the tracker{ticket} (from {reached.folder})"
+            continue
+        source = folder if in_place else (records[0].folder if records
+                                          else failing_into.get(folder))
+        if source is None:
+            yield f"kept {where}: no record of its folder, and no folder fails into {folder}"
+            continue
+        ledger.release([record.id for record in records])
+        back.setdefault(source, []).append(fetched.uid)
+    for source, moved in back.items():
+        if in_place:
+            mailbox.unmark(moved, FAILED)
+            yield f"unmarked {len(moved)} message(s) in {source}: they are tried on the next pass"
+        else:
+            mailbox.move(moved, source)
+            yield f"moved {len(moved)} message(s) back to {source}: tried on its next pass"
