@@ -62,6 +62,17 @@ def test_environment_overrides_by_index_and_by_name(tmp_path: Path) -> None:
     assert config.targets["redmine"].secret.get_secret_value() == "env-key"
 
 
+def test_state_dir_default_and_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """state_dir defaults under $XDG_STATE_HOME; the container sets IMAP_INGEST_STATE_DIR."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    path = write(tmp_path, base())
+    assert load(path, {}).state_dir == tmp_path / "xdg" / "imap-ingest"
+    overridden = load(path, {"IMAP_INGEST_STATE_DIR": "/var/lib/imap-ingest"})
+    assert overridden.state_dir == Path("/var/lib/imap-ingest")
+    dockerfile = (Path(__file__).parent.parent / "Dockerfile").read_text()
+    assert "IMAP_INGEST_STATE_DIR=/var/lib/imap-ingest" in dockerfile
+
+
 def test_config_variable_is_not_a_key(tmp_path: Path) -> None:
     """IMAP_INGEST_CONFIG names the file (the -c default); it is not read as a key."""
     path = write(tmp_path, base())
