@@ -6,8 +6,9 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import __version__, logs
 from .config import CONFIG_VARIABLE, Config, load
@@ -19,6 +20,8 @@ from .service import Service
 from .trackers import Kind, open_tracker
 
 log = logging.getLogger("imap_ingest")
+
+Command = Callable[[Config, argparse.Namespace], int]
 
 DEFAULT_CONFIG = os.environ.get(CONFIG_VARIABLE, "config.yaml")
 
@@ -194,62 +197,60 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    run = commands.add_parser(
-        "run", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="ingest mail: once (--once), or polling each folder on its interval",
-        description="Ingest new mail from every configured folder.",
-        epilog="examples:\n"
-               "  imap-ingest run --once -c /etc/imap-ingest/config.yaml   # from cron\n"
-               "  imap-ingest run -c config.yaml --log-format json          # as a service\n\n"
-               "--once exits 0 when every message was dealt with, 75 when some are left\n"
-               "for a retry (tracker down), 77 when a login or the tracker key is refused.\n"
-               "Without --once, SIGTERM or Ctrl-C finish the message in hand and exit 0.")
+    def add(name: str, command: Command, help: str, description: str,
+            epilog: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=help, epilog=epilog,
+                                  description=textwrap.fill(description, 78),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(command=command)
+        return sub
+
+    run = add("run", _run,
+            help="ingest mail: once (--once), or polling each folder on its interval",
+            description="Ingest new mail from every configured folder.",
+            epilog="examples:\n"
+                   "  imap-ingest run --once -c /etc/imap-ingest/config.yaml   # from cron\n"
+                   "  imap-ingest run -c config.yaml --log-format json          # as a service\n\n"
+                   "--once exits 0 when every message was dealt with, 75 when some are left\n"
+                   "for a retry (tracker down), 77 when a login or the tracker key is refused.\n"
+                   "Without --once, SIGTERM or Ctrl-C finish the message in hand and exit 0.")
     run.add_argument("--once", action="store_true",
                      help="make one pass over every folder and exit (for cron)")
     run.add_argument("--retry-now", action="store_true",
                      help="retry messages and trackers now, ignoring their backoff timers")
-    run.set_defaults(command=_run)
 
-    check = commands.add_parser(
-        "check", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="validate the config, log in, open each folder, reach each tracker",
-        description="Check everything a run needs, creating nothing: the config file, each "
-                    "account's login, each folder, and each tracker's URL and key.",
-        epilog="example:\n  imap-ingest check -c config.yaml\n\n"
-               "prints one line per check, OK or FAIL with the reason; exits 0 when all pass.")
-    check.set_defaults(command=_check)
+    add("check", _check,
+            help="validate the config, log in, open each folder, reach each tracker",
+            description="Check everything a run needs, creating nothing: the config file, each "
+                        "account's login, each folder, and each tracker's URL and key.",
+            epilog="example:\n  imap-ingest check -c config.yaml\n\n"
+                   "prints one line per check, OK or FAIL with the reason; exits 0 when all pass.")
 
-    status = commands.add_parser(
-        "status", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="what the ledger knows: messages per folder by state, failing targets",
-        description="Summarise the ledger (no network): per folder, how many messages were "
-                    "submitted, failed, skipped, are waiting for a retry (and since when); per "
-                    "target, whether it is failing and its last error.",
-        epilog="example:\n  imap-ingest status -c config.yaml")
-    status.set_defaults(command=_status)
+    add("status", _status,
+            help="what the ledger knows: messages per folder by state, failing targets",
+            description="Summarise the ledger (no network): per folder, how many messages were "
+                        "submitted, failed, skipped, are waiting for a retry (and since when); per "
+                        "target, whether it is failing and its last error.",
+            epilog="example:\n  imap-ingest status -c config.yaml")
 
-    history = commands.add_parser(
-        "history", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="every attempt for one message, and where it ended up",
-        description="Show every record and attempt the ledger has for a Message-ID.",
-        epilog="example:\n  imap-ingest history -c config.yaml '<CAF=abc@mail.example.org>'\n\n"
-               "exits 1 when the ledger has no record of it.")
+    history = add("history", _history,
+            help="every attempt for one message, and where it ended up",
+            description="Show every record and attempt the ledger has for a Message-ID.",
+            epilog="example:\n  imap-ingest history -c config.yaml '<CAF=abc@mail.example.org>'\n\n"
+                   "exits 1 when the ledger has no record of it.")
     history.add_argument("message_id", metavar="MESSAGE-ID",
                          help="the Message-ID header, with its angle brackets")
-    history.set_defaults(command=_history)
 
-    again = commands.add_parser(
-        "retry", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="give set-aside messages another try, after you fixed the cause",
-        description="Move the messages of a failure or quarantine folder back to the folder "
-                    "they came from (or, for a source folder, unmark the messages marked "
-                    "failed in place), so that the next pass submits them again. A message "
-                    "the ledger shows as already in the tracker is left where it is.",
-        epilog="examples:\n  imap-ingest retry -c config.yaml redmine.failed\n"
-               "  imap-ingest retry -c config.yaml Quarantine   # after checking the tracker:\n"
-               "      quarantined mail may already be there; delete those copies first")
+    again = add("retry", _retry,
+            help="give set-aside messages another try, after you fixed the cause",
+            description="Move the messages of a failure or quarantine folder back to the folder "
+                        "they came from (or, for a source folder, unmark the messages marked "
+                        "failed in place), so that the next pass submits them again. A message "
+                        "the ledger shows as already in the tracker is left where it is.",
+            epilog="examples:\n  imap-ingest retry -c config.yaml redmine.failed\n"
+                   "  imap-ingest retry -c config.yaml Quarantine   # after checking the tracker:\n"
+                   "      quarantined mail may already be there; delete those copies first")
     again.add_argument("folder", metavar="FOLDER", help="the folder to take messages from")
     again.add_argument("--account", metavar="NAME",
                        help="the account (needed when several have such a folder)")
-    again.set_defaults(command=_retry)
     return parser

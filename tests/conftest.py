@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from .dovecot import Dovecot, DovecotNotInstalled, ImapAccount, find_dovecot
+from .redmine_server import FakeRedmine
 
 NOT_INSTALLED = (
     "Dovecot is required for the IMAP tests but no dovecot binary was found "
@@ -63,3 +64,11 @@ def imap_any(request: pytest.FixtureRequest) -> ImapAccount:
     name = "dovecot" if request.param == "move" else "dovecot_nomove"
     server: Dovecot = request.getfixturevalue(name)
     return server.account()
+
+
+@pytest.fixture
+def redmine() -> Iterator[FakeRedmine]:
+    """A real HTTP server on loopback answering as Redmine's /mail_handler (201 by default)."""
+    server = FakeRedmine()
+    yield server
+    server.close()

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .dovecot import ImapAccount
+from .mail import make
+
+ROOT = Path(__file__).parent.parent
+
+
+def command(*args: str) -> list[str]:
+    """``python -m imap_ingest ARGS`` as a process (run with ``cwd=ROOT``)."""
+    return [sys.executable, "-m", "imap_ingest", *args]
+
+
+def backlog(imap: ImapAccount, count: int, folder: str = "INBOX") -> list[bytes]:
+    """Append ``count`` distinct messages to ``folder``; returns them in order."""
+    raws = [make(subject=f"backlog {i}") for i in range(count)]
+    with imap.client() as client:
+        for raw in raws:
+            client.append(folder, raw)
+    return raws
 
 
 def write_config(path: Path, imap: ImapAccount, redmine_url: str, *, key: str = "s3cret-key",

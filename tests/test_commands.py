@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +14,6 @@ from .ingest_env import write_config
 from .mail import make
 from .redmine_server import FakeRedmine
 from .test_reliability import stage, uidvalidity
-
-
-@pytest.fixture
-def redmine() -> Iterator[FakeRedmine]:
-    server = FakeRedmine()
-    yield server
-    server.close()
 
 
 class Cli:

@@ -10,32 +10,19 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from imap_ingest.message import Message
 
 from .dovecot import ImapAccount
-from .ingest_env import write_config
-from .mail import make
+from .ingest_env import ROOT, backlog, command, write_config
 from .redmine_server import FakeRedmine, Request
 
-ROOT = Path(__file__).parent.parent
 MESSAGES = 300
 KILLS = 30
-
-
-@pytest.fixture
-def redmine() -> Iterator[FakeRedmine]:
-    server = FakeRedmine()
-    yield server
-    server.close()
 
 
 class Killer:
@@ -69,18 +56,15 @@ class Killer:
 def test_sigkill_at_30_points_loses_nothing_and_sends_nothing_twice(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
     rng = random.Random(20261121)
-    raws = [make(subject=f"crash {i}") for i in range(MESSAGES)]
-    with imap.client() as client:
-        for raw in raws:
-            client.append("INBOX", raw)
+    raws = backlog(imap, MESSAGES)
     path = write_config(tmp_path / "config.yaml", imap, redmine.url,
                         folder={"move_on_success": "Done", "batch_size": 20})
-    command = [sys.executable, "-m", "imap_ingest", "run", "--once", "-c", str(path)]
+    argv = command("run", "--once", "-c", str(path))
     killer = Killer()
     redmine.answer = killer.answer
     killed = 0
     for round_ in range(KILLS):
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+        process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         mode = round_ % 3
         killer.arm(process, rng.randint(1, 8) if mode < 2 else None, after_answer=mode == 1)
@@ -90,7 +74,7 @@ def test_sigkill_at_30_points_loses_nothing_and_sends_nothing_twice(
         process.wait(timeout=60)
         killed += process.returncode == -signal.SIGKILL
     killer.arm(None)
-    assert run(command) == 0
+    assert run(argv) == 0
 
     posted = Counter(Message(raw).message_id for raw in redmine.emails)
     everything = {Message(raw).message_id for raw in raws}
@@ -111,8 +95,8 @@ def test_sigkill_at_30_points_loses_nothing_and_sends_nothing_twice(
         deleted = {Message(quarantine[uid][1]).message_id for uid in have}
         client.delete_messages(have)
         client.uid_expunge(have)
-    assert run([*command[:3], "retry", "Quarantine", "-c", str(path)]) == 0
-    assert run(command) == 0
+    assert run(command("retry", "Quarantine", "-c", str(path))) == 0
+    assert run(argv) == 0
 
     posted = Counter(Message(raw).message_id for raw in redmine.emails)
     assert set(posted) == everything and max(posted.values()) == 1, "not exactly once"
@@ -122,5 +106,5 @@ def test_sigkill_at_30_points_loses_nothing_and_sends_nothing_twice(
     assert imap.messages("INBOX") == imap.messages("Quarantine") == {}
 
 
-def run(command: list[str]) -> int:
-    return subprocess.run(command, cwd=ROOT, capture_output=True).returncode
+def run(argv: list[str]) -> int:
+    return subprocess.run(argv, cwd=ROOT, capture_output=True).returncode

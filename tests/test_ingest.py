@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +13,9 @@ from imap_ingest.mailbox import FAILED, SKIPPED
 from imap_ingest.trackers.redmine import crlf
 
 from .dovecot import Dovecot, ImapAccount
-from .ingest_env import write_config
+from .ingest_env import backlog, write_config
 from .mail import make
 from .redmine_server import FakeRedmine
-
-
-@pytest.fixture
-def redmine() -> Iterator[FakeRedmine]:
-    server = FakeRedmine()
-    yield server
-    server.close()
 
 
 class Run:
@@ -53,9 +45,7 @@ def flags(imap: ImapAccount, folder: str = "INBOX") -> list[set[bytes]]:
 def test_success_deletes_exactly_the_submitted_messages(run: Run, imap: ImapAccount,
                                                         redmine: FakeRedmine) -> None:
     """Three messages become three posts with their exact bytes; the folder is left empty."""
-    raws = [make(subject=f"Request {i}") for i in range(3)]
-    for raw in raws:
-        imap.append("INBOX", raw)
+    raws = backlog(imap, 3)
     assert run() == 0
     assert redmine.emails == [crlf(raw) for raw in raws]
     assert imap.messages("INBOX") == {}
@@ -248,9 +238,7 @@ def test_huge_message_within_a_raised_limit_is_submitted(run: Run, imap: ImapAcc
 
 def test_sizes_are_fetched_in_batches(run: Run, imap: ImapAccount, redmine: FakeRedmine) -> None:
     """More messages than batch_size: all submitted in order, folder empty."""
-    raws = [make(subject=f"n{i}") for i in range(7)]
-    for raw in raws:
-        imap.append("INBOX", raw)
+    raws = backlog(imap, 7)
     assert run(folder={"batch_size": 3}) == 0
     assert redmine.emails == raws
     assert imap.messages("INBOX") == {}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from imap_ingest.config import RedmineTarget, SubmitOptions
@@ -12,13 +10,6 @@ from imap_ingest.trackers.redmine import Redmine, classify, crlf
 
 from .mail import make
 from .redmine_server import FORBIDDEN, FakeRedmine, Request
-
-
-@pytest.fixture
-def redmine() -> Iterator[FakeRedmine]:
-    server = FakeRedmine()
-    yield server
-    server.close()
 
 
 def target(url: str, **extra: object) -> RedmineTarget:

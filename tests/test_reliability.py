@@ -6,9 +6,7 @@ run leaves behind (tests/test_crash.py makes real crashes)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +18,9 @@ from imap_ingest.locks import folder_lock
 from imap_ingest.message import Message
 
 from .dovecot import Dovecot, ImapAccount
-from .ingest_env import write_config
+from .ingest_env import ROOT, backlog, command, write_config
 from .mail import make
 from .redmine_server import FakeRedmine
-
-ROOT = Path(__file__).parent.parent
-
-
-@pytest.fixture
-def redmine() -> Iterator[FakeRedmine]:
-    server = FakeRedmine()
-    yield server
-    server.close()
 
 
 def once(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, *args: str,
@@ -161,15 +150,13 @@ def test_lock_is_held_by_a_real_second_process(tmp_path: Path, imap: ImapAccount
                                                redmine: FakeRedmine) -> None:
     """Two processes at once on one folder with a slow tracker: every message posted once."""
     redmine.answer = lambda request: (201, b"", 0.2)
-    raws = [make() for _ in range(5)]
-    for raw in raws:
-        imap.append("INBOX", raw)
+    raws = backlog(imap, 5)
     path = write_config(tmp_path / "config.yaml", imap, redmine.url)
-    command = [sys.executable, "-m", "imap_ingest", "run", "--once", "-c", str(path)]
-    first = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    argv = command("run", "--once", "-c", str(path))
+    first = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     while not redmine.requests:
         time.sleep(0.02)
-    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    second = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     _, first_err = first.communicate(timeout=30)
     assert first.returncode == 0, first_err
     assert second.returncode == 75 and "is working this folder" in second.stderr
@@ -209,13 +196,11 @@ def test_tracker_down_then_back_while_the_service_runs(tmp_path: Path, imap: Ima
     """Redmine answers 503 for the first 1.5 s, then 201: all arrive once, none fails."""
     back_at = time.monotonic() + 1.5
     redmine.answer = lambda request: (201 if time.monotonic() > back_at else 503, b"", 0)
-    raws = [make() for _ in range(20)]
-    for raw in raws:
-        imap.append("INBOX", raw)
+    raws = backlog(imap, 20)
     path = write_config(tmp_path / "config.yaml", imap, redmine.url,
                         folder={"interval": "0.2s", "move_on_failure": "Failed"},
                         retry={"first_delay": "0.2s", "max_delay": "0.5s"})
-    process = subprocess.Popen([sys.executable, "-m", "imap_ingest", "run", "-c", str(path)],
+    process = subprocess.Popen(command("run", "-c", str(path)),
                                cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
@@ -236,12 +221,10 @@ def test_imap_server_restarted_mid_pass(tmp_path: Path, imap: ImapAccount, dovec
     """dovecot restarts while a --once run works a backlog: the run ends (75), the next one
     finishes; messages posted before the restart are disposed of, not posted again."""
     redmine.answer = lambda request: (201, b"", 0.15)
-    raws = [make() for _ in range(10)]
-    for raw in raws:
-        imap.append("INBOX", raw)
+    raws = backlog(imap, 10)
     path = write_config(tmp_path / "config.yaml", imap, redmine.url)
-    command = [sys.executable, "-m", "imap_ingest", "run", "--once", "-c", str(path)]
-    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    argv = command("run", "--once", "-c", str(path))
+    process = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     while len(redmine.requests) < 3:
         time.sleep(0.01)
     dovecot.restart()

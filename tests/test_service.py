@@ -6,30 +6,20 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from .dovecot import ImapAccount
-from .ingest_env import write_config
+from .ingest_env import ROOT, backlog, command, write_config
 from .mail import make
 from .redmine_server import FakeRedmine
 
-ROOT = Path(__file__).parent.parent
-
-
-@pytest.fixture
-def redmine() -> Iterator[FakeRedmine]:
-    server = FakeRedmine()
-    yield server
-    server.close()
-
 
 def start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "imap_ingest", *args], cwd=ROOT, text=True,
+    return subprocess.Popen(command(*args), cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -70,9 +60,7 @@ def test_sigterm_finishes_the_message_in_hand(tmp_path: Path, imap: ImapAccount,
     """SIGTERM mid-backlog: the post in flight completes and is disposed of, the rest stay
     untouched, and the process exits 0 — nothing lost, nothing sent twice."""
     redmine.answer = lambda request: (201, b"", 0.4)
-    raws = [make(subject=f"backlog {i}") for i in range(10)]
-    for raw in raws:
-        imap.append("INBOX", raw)
+    raws = backlog(imap, 10)
     config = write_config(tmp_path / "c.yaml", imap, redmine.url, folder={"batch_size": 100})
     process = start("run", *(["--once"] if once else []), "-c", str(config))
     wait_for(lambda: len(redmine.requests) >= 2)
@@ -89,9 +77,7 @@ def test_passes_of_one_folder_never_overlap(tmp_path: Path, imap: ImapAccount,
                                             redmine: FakeRedmine) -> None:
     """An interval far shorter than a pass: no message is posted twice."""
     redmine.answer = lambda request: (201, b"", 0.3)
-    raws = [make(subject=f"slow {i}") for i in range(6)]
-    for raw in raws:
-        imap.append("INBOX", raw)
+    raws = backlog(imap, 6)
     config = write_config(tmp_path / "c.yaml", imap, redmine.url, folder={"interval": "0.1s"})
     process = start("run", "-c", str(config))
     try:
@@ -109,14 +95,14 @@ def test_console_script_and_module_help() -> None:
     assert script, "pip install -e . provides the imap-ingest console script"
     top = subprocess.run([script, "--help"], capture_output=True, text=True, check=True).stdout
     assert "imap-ingest run --once -c config.yaml" in top and "exit codes" in top
-    for command in ("run", "check"):
-        out = subprocess.run([sys.executable, "-m", "imap_ingest", command, "--help"],
+    for name in ("run", "check"):
+        out = subprocess.run(command(name, "--help"),
                              capture_output=True, text=True, check=True, cwd=ROOT,
                              env={**os.environ}).stdout
         assert "example" in out and "--config" in out and "--log-format" in out
 
 
 def test_no_command_is_a_usage_error() -> None:
-    result = subprocess.run([sys.executable, "-m", "imap_ingest"], capture_output=True,
+    result = subprocess.run(command(), capture_output=True,
                             text=True, cwd=ROOT)
     assert result.returncode == 64 and "usage:" in result.stderr
