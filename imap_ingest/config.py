@@ -34,6 +34,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from . import conditions, loops
 from .errors import ConfigError
 
 ENV_PREFIX = "IMAP_INGEST_"
@@ -88,12 +89,15 @@ def _read_secret_env(value: object) -> str:
     return secret
 
 
-def _check_regex(pattern: str) -> str:
-    try:
-        re.compile(pattern.removeprefix("!"))
-    except re.error as exc:
-        raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
-    return pattern
+def _check_condition(item: str | dict[str, str]) -> str | dict[str, str]:
+    conditions.parse(item)
+    return item
+
+
+def _check_name(name: str) -> str:
+    if name not in loops.NAMES:
+        raise ValueError(f"{name!r} is not a built-in check: {', '.join(loops.NAMES)}")
+    return name
 
 
 def _check_url(url: str) -> str:
@@ -107,7 +111,8 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 # The *_file and *_env forms hold the secret itself once validated: read once, at load time.
 SecretFromFile = Annotated[SecretStr, BeforeValidator(_read_secret_file)]
 SecretFromEnv = Annotated[SecretStr, BeforeValidator(_read_secret_env)]
-Condition = Annotated[str, AfterValidator(_check_regex)]
+Condition = Annotated[str | dict[str, str], AfterValidator(_check_condition)]
+CheckName = Annotated[str, AfterValidator(_check_name)]
 
 
 class _Model(BaseModel):
@@ -169,39 +174,79 @@ class SubmitOptions(_Model):
 
 
 class Action(_Model):
-    """What a matching rule does: exactly one of submit, skip, move."""
+    """What a matching rule does: one of submit, skip, move, discard (copy may stand alone,
+    then the next rules are tried); header edits go with submit."""
+
+    model_config = ConfigDict(populate_by_name=True)
 
     submit: SubmitOptions | None = None
     skip: bool = False
     move: str | None = None
+    discard: bool = False
+    copy_to: str | None = Field(None, alias="copy")
+    set_header: dict[str, str] = {}
+    remove_header: list[str] = []
+    from_header: str | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _from_word(cls, value: object) -> object:
-        if value in ("submit", "skip"):
+        if value in ("submit", "skip", "discard"):
             return {value: {} if value == "submit" else True}
         if isinstance(value, str):
-            raise ValueError(f"{value!r} is not an action: use submit, skip, "
-                             "{submit: {OPTION: VALUE}} or {move: FOLDER}")
-        if isinstance(value, dict) and value.get("submit", 0) is None:
-            return {**value, "submit": {}}
+            raise ValueError(f"{value!r} is not an action: use submit, skip, discard, "
+                             "{submit: {OPTION: VALUE}}, {move: FOLDER} or {copy: FOLDER}")
+        if isinstance(value, dict):
+            if value.get("submit", 0) is None:
+                value = {**value, "submit": {}}
+            if isinstance(value.get("remove_header"), str):
+                value = {**value, "remove_header": [value["remove_header"]]}
         return value
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> Action:
-        if sum((self.submit is not None, self.skip, self.move is not None)) != 1:
-            raise ValueError("give exactly one of submit, skip, move")
+    def _one_outcome(self) -> Action:
+        final = sum((self.submit is not None, self.skip, self.move is not None, self.discard))
+        if final > 1 or (final == 0 and self.copy_to is None):
+            raise ValueError("give one of submit, skip, move, discard (copy may stand alone)")
+        if self.submit is None and (self.set_header or self.remove_header or self.from_header):
+            raise ValueError("set_header, remove_header and from_header go with submit")
         return self
+
+    @property
+    def edits_headers(self) -> bool:
+        return bool(self.set_header or self.remove_header or self.from_header)
 
 
 class Rule(_Model):
-    """``if`` all conditions hold (none: always), ``then`` act."""
+    """``if`` all conditions hold (none: always), ``then`` act; ``allow`` lifts the named
+    built-in loop checks for this rule's submit. ``use: NAME`` (or just the name) stands
+    for a rule of the top-level ``rules:``."""
 
     model_config = ConfigDict(populate_by_name=True)
 
     name: str | None = None
+    use: str | None = None
     if_: list[Condition] = Field(default=[], alias="if")
-    then: Action
+    allow: list[CheckName] = []
+    then: Action | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: object) -> object:
+        return {"use": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _use_or_then(self) -> Rule:
+        if self.use is not None and (self.then or self.if_ or self.allow or self.name):
+            raise ValueError("a rule with use: takes nothing else")
+        if self.use is None and self.then is None:
+            raise ValueError("a rule needs then: (or use: NAME of a top-level rule)")
+        return self
+
+    @property
+    def action(self) -> Action:
+        assert self.then is not None  # checked by _use_or_then, for rules without use:
+        return self.then
 
 
 class Folder(SubmitOptions):
@@ -213,6 +258,7 @@ class Folder(SubmitOptions):
     move_on_failure: str | None = None
     max_message_size: Size = parse_size("25M")
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 100
+    loops_folder: str | None = None
     rules: list[Rule] = []
 
 
@@ -268,6 +314,7 @@ class RedmineTarget(_WithSecret):
     no_notification: bool = False
     default_group: str | None = None
     project_from_subaddress: str | None = None
+    addresses: list[str] = []  # the tracker's own From addresses, for the own-address check
 
 
 Target = RedmineTarget
@@ -289,6 +336,9 @@ class Config(BaseSettings):
 
     accounts: Annotated[list[Account], Field(min_length=1)]
     targets: Annotated[dict[str, Target], Field(min_length=1)]
+    rules: dict[str, Rule] = {}
+    loops_folder: str | None = None
+    loop_checks: dict[CheckName, bool] = {}
     state_dir: Path = Field(default_factory=default_state_dir)
     dedupe: Literal["message-id", "content", "off"] = "message-id"
     in_doubt: Literal["quarantine", "resubmit"] = "quarantine"
@@ -310,6 +360,10 @@ class Config(BaseSettings):
             yield account.secret.get_secret_value()
         for target in self.targets.values():
             yield target.secret.get_secret_value()
+
+    def own_addresses(self) -> set[str]:
+        """Every target's own From addresses, lower-cased, for the own-address check."""
+        return {a.lower() for target in self.targets.values() for a in target.addresses}
 
     def target_for(self, options: SubmitOptions) -> str:
         """The target a message with these options goes to."""
@@ -419,10 +473,18 @@ def _check_references(config: Config, path: str | os.PathLike[str]) -> None:
             if folder.target is None and len(config.targets) > 1:
                 raise ConfigError(f"several targets are defined ({known}): name one",
                                   file=path, key=f"{where}.target")
+            for r, rule in enumerate(folder.rules):
+                if rule.use is not None and rule.use not in config.rules:
+                    raise ConfigError(f"no rule named {rule.use!r} in the top-level rules: "
+                                      f"(known: {', '.join(config.rules) or 'none'})",
+                                      file=path, key=f"{where}.rules[{r}].use")
             named = [(f"{where}.target", folder.target)] + [
                 (f"{where}.rules[{r}].then.submit.target", rule.then.submit.target)
-                for r, rule in enumerate(folder.rules) if rule.then.submit is not None
-            ]
+                for r, rule in enumerate(folder.rules)
+                if rule.then is not None and rule.then.submit is not None
+            ] + [(f"rules.{name}.then.submit.target", rule.then.submit.target)
+                 for name, rule in config.rules.items()
+                 if rule.then is not None and rule.then.submit is not None]
             for key, target in named:
                 if target is not None and target not in config.targets:
                     raise ConfigError(f"no target named {target!r} (known: {known})",

@@ -19,7 +19,7 @@ from .errors import EX_OK, EX_TEMPFAIL, TrackerRefused
 from .ledger import Backoff, Key, Ledger, Record
 from .logs import event
 from .mailbox import FAILED, SKIPPED, Fetched, Mailbox
-from .message import Message
+from .message import Message, edit_headers
 from .rules import Act, Decision, RuleSet
 from .trackers import Kind, Outcome, Tracker
 
@@ -42,7 +42,8 @@ class PassReport:
 class _Disposal:
     """Dispositions collected during a pass and sent as one command per destination.
 
-    A disposition is ``delete``, ``move:FOLDER`` or ``mark:KEYWORD``, as the ledger stores it.
+    A disposition is ``delete``, ``move:FOLDER`` or ``mark:KEYWORD``, as the ledger stores
+    it; ``copy:FOLDER`` comes before a message's disposition.
     """
 
     def __init__(self, mailbox: Mailbox, ledger: Ledger) -> None:
@@ -57,16 +58,20 @@ class _Disposal:
         self._pending.setdefault(to, []).append(key)
 
     def flush(self) -> None:
-        for to, keys in self._pending.items():
-            uids = [key.uid for key in keys]
+        # Copies first: a message may be copied and then moved or deleted.
+        for to in sorted(self._pending, key=lambda to: not to.startswith("copy:")):
+            uids = [key.uid for key in self._pending[to]]
             verb, _, where = to.partition(":")
-            if verb == "move":
+            if verb == "copy":
+                self._mailbox.copy(uids, where)
+            elif verb == "move":
                 self._mailbox.move(uids, where)
             elif verb == "mark":
                 self._mailbox.mark(uids, where)
             else:
                 self._mailbox.delete(uids)
-        self._ledger.disposed([key for keys in self._pending.values() for key in keys])
+        self._ledger.disposed([key for to, keys in self._pending.items() for key in keys
+                               if not to.startswith("copy:")])
         self._pending = {}
 
 
@@ -96,7 +101,7 @@ class _Pass:
         self.trackers = trackers
         self.ledger = ledger
         self.retry_now = retry_now
-        self.rules = RuleSet(folder)
+        self.rules = RuleSet.for_folder(folder, config)
         self.disposal = _Disposal(mailbox, ledger)
         self.backoff = Backoff(config.retry.first_delay, config.retry.max_delay)
         self.report = PassReport(mailbox.account.name, folder.name)
@@ -145,14 +150,20 @@ class _Pass:
             self._decide(key, None, fetched.size, "-", "failed", reason, self.failure_to)
             return
         decision = self.rules.evaluate(message)
-        if decision.act is Act.SKIP:
-            self._decide(key, message, fetched.size, decision.rule, "skipped", "",
-                         f"mark:{SKIPPED}")
-        elif decision.act is Act.MOVE:
-            self._decide(key, message, fetched.size, decision.rule, "moved", "",
-                         f"move:{decision.folder}")
-        else:
+        for folder in decision.copies:
+            self.disposal.add(key, f"copy:{folder}")
+        if decision.act is Act.SUBMIT:
             self._submit(key, message, decision, record)
+            return
+        outcome, to, level = {
+            Act.SKIP: ("skipped", f"mark:{SKIPPED}", logging.INFO),
+            Act.MOVE: ("moved", f"move:{decision.folder}", logging.INFO),
+            Act.DISCARD: ("discarded", "delete", logging.WARNING),
+            Act.HOLD: ("held", f"move:{decision.folder}" if decision.folder
+                       else f"mark:{SKIPPED}", logging.WARNING),
+        }[decision.act]
+        self._decide(key, message, fetched.size, decision.rule, outcome, decision.reason, to,
+                     level=level)
 
     def _resume(self, key: Key, message: Message | None, record: Record) -> bool:
         """Finish what an earlier pass left; False when the message should be submitted."""
@@ -202,7 +213,10 @@ class _Pass:
             self._decide(key, message, len(message.raw), decision.rule, "duplicate",
                          f"already submitted as {earlier}", self.success_to)
             return
-        outcome = self.trackers[target].submit(message.raw, decision.options)
+        raw = message.raw if decision.edits is None else edit_headers(
+            message.raw, decision.edits.set_header, decision.edits.remove_header,
+            decision.edits.from_header)
+        outcome = self.trackers[target].submit(raw, decision.options)
         if outcome.kind is Kind.SUCCESS:
             self._answered(key, message, decision.rule, target, outcome, "submitted",
                            self.success_to)

@@ -146,14 +146,20 @@ class Mailbox:
         """Move these UIDs to ``folder``, creating it if missing."""
         if not uids:
             return
-        self._ensure(folder)
         if self._has_move:
+            self._ensure(folder)
             with self._errors(self.folder):
                 self._client.move(uids, folder)
             return
-        with self._errors(self.folder):
-            self._client.copy(uids, folder)
+        self.copy(uids, folder)
         self.delete(uids)
+
+    def copy(self, uids: Sequence[int], folder: str) -> None:
+        """Copy these UIDs into ``folder``, creating it if missing."""
+        if uids:
+            self._ensure(folder)
+            with self._errors(self.folder):
+                self._client.copy(uids, folder)
 
     def mark(self, uids: Sequence[int], keyword: str) -> None:
         """Remember on the server not to look at these again: a keyword, else \\Seen."""

@@ -1,17 +1,22 @@
 """A read-only view of one raw message: its header block, unfolded, for rules and logs.
 
 The raw bytes are kept exactly as fetched; the tracker gets them untouched (signatures
-and RT's own MIME parsing depend on that).
+and RT's own MIME parsing depend on that), except for header edits a rule asks for.
 """
 
 from __future__ import annotations
 
+import email
+import email.policy
 import hashlib
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from email.header import decode_header, make_header
 
-# Mail is hostile input: rules look at no more header than this.
+# Mail is hostile input: rules look at no more header than this, and search no more body.
 MAX_HEADER_BYTES = 256 * 1024
+MAX_BODY_PARSED = 4 * 1024 * 1024
+MAX_BODY_TEXT = 1024 * 1024
 
 _END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -21,15 +26,16 @@ _TRACE = re.compile(rb"^(?:Received|Return-Path|Delivered-To|X-Original-To|Envel
                     rb"ARC-[\w-]+):.*\n(?:[ \t].*\n)*", re.IGNORECASE | re.MULTILINE)
 
 
-@dataclass(frozen=True, slots=True)
 class Message:
-    """Raw bytes plus the unfolded header block as text."""
+    """Raw bytes plus the unfolded header block as text; decoded views made on demand."""
 
-    raw: bytes
-    headers: str = field(init=False, repr=False)
+    __slots__ = ("_body", "_decoded", "headers", "raw")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "headers", _header_text(self.raw))
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.headers = _header_text(raw)
+        self._decoded: str | None = None
+        self._body: str | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name``, unfolded and stripped, or None."""
@@ -40,6 +46,26 @@ class Message:
     @property
     def message_id(self) -> str | None:
         return self.header("Message-ID")
+
+    @property
+    def subject(self) -> str | None:
+        """The Subject with RFC 2047 words decoded."""
+        value = self.header("Subject")
+        return _decode_words(value) if value is not None else None
+
+    @property
+    def decoded_headers(self) -> str:
+        """The header block with RFC 2047 encoded words decoded, for rules on real text."""
+        if self._decoded is None:
+            self._decoded = "\n".join(_decode_words(line) if "=?" in line else line
+                                      for line in self.headers.split("\n"))
+        return self._decoded
+
+    def body_text(self) -> str:
+        """The text parts, transfer-decoded and charset-decoded, at most MAX_BODY_TEXT."""
+        if self._body is None:
+            self._body = _body_text(self.raw[:MAX_BODY_PARSED])
+        return self._body
 
     def digest(self) -> str:
         """SHA-256 of the message without its trace headers and with LF line ends, so that
@@ -55,9 +81,85 @@ def _header_text(raw: bytes) -> str:
     end = _END_OF_HEADER.search(block)
     if end is not None:
         block = block[: end.start()]
+    return _FOLD.sub("", _text(block)).replace("\r\n", "\n")
+
+
+def _text(data: bytes, charset: str = "utf-8") -> str:
     try:
-        text = block.decode("utf-8")
-    except UnicodeDecodeError:
-        # Legacy 8-bit headers: latin-1 keeps every byte, so ASCII patterns still match.
-        text = block.decode("latin-1")
-    return _FOLD.sub("", text).replace("\r\n", "\n")
+        return data.decode(charset)
+    except (UnicodeDecodeError, LookupError):
+        # Legacy 8-bit text: latin-1 keeps every byte, so ASCII patterns still match.
+        return data.decode("latin-1")
+
+
+def _decode_words(value: str) -> str:
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeError, AssertionError):
+        return value  # a malformed or unknown-charset word stays as written
+
+
+def _body_text(raw: bytes) -> str:
+    parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
+    texts: list[str] = []
+    size = 0
+    for part in parsed.walk():
+        if part.get_content_maintype() != "text" or part.get_filename():
+            continue
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
+        text = _text(payload, part.get_content_charset() or "utf-8")
+        texts.append(text[: MAX_BODY_TEXT - size])
+        size += len(texts[-1])
+        if size >= MAX_BODY_TEXT:
+            break
+    return "\n".join(texts)
+
+
+def edit_headers(raw: bytes, set_header: Mapping[str, str], remove: Sequence[str],
+                 from_header: str | None) -> bytes:
+    """The message with header fields removed, set or From replaced; the body is untouched.
+
+    ``from_header`` names a header (e.g. Reply-To) whose address becomes the From, for
+    forms that send every request from one list address; the old From is kept as
+    X-Original-From.
+    """
+    newline = b"\r\n" if b"\r\n" in raw[:MAX_HEADER_BYTES] else b"\n"
+    end = _END_OF_HEADER.search(raw[:MAX_HEADER_BYTES])
+    head, rest = (raw[: end.start()], raw[end.start():]) if end else (raw, b"")
+    fields = _fields(head, newline)
+    added: list[bytes] = []
+    if from_header is not None:
+        value = _field_value(fields, from_header)
+        if value is not None:
+            added += [b"From: " + value]
+            if (old := _field_value(fields, "From")) is not None:
+                added += [b"X-Original-From: " + old]
+            remove = [*remove, "From", "X-Original-From"]
+    added += [f"{name}: {value}".encode() for name, value in set_header.items()]
+    gone = {name.lower() for name in [*remove, *set_header]}
+    kept = [field for field in fields if _field_name(field) not in gone]
+    return newline.join([*added, *kept]) + rest
+
+
+def _fields(head: bytes, newline: bytes) -> list[bytes]:
+    """Header fields, each with its continuation lines."""
+    fields: list[bytes] = []
+    for line in head.split(newline):
+        if fields and line[:1] in (b" ", b"\t"):
+            fields[-1] += newline + line
+        else:
+            fields.append(line)
+    return fields
+
+
+def _field_name(field: bytes) -> str:
+    return field.partition(b":")[0].strip().decode("latin-1").lower()
+
+
+def _field_value(fields: list[bytes], name: str) -> bytes | None:
+    for field in fields:
+        if _field_name(field) == name.lower() and b":" in field:
+            return field.partition(b":")[2].strip()
+    return None

@@ -1,17 +1,20 @@
-"""Procmail-like rules: the first rule whose conditions all hold decides what happens.
+"""Procmail-like rules after built-in loop checks; the first matching rule decides.
 
-A condition is a regular expression searched in the unfolded header block, case-insensitive
-and line-anchored (``^`` starts any header line), as procmail does; a leading ``!`` negates
-it. A folder with no matching rule submits the message with the folder's own options.
+Order: every enabled built-in check (loops.py) runs, then the folder's rules in order. A
+rule whose conditions all hold acts (``copy`` alone records a copy and goes on to the next
+rule). A ``submit`` is held when a built-in check fired that the rule does not name in
+``allow:``; so is the default submit of a message no rule matched. Every step is kept in
+the trace that ``imap-ingest explain`` prints.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
 from enum import Enum
 
-from .config import Folder, SubmitOptions
+from . import conditions, loops
+from .config import Action, Config, Folder, Rule, SubmitOptions
 from .message import Message
 
 
@@ -19,67 +22,133 @@ class Act(Enum):
     SUBMIT = "submit"
     SKIP = "skip"
     MOVE = "move"
+    DISCARD = "discard"
+    HOLD = "hold"  # a built-in check keeps it from the tracker
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One line of the trace: a check or rule, whether it matched, and why."""
+
+    kind: str  # check | rule
+    name: str
+    matched: bool
+    why: str
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What to do with one message, and which rule said so."""
+    """What to do with one message, which rule said so, and how it was reached."""
 
     act: Act
     rule: str
-    options: SubmitOptions | None = None  # for SUBMIT: the folder's options plus overrides
-    folder: str | None = None  # for MOVE
-
-
-@dataclass(frozen=True, slots=True)
-class Condition:
-    pattern: re.Pattern[str]
-    negated: bool
-
-    @classmethod
-    def compile(cls, text: str) -> Condition:
-        negated = text.startswith("!")
-        pattern = re.compile(text.removeprefix("!"), re.IGNORECASE | re.MULTILINE)
-        return cls(pattern, negated)
-
-    def holds(self, message: Message) -> bool:
-        return (self.pattern.search(message.headers) is not None) != self.negated
+    options: SubmitOptions | None = None  # SUBMIT: the folder's options plus overrides
+    folder: str | None = None  # MOVE: where; HOLD: loops_folder (None: keep and skip)
+    copies: tuple[str, ...] = ()
+    edits: Action | None = None  # SUBMIT: header edits to apply first
+    reason: str = ""
+    trace: tuple[Step, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class _Rule:
     name: str
-    conditions: tuple[Condition, ...]
-    decision: Decision
+    conditions: tuple[conditions.Condition, ...]
+    allow: frozenset[str]
+    action: Action
 
 
 class RuleSet:
-    """A folder's rules, compiled once."""
+    """A folder's rules and loop settings, compiled once."""
 
-    def __init__(self, folder: Folder) -> None:
-        defaults = folder.options()
-        self._default = Decision(Act.SUBMIT, "default", defaults)
+    def __init__(self, folder: Folder, named: Mapping[str, Rule] | None = None,
+                 checks: Collection[str] = loops.NAMES, own: Collection[str] = (),
+                 loops_folder: str | None = None) -> None:
+        self._defaults = folder.options()
+        self._checks = frozenset(checks)
+        self._own = frozenset(own)
+        self._loops_folder = folder.loops_folder or loops_folder
+        named = named or {}
         self._rules = tuple(
-            _Rule(
-                name := rule.name or f"rules[{index}]",
-                tuple(Condition.compile(text) for text in rule.if_),
-                _decision(name, rule.then.submit, rule.then.move, defaults),
-            )
-            for index, rule in enumerate(folder.rules)
-        )
+            _compile(rule.use or rule.name or f"rules[{index}]",
+                     named[rule.use] if rule.use else rule)
+            for index, rule in enumerate(folder.rules))
+
+    @classmethod
+    def for_folder(cls, folder: Folder, config: Config) -> RuleSet:
+        checks = [name for name in loops.NAMES if config.loop_checks.get(name, True)]
+        return cls(folder, config.rules, checks, config.own_addresses(), config.loops_folder)
 
     def evaluate(self, message: Message) -> Decision:
-        """The decision of the first rule whose conditions all hold."""
+        """The decision for this message, with the trace of how it was reached."""
+        trace: list[Step] = []
+        hits: list[loops.Hit] = []
+        for check, hit in loops.run(message, self._checks, self._own):
+            trace.append(Step("check", check.name, hit is not None,
+                              hit.evidence if hit else f"no {check.description}"))
+            hits += [hit] if hit else []
+        copies: list[str] = []
         for rule in self._rules:
-            if all(condition.holds(message) for condition in rule.conditions):
-                return rule.decision
-        return self._default
+            matched, why = _conditions_hold(rule, message)
+            if not matched:
+                trace.append(Step("rule", rule.name, False, why))
+                continue
+            action = rule.action
+            if action.copy_to:
+                copies.append(action.copy_to)
+            if action.copy_to and _only_copies(action):
+                trace.append(Step("rule", rule.name, True, f"{why}; copy to {action.copy_to}, "
+                                  "then the next rules"))
+                continue
+            held = [hit for hit in hits if hit.name not in rule.allow]
+            if action.submit is not None and held:
+                trace.append(Step("rule", rule.name, True, f"{why}; would submit, but "
+                                  f"{_names(held)} holds it (name it in allow: to lift)"))
+                return self._hold(held, copies, trace)
+            trace.append(Step("rule", rule.name, True, why))
+            return self._decision(rule, action, copies, trace)
+        if hits:
+            return self._hold(hits, copies, trace)
+        return Decision(Act.SUBMIT, "default", self._defaults, copies=tuple(copies),
+                        trace=tuple(trace))
+
+    def _decision(self, rule: _Rule, action: Action, copies: list[str],
+                  trace: list[Step]) -> Decision:
+        skip = Decision(Act.SKIP, rule.name, copies=tuple(copies), trace=tuple(trace))
+        if action.submit is not None:
+            return replace(skip, act=Act.SUBMIT, options=self._defaults.merged(action.submit),
+                           edits=action if action.edits_headers else None)
+        if action.move is not None:
+            return replace(skip, act=Act.MOVE, folder=action.move)
+        if action.discard:
+            return replace(skip, act=Act.DISCARD, reason=f"discarded by rule {rule.name}")
+        return skip
+
+    def _hold(self, held: list[loops.Hit], copies: list[str], trace: list[Step]) -> Decision:
+        reason = "held by built-in check " + ", ".join(f"{h.name} ({h.evidence})" for h in held)
+        return Decision(Act.HOLD, f"loop:{_names(held)}", folder=self._loops_folder,
+                        copies=tuple(copies), reason=reason, trace=tuple(trace))
 
 
-def _decision(name: str, submit: SubmitOptions | None, move: str | None,
-              defaults: SubmitOptions) -> Decision:
-    if submit is not None:
-        return Decision(Act.SUBMIT, name, defaults.merged(submit))
-    if move is not None:
-        return Decision(Act.MOVE, name, folder=move)
-    return Decision(Act.SKIP, name)
+def _compile(name: str, rule: Rule) -> _Rule:
+    return _Rule(name, tuple(map(conditions.parse, rule.if_)), frozenset(rule.allow),
+                 rule.action)
+
+
+def _conditions_hold(rule: _Rule, message: Message) -> tuple[bool, str]:
+    """Whether all conditions hold; why (the failing one, or what matched)."""
+    reasons = []
+    for condition in rule.conditions:
+        holds, why = condition.check(message)
+        if not holds:
+            return False, f"{condition.source!r}: {why}"
+        reasons.append(f"{condition.source!r}: {why}")
+    return True, "; ".join(reasons) or "no conditions"
+
+
+def _only_copies(action: Action) -> bool:
+    return not (action.submit is not None or action.skip or action.move or action.discard)
+
+
+def _names(hits: list[loops.Hit]) -> str:
+    return ",".join(hit.name for hit in hits)

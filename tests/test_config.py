@@ -58,7 +58,7 @@ def test_environment_overrides_by_index_and_by_name(tmp_path: Path) -> None:
     account = config.accounts[0]
     assert account.secret.get_secret_value() == "from-env"
     assert account.folders[1].interval == 30.0
-    assert account.folders[0].rules[0].then.skip
+    assert account.folders[0].rules[0].action.skip
     assert config.targets["redmine"].secret.get_secret_value() == "env-key"
 
 
@@ -126,7 +126,7 @@ BAD = [
     ("accounts.0.folders.0.rules", [{"then": {"submit": {"target": "rt"}}}],
      "accounts[0].folders[0].rules[0].then.submit.target", "no target named 'rt'"),
     ("accounts.0.folders.0.rules", [{"then": {"move": "X", "skip": True}}],
-     "accounts[0].folders[0].rules[0].then", "exactly one of submit, skip, move"),
+     "accounts[0].folders[0].rules[0].then", "give one of submit, skip, move, discard"),
     ("accounts.0.folders", [], "accounts[0].folders", "at least 1"),
     ("targets.redmine.url", "redmine.example.org", "targets.redmine.url", "http:// or https://"),
     ("targets.redmine.key", None, "targets.redmine", "give one of key"),
@@ -209,7 +209,7 @@ def test_example_config_loads_and_reproduces_the_seed_rule(monkeypatch: pytest.M
     monkeypatch.setenv("REDMINE_MAIL_KEY", "k")
     example = Path(__file__).parent.parent / "config.example.yaml"
     config = load(example, {"IMAP_INGEST_ACCOUNTS__SUPPORT__PASSWORD_FILE": str(tmp_path / "pw")})
-    rules = RuleSet(config.accounts[0].folders[0])
+    rules = RuleSet.for_folder(config.accounts[0].folders[0], config)
     form = make(sender="Request form <request@example.org>",
                 headers={"Auto-Submitted": "auto-generated"})
     notice = make(sender="request@example.org",

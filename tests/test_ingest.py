@@ -151,14 +151,17 @@ def test_wrong_key_touches_nothing_and_exits_77(run: Run, imap: ImapAccount,
 
 RULES = [
     {"name": "form", "if": ["^Auto-Submitted:.auto-generated", "!^X-Mailer:.Redmine"],
-     "then": {"submit": {"project": "ops", "category": "request"}}},
+     "allow": ["auto-submitted"],
+     "then": {"submit": {"project": "ops", "category": "request"},
+              "remove_header": "Auto-Submitted"}},
     {"name": "lists", "if": ["^List-Id:"], "then": {"move": "Lists"}},
     {"name": "rest", "then": "skip"},
 ]
 
 
 def test_rules_submit_move_and_skip(run: Run, imap: ImapAccount, redmine: FakeRedmine) -> None:
-    """Each rule form acts: submit with overrides, move to a folder, skip and never look again."""
+    """Each rule form acts: submit with overrides (the allowed form mail, its Auto-Submitted
+    removed), move to a folder, skip and never look again."""
     form = make(headers={"Auto-Submitted": "auto-generated"})
     notice = make(headers={"Auto-Submitted": "auto-generated", "X-Mailer": "Redmine"})
     listed = make(headers={"List-Id": "<users.lists.example.org>"})
@@ -166,7 +169,7 @@ def test_rules_submit_move_and_skip(run: Run, imap: ImapAccount, redmine: FakeRe
         imap.append("INBOX", raw)
     assert run(folder={"rules": RULES}) == 0
     [request] = redmine.requests
-    assert request.field("email") == form
+    assert request.field("email") == form.replace(b"Auto-Submitted: auto-generated\r\n", b"")
     assert (request.field("issue[project]"), request.field("issue[category]")) == (b"ops",
                                                                                    b"request")
     assert [body for _, body in imap.messages("Lists").values()] == [listed]
