@@ -9,13 +9,16 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from . import __version__, logs
 from .config import CONFIG_VARIABLE, Config, load
-from .errors import EX_OK, EX_USAGE, IngestError, MailboxError, worst
+from .errors import EX_NOINPUT, EX_OK, EX_USAGE, IngestError, MailboxError, worst
 from .ledger import Ledger
 from .mailbox import Mailbox
+from .message import Message
 from .retry import retry
+from .rules import Act, RuleSet
 from .service import Service
 from .trackers import Kind, open_tracker
 
@@ -174,6 +177,57 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _explain(config: Config, args: argparse.Namespace) -> int:
+    matches = [(a, f) for a in config.accounts for f in a.folders
+               if f.name == args.folder and args.account in (None, a.name)]
+    if len(matches) != 1:
+        known = ", ".join(f"{a.name}/{f.name}" for a in config.accounts for f in a.folders)
+        print(f"--folder {args.folder} names {len(matches)} configured folders; give "
+              f"--account when several accounts have it (configured: {known})", file=sys.stderr)
+        return EX_USAGE
+    account, folder = matches[0]
+    try:
+        raw = sys.stdin.buffer.read() if args.message == "-" else Path(args.message).read_bytes()
+    except OSError as exc:
+        print(f"cannot read {args.message}: {exc.strerror}", file=sys.stderr)
+        return EX_NOINPUT
+    message = Message(raw)
+    rules = RuleSet.for_folder(folder, config)
+    decision = rules.evaluate(message)
+    print(f"message {message.message_id or '(no Message-ID)'}, {len(raw)} bytes, subject "
+          f"{message.subject!r}, in {account.name}/{folder.name}")
+    checks = [step for step in decision.trace if step.kind == "check"]
+    steps = [step for step in decision.trace if step.kind == "rule"]
+    print("built-in checks:")
+    for step in checks:
+        print(f"  {'HIT ' if step.matched else 'miss'}  {step.name}: {step.why}")
+    print("rules (first match wins):")
+    for step in steps:
+        print(f"  {'HIT ' if step.matched else 'miss'}  {step.name}: {step.why}")
+    for name in rules.names[len(steps):]:
+        print(f"  ----  {name}: not reached")
+    print(f"decision: {decision.act.value} (rule {decision.rule})"
+          + (f": {decision.reason}" if decision.reason else ""))
+    if decision.copies:
+        print(f"  copied first to: {', '.join(decision.copies)}")
+    if decision.folder:
+        print(f"  goes to folder {decision.folder}")
+    if decision.act is Act.SUBMIT and decision.options is not None:
+        target = config.target_for(decision.options)
+        tracker = open_tracker(config.targets[target])
+        url, fields = tracker.preview(decision.submission(raw), decision.options)
+        tracker.close()
+        if edits := decision.edits:
+            done = [f"removed {', '.join(edits.remove_header)}" if edits.remove_header else "",
+                    f"set {', '.join(edits.set_header)}" if edits.set_header else "",
+                    f"From taken from {edits.from_header}" if edits.from_header else ""]
+            print(f"  header edits: {'; '.join(filter(None, done))}")
+        print(f"  target {target}: POST {url}")
+        for name, value in fields:
+            print(f"    {name} = {value}")
+    return EX_OK
+
+
 def _time(stamp: object) -> str:
     """A ledger timestamp (seconds since the epoch) as local time."""
     if not isinstance(stamp, int | float) or not stamp:
@@ -253,4 +307,19 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("folder", metavar="FOLDER", help="the folder to take messages from")
     again.add_argument("--account", metavar="NAME",
                        help="the account (needed when several have such a folder)")
+
+    explain = add(
+        "explain", _explain,
+        help="why a message would (not) become a ticket: each check and rule, no network",
+        description="Run the built-in loop checks and a folder's rules on one message file "
+                    "and print each step (hit or miss, and why), the decision, and what would "
+                    "be submitted: the tracker URL and form fields, secrets masked. Nothing is "
+                    "sent and no server is contacted.",
+        epilog="examples:\n  imap-ingest explain -c config.yaml --folder INBOX message.eml\n"
+               "  imap-ingest explain -c config.yaml --folder INBOX - < message.eml")
+    explain.add_argument("message", metavar="FILE", help="the raw message (.eml), or - for stdin")
+    explain.add_argument("--folder", required=True, metavar="NAME",
+                         help="the configured folder whose rules apply")
+    explain.add_argument("--account", metavar="NAME",
+                         help="the account (needed when several have that folder)")
     return parser

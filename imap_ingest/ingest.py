@@ -19,7 +19,7 @@ from .errors import EX_OK, EX_TEMPFAIL, TrackerRefused
 from .ledger import Backoff, Key, Ledger, Record
 from .logs import event
 from .mailbox import FAILED, SKIPPED, Fetched, Mailbox
-from .message import Message, edit_headers
+from .message import Message
 from .rules import Act, Decision, RuleSet
 from .trackers import Kind, Outcome, Tracker
 
@@ -213,10 +213,8 @@ class _Pass:
             self._decide(key, message, len(message.raw), decision.rule, "duplicate",
                          f"already submitted as {earlier}", self.success_to)
             return
-        raw = message.raw if decision.edits is None else edit_headers(
-            message.raw, decision.edits.set_header, decision.edits.remove_header,
-            decision.edits.from_header)
-        outcome = self.trackers[target].submit(raw, decision.options)
+        outcome = self.trackers[target].submit(decision.submission(message.raw),
+                                               decision.options)
         if outcome.kind is Kind.SUCCESS:
             self._answered(key, message, decision.rule, target, outcome, "submitted",
                            self.success_to)

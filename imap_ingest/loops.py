@@ -81,14 +81,14 @@ CHECKS: tuple[Check, ...] = (
           _header("X-MS-Exchange-Inbox-Rules-Loop")),
     Check("dsn", "a delivery or read report (Content-Type: multipart/report)",
           _header("Content-Type", r"^\s*multipart/report\b")),
-    Check("mailer-daemon", "sent by MAILER-DAEMON or postmaster", _daemon),
+    Check("mailer-daemon", "mail from MAILER-DAEMON or postmaster", _daemon),
     Check("empty-return-path", "an empty Return-Path: <> (a bounce)",
           _header("Return-Path", r"^<\s*>$")),
     Check("redmine", "Redmine's own mail (X-Mailer: Redmine, X-Redmine-*)",
           _either(_header("X-Mailer", r"^Redmine\b"), _any_header("X-Redmine-"))),
     Check("rt", "Request Tracker's own mail (X-RT-Loop-Prevention, RT-Ticket)",
           _either(_header("X-RT-Loop-Prevention"), _header("RT-Ticket"))),
-    Check("own-address", "From one of the targets' own addresses", _own_address),
+    Check("own-address", "mail From one of the targets' own addresses", _own_address),
 )
 NAMES = tuple(check.name for check in CHECKS)
 

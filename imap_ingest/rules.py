@@ -15,7 +15,7 @@ from enum import Enum
 
 from . import conditions, loops
 from .config import Action, Config, Folder, Rule, SubmitOptions
-from .message import Message
+from .message import Message, edit_headers
 
 
 class Act(Enum):
@@ -49,6 +49,13 @@ class Decision:
     reason: str = ""
     trace: tuple[Step, ...] = ()
 
+    def submission(self, raw: bytes) -> bytes:
+        """The bytes to hand the tracker: the raw message with this rule's header edits."""
+        if self.edits is None:
+            return raw
+        return edit_headers(raw, self.edits.set_header, self.edits.remove_header,
+                            self.edits.from_header)
+
 
 @dataclass(frozen=True, slots=True)
 class _Rule:
@@ -74,6 +81,11 @@ class RuleSet:
                      named[rule.use] if rule.use else rule)
             for index, rule in enumerate(folder.rules))
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The rules' names, in order."""
+        return tuple(rule.name for rule in self._rules)
+
     @classmethod
     def for_folder(cls, folder: Folder, config: Config) -> RuleSet:
         checks = [name for name in loops.NAMES if config.loop_checks.get(name, True)]
@@ -85,7 +97,7 @@ class RuleSet:
         hits: list[loops.Hit] = []
         for check, hit in loops.run(message, self._checks, self._own):
             trace.append(Step("check", check.name, hit is not None,
-                              hit.evidence if hit else f"no {check.description}"))
+                              hit.evidence if hit else f"looks for {check.description}"))
             hits += [hit] if hit else []
         copies: list[str] = []
         for rule in self._rules:

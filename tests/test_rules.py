@@ -8,15 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from imap_ingest import loops
 from imap_ingest.conditions import parse
-from imap_ingest.config import Folder
-from imap_ingest.message import Message
+from imap_ingest.config import Folder, Rule
+from imap_ingest.message import Message, edit_headers
 from imap_ingest.rules import Act, RuleSet
 
 from .mail import make
 
 
-def folder(*rules: dict[str, Any], **options: Any) -> Folder:
+def folder(*rules: dict[str, Any] | str, **options: Any) -> Folder:
     return Folder.model_validate({"name": "INBOX", "rules": list(rules), **options})
 
 
@@ -117,3 +118,171 @@ def test_first_matching_rule_wins(matches: list[bool]) -> None:
     decision = RuleSet(folder(*rules)).evaluate(Message(PLAIN))
     expected = f"r{matches.index(True)}" if True in matches else "default"
     assert decision.rule == expected
+
+
+# -- issue 4: the full rule language ------------------------------------------------------
+
+@pytest.mark.parametrize(("header", "holds"), [
+    ("To: Support <support@example.org>", True),
+    ("Cc: a@x.org, support@example.org", True),
+    ("Delivered-To: support@example.org", True),
+    ("X-Original-To: support@example.org", True),
+    ("Resent-To: support@example.org", True),
+    ("To: notsupport@example.org", False),  # procmail's ^TO_ wants a word boundary
+    ("Reply-To: support@example.org", False),
+    ("Subject: support@example.org", False),
+])
+def test_procmail_to_shorthand(header: str, holds: bool) -> None:
+    raw = f"From: a@b.org\r\n{header}\r\nSubject: x\r\n\r\nbody".encode()
+    assert parse("^TO_support@example\\.org").holds(Message(raw)) is holds
+
+
+@pytest.mark.parametrize(("condition", "holds"), [
+    ("size > 1k", True), ("size < 1k", False), ("size > 1M", False), ("!size > 1M", True),
+    ("size < 2048", True), ("size > 1.5k", False)])
+def test_size(condition: str, holds: bool) -> None:
+    raw = make(body="x" * 1200)
+    assert 1024 < len(raw) < 1536
+    assert parse(condition).holds(Message(raw)) is holds
+
+
+def test_body_is_searched_decoded_and_headers_are_not() -> None:
+    """body: looks in transfer- and charset-decoded text parts, not in attachments."""
+    import base64
+
+    text = "請求書番号 4711 をご確認ください".encode("iso-2022-jp")
+    raw = (b"From: a@b.org\r\nSubject: invoice\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\n"
+           b"Content-Type: text/plain; charset=ISO-2022-JP\r\nContent-Transfer-Encoding: base64"
+           b"\r\n\r\n" + base64.b64encode(text) + b"\r\n--XX\r\nContent-Type: text/plain\r\n"
+           b"Content-Disposition: attachment; filename=a.txt\r\n\r\nsecret word\r\n--XX--\r\n")
+    message = Message(raw)
+    assert parse({"body": "請求書番号 \\d+"}).holds(message)
+    assert not parse({"body": "secret word"}).holds(message)  # an attachment
+    assert not parse({"body": "^Subject: invoice"}).holds(message)
+    assert parse({"body": "!secret"}).holds(message)
+
+
+def test_header_regex_also_matches_decoded_words() -> None:
+    """A rule written in Japanese matches an RFC 2047 encoded Subject."""
+    raw = b"Subject: =?ISO-2022-JP?B?GyRCPz1AQRsoQg==?=\r\nFrom: a@b.org\r\n\r\nx"
+    message = Message(raw)
+    assert message.subject == "申請"
+    assert parse("^Subject: 申請").holds(message)
+    assert parse("^Subject: =\\?ISO-2022-JP").holds(message)  # the raw text still matches
+
+
+def test_copy_then_continue() -> None:
+    """copy alone records a copy and the next rules decide; copies accumulate."""
+    ruleset = RuleSet(folder({"then": {"copy": "Archive"}}, {"if": ["^From:"],
+                                                            "then": {"copy": "B", "move": "C"}}))
+    decision = ruleset.evaluate(Message(PLAIN))
+    assert (decision.act, decision.folder, decision.copies) == (Act.MOVE, "C", ("Archive", "B"))
+
+
+def test_discard_only_when_written() -> None:
+    decision = RuleSet(folder({"if": ["^Subject: Printer"], "then": "discard"})).evaluate(
+        Message(PLAIN))
+    assert decision.act is Act.DISCARD and "rules[0]" in decision.reason
+
+
+HELD = make(headers={"Auto-Submitted": "auto-replied", "Precedence": "bulk"})
+
+
+def test_catch_all_submit_never_lifts_a_builtin_check() -> None:
+    for ruleset in (RuleSet(folder()), RuleSet(folder({"then": "submit"}))):
+        decision = ruleset.evaluate(Message(HELD))
+        assert decision.act is Act.HOLD and decision.rule == "loop:auto-submitted,precedence"
+        assert "Auto-Submitted: auto-replied" in decision.reason
+
+
+def test_allow_lifts_only_the_checks_it_names() -> None:
+    """allow: [auto-submitted] is not enough when precedence fires too."""
+    one = RuleSet(folder({"allow": ["auto-submitted"], "then": "submit"}))
+    both = RuleSet(folder({"allow": ["auto-submitted", "precedence"], "then": "submit"}))
+    assert one.evaluate(Message(HELD)).act is Act.HOLD
+    assert both.evaluate(Message(HELD)).act is Act.SUBMIT
+
+
+def test_held_mail_goes_to_loops_folder() -> None:
+    decision = RuleSet(folder(loops_folder="Loops")).evaluate(Message(HELD))
+    assert (decision.act, decision.folder) == (Act.HOLD, "Loops")
+
+
+def test_other_actions_still_apply_to_held_mail() -> None:
+    """Checks keep mail out of the tracker; a rule may still move it where the user wants."""
+    ruleset = RuleSet(folder({"if": ["^Precedence: bulk"], "then": {"move": "Bulk"}}))
+    assert ruleset.evaluate(Message(HELD)).act is Act.MOVE
+
+
+def test_switched_off_check_and_own_addresses() -> None:
+    own = make(sender="Redmine <Redmine@Example.org>")
+    assert RuleSet(folder(), own={"redmine@example.org"}).evaluate(
+        Message(own)).rule == "loop:own-address"
+    checks = [name for name in loops.NAMES if name not in ("auto-submitted", "precedence")]
+    assert RuleSet(folder(), checks=checks).evaluate(Message(HELD)).act is Act.SUBMIT
+
+
+def test_named_top_level_rules() -> None:
+    named = {"lists": Rule.model_validate({"if": ["^List-Id:"], "then": {"move": "Lists"}})}
+    decision = RuleSet(folder("lists"), named=named).evaluate(Message(
+        make(headers={"List-Id": "<a.b>"})))
+    assert (decision.act, decision.rule, decision.folder) == (Act.MOVE, "lists", "Lists")
+
+
+def test_trace_tells_each_step() -> None:
+    ruleset = RuleSet(folder(*SEED))
+    decision = ruleset.evaluate(Message(NOTICE))
+    checks = {step.name: step.matched for step in decision.trace if step.kind == "check"}
+    assert checks["auto-submitted"] and checks["redmine"] and not checks["dsn"]
+    rules = [(step.name, step.matched) for step in decision.trace if step.kind == "rule"]
+    assert rules == [("rules[0]", False), ("lists", False), ("rules[2]", True)]
+    assert "'!^X-Mailer: Redmine': found 'X-Mailer: Redmine'" in decision.trace[
+        len(loops.NAMES)].why
+
+
+def test_header_edits() -> None:
+    """remove, set and From-from-Reply-To change only those header fields, byte for byte."""
+    raw = (b"From: list@example.org\r\nReply-To: Taro <taro@example.org>\r\n"
+           b"Auto-Submitted: auto-generated\r\nX-Long: a\r\n b\r\nSubject: x\r\n\r\nbody\r\n")
+    edited = edit_headers(raw, {"X-Priority": "1"}, ["Auto-Submitted", "X-Long"], "Reply-To")
+    assert edited == (b"From: Taro <taro@example.org>\r\nX-Original-From: list@example.org\r\n"
+                      b"X-Priority: 1\r\nReply-To: Taro <taro@example.org>\r\nSubject: x\r\n"
+                      b"\r\nbody\r\n")
+    assert edit_headers(raw, {}, [], None) == raw
+
+
+CONDITIONS = ["^From:", "^Subject:.*a", "x", "^$", "\\d", "^TO_a@b", "size > 100",
+              "size < 10", {"body": "a"}, {"body": "^\\w+$"}]
+
+
+@given(st.binary(max_size=3000), st.sampled_from(CONDITIONS))
+def test_negation_is_always_the_opposite(raw: bytes, condition: str | dict[str, str]) -> None:
+    """For every kind of condition, !c holds exactly when c does not, on any bytes."""
+    message = Message(raw)
+    negated: str | dict[str, str] = ({"body": "!" + condition["body"]}
+                                     if isinstance(condition, dict) else "!" + condition)
+    assert parse(condition).holds(message) != parse(negated).holds(message)
+
+
+HEADER_LINES = st.lists(st.tuples(
+    st.sampled_from([b"From", b"Subject", b"Auto-Submitted", b"Precedence", b"Content-Type",
+                     b"Return-Path", b"X-Redmine-Host", b"To", b"Reply-To", b"X", b""]),
+    st.binary(max_size=80)), max_size=12)
+
+
+@given(HEADER_LINES, st.binary(max_size=500))
+def test_engine_never_raises_on_any_header_bytes(lines: list[tuple[bytes, bytes]],
+                                                 body: bytes) -> None:
+    """Built-in checks, every condition kind and header edits survive arbitrary headers."""
+    raw = b"\r\n".join(name + b": " + value for name, value in lines) + b"\r\n\r\n" + body
+    message = Message(raw)
+    ruleset = RuleSet(folder({"if": [c for c in CONDITIONS if isinstance(c, str)][:3],
+                              "allow": list(loops.NAMES),
+                              "then": {"submit": {}, "from_header": "Reply-To",
+                                       "remove_header": "Subject"}}),
+                      own={"a@b.org"})
+    decision = ruleset.evaluate(message)
+    assert decision.act in (Act.SUBMIT, Act.HOLD)
+    assert decision.submission(raw).endswith(body)
+    assert isinstance(message.subject, str | None) and isinstance(message.body_text(), str)

@@ -31,6 +31,9 @@ class Tracker(Protocol):
     def submit(self, raw: bytes, options: SubmitOptions) -> Outcome:
         """Hand one message to the tracker."""
 
+    def preview(self, raw: bytes, options: SubmitOptions) -> tuple[str, list[tuple[str, str]]]:
+        """The URL and fields ``submit`` would send, secrets masked; sends nothing."""
+
     def check(self) -> Outcome:
         """Reach the tracker and test the credentials, creating nothing."""
 

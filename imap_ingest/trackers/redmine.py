@@ -92,6 +92,12 @@ class Redmine:
                 return unreachable(self._url, self._target.timeout, exc)
         return classify(answer.status_code, answer.text)
 
+    def preview(self, raw: bytes, options: SubmitOptions) -> tuple[str, list[tuple[str, str]]]:
+        fields = form(raw, options, self._target)
+        shown = {"key": "***", "email": f"<the message, {len(fields['email'])} bytes>"}
+        return self._url, [(name, shown.get(name) or str(value)) for name, value in
+                           fields.items()]
+
     def check(self) -> Outcome:
         # GET renders Redmine's manual submit form, behind the same key check as POST.
         params = {"key": self._target.secret.get_secret_value()}
