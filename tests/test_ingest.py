@@ -339,3 +339,30 @@ def test_bad_config_exits_78_naming_file_and_key(tmp_path: Path,
     assert "foo: unknown key" in err
 
 
+
+
+def test_copy_discard_and_header_edits_end_to_end(run: Run, imap_any: ImapAccount,
+                                                  redmine: FakeRedmine, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """copy then submit (as the Reply-To sender, with a header set), and discard: the
+    archive gets the original bytes, Redmine the edited ones, the discarded one is gone."""
+    rules = [
+        {"then": {"copy": "Archive"}},
+        {"name": "spam", "if": ["^Subject: buy now"], "then": "discard"},
+        {"name": "form", "if": ["^Reply-To:"],
+         "then": {"submit": {}, "from_header": "Reply-To", "set_header": {"X-Form": "yes"}}},
+    ]
+    form = make(sender="list@example.org", headers={"Reply-To": "taro@example.org"})
+    spam = make(subject="buy now")
+    imap_any.append("INBOX", form)
+    imap_any.append("INBOX", spam)
+    path = write_config(tmp_path / "c.yaml", imap_any, redmine.url, folder={"rules": rules})
+    assert main(["run", "--once", "-c", str(path)]) == 0
+    [email] = redmine.emails
+    assert email.startswith(b"From: taro@example.org\r\nX-Original-From: list@example.org\r\n"
+                            b"X-Form: yes\r\nTo: support@example.org\r\n")
+    assert email.endswith(form[form.index(b"\r\n\r\n"):])
+    assert sorted(body for _, body in imap_any.messages("Archive").values()) == sorted(
+        [form, spam])
+    assert imap_any.messages("INBOX") == {}
+    assert "uid 2: discarded: discarded by rule spam" in capsys.readouterr().err
