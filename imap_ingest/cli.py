@@ -20,7 +20,7 @@ from .message import Message
 from .retry import retry
 from .rules import Act, RuleSet
 from .service import Service
-from .trackers import Kind, open_tracker
+from .trackers import Envelope, Kind, open_tracker
 
 log = logging.getLogger("imap_ingest")
 
@@ -215,7 +215,11 @@ def _explain(config: Config, args: argparse.Namespace) -> int:
     if decision.act is Act.SUBMIT and decision.options is not None:
         target = config.target_for(decision.options)
         tracker = open_tracker(config.targets[target])
-        url, fields = tracker.preview(decision.submission(raw), decision.options)
+        envelope = Envelope(account.name, folder.name, 0, 0, message.subaddress(
+            account.addresses, account.subaddress_separator, account.recipient_headers))
+        if envelope.subaddress:
+            print(f"  sub-address: {envelope.subaddress}")
+        url, fields = tracker.preview(decision.submission(raw), decision.options, envelope)
         tracker.close()
         if edits := decision.edits:
             done = [f"removed {', '.join(edits.remove_header)}" if edits.remove_header else "",

@@ -119,6 +119,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def pick_secret(model: BaseModel, name: str) -> SecretStr | None:
+    """The one of NAME, NAME_file, NAME_env that is set (the *_file and *_env forms hold
+    the secret itself once validated); ValueError when several are."""
+    given = [getattr(model, f) for f in (name, f"{name}_file", f"{name}_env")]
+    given = [secret for secret in given if secret is not None]
+    if len(given) > 1:
+        raise ValueError(f"give only one of {name}, {name}_file, {name}_env")
+    return given[0] if given else None
+
+
 class _WithSecret(_Model):
     """A model whose secret is given as NAME, NAME_file or NAME_env: exactly one of them."""
 
@@ -126,23 +136,17 @@ class _WithSecret(_Model):
 
     @model_validator(mode="after")
     def _one_secret_given(self) -> Self:
-        self._given()
+        if pick_secret(self, self.secret_name) is None:
+            name = self.secret_name
+            raise ValueError(f"give one of {name}, {name}_file, {name}_env")
         return self
-
-    def _given(self) -> SecretStr:
-        name = self.secret_name
-        given = [getattr(self, f) for f in (name, f"{name}_file", f"{name}_env")]
-        given = [secret for secret in given if secret is not None]
-        if len(given) != 1:
-            raise ValueError(f"give {'only ' if given else ''}one of {name}, {name}_file, "
-                             f"{name}_env")
-        secret: SecretStr = given[0]
-        return secret
 
     @property
     def secret(self) -> SecretStr:
         """The secret, wherever it came from (read once, at load time)."""
-        return self._given()
+        secret = pick_secret(self, self.secret_name)
+        assert secret is not None  # checked by _one_secret_given
+        return secret
 
 
 class SubmitOptions(_Model):
@@ -157,6 +161,8 @@ class SubmitOptions(_Model):
     assigned_to: str | None = None
     fixed_version: str | None = None
     allow_override: str | None = None
+    queue: str | None = None  # RT
+    action: str | None = None  # RT: correspond, comment, take, resolve, chained with -
 
     @field_validator("allow_override", mode="before")
     @classmethod
@@ -279,6 +285,11 @@ class Account(_WithSecret):
     password_file: SecretFromFile | None = None
     password_env: SecretFromEnv | None = None
     timeout: Duration = 60.0
+    # This mailbox's own addresses: user+EXT@domain sent to one of them gives the message
+    # the sub-address EXT (RT's extension: queue, ticket or action).
+    addresses: list[str] = []
+    subaddress_separator: Annotated[str, Field(min_length=1, max_length=1)] = "+"
+    recipient_headers: list[str] = ["Delivered-To", "X-Original-To", "To", "Cc"]
     folders: Annotated[list[Folder], Field(min_length=1)]
 
     @field_validator("security")
@@ -295,29 +306,79 @@ class Account(_WithSecret):
         return self.port or (993 if self.security == "ssl" else 143)
 
 
-class RedmineTarget(_WithSecret):
+class _Http(_Model):
+    """What every HTTP target has."""
+
+    url: Annotated[str, AfterValidator(_check_url)]
+    ca_file: FilePath | None = None
+    verify_tls: bool = True
+    addresses: list[str] = []  # the tracker's own From addresses, for the own-address check
+
+
+class RedmineTarget(_Http, _WithSecret):
     """Redmine's incoming-mail web service, ``POST {url}/mail_handler``."""
 
     secret_name = "key"
 
     type: Literal["redmine"]
-    url: Annotated[str, AfterValidator(_check_url)]
     key: SecretStr | None = None
     key_file: SecretFromFile | None = None
     key_env: SecretFromEnv | None = None
     timeout: Duration = 60.0
-    ca_file: FilePath | None = None
-    verify_tls: bool = True
     unknown_user: Literal["ignore", "accept", "create"] | None = None
     no_permission_check: bool = False
     no_account_notice: bool = False
     no_notification: bool = False
     default_group: str | None = None
     project_from_subaddress: str | None = None
-    addresses: list[str] = []  # the tracker's own From addresses, for the own-address check
 
 
-Target = RedmineTarget
+class RtTarget(_Http):
+    """Request Tracker's mail gateway, ``POST {url}/REST/1.0/NoAuth/mail-gateway``."""
+
+    type: Literal["rt"]
+    queue: str | None = None  # unset: RT's queue 1 (General)
+    action: str = "correspond"
+    extension: Literal["queue", "ticket", "action"] | None = None
+    timeout: Duration = 180.0
+
+    @field_validator("action")
+    @classmethod
+    def _known_actions(cls, value: str) -> str:
+        if not re.fullmatch(r"(correspond|comment|take|resolve)(-(correspond|comment|take|"
+                            r"resolve))*", value):
+            raise ValueError("must be correspond, comment, take or resolve, or several "
+                             "chained with - (take-comment, correspond-resolve)")
+        return value
+
+
+class WebhookTarget(_Http):
+    """Any HTTP endpoint: a JSON document per message, or the raw message/rfc822."""
+
+    type: Literal["webhook"]
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    format: Literal["json", "raw"] = "json"
+    timeout: Duration = 30.0
+    headers: dict[str, str] = {}
+    token: SecretStr | None = None  # sent as Authorization: Bearer
+    token_file: SecretFromFile | None = None
+    token_env: SecretFromEnv | None = None
+    secret: SecretStr | None = None  # signs the body: HMAC-SHA256 in signature_header
+    secret_file: SecretFromFile | None = None
+    secret_env: SecretFromEnv | None = None
+    signature_header: str = "X-Imap-Ingest-Signature"
+    attachment_limit: Size = parse_size("1M")  # larger attachments are listed, not included
+    id_pointer: str | None = None  # JSON pointer to the ticket id in the answer, e.g. /id
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> WebhookTarget:
+        pick_secret(self, "token")
+        pick_secret(self, "secret")
+        return self
+
+
+Target = Annotated[RedmineTarget | RtTarget | WebhookTarget, Field(discriminator="type")]
+TARGET_TYPES = ("redmine", "rt", "webhook")
 
 
 class Retry(_Model):
@@ -356,10 +417,10 @@ class Config(BaseSettings):
 
     def secrets(self) -> Iterator[str]:
         """Every secret value, so that logging can redact them."""
-        for account in self.accounts:
-            yield account.secret.get_secret_value()
-        for target in self.targets.values():
-            yield target.secret.get_secret_value()
+        for model in (*self.accounts, *self.targets.values()):
+            for value in model.__dict__.values():
+                if isinstance(value, SecretStr):
+                    yield value.get_secret_value()
 
     def own_addresses(self) -> set[str]:
         """Every target's own From addresses, lower-cased, for the own-address check."""
@@ -455,7 +516,11 @@ def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors(include_input=False, include_url=False):
         loc = tuple("if" if part == "if_" else part for part in error["loc"])
+        if loc[:1] == ("targets",) and len(loc) > 2 and loc[2] in TARGET_TYPES:
+            loc = loc[:2] + loc[3:]  # the union's tag, not a key of the file
         message = error["msg"].removeprefix("Value error, ")
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc, message = (*loc, "type"), "must be one of " + ", ".join(TARGET_TYPES)
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         elif error["type"] == "missing":

@@ -21,7 +21,7 @@ from .logs import event
 from .mailbox import FAILED, SKIPPED, Fetched, Mailbox
 from .message import Message
 from .rules import Act, Decision, RuleSet
-from .trackers import Kind, Outcome, Tracker
+from .trackers import Envelope, Kind, Outcome, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -213,19 +213,23 @@ class _Pass:
             self._decide(key, message, len(message.raw), decision.rule, "duplicate",
                          f"already submitted as {earlier}", self.success_to)
             return
+        account = self.mailbox.account
+        envelope = Envelope(key.account, key.folder, key.uidvalidity, key.uid, message.subaddress(
+            account.addresses, account.subaddress_separator, account.recipient_headers))
         outcome = self.trackers[target].submit(decision.submission(message.raw),
-                                               decision.options)
+                                               decision.options, envelope)
         if outcome.kind is Kind.SUCCESS:
             self._answered(key, message, decision.rule, target, outcome, "submitted",
                            self.success_to)
             if self.ledger.target_state(target)[0]:
                 self.ledger.target_ok(target)
         elif outcome.kind is Kind.PERMANENT:
-            self._answered(key, message, decision.rule, target, outcome, "failed",
-                           self.failure_to)
+            self._answered(key, message, decision.rule, target, outcome,
+                           "partial" if outcome.partial else "failed", self.failure_to)
         elif outcome.kind is Kind.TEMPORARY:
             self.down.add(target)
-            self.ledger.target_failed(target, outcome.reason, self.backoff)
+            wait = outcome.retry_after or 0.0
+            self.ledger.target_failed(target, outcome.reason, self.backoff, at_least=wait)
             tried = Record(0, "waiting", None, None, (record.attempts if record else 0) + 1,
                            record.first_seen if record else time.time(), None, outcome.reason,
                            None)
@@ -233,9 +237,9 @@ class _Pass:
                 self._answered(key, message, decision.rule, target, outcome, "failed",
                                self.failure_to, reason=self._give_up_reason(tried))
             else:
+                delay = max(self.backoff.delay(tried.attempts), wait)
                 self.ledger.answered(key, target, "waiting", "deferred", outcome.reason,
-                                     status=outcome.status,
-                                     next_try=time.time() + self.backoff.delay(tried.attempts))
+                                     status=outcome.status, next_try=time.time() + delay)
                 self._log(key.uid, message, decision.rule, "deferred", outcome.reason,
                           level=logging.WARNING, target=target, status=outcome.status)
         else:

@@ -36,8 +36,8 @@ CREATE TABLE messages (
     message_id TEXT, size INTEGER NOT NULL, hash TEXT NOT NULL,
     rule TEXT, target TEXT,
     state TEXT NOT NULL,          -- submitting | submitted | decided | waiting | disposed
-    outcome TEXT,                 -- submitted | failed | skipped | moved | duplicate | ...
-                                  -- | quarantined | retried
+    outcome TEXT,                 -- submitted | failed | partial | skipped | moved | ...
+                                  -- duplicate | held | quarantined | retried
     ticket TEXT, reason TEXT,
     dispose_to TEXT,              -- delete | move:FOLDER | mark:KEYWORD
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -57,8 +57,9 @@ CREATE TABLE targets (
 
 # Rows in these states stand for a message the tracker has, or may have, or will get.
 # A quarantined message may have reached the tracker: it counts until `retry` releases it.
+# So does a partial one (RT recorded part of a chained action before refusing the rest).
 _COUNTS_AS_SENT = ("(state IN ('submitting', 'submitted', 'waiting') "
-                   "OR outcome IN ('submitted', 'quarantined'))")
+                   "OR outcome IN ('submitted', 'quarantined', 'partial'))")
 
 
 class LedgerError(IngestError):
@@ -308,13 +309,15 @@ class Ledger:
                                    (name,)).fetchone()
         return (row[0], row[1] or 0.0) if row else (0, 0.0)
 
-    def target_failed(self, name: str, reason: str, backoff: Backoff) -> float:
-        """Count a temporary failure of the target; returns when to try it next."""
+    def target_failed(self, name: str, reason: str, backoff: Backoff,
+                      at_least: float = 0.0) -> float:
+        """Count a temporary failure of the target; returns when to try it next (no sooner
+        than ``at_least`` seconds, e.g. a Retry-After)."""
         now = time.time()
         with self._transaction() as db:
             row = db.execute("SELECT failures FROM targets WHERE name = ?", (name,)).fetchone()
             failures = (row[0] if row else 0) + 1
-            next_try = now + backoff.delay(failures)
+            next_try = now + max(backoff.delay(failures), at_least)
             db.execute("INSERT OR REPLACE INTO targets VALUES (?, ?, ?, ?, ?)",
                        (name, failures, next_try, reason, now))
         return next_try

@@ -10,8 +10,10 @@ import email
 import email.policy
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from email.header import decode_header, make_header
+from email.utils import getaddresses
 
 # Mail is hostile input: rules look at no more header than this, and search no more body.
 MAX_HEADER_BYTES = 256 * 1024
@@ -43,6 +45,36 @@ class Message:
                           re.IGNORECASE | re.MULTILINE)
         return match[1].strip() if match else None
 
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header ``name``, in order."""
+        return [value.strip() for value in re.findall(
+            rf"^{re.escape(name)}:[ \t]*(.*)$", self.headers, re.IGNORECASE | re.MULTILINE)]
+
+    def subaddress(self, addresses: Collection[str], separator: str,
+                   headers: Sequence[str]) -> str | None:
+        """The EXT of ``user+EXT@domain`` in the first of ``headers`` that names one of
+        ``addresses`` (``user@domain``), as an MTA hands it to rt-mailgate; None without."""
+        own = {address.lower() for address in addresses}
+        for name in headers:
+            for _, address in getaddresses(self.header_values(name)):
+                local, _, domain = address.rpartition("@")
+                base, sep, extension = local.partition(separator)
+                if f"{base}@{domain}".lower() in own:
+                    return extension if sep and extension else None
+        return None
+
+    def decoded_header(self, name: str) -> str | None:
+        """A header's value with RFC 2047 words decoded."""
+        value = self.header(name)
+        return _decode_words(value) if value is not None else None
+
+    def fields(self) -> Iterator[tuple[str, str]]:
+        """Every header field in order, as (name, decoded value)."""
+        for line in self.headers.split("\n"):
+            name, colon, value = line.partition(":")
+            if colon and name and " " not in name:
+                yield name, _decode_words(value.strip())
+
     @property
     def message_id(self) -> str | None:
         return self.header("Message-ID")
@@ -50,8 +82,7 @@ class Message:
     @property
     def subject(self) -> str | None:
         """The Subject with RFC 2047 words decoded."""
-        value = self.header("Subject")
-        return _decode_words(value) if value is not None else None
+        return self.decoded_header("Subject")
 
     @property
     def decoded_headers(self) -> str:
@@ -99,18 +130,44 @@ def _decode_words(value: str) -> str:
         return value  # a malformed or unknown-charset word stays as written
 
 
-def _body_text(raw: bytes) -> str:
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One leaf of the MIME tree, transfer-decoded."""
+
+    content_type: str
+    filename: str | None
+    data: bytes
+    charset: str | None
+
+    @property
+    def is_text(self) -> bool:
+        """A text part meant to be read, not an attachment."""
+        return self.content_type.startswith("text/") and not self.filename
+
+    def text(self) -> str:
+        return _text(self.data, self.charset or "utf-8")
+
+
+def leaf_parts(raw: bytes) -> Iterator[Part]:
+    """Every non-multipart part, decoded from its transfer encoding; broken MIME is read
+    as best it can be, never raising."""
     parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
-    texts: list[str] = []
-    size = 0
     for part in parsed.walk():
-        if part.get_content_maintype() != "text" or part.get_filename():
+        if part.is_multipart():
             continue
         payload = part.get_payload(decode=True)
-        if not isinstance(payload, bytes):
+        filename = part.get_filename()
+        yield Part(part.get_content_type(), _decode_words(filename) if filename else None,
+                   payload if isinstance(payload, bytes) else b"", part.get_content_charset())
+
+
+def _body_text(raw: bytes) -> str:
+    texts: list[str] = []
+    size = 0
+    for part in leaf_parts(raw):
+        if not part.is_text:
             continue
-        text = _text(payload, part.get_content_charset() or "utf-8")
-        texts.append(text[: MAX_BODY_TEXT - size])
+        texts.append(part.text()[: MAX_BODY_TEXT - size])
         size += len(texts[-1])
         if size >= MAX_BODY_TEXT:
             break

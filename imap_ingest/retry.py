@@ -30,10 +30,11 @@ def retry(mailbox: Mailbox, ledger: Ledger, account: Account, folder: str) -> It
         message = Message(fetched.raw or b"")
         records = ledger.sources(account.name, message.message_id, message.digest())
         where = f"uid {fetched.uid} {message.message_id or '(no Message-ID)'}"
-        reached = next((r for r in records if r.outcome == "submitted"), None)
+        reached = next((r for r in records if r.outcome in ("submitted", "partial")), None)
         if reached is not None:
             ticket = f" as {reached.ticket}" if reached.ticket else ""
-            yield f"kept {where}: already in the tracker{ticket} (from {reached.folder})"
+            part = " (at least in part)" if reached.outcome == "partial" else ""
+            yield f"kept {where}: already in the tracker{part}{ticket} (from {reached.folder})"
             continue
         source = folder if in_place else (records[0].folder if records
                                           else failing_into.get(folder))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from imap_ingest.config import load, parse_duration, parse_size
+from imap_ingest.config import RedmineTarget, load, parse_duration, parse_size
 from imap_ingest.errors import ConfigError
 
 
@@ -59,7 +59,8 @@ def test_environment_overrides_by_index_and_by_name(tmp_path: Path) -> None:
     assert account.secret.get_secret_value() == "from-env"
     assert account.folders[1].interval == 30.0
     assert account.folders[0].rules[0].action.skip
-    assert config.targets["redmine"].secret.get_secret_value() == "env-key"
+    target = config.targets["redmine"]
+    assert isinstance(target, RedmineTarget) and target.secret.get_secret_value() == "env-key"
 
 
 def test_state_dir_default_and_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,7 +90,9 @@ def test_secrets_from_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("RM_KEY", "key-from-env")
     config = load(write(tmp_path, data), {})
     assert config.accounts[0].secret.get_secret_value() == "file-pass"
-    assert config.targets["redmine"].secret.get_secret_value() == "key-from-env"
+    target = config.targets["redmine"]
+    assert isinstance(target, RedmineTarget)
+    assert target.secret.get_secret_value() == "key-from-env"
 
 
 def _set(data: dict[str, Any], path: str, value: object) -> dict[str, Any]:
@@ -130,7 +133,8 @@ BAD = [
     ("accounts.0.folders", [], "accounts[0].folders", "at least 1"),
     ("targets.redmine.url", "redmine.example.org", "targets.redmine.url", "http:// or https://"),
     ("targets.redmine.key", None, "targets.redmine", "give one of key"),
-    ("targets.redmine.type", "jira", "targets.redmine.type", "'redmine'"),
+    ("targets.redmine.type", "jira", "targets.redmine.type",
+     "must be one of redmine, rt, webhook"),
     ("targets.redmine.unknown_user", "maybe", "targets.redmine.unknown_user", "'accept'"),
     ("accounts.0.port", 99999, "accounts[0].port", "less than or equal to 65535"),
 ]

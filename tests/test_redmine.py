@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 
 from imap_ingest.config import RedmineTarget, SubmitOptions
-from imap_ingest.trackers import Kind
+from imap_ingest.trackers import Envelope, Kind
 from imap_ingest.trackers.redmine import Redmine, classify, crlf
 
 from .mail import make
 from .redmine_server import FORBIDDEN, FakeRedmine, Request
+
+
+ENVELOPE = Envelope("test", "INBOX", 1, 1)
 
 
 def target(url: str, **extra: object) -> RedmineTarget:
@@ -47,7 +50,7 @@ def test_posts_what_rdm_mailhandler_posts(redmine: FakeRedmine) -> None:
                              default_group="clients"))
     options = SubmitOptions(project="support", category="request", tracker="Bug",
                             allow_override="project,tracker")
-    outcome = tracker.submit(raw, options)
+    outcome = tracker.submit(raw, options, ENVELOPE)
     tracker.close()
     assert outcome.kind is Kind.SUCCESS
     [request] = redmine.requests
@@ -68,7 +71,7 @@ def test_keep_alive_one_connection(redmine: FakeRedmine) -> None:
     """Several submissions reuse one connection."""
     tracker = Redmine(target(redmine.url))
     for _ in range(5):
-        assert tracker.submit(make(), SubmitOptions()).kind is Kind.SUCCESS
+        assert tracker.submit(make(), SubmitOptions(), ENVELOPE).kind is Kind.SUCCESS
     tracker.close()
     assert len(redmine.requests) == 5
     assert len({request.client_port for request in redmine.requests}) == 1
@@ -76,7 +79,7 @@ def test_keep_alive_one_connection(redmine: FakeRedmine) -> None:
 
 def test_wrong_key_is_config(redmine: FakeRedmine) -> None:
     tracker = Redmine(target(redmine.url, key="wrong"))
-    outcome = tracker.submit(make(), SubmitOptions())
+    outcome = tracker.submit(make(), SubmitOptions(), ENVELOPE)
     tracker.close()
     assert outcome.kind is Kind.CONFIG and outcome.status == 403
 
@@ -84,7 +87,7 @@ def test_wrong_key_is_config(redmine: FakeRedmine) -> None:
 def test_timeout_is_temporary_and_says_it_may_have_arrived(redmine: FakeRedmine) -> None:
     redmine.answer = lambda request: (201, b"", 3.0)
     tracker = Redmine(target(redmine.url, timeout=0.5))
-    outcome = tracker.submit(make(), SubmitOptions())
+    outcome = tracker.submit(make(), SubmitOptions(), ENVELOPE)
     tracker.close()
     assert outcome.kind is Kind.TEMPORARY
     assert "within 0.5 s" in outcome.reason and "may still have taken" in outcome.reason
@@ -92,7 +95,7 @@ def test_timeout_is_temporary_and_says_it_may_have_arrived(redmine: FakeRedmine)
 
 def test_connection_refused_is_temporary() -> None:
     tracker = Redmine(target("http://127.0.0.1:9"))
-    outcome = tracker.submit(make(), SubmitOptions())
+    outcome = tracker.submit(make(), SubmitOptions(), ENVELOPE)
     tracker.close()
     assert outcome.kind is Kind.TEMPORARY and "cannot connect" in outcome.reason
 
@@ -103,7 +106,7 @@ def test_redirect_is_not_followed(redmine: FakeRedmine) -> None:
         return 301, b"", 0
     redmine.answer = moved
     tracker = Redmine(target(redmine.url))
-    outcome = tracker.submit(make(), SubmitOptions())
+    outcome = tracker.submit(make(), SubmitOptions(), ENVELOPE)
     tracker.close()
     assert outcome.kind is Kind.CONFIG and len(redmine.requests) == 1
 

@@ -25,13 +25,27 @@ class Outcome:
     reason: str  # logged and stored: never a secret
     ticket: str | None = None
     status: int | None = None
+    partial: bool = False  # refused, but part of it may have been recorded (RT chains)
+    retry_after: float | None = None  # seconds the tracker asked us to wait (429)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Where a message came from, which no header says reliably."""
+
+    account: str
+    folder: str
+    uidvalidity: int
+    uid: int
+    subaddress: str | None = None  # the +EXT of the recipient address, like an MTA's EXTENSION
 
 
 class Tracker(Protocol):
-    def submit(self, raw: bytes, options: SubmitOptions) -> Outcome:
+    def submit(self, raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
         """Hand one message to the tracker."""
 
-    def preview(self, raw: bytes, options: SubmitOptions) -> tuple[str, list[tuple[str, str]]]:
+    def preview(self, raw: bytes, options: SubmitOptions,
+                envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
         """The URL and fields ``submit`` would send, secrets masked; sends nothing."""
 
     def check(self) -> Outcome:
@@ -44,5 +58,11 @@ class Tracker(Protocol):
 def open_tracker(target: Target) -> Tracker:
     """The tracker for one entry of ``targets:``."""
     from .redmine import Redmine
+    from .rt import RequestTracker
+    from .webhook import Webhook
 
-    return Redmine(target)
+    if target.type == "redmine":
+        return Redmine(target)
+    if target.type == "rt":
+        return RequestTracker(target)
+    return Webhook(target)

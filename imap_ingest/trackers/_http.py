@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
 
 import requests
 
@@ -10,14 +15,39 @@ from .. import __version__
 from . import Kind, Outcome
 
 USER_AGENT = f"imap-ingest/{__version__}"
+_REDIRECTS = (301, 302, 303, 307, 308)
 
 
-def session(verify_tls: bool, ca_file: Path | None) -> requests.Session:
-    """A keep-alive session that verifies TLS unless told not to, with our User-Agent."""
-    http = requests.Session()
-    http.verify = str(ca_file) if ca_file and verify_tls else verify_tls
-    http.headers["User-Agent"] = USER_AGENT
-    return http
+class Client:
+    """A keep-alive session that verifies TLS unless told not to; requests are serialised
+    (one at a time per target: Redmine and RT on SQLite refuse concurrent writes)."""
+
+    def __init__(self, verify_tls: bool, ca_file: Path | None, timeout: float) -> None:
+        self.timeout = timeout
+        self._http = requests.Session()
+        self._http.verify = str(ca_file) if ca_file and verify_tls else verify_tls
+        self._http.headers["User-Agent"] = USER_AGENT
+        self._lock = threading.Lock()
+
+    def request(self, method: str, url: str, *, repost: int = 0,
+                **kwargs: Any) -> requests.Response | Outcome:
+        """The answer, or a TEMPORARY Outcome when there was none. Redirects are not
+        followed (requests would turn a POST into a GET), except ``repost`` times by
+        sending the same request to the new location, as rt-mailgate does."""
+        with self._lock:
+            for _ in range(repost + 1):
+                try:
+                    answer = self._http.request(method, url, timeout=self.timeout,
+                                                allow_redirects=False, **kwargs)
+                except requests.RequestException as exc:
+                    return unreachable(url, self.timeout, exc)
+                if answer.status_code not in _REDIRECTS or "Location" not in answer.headers:
+                    break
+                url = urljoin(url, answer.headers["Location"])
+            return answer
+
+    def close(self) -> None:
+        self._http.close()
 
 
 def unreachable(url: str, timeout: float, exc: requests.RequestException) -> Outcome:
@@ -31,3 +61,15 @@ def unreachable(url: str, timeout: float, exc: requests.RequestException) -> Out
     if isinstance(exc, requests.ConnectionError):
         return Outcome(Kind.TEMPORARY, f"cannot connect to {url}")
     return Outcome(Kind.TEMPORARY, f"request to {url} failed: {type(exc).__name__}")
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: a number, or an HTTP date."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

@@ -8,13 +8,10 @@ ends) and the handler options. Redmine answers 201 (taken; the issue id is not r
 from __future__ import annotations
 
 import re
-import threading
-
-import requests
 
 from ..config import RedmineTarget, SubmitOptions
-from . import Kind, Outcome
-from ._http import session, unreachable
+from . import Envelope, Kind, Outcome
+from ._http import Client, retry_after
 
 _ISSUE_FIELDS = ("project", "status", "tracker", "category", "priority", "assigned_to",
                  "fixed_version")
@@ -42,7 +39,7 @@ def form(raw: bytes, options: SubmitOptions, target: RedmineTarget) -> dict[str,
     return fields
 
 
-def classify(status: int, body: str) -> Outcome:
+def classify(status: int, body: str, wait: float | None = None) -> Outcome:
     """What Redmine's answer means for the message."""
     if status == 201:
         return Outcome(Kind.SUCCESS, "Redmine created the issue or note", status=status)
@@ -60,7 +57,8 @@ def classify(status: int, body: str) -> Outcome:
         return Outcome(Kind.CONFIG, f"Redmine answered {status} at /mail_handler: check the url "
                        "(scheme, host, sub-path)", status=status)
     if status == 429 or status >= 500:
-        return Outcome(Kind.TEMPORARY, f"Redmine is in trouble ({status})", status=status)
+        return Outcome(Kind.TEMPORARY, f"Redmine is in trouble ({status})", status=status,
+                       retry_after=wait)
     if 400 <= status < 500:
         return Outcome(Kind.PERMANENT, f"Redmine refused the message ({status})", status=status)
     # 200 and other 2xx are not Redmine's answer: a proxy or login page stands in between.
@@ -73,26 +71,22 @@ def _first_line(body: str) -> str:
 
 
 class Redmine:
-    """One Redmine, one keep-alive connection; submissions are serialised (concurrency 1)."""
+    """One Redmine over one keep-alive connection."""
 
     def __init__(self, target: RedmineTarget) -> None:
         self._target = target
         self._url = f"{target.url}/mail_handler"
-        self._http = session(target.verify_tls, target.ca_file)
-        # Redmine on SQLite answers 422 "database is locked" to concurrent posts.
-        self._lock = threading.Lock()
+        self._http = Client(target.verify_tls, target.ca_file, target.timeout)
 
-    def submit(self, raw: bytes, options: SubmitOptions) -> Outcome:
-        fields = form(raw, options, self._target)
-        with self._lock:
-            try:
-                answer = self._http.post(self._url, data=fields, timeout=self._target.timeout,
-                                         allow_redirects=False)
-            except requests.RequestException as exc:
-                return unreachable(self._url, self._target.timeout, exc)
-        return classify(answer.status_code, answer.text)
+    def submit(self, raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
+        answer = self._http.request("POST", self._url, data=form(raw, options, self._target))
+        if isinstance(answer, Outcome):
+            return answer
+        return classify(answer.status_code, answer.text,
+                        retry_after(answer.headers.get("Retry-After")))
 
-    def preview(self, raw: bytes, options: SubmitOptions) -> tuple[str, list[tuple[str, str]]]:
+    def preview(self, raw: bytes, options: SubmitOptions,
+                envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
         fields = form(raw, options, self._target)
         shown = {"key": "***", "email": f"<the message, {len(fields['email'])} bytes>"}
         return self._url, [(name, shown.get(name) or str(value)) for name, value in
@@ -100,12 +94,10 @@ class Redmine:
 
     def check(self) -> Outcome:
         # GET renders Redmine's manual submit form, behind the same key check as POST.
-        params = {"key": self._target.secret.get_secret_value()}
-        try:
-            answer = self._http.get(self._url, params=params, timeout=self._target.timeout,
-                                    allow_redirects=False)
-        except requests.RequestException as exc:
-            return unreachable(self._url, self._target.timeout, exc)
+        answer = self._http.request("GET", self._url,
+                                    params={"key": self._target.secret.get_secret_value()})
+        if isinstance(answer, Outcome):
+            return answer
         if answer.status_code == 200:
             return Outcome(Kind.SUCCESS, f"{self._url} accepts the key", status=200)
         return classify(answer.status_code, answer.text)

@@ -1,0 +1,150 @@
+"""Any HTTP endpoint: one JSON document per message (schemas/webhook.schema.json), or the
+raw message as message/rfc822 with ``format: raw``.
+
+2xx is success (a ticket id may be read with a JSON pointer), 401/403/404 and redirects
+mean our URL or token is wrong, 429 and 5xx are temporary, other 4xx refuse the message.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from email.utils import getaddresses
+from typing import Any
+
+from ..config import SubmitOptions, WebhookTarget, pick_secret
+from ..message import Message, leaf_parts
+from . import Envelope, Kind, Outcome
+from ._http import Client, retry_after
+
+SCHEMA_VERSION = 1
+
+
+def document(raw: bytes, options: SubmitOptions, envelope: Envelope,
+             attachment_limit: int) -> dict[str, Any]:
+    """The JSON document for one message."""
+    message = Message(raw)
+    text = html = None
+    attachments = []
+    for part in leaf_parts(raw):
+        if part.is_text and part.content_type == "text/plain" and text is None:
+            text = part.text()
+        elif part.is_text and part.content_type == "text/html" and html is None:
+            html = part.text()
+        elif not part.is_text:
+            attachments.append({
+                "filename": part.filename, "content_type": part.content_type,
+                "size": len(part.data),
+                "content_base64": base64.b64encode(part.data).decode()
+                if len(part.data) <= attachment_limit else None})
+    return {
+        "version": SCHEMA_VERSION,
+        "envelope": {"account": envelope.account, "folder": envelope.folder,
+                     "uidvalidity": envelope.uidvalidity, "uid": envelope.uid,
+                     "subaddress": envelope.subaddress},
+        "options": options.model_dump(exclude_none=True),
+        "message_id": message.message_id,
+        "subject": message.subject,
+        "from": _addresses(message, "From")[:1] or None,
+        "to": _addresses(message, "To"),
+        "cc": _addresses(message, "Cc"),
+        "date": message.header("Date"),
+        "headers": [[name, value] for name, value in message.fields()],
+        "text": text,
+        "html": html,
+        "attachments": attachments,
+        "raw_base64": base64.b64encode(raw).decode(),
+    }
+
+
+def _addresses(message: Message, name: str) -> list[dict[str, str]]:
+    value = message.decoded_header(name)
+    pairs = getaddresses([value]) if value else []
+    return [{"name": display, "address": address} for display, address in pairs if address]
+
+
+def classify(status: int, body: bytes, pointer: str | None,
+             wait: float | None = None) -> Outcome:
+    """What the endpoint's answer means for the message."""
+    if 200 <= status < 300:
+        return Outcome(Kind.SUCCESS, f"the webhook took it ({status})",
+                       ticket=_pointer(body, pointer), status=status)
+    if status in (401, 403, 404) or 300 <= status < 400:
+        return Outcome(Kind.CONFIG, f"the webhook answered {status}: check the url and token",
+                       status=status)
+    if status == 429 or status >= 500:
+        return Outcome(Kind.TEMPORARY, f"the webhook is in trouble ({status})", status=status,
+                       retry_after=wait)
+    return Outcome(Kind.PERMANENT, f"the webhook refused the message ({status})", status=status)
+
+
+def _pointer(body: bytes, pointer: str | None) -> str | None:
+    """RFC 6901: the value at ``pointer`` in the JSON answer, or None."""
+    if not pointer:
+        return None
+    try:
+        node: Any = json.loads(body)
+        for token in pointer.lstrip("/").split("/"):
+            token = token.replace("~1", "/").replace("~0", "~")
+            node = node[int(token)] if isinstance(node, list) else node[token]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return None if isinstance(node, dict | list) or node is None else str(node)
+
+
+class Webhook:
+    """One endpoint over one keep-alive connection."""
+
+    def __init__(self, target: WebhookTarget) -> None:
+        self._target = target
+        self._http = Client(target.verify_tls, target.ca_file, target.timeout)
+        self._token = pick_secret(target, "token")
+        self._secret = pick_secret(target, "secret")
+
+    def _request(self, raw: bytes, options: SubmitOptions,
+                 envelope: Envelope) -> tuple[bytes, dict[str, str]]:
+        target = self._target
+        if target.format == "raw":
+            body, headers = raw, {"Content-Type": "message/rfc822"}
+        else:
+            body = json.dumps(document(raw, options, envelope, target.attachment_limit),
+                              ensure_ascii=False).encode()
+            headers = {"Content-Type": "application/json"}
+        headers.update(target.headers)
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
+        if self._secret is not None:
+            digest = hmac.new(self._secret.get_secret_value().encode(), body, hashlib.sha256)
+            headers[target.signature_header] = f"sha256={digest.hexdigest()}"
+        return body, headers
+
+    def submit(self, raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
+        body, headers = self._request(raw, options, envelope)
+        answer = self._http.request(self._target.method, self._target.url, data=body,
+                                    headers=headers)
+        if isinstance(answer, Outcome):
+            return answer
+        return classify(answer.status_code, answer.content, self._target.id_pointer,
+                        retry_after(answer.headers.get("Retry-After")))
+
+    def preview(self, raw: bytes, options: SubmitOptions,
+                envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
+        body, headers = self._request(raw, options, envelope)
+        masked = {"Authorization": "Bearer ***"}
+        shown = [(f"header {k}", masked.get(k, v)) for k, v in headers.items()]
+        return (f"{self._target.method} {self._target.url}",
+                [*shown, ("body", f"<{self._target.format}, {len(body)} bytes>")])
+
+    def check(self) -> Outcome:
+        # Nothing can be asked of an arbitrary endpoint without sending it a message:
+        # reaching it (any HTTP answer) is what can be checked.
+        answer = self._http.request("HEAD", self._target.url)
+        if isinstance(answer, Outcome):
+            return answer
+        return Outcome(Kind.SUCCESS, f"{self._target.url} answers (HTTP {answer.status_code} "
+                       "to HEAD; nothing was posted)", status=answer.status_code)
+
+    def close(self) -> None:
+        self._http.close()
