@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from .dovecot import Dovecot, DovecotNotInstalled, ImapAccount, find_dovecot
-from .redmine_server import FakeRedmine
+from .redmine_server import FakeRedmine, FakeRT, RecordingServer
 
 NOT_INSTALLED = (
     "Dovecot is required for the IMAP tests but no dovecot binary was found "
@@ -70,5 +70,21 @@ def imap_any(request: pytest.FixtureRequest) -> ImapAccount:
 def redmine() -> Iterator[FakeRedmine]:
     """A real HTTP server on loopback answering as Redmine's /mail_handler (201 by default)."""
     server = FakeRedmine()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def rt() -> Iterator[FakeRT]:
+    """A real HTTP server on loopback answering as RT's mail gateway does."""
+    server = FakeRT()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def hook() -> Iterator[RecordingServer]:
+    """A real HTTP server on loopback that records requests and answers 204."""
+    server = RecordingServer()
     yield server
     server.close()

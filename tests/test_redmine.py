@@ -11,7 +11,6 @@ from imap_ingest.trackers.redmine import Redmine, classify, crlf
 from .mail import make
 from .redmine_server import FORBIDDEN, FakeRedmine, Request
 
-
 ENVELOPE = Envelope("test", "INBOX", 1, 1)
 
 
