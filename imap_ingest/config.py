@@ -401,7 +401,10 @@ class Config(BaseSettings):
     loops_folder: str | None = None
     loop_checks: dict[CheckName, bool] = {}
     state_dir: Path = Field(default_factory=default_state_dir)
-    dedupe: Literal["message-id", "content", "off"] = "message-id"
+    # YAML 1.1 reads a bare `off` as false.
+    dedupe: Annotated[Literal["message-id", "content", "off"],
+                      BeforeValidator(lambda value: "off" if value is False else value)
+                      ] = "message-id"
     in_doubt: Literal["quarantine", "resubmit"] = "quarantine"
     quarantine_folder: str = "Quarantine"
     retry: Retry = Retry()

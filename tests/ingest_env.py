@@ -22,6 +22,7 @@ def command(*args: str) -> list[str]:
 def backlog(imap: ImapAccount, count: int, folder: str = "INBOX") -> list[bytes]:
     """Append ``count`` distinct messages to ``folder``; returns them in order."""
     raws = [make(subject=f"backlog {i}") for i in range(count)]
+    imap.create(folder)
     with imap.client() as client:
         for raw in raws:
             client.append(folder, raw)

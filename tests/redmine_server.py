@@ -123,9 +123,10 @@ class RecordingServer:
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
-                self.wfile.write(reply)
+                if self.command != "HEAD":
+                    self.wfile.write(reply)
 
-            do_GET = do_POST = _serve
+            do_GET = do_POST = do_PUT = do_PATCH = do_HEAD = _serve
 
         return Handler
 

@@ -74,6 +74,12 @@ def test_state_dir_default_and_override(tmp_path: Path, monkeypatch: pytest.Monk
     assert "IMAP_INGEST_STATE_DIR=/var/lib/imap-ingest" in dockerfile
 
 
+def test_yaml_off_is_dedupe_off(tmp_path: Path) -> None:
+    """`dedupe: off` is what users write; YAML 1.1 hands it over as false."""
+    path = write(tmp_path, yaml.safe_dump(base()) + "dedupe: off\n")
+    assert load(path, {}).dedupe == "off"
+
+
 def test_config_variable_is_not_a_key(tmp_path: Path) -> None:
     """IMAP_INGEST_CONFIG names the file (the -c default); it is not read as a key."""
     path = write(tmp_path, base())
