@@ -19,7 +19,7 @@ from .mailbox import Mailbox
 from .message import Message
 from .retry import retry
 from .rules import Act, RuleSet
-from .service import Service
+from .service import Service, serve
 from .trackers import Envelope, Kind, open_tracker
 
 log = logging.getLogger("imap_ingest")
@@ -67,9 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
+    if not args.once:
+        return serve(args.config, config, retry_now=args.retry_now)
     service = Service(config, retry_now=args.retry_now)
     try:
-        return service.run_once() if args.once else service.run_forever()
+        return service.run_once()
     finally:
         service.close()
 
@@ -271,7 +273,10 @@ def _parser() -> argparse.ArgumentParser:
                    "  imap-ingest run -c config.yaml --log-format json          # as a service\n\n"
                    "--once exits 0 when every message was dealt with, 75 when some are left\n"
                    "for a retry (tracker down), 77 when a login or the tracker key is refused.\n"
-                   "Without --once, SIGTERM or Ctrl-C finish the message in hand and exit 0.")
+                   "Without --once: folders with IDLE are watched and mail is taken as it\n"
+               "arrives (each folder's interval poll stays as a safety net); SIGTERM or\n"
+               "Ctrl-C finish the message in hand and exit 0; SIGHUP reloads the config\n"
+               "(an invalid one is reported and the running one kept).")
     run.add_argument("--once", action="store_true",
                      help="make one pass over every folder and exit (for cron)")
     run.add_argument("--retry-now", action="store_true",

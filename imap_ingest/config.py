@@ -265,6 +265,7 @@ class Folder(SubmitOptions):
     max_message_size: Size = parse_size("25M")
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 100
     loops_folder: str | None = None
+    idle: bool | None = None  # IMAP IDLE for mail within a second; unset: when the server has it
     rules: list[Rule] = []
 
 
@@ -390,6 +391,25 @@ class Retry(_Model):
     max_age: Duration = parse_duration("2d")
 
 
+class Http(_Model):
+    """The status listener: /healthz, /readyz, /metrics."""
+
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464 or 0.0.0.0:9464")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class Config(BaseSettings):
     """The whole configuration file."""
 
@@ -408,6 +428,8 @@ class Config(BaseSettings):
     in_doubt: Literal["quarantine", "resubmit"] = "quarantine"
     quarantine_folder: str = "Quarantine"
     retry: Retry = Retry()
+    http: Http | None = None
+    shutdown_grace: Duration = 30.0  # on SIGTERM, how long the message in hand may take
 
     @classmethod
     def settings_customise_sources(

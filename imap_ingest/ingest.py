@@ -8,11 +8,13 @@ without being sent again.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from .config import Config, Folder
 from .errors import EX_OK, EX_TEMPFAIL, TrackerRefused
@@ -20,6 +22,7 @@ from .ledger import Backoff, Key, Ledger, Record
 from .logs import event
 from .mailbox import FAILED, SKIPPED, Fetched, Mailbox
 from .message import Message
+from .metrics import Metrics
 from .rules import Act, Decision, RuleSet
 from .trackers import Envelope, Kind, Outcome, Tracker
 
@@ -75,14 +78,23 @@ class _Disposal:
         self._pending = {}
 
 
-def ingest(mailbox: Mailbox, folder: Folder, config: Config, trackers: Mapping[str, Tracker],
-           ledger: Ledger, stop: threading.Event, retry_now: bool = False) -> PassReport:
-    """Deal with every new message in ``folder``; stop between messages when ``stop`` is set.
+@dataclass(frozen=True)
+class Context:
+    """What every pass of a run shares."""
 
-    ``retry_now`` ignores the retry timers of messages and targets.
-    """
+    config: Config
+    trackers: Mapping[str, Tracker]
+    ledger: Ledger
+    stop: threading.Event
+    metrics: Metrics
+    retry_now: bool = False  # ignore the retry timers of messages and targets
+    progress: bool = False  # show a progress line on a terminal for a large backlog
+
+
+def ingest(mailbox: Mailbox, folder: Folder, context: Context) -> PassReport:
+    """Deal with every new message in ``folder``; stop between messages when asked to."""
     mailbox.select(folder.name)
-    return _Pass(mailbox, folder, config, trackers, ledger, retry_now).run(stop)
+    return _Pass(mailbox, folder, context).run()
 
 
 def _where(to: str) -> str:
@@ -93,14 +105,15 @@ def _where(to: str) -> str:
 
 
 class _Pass:
-    def __init__(self, mailbox: Mailbox, folder: Folder, config: Config,
-                 trackers: Mapping[str, Tracker], ledger: Ledger, retry_now: bool) -> None:
+    def __init__(self, mailbox: Mailbox, folder: Folder, context: Context) -> None:
         self.mailbox = mailbox
         self.folder = folder
-        self.config = config
-        self.trackers = trackers
-        self.ledger = ledger
-        self.retry_now = retry_now
+        self.context = context
+        self.config = config = context.config
+        self.trackers = context.trackers
+        self.ledger = ledger = context.ledger
+        self.retry_now = context.retry_now
+        self.metrics = context.metrics
         self.rules = RuleSet.for_folder(folder, config)
         self.disposal = _Disposal(mailbox, ledger)
         self.backoff = Backoff(config.retry.first_delay, config.retry.max_delay)
@@ -112,27 +125,39 @@ class _Pass:
         self.failure_to = (f"move:{folder.move_on_failure}" if folder.move_on_failure
                            else f"mark:{FAILED}")
 
-    def run(self, stop: threading.Event) -> PassReport:
+    def run(self) -> PassReport:
         if self.ledger.uidvalidity_changed(self.report.account, self.folder.name,
                                            self.mailbox.uidvalidity):
             log.warning("%s: UIDVALIDITY changed: every UID is new, so messages are matched "
                         "to earlier ones by Message-ID and content", self.where)
         uids = self.mailbox.new_uids()
+        progress = _Progress(self.where, len(uids)) if self.context.progress else None
+        labels = (self.report.account, self.folder.name)
         try:
             for fetched in self.mailbox.fetch(uids, self.folder.batch_size,
                                               self.folder.max_message_size):
-                if stop.is_set():
+                if self.context.stop.is_set():
                     # Untouched, for the next pass; counted so that --once exits 75.
                     self.report.counts["left"] = len(uids) - self.report.counts.total()
                     break
+                self.metrics.fetched.labels(*labels).inc()
                 self._one(fetched)
                 if len(self.disposal) >= self.folder.batch_size:
                     self.disposal.flush()
+                if progress:
+                    progress.show(self.report.counts.total())
         finally:
             # What was decided is carried out even when the pass is cut short.
             self.disposal.flush()
+            if progress:
+                progress.close()
+        self.metrics.backlog.labels(*labels).set(self.report.counts["deferred"]
+                                                 + self.report.counts["left"])
+        self.metrics.last_success.labels(*labels).set_to_current_time()
         counts = ", ".join(f"{n} {what}" for what, n in sorted(self.report.counts.items()))
-        event(log, logging.INFO, f"{self.where}: pass done: {len(uids)} new"
+        # A pass that found nothing is only news when debugging (a service runs one a minute).
+        event(log, logging.INFO if uids else logging.DEBUG, f"{self.where}: pass done: "
+              f"{len(uids)} new"
               + (f" ({counts})" if counts else ""), account=self.report.account,
               folder=self.folder.name, new=len(uids), **self.report.counts)
         return self.report
@@ -153,7 +178,7 @@ class _Pass:
         for folder in decision.copies:
             self.disposal.add(key, f"copy:{folder}")
         if decision.act is Act.SUBMIT:
-            self._submit(key, message, decision, record)
+            self._submit(key, message, decision, record, fetched.internaldate)
             return
         outcome, to, level = {
             Act.SKIP: ("skipped", f"mark:{SKIPPED}", logging.INFO),
@@ -194,8 +219,8 @@ class _Pass:
                 return True
         return False
 
-    def _submit(self, key: Key, message: Message, decision: Decision,
-                record: Record | None) -> None:
+    def _submit(self, key: Key, message: Message, decision: Decision, record: Record | None,
+                arrived: datetime | None) -> None:
         assert decision.options is not None
         target = self.config.target_for(decision.options)
         if target not in self.down and not self.retry_now:
@@ -216,9 +241,12 @@ class _Pass:
         account = self.mailbox.account
         envelope = Envelope(key.account, key.folder, key.uidvalidity, key.uid, message.subaddress(
             account.addresses, account.subaddress_separator, account.recipient_headers))
+        started = time.monotonic()
         outcome = self.trackers[target].submit(decision.submission(message.raw),
                                                decision.options, envelope)
         if outcome.kind is Kind.SUCCESS:
+            self.metrics.submitted(key.account, key.folder, target, time.monotonic() - started,
+                                   arrived)
             self._answered(key, message, decision.rule, target, outcome, "submitted",
                            self.success_to)
             if self.ledger.target_state(target)[0]:
@@ -286,7 +314,28 @@ class _Pass:
     def _log(self, uid: int, message: Message | None, rule: str, outcome: str, reason: str,
              level: int = logging.INFO, **fields: object) -> None:
         self.report.counts[outcome] += 1
+        self.metrics.messages.labels(self.report.account, self.folder.name,
+                                     fields.get("target") or "-", outcome).inc()
         event(log, level, f"{self.where} uid {uid}: {outcome}: {reason}",
               account=self.report.account, folder=self.folder.name, uid=uid,
               message_id=message.message_id if message else None, rule=rule, outcome=outcome,
               **fields)
+
+
+class _Progress:
+    """A progress line on a terminal, for a --once run through a large backlog."""
+
+    def __init__(self, where: str, total: int) -> None:
+        self.where, self.total = where, total
+        self.shown = total > 100 and sys.stderr.isatty()
+
+    def show(self, done: int) -> None:
+        if self.shown:
+            bar = "#" * (30 * done // self.total)
+            sys.stderr.write(f"\r{self.where} [{bar:<30}] {done}/{self.total}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()

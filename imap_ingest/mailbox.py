@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +29,8 @@ SKIPPED = "$ImapIngestSkipped"
 SEEN = "\\Seen"
 _DELETED = "\\Deleted"
 
+# RFC 2177: servers may drop an IDLE after 29 minutes; renew well before.
+IDLE_RENEW = 25 * 60.0
 # One FETCH never carries more than this many bytes of bodies.
 _BATCH_BYTES = 64 * 1024 * 1024
 
@@ -54,6 +58,7 @@ class Mailbox:
             caps = self._client.capabilities()
         self._has_move = b"MOVE" in caps
         self._has_uidplus = b"UIDPLUS" in caps
+        self._has_idle = b"IDLE" in caps
         self._keywords = False
         log.debug("account %s: moving with %s", account.name,
                   "MOVE" if self._has_move else "COPY + \\Deleted + UID EXPUNGE")
@@ -75,13 +80,17 @@ class Mailbox:
         except (IMAPClientError, OSError):
             self._client.shutdown()
 
-    def select(self, folder: str) -> None:
-        """Open ``folder`` read-write."""
+    @property
+    def has_idle(self) -> bool:
+        return self._has_idle
+
+    def select(self, folder: str, readonly: bool = False) -> None:
+        """Open ``folder``, read-write unless ``readonly``."""
         with self._errors(folder):
             if not self._client.folder_exists(folder):
                 raise FolderMissing("the folder does not exist", account=self.account.name,
                                     folder=folder)
-            state = self._client.select_folder(folder)
+            state = self._client.select_folder(folder, readonly=readonly)
         self.folder = folder
         self.uidvalidity = int(state[b"UIDVALIDITY"])
         # A server that takes custom keywords (\* in PERMANENTFLAGS) lets us leave \Seen alone.
@@ -172,6 +181,31 @@ class Mailbox:
         if uids:
             with self._errors(self.folder):
                 self._client.remove_flags(uids, [keyword], silent=True)
+
+    def idle(self, stop: threading.Event, on_new_mail: Callable[[], None],
+             renew_after: float = IDLE_RENEW) -> None:
+        """Wait in IMAP IDLE until ``stop``; call ``on_new_mail`` when the server announces
+        mail. IDLE is re-issued before RFC 2177's 29 minutes run out."""
+        with self._errors(self.folder):
+            self._client.idle()
+            started = time.monotonic()
+            while not stop.is_set():
+                waited = time.monotonic()
+                # A short wait keeps the thread responsive to stop.
+                responses = self._client.idle_check(timeout=1)
+                if any(response[:1] == (b"BYE",) for response in responses):
+                    raise ConnectionLost("the server ended the session (BYE)",
+                                         account=self.account.name, folder=self.folder)
+                if any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
+                    on_new_mail()
+                # imapclient answers an EOF with no responses at once: a round trip (DONE,
+                # IDLE) then either proves the connection alive or raises.
+                early = not responses and time.monotonic() - waited < 0.5
+                if early or time.monotonic() - started > renew_after:
+                    self._client.idle_done()
+                    self._client.idle()
+                    started = time.monotonic()
+            self._client.idle_done()
 
     def _ensure(self, folder: str) -> None:
         if folder in self._known_folders:

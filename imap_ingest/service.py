@@ -1,107 +1,283 @@
-"""Running passes: once over every folder (for cron), or on a schedule until a signal."""
+"""Running passes: once over every folder (for cron), or as a service until a signal.
+
+As a service, each folder has a worker: one APScheduler interval job (never two passes of a
+folder at once, missed runs coalesced) over a connection kept between passes, and, where
+the server has IDLE, a watcher on a second connection that starts a pass as soon as mail
+arrives. SIGTERM/SIGINT finish the message in hand; SIGHUP reloads the configuration.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from .config import Account, Config, Folder
-from .errors import EX_OK, IngestError, MailboxError, worst
-from .ingest import ingest
-from .ledger import Ledger
+from .config import Account, Config, Folder, load
+from .errors import EX_OK, ConnectionLost, IngestError, LoginRefused, MailboxError, worst
+from .health import StatusServer
+from .ingest import Context, ingest
+from .ledger import Backoff, Ledger
 from .locks import folder_lock
 from .mailbox import Mailbox
+from .metrics import Metrics
 from .trackers import Tracker, open_tracker
 
 log = logging.getLogger(__name__)
 
+# Reconnecting after a lost or refused connection: 1 s, doubling, at most 5 minutes.
+RECONNECT = Backoff(first=1.0, cap=300.0)
+
 
 class Service:
-    """The trackers of one configuration and the passes that use them."""
+    """The trackers, ledger and metrics of one configuration, and the passes that use them."""
 
     def __init__(self, config: Config, retry_now: bool = False) -> None:
         self.config = config
-        self.retry_now = retry_now
         self.stop = threading.Event()
+        self.metrics = Metrics()
         self.ledger = Ledger(config.state_dir / "ledger.sqlite3")
         self.trackers: dict[str, Tracker] = {
             name: open_tracker(target) for name, target in config.targets.items()
         }
+        self.retry_now = retry_now
+        self.workers: list[FolderWorker] = []
+
+    def context(self, progress: bool = False) -> Context:
+        return Context(self.config, self.trackers, self.ledger, self.stop, self.metrics,
+                       self.retry_now, progress)
 
     def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
         for tracker in self.trackers.values():
             tracker.close()
         self.ledger.close()
 
-    def run_folders(self, account: Account, folders: Sequence[Folder]) -> int:
-        """One pass over each of ``folders`` on one connection; the worst exit code."""
+    def run_once(self) -> int:
+        """One pass over every folder of every account, one connection per account."""
         codes = [EX_OK]
-        try:
-            with Mailbox(account) as mailbox:
-                for folder in folders:
-                    if self.stop.is_set():
-                        break
-                    try:
-                        with folder_lock(self.config.state_dir, account.name, folder.name):
-                            report = ingest(mailbox, folder, self.config, self.trackers,
-                                            self.ledger, self.stop, self.retry_now)
-                        codes.append(report.exit_code)
-                    except IngestError as exc:
-                        if isinstance(exc, MailboxError) and exc.folder is None:
-                            raise  # the session itself is gone: no other folder will work
-                        log.error("%s", exc)
-                        codes.append(exc.exit_code)
-        except MailboxError as exc:
-            log.error("%s", exc)
-            codes.append(exc.exit_code)
+        context = self.context(progress=True)
+        with _signals(self.stop):
+            for account in self.config.accounts:
+                try:
+                    with Mailbox(account) as mailbox:
+                        codes += [_pass(mailbox, account, folder, context)
+                                  for folder in account.folders if not self.stop.is_set()]
+                except MailboxError as exc:
+                    log.error("%s", exc)
+                    codes.append(exc.exit_code)
         return worst(*codes)
 
-    def run_once(self) -> int:
-        """One pass over every folder of every account."""
-        with _signals_set(self.stop):
-            return worst(*(self.run_folders(account, account.folders)
-                           for account in self.config.accounts if not self.stop.is_set()))
+    def start(self, scheduler: BackgroundScheduler) -> None:
+        """Add a worker per folder to the scheduler, and an IDLE watcher where wanted."""
+        context = self.context()
+        for account in self.config.accounts:
+            for folder in account.folders:
+                worker = FolderWorker(account, folder, context)
+                worker.job = scheduler.add_job(
+                    worker.run, IntervalTrigger(seconds=folder.interval),
+                    id=worker.name, name=worker.name, max_instances=1, coalesce=True,
+                    # A pass that starts late is still worth running, up to one interval late.
+                    misfire_grace_time=max(1, int(folder.interval)),
+                    next_run_time=datetime.now(UTC))
+                self.workers.append(worker)
+                if folder.idle is not False:
+                    threading.Thread(target=worker.watch, name=f"idle {worker.name}",
+                                     daemon=True).start()
 
-    def run_forever(self) -> int:
-        """Poll each folder on its interval until SIGTERM or SIGINT."""
-        folders = [(a, f) for a in self.config.accounts for f in a.folders]
-        scheduler = BackgroundScheduler(job_defaults={"max_instances": 1, "coalesce": True})
-        for account, folder in folders:
-            scheduler.add_job(
-                self.run_folders, IntervalTrigger(seconds=folder.interval),
-                args=(account, [folder]), id=f"{account.name}/{folder.name}",
-                name=f"{account.name}/{folder.name}",
-                # A pass that starts late is still worth running, up to one interval late.
-                misfire_grace_time=max(1, int(folder.interval)),
-                next_run_time=datetime.now(UTC),
-            )
-        with _signals_set(self.stop):
+    @property
+    def ready(self) -> bool:
+        """Every folder connected, or waiting out its backoff."""
+        return all(worker.ready for worker in self.workers)
+
+
+def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context) -> int:
+    """One locked pass over one folder; an error in it ends that folder only."""
+    try:
+        with folder_lock(context.config.state_dir, account.name, folder.name):
+            return ingest(mailbox, folder, context).exit_code
+    except IngestError as exc:
+        if isinstance(exc, ConnectionLost | LoginRefused):
+            raise  # the session itself is gone: no other folder will work
+        log.error("%s", exc)
+        return exc.exit_code
+
+
+class FolderWorker:
+    """One folder as a service: its passes, its kept connection, its IDLE watcher."""
+
+    def __init__(self, account: Account, folder: Folder, context: Context) -> None:
+        self.account, self.folder, self.context = account, folder, context
+        self.name = f"{account.name}/{folder.name}"
+        self.job: Job | None = None
+        self._mailbox: Mailbox | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._state = threading.Lock()
+        self._running = False
+        self._again = False
+
+    @property
+    def ready(self) -> bool:
+        return self._mailbox is not None or (self._failures > 0
+                                             and self._retry_at > time.time())
+
+    def poke(self) -> None:
+        """New mail: run a pass now, or right after the one running."""
+        with self._state:
+            self._again = True
+            if not self._running and self.job is not None:
+                self.job.modify(next_run_time=datetime.now(UTC))
+
+    def run(self) -> int:
+        """The scheduled job: a pass, and another while mail arrived during one."""
+        with self._state:
+            self._running = True
+        try:
+            while True:
+                with self._state:
+                    self._again = False
+                code = self._pass()
+                with self._state:
+                    if not self._again or self.context.stop.is_set():
+                        self._running = False
+                        return code
+        finally:
+            with self._state:
+                self._running = False
+
+    def _pass(self) -> int:
+        if time.time() < self._retry_at:
+            return EX_OK  # waiting out a reconnect backoff
+        # A kept connection may have died since the last pass: then one fresh try at once.
+        for kept in (self._mailbox is not None, False):
+            try:
+                return _pass(self._connect(), self.account, self.folder, self.context)
+            except (ConnectionLost, LoginRefused) as exc:
+                self._drop()
+                if kept and isinstance(exc, ConnectionLost):
+                    continue
+                self._failures += 1
+                delay = RECONNECT.delay(self._failures)
+                self._retry_at = time.time() + delay
+                log.error("%s; trying again in %.0f s", exc, delay)
+                return exc.exit_code
+        raise AssertionError("unreachable")
+
+    def _connect(self) -> Mailbox:
+        if self._mailbox is None:
+            self._mailbox = Mailbox(self.account)
+            if self._failures:
+                self.context.metrics.reconnects.labels(self.account.name).inc()
+                log.info("%s: connected again", self.name)
+            self._failures, self._retry_at = 0, 0.0
+        return self._mailbox
+
+    def _drop(self) -> None:
+        if self._mailbox is not None:
+            self._mailbox.close()
+            self._mailbox = None
+
+    def close(self) -> None:
+        self._drop()
+
+    def watch(self) -> None:
+        """The IDLE watcher, on a connection of its own, until the service stops."""
+        stop, failures = self.context.stop, 0
+        while not stop.is_set():
+            try:
+                with Mailbox(self.account) as mailbox:
+                    if not mailbox.has_idle:
+                        if self.folder.idle:
+                            log.warning("%s: the server has no IDLE: polling only", self.name)
+                        return
+                    mailbox.select(self.folder.name, readonly=True)
+                    if failures:
+                        # Mail may have come while we were away.
+                        self.context.metrics.reconnects.labels(self.account.name).inc()
+                        self.poke()
+                    failures = 0
+                    mailbox.idle(stop, self.poke)
+            except MailboxError as exc:
+                failures += 1
+                delay = RECONNECT.delay(failures)
+                log.warning("%s: IDLE: %s; again in %.0f s", self.name, exc.reason, delay)
+                stop.wait(delay)
+
+
+def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False) -> int:
+    """Run as a service until SIGTERM or SIGINT; SIGHUP reloads ``path``."""
+    stop, reload = threading.Event(), threading.Event()
+    status = StatusServer(config.http) if config.http else None
+    with _signals(stop, reload):
+        while True:
+            service = Service(config, retry_now)
+            scheduler = BackgroundScheduler()
+            service.start(scheduler)
             scheduler.start()
-            log.info("polling %d folder(s); stop with SIGTERM or Ctrl-C", len(folders))
-            self.stop.wait()
-            log.info("stopping: finishing the messages in hand")
-            scheduler.shutdown(wait=True)
-        return EX_OK
+            if status:
+                status.serve(service)
+            log.info("watching %d folder(s); SIGTERM or Ctrl-C stops, SIGHUP reloads",
+                     len(service.workers))
+            config = _wait(path, config, stop, reload)
+            service.stop.set()
+            _shut_down(scheduler, service, service.config.shutdown_grace)
+            if stop.is_set():
+                if status:
+                    status.close()
+                return EX_OK
+            log.info("configuration reloaded from %s", path)
+
+
+def _wait(path: str | os.PathLike[str], config: Config, stop: threading.Event,
+          reload: threading.Event) -> Config:
+    """Wait for a stop, or for a reload with a valid configuration (returned)."""
+    while not stop.is_set():
+        if reload.wait(0.5):
+            reload.clear()
+            try:
+                return load(path)
+            except IngestError as exc:
+                log.error("reload refused, the running configuration stays: %s", exc)
+    return config
+
+
+def _shut_down(scheduler: BackgroundScheduler, service: Service, grace: float) -> None:
+    """Let passes finish the message in hand, for at most ``grace`` seconds."""
+    log.info("stopping: finishing the messages in hand (at most %.0f s)", grace)
+    done = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True)
+    done.start()
+    done.join(grace)
+    if done.is_alive():
+        # The ledger has the message in hand as "submitting": the next start deals with it.
+        log.error("a pass did not finish within %.0f s; exiting anyway", grace)
+        logging.shutdown()
+        os._exit(EX_OK)
+    service.close()
 
 
 @contextmanager
-def _signals_set(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT set ``stop``: passes finish the message in hand, then end."""
+def _signals(stop: threading.Event,
+             reload: threading.Event | None = None) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop``; SIGHUP sets ``reload``."""
     def handler(signum: int, _frame: object) -> None:
         log.info("%s received", signal.Signals(signum).name)
-        stop.set()
+        (reload if signum == signal.SIGHUP and reload is not None else stop).set()
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    wanted = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if reload else [])
+    previous = {sig: signal.signal(sig, handler) for sig in wanted}
     try:
         yield
     finally:
