@@ -181,3 +181,24 @@ def test_progress_line_only_on_a_terminal(capsys: pytest.CaptureFixture[str]) ->
     quiet = _Progress("a/INBOX", 500)
     quiet.show(10)
     assert not quiet.shown and capsys.readouterr().err == ""
+
+
+def test_a_folder_that_cannot_connect_does_not_stop_the_others(
+        daemon: list[Daemon], tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """One account's server is unreachable: the other's mail still flows, and the broken
+    one is reported as backing off (ready), not crashed."""
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url,
+                        folder={"interval": "1s"})
+    data = yaml.safe_load(path.read_text())
+    broken = {**data["accounts"][0], "name": "broken", "port": free_port()}
+    data["accounts"].append(broken)
+    port = free_port()
+    data["http"] = {"listen": f"127.0.0.1:{port}"}
+    path.write_text(yaml.safe_dump(data))
+    one = Daemon(path)
+    daemon.append(one)
+    imap.append("INBOX", make())
+    wait_for(lambda: len(redmine.requests) == 1)
+    wait_for(lambda: get_quiet(port, "/readyz") == 200)
+    err = one.stop()
+    assert "account broken" in err and "trying again in" in err
