@@ -137,6 +137,9 @@ def test_metrics_match_what_happened(daemon: list[Daemon], tmp_path: Path, imap:
         "move_on_failure": "Failed", "rules": [{"if": ["^Subject: skip me"], "then": "skip"}]})
     wait_for(lambda: len(redmine.requests) == 4)
     wait_for(lambda: metric(get(port, "/metrics")[1], "imap_ingest_messages_total") == 6)
+    # The counters move as each message is dealt with; the pass completes after that.
+    wait_for(lambda: metric(get(port, "/metrics")[1],
+                            "imap_ingest_last_success_timestamp_seconds") > 0)
     text = get(port, "/metrics")[1]
     assert get(port, "/healthz") == (200, "ok\n")
     assert get(port, "/readyz") == (200, "ready\n")
