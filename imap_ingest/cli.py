@@ -9,11 +9,13 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
+from importlib import resources
 from pathlib import Path
 
-from . import __version__, logs
+from . import __version__, demo, logs
 from .config import CONFIG_VARIABLE, Config, load
-from .errors import EX_NOINPUT, EX_OK, EX_USAGE, IngestError, MailboxError, worst
+from .errors import EX_CANTCREAT, EX_NOINPUT, EX_OK, EX_USAGE, IngestError, MailboxError, worst
+from .from_rake import convert
 from .ledger import Ledger
 from .mailbox import Mailbox
 from .message import Message
@@ -25,6 +27,7 @@ from .trackers import Envelope, Kind, open_tracker
 log = logging.getLogger("imap_ingest")
 
 Command = Callable[[Config, argparse.Namespace], int]
+Standalone = Callable[[argparse.Namespace], int]  # a command that needs no config file
 
 DEFAULT_CONFIG = os.environ.get(CONFIG_VARIABLE, "config.yaml")
 
@@ -57,9 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_USAGE
     with logs.configured(args.log_format, args.debug):
         try:
+            if args.standalone:
+                code: int = args.command(args)
+                return code
             config = load(args.config)
             logs.hide(config.secrets())
-            code: int = args.command(config, args)
+            code = args.command(config, args)
             return code
         except IngestError as exc:
             log.error("%s", exc)
@@ -234,6 +240,27 @@ def _explain(config: Config, args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _init(args: argparse.Namespace) -> int:
+    path = Path(args.output)
+    if path.exists() and not args.force:
+        print(f"{path} exists; use --force to replace it", file=sys.stderr)
+        return EX_CANTCREAT
+    template = resources.files("imap_ingest").joinpath(f"templates/{args.tracker}.yaml")
+    path.write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
+    print(f"wrote {path}: edit the lines marked EDIT, export the secrets it names, then\n"
+          f"  imap-ingest check -c {path}\n  imap-ingest run --once -c {path}")
+    return EX_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return demo.run(Path(args.dir))
+
+
+def _from_rake(args: argparse.Namespace) -> int:
+    print(convert(" ".join(args.options)), end="")
+    return EX_OK
+
+
 def _time(stamp: object) -> str:
     """A ledger timestamp (seconds since the epoch) as local time."""
     if not isinstance(stamp, int | float) or not stamp:
@@ -257,12 +284,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    def add(name: str, command: Command, help: str, description: str,
-            epilog: str) -> argparse.ArgumentParser:
+    def add(name: str, command: Command | Standalone, help: str, description: str,
+            epilog: str, standalone: bool = False) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, parents=[common], help=help, epilog=epilog,
                                   description=textwrap.fill(description, 78),
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.set_defaults(command=command)
+        sub.set_defaults(command=command, standalone=standalone)
         return sub
 
     run = add("run", _run,
@@ -331,4 +358,43 @@ def _parser() -> argparse.ArgumentParser:
                          help="the configured folder whose rules apply")
     explain.add_argument("--account", metavar="NAME",
                          help="the account (needed when several have that folder)")
+
+    init = add(
+        "init", _init, standalone=True,
+        help="write a commented starter config.yaml",
+        description="Write a starter configuration for one tracker, with comments; the lines "
+                    "to edit are marked EDIT. Asks nothing.",
+        epilog="examples:\n  imap-ingest init                       # config.yaml for Redmine\n"
+               "  imap-ingest init --tracker rt -o /etc/imap-ingest/config.yaml\n\n"
+               "exits 73 when the file exists (use --force).")
+    init.add_argument("--tracker", choices=("redmine", "rt", "webhook"), default="redmine",
+                      help="the tracker to configure (default: redmine)")
+    init.add_argument("-o", "--output", default="config.yaml", metavar="FILE",
+                      help="where to write it (default: config.yaml)")
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+
+    demo_parser = add(
+        "demo", _demo, standalone=True,
+        help="see it work: a throwaway IMAP server, 20 sample messages, one pass",
+        description="Start pymap's in-memory IMAP server on loopback, fill a folder with 20 "
+                    "sample messages (requests, a reply, auto-replies, a bounce, a form mail, "
+                    "Redmine's own notification, list mail, a broken message), run one pass "
+                    "into a directory target and print what became of each. No network "
+                    "beyond loopback; needs the demo extra: pip install 'imap-ingest[demo]'.",
+        epilog="example:\n  imap-ingest demo                 # writes ./imap-ingest-demo/")
+    demo_parser.add_argument("--dir", default="imap-ingest-demo", metavar="DIR",
+                             help="where accepted messages are written (default: "
+                                  "imap-ingest-demo)")
+
+    rake = add(
+        "from-rake", _from_rake, standalone=True,
+        help="turn a rake redmine:email:receive_imap line into imap-ingest YAML",
+        description="Print the configuration that does what a rake redmine:email:receive_imap "
+                    "cron line did, with Redmine's quirks said in comments (ssl= with any "
+                    "value means on; the no_* options count only when 1).",
+        epilog="example:\n  imap-ingest from-rake 'host=imap.example.org port=993 ssl=1 "
+               "username=rm folder=INBOX\n      project=support move_on_failure=failed' "
+               "> config.yaml")
+    rake.add_argument("options", nargs="+", metavar="KEY=VALUE",
+                      help="the rake line, or just its key=value options")
     return parser

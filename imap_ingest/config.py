@@ -161,6 +161,7 @@ class SubmitOptions(_Model):
     assigned_to: str | None = None
     fixed_version: str | None = None
     allow_override: str | None = None
+    is_private: bool | None = None  # Redmine: issue[is_private]
     queue: str | None = None  # RT
     action: str | None = None  # RT: correspond, comment, take, resolve, chained with -
 
@@ -378,8 +379,17 @@ class WebhookTarget(_Http):
         return self
 
 
-Target = Annotated[RedmineTarget | RtTarget | WebhookTarget, Field(discriminator="type")]
-TARGET_TYPES = ("redmine", "rt", "webhook")
+class DirectoryTarget(_Model):
+    """A directory: each message as NAME.eml plus a NAME.json summary (an archive, a demo)."""
+
+    type: Literal["directory"]
+    path: Path
+    addresses: list[str] = []
+
+
+Target = Annotated[RedmineTarget | RtTarget | WebhookTarget | DirectoryTarget,
+                   Field(discriminator="type")]
+TARGET_TYPES = ("redmine", "rt", "webhook", "directory")
 
 
 class Retry(_Model):

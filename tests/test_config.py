@@ -42,7 +42,8 @@ def test_defaults(tmp_path: Path) -> None:
     account = config.accounts[0]
     assert (account.effective_port, account.security, account.verify_tls) == (993, "ssl", True)
     assert [f.interval for f in account.folders] == [60.0, 300.0]
-    assert config.targets["redmine"].url == "https://redmine.example.org"
+    target = config.targets["redmine"]
+    assert isinstance(target, RedmineTarget) and target.url == "https://redmine.example.org"
     assert config.target_for(account.folders[0]) == "redmine"
 
 
@@ -140,7 +141,7 @@ BAD = [
     ("targets.redmine.url", "redmine.example.org", "targets.redmine.url", "http:// or https://"),
     ("targets.redmine.key", None, "targets.redmine", "give one of key"),
     ("targets.redmine.type", "jira", "targets.redmine.type",
-     "must be one of redmine, rt, webhook"),
+     "must be one of redmine, rt, webhook, directory"),
     ("targets.redmine.unknown_user", "maybe", "targets.redmine.unknown_user", "'accept'"),
     ("accounts.0.port", 99999, "accounts[0].port", "less than or equal to 65535"),
 ]

@@ -57,6 +57,7 @@ class Tracker(Protocol):
 
 def open_tracker(target: Target) -> Tracker:
     """The tracker for one entry of ``targets:``."""
+    from .directory import Directory
     from .redmine import Redmine
     from .rt import RequestTracker
     from .webhook import Webhook
@@ -65,4 +66,6 @@ def open_tracker(target: Target) -> Tracker:
         return Redmine(target)
     if target.type == "rt":
         return RequestTracker(target)
-    return Webhook(target)
+    if target.type == "webhook":
+        return Webhook(target)
+    return Directory(target)

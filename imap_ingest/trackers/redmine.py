@@ -36,6 +36,8 @@ def form(raw: bytes, options: SubmitOptions, target: RedmineTarget) -> dict[str,
     for name in _ISSUE_FIELDS:
         if (value := getattr(options, name)) is not None:
             fields[f"issue[{name}]"] = value
+    if options.is_private:
+        fields["issue[is_private]"] = "1"
     return fields
 
 

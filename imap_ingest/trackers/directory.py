@@ -1,0 +1,63 @@
+"""A directory as a tracker: each accepted message is written as ``NAME.eml`` (the raw bytes)
+and ``NAME.json`` (the webhook document without the raw copy).
+
+Useful as an archive of every accepted message (e.g. for spam training) and for trying the
+tool without a tracker. The name comes from where the message was (account, folder,
+UIDVALIDITY, UID), so writing the same message again replaces its files instead of adding
+a second copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from ..config import DirectoryTarget, SubmitOptions
+from . import Envelope, Kind, Outcome
+from .webhook import document
+
+
+def name_for(envelope: Envelope) -> str:
+    """A file name stem that is the same each time one message is written."""
+    where = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{envelope.account}-{envelope.folder}")
+    return f"{where}-{envelope.uidvalidity}-{envelope.uid}"
+
+
+class Directory:
+    def __init__(self, target: DirectoryTarget) -> None:
+        self._path = target.path
+
+    def submit(self, raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
+        stem = name_for(envelope)
+        summary = document(raw, options, envelope, attachment_limit=0)
+        del summary["raw_base64"]  # the .eml beside it is the raw message
+        try:
+            self._path.mkdir(parents=True, exist_ok=True)
+            _write(self._path / f"{stem}.eml", raw)
+            _write(self._path / f"{stem}.json",
+                   json.dumps(summary, ensure_ascii=False, indent=2).encode())
+        except OSError as exc:
+            return Outcome(Kind.TEMPORARY, f"cannot write to {self._path}: {exc.strerror}")
+        return Outcome(Kind.SUCCESS, f"written to {self._path / stem}.eml", ticket=stem)
+
+    def preview(self, raw: bytes, options: SubmitOptions,
+                envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
+        stem = name_for(envelope)
+        return str(self._path), [("files", f"{stem}.eml, {stem}.json")]
+
+    def check(self) -> Outcome:
+        if os.access(self._path if self._path.exists() else self._path.parent, os.W_OK):
+            return Outcome(Kind.SUCCESS, f"{self._path} is writable")
+        return Outcome(Kind.CONFIG, f"{self._path} is not writable")
+
+    def close(self) -> None:
+        pass
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically: a reader never sees half a file."""
+    partial = path.with_name(path.name + ".part")
+    partial.write_bytes(data)
+    os.replace(partial, path)
