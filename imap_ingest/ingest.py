@@ -120,6 +120,8 @@ class _Pass:
         self.report = PassReport(mailbox.account.name, folder.name)
         self.where = f"{self.report.account}/{folder.name}"
         self.down: set[str] = set()  # targets not to contact again during this pass
+        self.failing: dict[str, tuple[int, float]] = {}  # target: (failures, next try)
+        self.records: dict[int, Record] = {}  # what the ledger knew of this pass's UIDs
         self.success_to = (f"move:{folder.move_on_success}" if folder.move_on_success
                            else "delete")
         self.failure_to = (f"move:{folder.move_on_failure}" if folder.move_on_failure
@@ -131,6 +133,8 @@ class _Pass:
             log.warning("%s: UIDVALIDITY changed: every UID is new, so messages are matched "
                         "to earlier ones by Message-ID and content", self.where)
         uids = self.mailbox.new_uids()
+        self.records = self.ledger.records(self.report.account, self.folder.name,
+                                           self.mailbox.uidvalidity, uids)
         progress = _Progress(self.where, len(uids)) if self.context.progress else None
         labels = (self.report.account, self.folder.name)
         try:
@@ -165,7 +169,7 @@ class _Pass:
     def _one(self, fetched: Fetched) -> None:
         key = Key(self.report.account, self.folder.name, self.mailbox.uidvalidity, fetched.uid)
         message = Message(fetched.raw) if fetched.raw else None
-        record = self.ledger.find(key)
+        record = self.records.get(fetched.uid)
         if record is not None and self._resume(key, message, record):
             return
         if message is None:
@@ -223,10 +227,11 @@ class _Pass:
                 arrived: datetime | None) -> None:
         assert decision.options is not None
         target = self.config.target_for(decision.options)
-        if target not in self.down and not self.retry_now:
-            failures, next_try = self.ledger.target_state(target)
-            if failures and next_try > time.time():
-                self.down.add(target)
+        if target not in self.failing:  # read once per pass and target
+            self.failing[target] = self.ledger.target_state(target)
+        failures, next_try = self.failing[target]
+        if not self.retry_now and failures and next_try > time.time():
+            self.down.add(target)
         if target in self.down:
             self._log(key.uid, message, decision.rule, "deferred",
                       f"target {target} is failing; not contacted until it is due again")
@@ -249,15 +254,17 @@ class _Pass:
                                    arrived)
             self._answered(key, message, decision.rule, target, outcome, "submitted",
                            self.success_to)
-            if self.ledger.target_state(target)[0]:
+            if self.failing[target][0]:
                 self.ledger.target_ok(target)
+                self.failing[target] = (0, 0.0)
         elif outcome.kind is Kind.PERMANENT:
             self._answered(key, message, decision.rule, target, outcome,
                            "partial" if outcome.partial else "failed", self.failure_to)
         elif outcome.kind is Kind.TEMPORARY:
             self.down.add(target)
             wait = outcome.retry_after or 0.0
-            self.ledger.target_failed(target, outcome.reason, self.backoff, at_least=wait)
+            self.failing[target] = (self.failing[target][0] + 1, self.ledger.target_failed(
+                target, outcome.reason, self.backoff, at_least=wait))
             tried = Record(0, "waiting", None, None, (record.attempts if record else 0) + 1,
                            record.first_seen if record else time.time(), None, outcome.reason,
                            None)

@@ -178,12 +178,21 @@ class Ledger:
 
     def find(self, key: Key) -> Record | None:
         """The record of the message at this place, if any."""
+        return self.records(key.account, key.folder, key.uidvalidity, [key.uid]).get(key.uid)
+
+    def records(self, account: str, folder: str, uidvalidity: int,
+                uids: list[int]) -> dict[int, Record]:
+        """The records of these UIDs of one folder, by UID: one query for a whole pass."""
+        if not uids:
+            return {}
         with self._lock:
-            row = self._db.execute(
-                "SELECT id, state, outcome, dispose_to, attempts, first_seen, next_try, reason, "
-                "ticket FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ? "
-                "AND uid = ?", (key.account, key.folder, key.uidvalidity, key.uid)).fetchone()
-        return Record(*row) if row else None
+            rows = self._db.execute(
+                "SELECT uid, id, state, outcome, dispose_to, attempts, first_seen, next_try, "
+                "reason, ticket FROM messages WHERE account = ? AND folder = ? AND "
+                "uidvalidity = ? AND uid BETWEEN ? AND ?",
+                (account, folder, uidvalidity, min(uids), max(uids))).fetchall()
+        wanted = set(uids)
+        return {row[0]: Record(*row[1:]) for row in rows if row[0] in wanted}
 
     def begin_submit(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
                      target: str, dedupe: Dedupe) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import functools
 import hashlib
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -41,14 +42,12 @@ class Message:
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name``, unfolded and stripped, or None."""
-        match = re.search(rf"^{re.escape(name)}:[ \t]*(.*)$", self.headers,
-                          re.IGNORECASE | re.MULTILINE)
+        match = _field(name).search(self.headers)
         return match[1].strip() if match else None
 
     def header_values(self, name: str) -> list[str]:
         """Every value of header ``name``, in order."""
-        return [value.strip() for value in re.findall(
-            rf"^{re.escape(name)}:[ \t]*(.*)$", self.headers, re.IGNORECASE | re.MULTILINE)]
+        return [value.strip() for value in _field(name).findall(self.headers)]
 
     def subaddress(self, addresses: Collection[str], separator: str,
                    headers: Sequence[str]) -> str | None:
@@ -104,6 +103,11 @@ class Message:
         head, _, body = self.raw.replace(b"\r\n", b"\n").partition(b"\n\n")
         kept = _TRACE.sub(b"", head + b"\n")
         return hashlib.sha256(kept + b"\n" + body).hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _field(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(name)}:[ \t]*(.*)$", re.IGNORECASE | re.MULTILINE)
 
 
 def _header_text(raw: bytes) -> str:

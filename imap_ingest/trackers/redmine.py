@@ -41,6 +41,21 @@ def form(raw: bytes, options: SubmitOptions, target: RedmineTarget) -> dict[str,
     return fields
 
 
+_UNSAFE = re.compile(rb"[^A-Za-z0-9_.~ -]+")
+
+
+def urlencoded(fields: dict[str, str | bytes]) -> str:
+    """application/x-www-form-urlencoded, byte for byte what urllib's urlencode gives, at
+    several times its speed: a mail is mostly letters, so only runs of other bytes are
+    escaped, each run in one call."""
+    def quote(value: str | bytes) -> str:
+        data = value.encode() if isinstance(value, str) else value
+        escaped = _UNSAFE.sub(lambda m: b"%" + m[0].hex("%").upper().encode(), data)
+        return escaped.replace(b" ", b"+").decode()
+
+    return "&".join(f"{quote(name)}={quote(value)}" for name, value in fields.items())
+
+
 def classify(status: int, body: str, wait: float | None = None) -> Outcome:
     """What Redmine's answer means for the message."""
     if status == 201:
@@ -78,10 +93,12 @@ class Redmine:
     def __init__(self, target: RedmineTarget) -> None:
         self._target = target
         self._url = f"{target.url}/mail_handler"
-        self._http = Client(target.verify_tls, target.ca_file, target.timeout)
+        self._http = Client(target.url, target.verify_tls, target.ca_file, target.timeout)
 
     def submit(self, raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
-        answer = self._http.request("POST", self._url, data=form(raw, options, self._target))
+        answer = self._http.request(
+            "POST", self._url, data=urlencoded(form(raw, options, self._target)),
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
         if isinstance(answer, Outcome):
             return answer
         return classify(answer.status_code, answer.text,

@@ -1,0 +1,51 @@
+"""Shared pieces of the benchmarks: realistic messages, the sink process, a timer."""
+
+from __future__ import annotations
+
+import base64
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tests.ingest_env import ROOT
+
+WORDS = ("printer", "network", "account", "password", "laptop", "server", "access", "folder",
+         "request", "please", "invoice", "update", "error", "screen", "meeting", "calendar",
+         "license", "backup", "restore", "urgent")
+
+
+def message(i: int, rng: random.Random) -> bytes:
+    """2-20 KB of text; one in ten also carries a 200 KB attachment."""
+    words = rng.randint(300, 3000)
+    text = " ".join(rng.choice(WORDS) for _ in range(words))
+    lines = "\r\n".join(text[k:k + 76] for k in range(0, len(text), 76))
+    head = (f"From: User {i} <user{i}@example.org>\r\nTo: support@example.org\r\n"
+            f"Subject: Request {i}: {rng.choice(WORDS)} {rng.choice(WORDS)}\r\n"
+            f"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\nMessage-ID: <bench-{i}@example.org>\r\n"
+            "MIME-Version: 1.0\r\n")
+    if i % 10:
+        return (head + "Content-Type: text/plain; charset=utf-8\r\n\r\n" + lines).encode()
+    attachment = base64.encodebytes(rng.randbytes(150_000)).replace(b"\n", b"\r\n")
+    return (head + 'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n" + lines + "\r\n--b\r\n"
+            "Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+            'Content-Disposition: attachment; filename="scan.pdf"\r\n\r\n').encode() + (
+        attachment + b"--b--\r\n")
+
+
+@contextmanager
+def sink(status: int = 201) -> Iterator[tuple[str, list[int]]]:
+    """The zero-cost tracker in its own process: (url, [requests answered] once stopped)."""
+    process = subprocess.Popen([sys.executable, "-m", "bench.sink", str(status)], cwd=ROOT,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    port = int(process.stdout.readline())
+    answered: list[int] = []
+    try:
+        yield f"http://127.0.0.1:{port}", answered
+    finally:
+        process.terminate()
+        answered.append(int(process.stdout.read().strip() or 0))
+        process.wait()
