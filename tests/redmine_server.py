@@ -102,6 +102,10 @@ class RecordingServer:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                if len(body) < length:
+                    # The client died mid-upload: like a real server, process nothing.
+                    self.close_connection = True
+                    return
                 query = urlsplit(self.path).query.encode()
                 content_type = self.headers.get("Content-Type", "")
                 filenames: dict[str, str | None] = {}
