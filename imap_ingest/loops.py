@@ -86,8 +86,9 @@ CHECKS: tuple[Check, ...] = (
           _header("Return-Path", r"^<\s*>$")),
     Check("redmine", "Redmine's own mail (X-Mailer: Redmine, X-Redmine-*)",
           _either(_header("X-Mailer", r"^Redmine\b"), _any_header("X-Redmine-"))),
-    Check("rt", "Request Tracker's own mail (X-RT-Loop-Prevention, RT-Ticket)",
-          _either(_header("X-RT-Loop-Prevention"), _header("RT-Ticket"))),
+    Check("rt", "Request Tracker's own mail (X-RT-Loop-Prevention, X-RT-Ticket, RT-Ticket)",
+          _either(_header("X-RT-Loop-Prevention"), _header("X-RT-Ticket"),
+                  _header("RT-Ticket"))),
     Check("own-address", "mail From one of the targets' own addresses", _own_address),
 )
 NAMES = tuple(check.name for check in CHECKS)

@@ -42,6 +42,14 @@ def test_classify(status: int, body: str, kind: Kind) -> None:
     assert outcome.kind is kind and outcome.status == status and outcome.reason
 
 
+def test_too_large_for_rack_is_permanent() -> None:
+    """Rack's 4 MiB form limit shows as a bare 500: permanent, naming the size; a 500 to a
+    small form stays temporary."""
+    big = classify(500, "500 Internal Server Error", sent=5_000_000)
+    assert big.kind is Kind.PERMANENT and "5000000 bytes, over Rack's 4 MiB" in big.reason
+    assert classify(500, "", sent=1000).kind is Kind.TEMPORARY
+
+
 def test_forbidden_reason_quotes_redmine() -> None:
     assert "Incoming emails WS is disabled" in classify(403, FORBIDDEN.decode()).reason
 

@@ -57,8 +57,18 @@ def urlencoded(fields: dict[str, str | bytes]) -> str:
     return "&".join(f"{quote(name)}={quote(value)}" for name, value in fields.items())
 
 
-def classify(status: int, body: str, wait: float | None = None) -> Outcome:
-    """What Redmine's answer means for the message."""
+# Rack (2.2 in Debian's Redmine 5, and 3.1 until Redmine 6.0.6 raised it) refuses form
+# bodies over 4 MiB; Rails then answers a bare 500, which would otherwise look temporary.
+RACK_FORM_LIMIT = 4 * 1024 * 1024
+
+
+def classify(status: int, body: str, wait: float | None = None, sent: int = 0) -> Outcome:
+    """What Redmine's answer means for the message (``sent``: the form's size in bytes)."""
+    if status in (413, 500) and sent > RACK_FORM_LIMIT:
+        return Outcome(Kind.PERMANENT, f"Redmine refused the message as too large ({status}): "
+                       f"the form is {sent} bytes, over Rack's 4 MiB limit for form bodies "
+                       "(raised in Redmine 6.0.6 by RACK_QUERY_PARSER_BYTESIZE_LIMIT)",
+                       status=status)
     if status == 201:
         return Outcome(Kind.SUCCESS, "Redmine created the issue or note", status=status)
     if status == 422:
@@ -97,13 +107,13 @@ class Redmine:
         self._http = Client(target.url, target.verify_tls, target.ca_file, target.timeout)
 
     def submit(self, raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
-        answer = self._http.request(
-            "POST", self._url, data=urlencoded(form(raw, options, self._target)),
-            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        data = urlencoded(form(raw, options, self._target))
+        answer = self._http.request("POST", self._url, data=data, headers={
+            "Content-Type": "application/x-www-form-urlencoded"})
         if isinstance(answer, Outcome):
             return answer
         return classify(answer.status_code, answer.text,
-                        retry_after(answer.headers.get("Retry-After")))
+                        retry_after(answer.headers.get("Retry-After")), len(data))
 
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
