@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import trustme
 from imapclient import IMAPClient
@@ -49,6 +50,29 @@ _CAPABILITY = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 
 # Post-login capability lists of a default-configured server, per dovecot binary.
 _capability_cache: dict[str, tuple[str, ...]] = {}
+
+
+class Lifecycle:
+    """A test server as a context manager: start on entering (closed again if that fails),
+    close on leaving."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
 
 class DovecotError(RuntimeError):
@@ -147,7 +171,7 @@ class ImapAccount:
         return result
 
 
-class Dovecot:
+class Dovecot(Lifecycle):
     """A private Dovecot instance under a temporary directory.
 
     ``without`` names capabilities to remove from the post-login CAPABILITY (e.g. ``["MOVE"]``).
@@ -314,18 +338,6 @@ class Dovecot:
                 f.seek(self._log_offsets.get(path, 0) if since_start else 0)
                 parts.append(f.read().decode(errors="replace"))
         return "".join(parts)
-
-    def __enter__(self) -> Dovecot:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

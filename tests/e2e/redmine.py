@@ -36,7 +36,6 @@ mail inline (no job thread beside a request), so no test can depend on luck.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import os
@@ -45,15 +44,15 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import requests
+
+from ..dovecot import Lifecycle, _die_with_parent
 
 REDMINE_ROOT = Path("/usr/share/redmine")
 # Shared by every session on this machine. (Not configurable by an IMAP_INGEST_ variable:
@@ -279,7 +278,7 @@ def _build_template(path: Path) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-class RealRedmine:
+class RealRedmine(Lifecycle):
     """Debian's Redmine served by WEBrick on 127.0.0.1, all its state in a temporary directory.
 
     ``form_limit`` sets Rack's limit on form bodies (``RACK_QUERY_PARSER_BYTESIZE_LIMIT``);
@@ -407,17 +406,6 @@ class RealRedmine:
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> RealRedmine:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -547,18 +535,3 @@ def _read(path: Path) -> str:
 def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """preexec_fn: SIGTERM the server if the test process dies (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-
-    return preexec

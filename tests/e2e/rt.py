@@ -36,12 +36,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import requests
 
-from ..dovecot import _die_with_parent, _killpg, _live_group_members
+from ..dovecot import Lifecycle, _die_with_parent, _killpg, _live_group_members
 
 HOST = "127.0.0.1"
 PACKAGE = "request-tracker5"
@@ -231,7 +230,7 @@ def template(cache_dir: Path = CACHE_DIR) -> tuple[Path, float | None]:
     return path, time.monotonic() - started
 
 
-class RealRT:
+class RealRT(Lifecycle):
     """A private RT 5 server from Debian's package (see the module docstring)."""
 
     host = HOST
@@ -327,17 +326,6 @@ class RealRT:
             self._http.close()
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> RealRT:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
