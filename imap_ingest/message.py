@@ -98,11 +98,15 @@ class Message:
         return self._body
 
     def digest(self) -> str:
-        """SHA-256 of the message without its trace headers and with LF line ends, so that
-        the same mail delivered twice (other Received: lines) has the same digest."""
-        head, _, body = self.raw.replace(b"\r\n", b"\n").partition(b"\n\n")
-        kept = _TRACE.sub(b"", head + b"\n")
-        return hashlib.sha256(kept + b"\n" + body).hexdigest()
+        """SHA-256 of the message without its trace headers, so that the same mail delivered
+        twice (other Received: lines) has the same digest. The body is hashed in place: a
+        big message is not copied."""
+        end = _END_OF_HEADER.search(self.raw[:MAX_HEADER_BYTES])
+        split = end.end() if end else min(len(self.raw), MAX_HEADER_BYTES)
+        head = self.raw[:split].replace(b"\r\n", b"\n")
+        digest = hashlib.sha256(_TRACE.sub(b"", head))
+        digest.update(memoryview(self.raw)[split:])
+        return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=256)

@@ -19,6 +19,9 @@ _FLAGS = ("no_permission_check", "no_account_notice", "no_notification")
 def crlf(raw: bytes) -> bytes:
     """Bare LF or CR → CRLF, as rdm-mailhandler does before posting (three C passes are
     faster than one regex with a match per line)."""
+    crlfs = raw.count(b"\r\n")
+    if raw.count(b"\n") == crlfs == raw.count(b"\r"):
+        return raw  # already CRLF throughout, as IMAP serves it: no copy of a big message
     return raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
@@ -43,18 +46,18 @@ def form(raw: bytes, options: SubmitOptions, target: RedmineTarget) -> dict[str,
 _SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~- "
 
 
-def urlencoded(fields: dict[str, str | bytes]) -> str:
+def urlencoded(fields: dict[str, str | bytes]) -> bytes:
     """application/x-www-form-urlencoded, byte for byte what urllib's urlencode gives, about
     ten times faster on mail: one C-speed replace per distinct byte value that needs
-    escaping, instead of Python work per byte."""
-    def quote(value: str | bytes) -> str:
+    escaping, instead of Python work per byte. Bytes, so that no further copy is made."""
+    def quote(value: str | bytes) -> bytes:
         data = value.encode() if isinstance(value, str) else value
         escaped = data.replace(b"%", b"%25")
         for byte in set(data.translate(None, _SAFE)) - {ord("%")}:
             escaped = escaped.replace(bytes((byte,)), b"%%%02X" % byte)
-        return escaped.replace(b" ", b"+").decode("ascii")
+        return escaped.replace(b" ", b"+")
 
-    return "&".join(f"{quote(name)}={quote(value)}" for name, value in fields.items())
+    return b"&".join(quote(name) + b"=" + quote(value) for name, value in fields.items())
 
 
 # Rack (2.2 in Debian's Redmine 5, and 3.1 until Redmine 6.0.6 raised it) refuses form
