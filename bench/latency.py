@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import plot
 from tests.dovecot import Dovecot
 from tests.ingest_env import ROOT, command, write_config
 from tests.mail import make
@@ -68,8 +69,12 @@ def main(count: int, gap: float) -> None:
     print(f"{count} messages APPENDed at random intervals (mean {gap} s); delay from APPEND "
           "to the tracker receiving the POST")
     with Dovecot() as dovecot:
-        report("IDLE", measure(dovecot, True, count, gap))
-        report("60 s poll", measure(dovecot, False, count, gap))
+        idle, poll = measure(dovecot, True, count, gap), measure(dovecot, False, count, gap)
+    report("IDLE", idle)
+    report("60 s poll", poll)
+    chart = plot.distribution("latency.png", "Mail to submission", "seconds (log)",
+                              {"IDLE": idle, "60 s poll": poll})
+    print(f"chart: {chart}")
 
 
 if __name__ == "__main__":

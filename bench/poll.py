@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench import plot
 from imap_ingest.config import Config
 from imap_ingest.ingest import Context, ingest
 from imap_ingest.ledger import Ledger
@@ -68,6 +69,7 @@ def main(sizes: list[int]) -> None:
     imaplib.IMAP4.send = counting_send  # type: ignore[assignment]
     print("size      poll p50   poll max   bytes per poll   (a pass on a kept connection "
           "that finds nothing new)")
+    results: list[tuple[int, float, float]] = []
     with Dovecot() as dovecot:
         for size in sizes:
             imap = dovecot.account()
@@ -90,6 +92,12 @@ def main(sizes: list[int]) -> None:
                 ledger.close()
             print(f"{size:>7}   {statistics.median(times) * 1000:6.1f} ms  "
                   f"{max(times) * 1000:6.1f} ms   {statistics.median(sizes_read):8.0f}")
+            results.append((size, statistics.median(times) * 1000, max(times) * 1000))
+    chart = plot.line("poll-cost.png", "A pass that finds nothing new", "messages in the folder",
+                      "ms", {"median": ([r[0] for r in results], [r[1] for r in results]),
+                             "max": ([r[0] for r in results], [r[2] for r in results])},
+                      logx=True)
+    print(f"chart: {chart}")
 
 
 if __name__ == "__main__":
