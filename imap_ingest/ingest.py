@@ -46,18 +46,26 @@ class _Disposal:
     """Dispositions collected during a pass and sent as one command per destination.
 
     A disposition is ``delete``, ``move:FOLDER`` or ``mark:KEYWORD``, as the ledger stores
-    it; ``copy:FOLDER`` comes before a message's disposition.
+    it. A rule's copies go with the message's disposition: a message left for a retry is not
+    copied again on every pass.
     """
 
     def __init__(self, mailbox: Mailbox, ledger: Ledger) -> None:
         self._mailbox = mailbox
         self._ledger = ledger
         self._pending: dict[str, list[Key]] = {}
+        self._copies: dict[Key, tuple[str, ...]] = {}
 
     def __len__(self) -> int:
         return sum(map(len, self._pending.values()))
 
+    def copy_with(self, key: Key, folders: tuple[str, ...]) -> None:
+        """Copy the message into ``folders`` if, and when, it is disposed of."""
+        self._copies[key] = folders
+
     def add(self, key: Key, to: str) -> None:
+        for folder in self._copies.pop(key, ()):
+            self._pending.setdefault(f"copy:{folder}", []).append(key)
         self._pending.setdefault(to, []).append(key)
 
     def flush(self) -> None:
@@ -75,7 +83,7 @@ class _Disposal:
                 self._mailbox.delete(uids)
         self._ledger.disposed([key for to, keys in self._pending.items() for key in keys
                                if not to.startswith("copy:")])
-        self._pending = {}
+        self._pending, self._copies = {}, {}
 
 
 @dataclass(frozen=True)
@@ -109,14 +117,10 @@ class _Pass:
         self.mailbox = mailbox
         self.folder = folder
         self.context = context
-        self.config = config = context.config
-        self.trackers = context.trackers
-        self.ledger = ledger = context.ledger
-        self.retry_now = context.retry_now
-        self.metrics = context.metrics
-        self.rules = RuleSet.for_folder(folder, config)
-        self.disposal = _Disposal(mailbox, ledger)
-        self.backoff = Backoff(config.retry.first_delay, config.retry.max_delay)
+        self.config, self.ledger = context.config, context.ledger
+        self.rules = RuleSet.for_folder(folder, self.config)
+        self.disposal = _Disposal(mailbox, self.ledger)
+        self.backoff = Backoff(self.config.retry.first_delay, self.config.retry.max_delay)
         self.report = PassReport(mailbox.account.name, folder.name)
         self.where = f"{self.report.account}/{folder.name}"
         self.down: set[str] = set()  # targets not to contact again during this pass
@@ -144,7 +148,7 @@ class _Pass:
                     # Untouched, for the next pass; counted so that --once exits 75.
                     self.report.counts["left"] = len(uids) - self.report.counts.total()
                     break
-                self.metrics.fetched.labels(*labels).inc()
+                self.context.metrics.fetched.labels(*labels).inc()
                 self._one(fetched)
                 if len(self.disposal) >= self.folder.batch_size:
                     self.disposal.flush()
@@ -155,9 +159,9 @@ class _Pass:
             self.disposal.flush()
             if progress:
                 progress.close()
-        self.metrics.backlog.labels(*labels).set(self.report.counts["deferred"]
+        self.context.metrics.backlog.labels(*labels).set(self.report.counts["deferred"]
                                                  + self.report.counts["left"])
-        self.metrics.last_success.labels(*labels).set_to_current_time()
+        self.context.metrics.last_success.labels(*labels).set_to_current_time()
         counts = ", ".join(f"{n} {what}" for what, n in sorted(self.report.counts.items()))
         # A pass that found nothing is only news when debugging (a service runs one a minute).
         event(log, logging.INFO if uids else logging.DEBUG, f"{self.where}: pass done: "
@@ -179,8 +183,7 @@ class _Pass:
             self._decide(key, None, fetched.size, "-", "failed", reason, self.failure_to)
             return
         decision = self.rules.evaluate(message)
-        for folder in decision.copies:
-            self.disposal.add(key, f"copy:{folder}")
+        self.disposal.copy_with(key, decision.copies)
         if decision.act is Act.SUBMIT:
             self._submit(key, message, decision, record, fetched.internaldate)
             return
@@ -217,7 +220,7 @@ class _Pass:
                 self._decide(key, message, 0, "-", "failed", self._give_up_reason(record),
                              self.failure_to)
                 return True
-            if record.next_try and record.next_try > time.time() and not self.retry_now:
+            if record.next_try and record.next_try > time.time() and not self.context.retry_now:
                 self._log(key.uid, message, "-", "deferred", "next try at "
                           + time.strftime("%H:%M:%S", time.localtime(record.next_try)))
                 return True
@@ -230,7 +233,7 @@ class _Pass:
         if target not in self.failing:  # read once per pass and target
             self.failing[target] = self.ledger.target_state(target)
         failures, next_try = self.failing[target]
-        if not self.retry_now and failures and next_try > time.time():
+        if not self.context.retry_now and failures and next_try > time.time():
             self.down.add(target)
         if target in self.down:
             self._log(key.uid, message, decision.rule, "deferred",
@@ -247,11 +250,11 @@ class _Pass:
         envelope = Envelope(key.account, key.folder, key.uidvalidity, key.uid, message.subaddress(
             account.addresses, account.subaddress_separator, account.recipient_headers))
         started = time.monotonic()
-        outcome = self.trackers[target].submit(decision.submission(message.raw),
+        outcome = self.context.trackers[target].submit(decision.submission(message.raw),
                                                decision.options, envelope)
         if outcome.kind is Kind.SUCCESS:
-            self.metrics.submitted(key.account, key.folder, target, time.monotonic() - started,
-                                   arrived)
+            self.context.metrics.submitted(key.account, key.folder, target,
+                                           time.monotonic() - started, arrived)
             self._answered(key, message, decision.rule, target, outcome, "submitted",
                            self.success_to)
             if self.failing[target][0]:
@@ -321,7 +324,7 @@ class _Pass:
     def _log(self, uid: int, message: Message | None, rule: str, outcome: str, reason: str,
              level: int = logging.INFO, **fields: object) -> None:
         self.report.counts[outcome] += 1
-        self.metrics.messages.labels(self.report.account, self.folder.name,
+        self.context.metrics.messages.labels(self.report.account, self.folder.name,
                                      fields.get("target") or "-", outcome).inc()
         event(log, level, f"{self.where} uid {uid}: {outcome}: {reason}",
               account=self.report.account, folder=self.folder.name, uid=uid,

@@ -176,10 +176,6 @@ class Ledger:
 
     # -- messages --------------------------------------------------------------------------
 
-    def find(self, key: Key) -> Record | None:
-        """The record of the message at this place, if any."""
-        return self.records(key.account, key.folder, key.uidvalidity, [key.uid]).get(key.uid)
-
     def records(self, account: str, folder: str, uidvalidity: int,
                 uids: list[int]) -> dict[int, Record]:
         """The records of these UIDs of one folder, by UID: one query for a whole pass."""

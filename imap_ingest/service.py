@@ -94,11 +94,6 @@ class Service:
                     threading.Thread(target=worker.watch, name=f"idle {worker.name}",
                                      daemon=True).start()
 
-    @property
-    def ready(self) -> bool:
-        """Every folder connected, or waiting out its backoff."""
-        return all(worker.ready for worker in self.workers)
-
 
 def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context) -> int:
     """One locked pass over one folder; an error in it ends that folder only."""

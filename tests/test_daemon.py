@@ -186,6 +186,29 @@ def test_progress_line_only_on_a_terminal(capsys: pytest.CaptureFixture[str]) ->
     assert not quiet.shown and capsys.readouterr().err == ""
 
 
+def test_progress_line_on_a_terminal_for_a_large_backlog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal, more than 100 messages get a bar that is cleared at the end; fewer
+    get none."""
+    import io
+    import sys
+
+    from imap_ingest.ingest import _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    _Progress("a/INBOX", 100).show(50)
+    assert screen.getvalue() == ""
+    progress = _Progress("a/INBOX", 200)
+    progress.show(100)
+    assert screen.getvalue() == f"\ra/INBOX [{'#' * 15:<30}] 100/200"
+    progress.close()
+    assert screen.getvalue().endswith("\r\x1b[K")
+
+
 def test_a_folder_that_cannot_connect_does_not_stop_the_others(
         daemon: list[Daemon], tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
     """One account's server is unreachable: the other's mail still flows, and the broken

@@ -366,3 +366,19 @@ def test_copy_discard_and_header_edits_end_to_end(run: Run, imap_any: ImapAccoun
         [form, spam])
     assert imap_any.messages("INBOX") == {}
     assert "uid 2: discarded: discarded by rule spam" in capsys.readouterr().err
+
+
+def test_a_deferred_message_is_copied_once_when_it_is_finally_dealt_with(
+        run: Run, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """copy goes with the message's disposition: passes that leave it for a retry copy
+    nothing, so the archive ends up with exactly one copy."""
+    rules = [{"then": {"copy": "Archive"}}, {"then": "submit"}]
+    raw = make()
+    imap.append("INBOX", raw)
+    redmine.answer = answer(503)
+    assert run(folder={"rules": rules}) == 75
+    assert run("--retry-now", folder={"rules": rules}) == 75
+    assert imap.messages("Archive") == {}
+    redmine.answer = answer(201)
+    assert run("--retry-now", folder={"rules": rules}) == 0
+    assert [body for _, body in imap.messages("Archive").values()] == [raw]
