@@ -314,6 +314,10 @@ class _Http(_Model):
     url: Annotated[str, AfterValidator(_check_url)]
     ca_file: FilePath | None = None
     verify_tls: bool = True
+    timeout: Duration = 60.0
+    # Requests in flight at once, all folders together. One by default: Redmine and RT on
+    # SQLite answer concurrent writes with lock errors, which look like refusals.
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 1
     addresses: list[str] = []  # the tracker's own From addresses, for the own-address check
 
 
@@ -326,7 +330,6 @@ class RedmineTarget(_Http, _WithSecret):
     key: SecretStr | None = None
     key_file: SecretFromFile | None = None
     key_env: SecretFromEnv | None = None
-    timeout: Duration = 60.0
     unknown_user: Literal["ignore", "accept", "create"] | None = None
     no_permission_check: bool = False
     no_account_notice: bool = False
@@ -387,6 +390,7 @@ class DirectoryTarget(_Model):
     addresses: list[str] = []
 
 
+HttpTarget = RedmineTarget | RtTarget | WebhookTarget
 Target = Annotated[RedmineTarget | RtTarget | WebhookTarget | DirectoryTarget,
                    Field(discriminator="type")]
 TARGET_TYPES = ("redmine", "rt", "webhook", "directory")
@@ -460,6 +464,11 @@ class Config(BaseSettings):
     def own_addresses(self) -> set[str]:
         """Every target's own From addresses, lower-cased, for the own-address check."""
         return {a.lower() for target in self.targets.values() for a in target.addresses}
+
+    def concurrency(self, target: str) -> int:
+        """How many requests ``target`` may have in flight (a directory: one)."""
+        chosen = self.targets[target]
+        return 1 if isinstance(chosen, DirectoryTarget) else chosen.concurrency
 
     def target_for(self, options: SubmitOptions) -> str:
         """The target a message with these options goes to."""

@@ -7,6 +7,7 @@ without being sent again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -18,6 +19,7 @@ from datetime import datetime
 
 from .config import Config, Folder
 from .errors import EX_OK, EX_TEMPFAIL, TrackerRefused
+from .inflight import InFlight
 from .ledger import Backoff, Key, Ledger, Record
 from .logs import event
 from .mailbox import FAILED, SKIPPED, Fetched, Mailbox
@@ -86,6 +88,19 @@ class _Disposal:
         self._pending, self._copies = {}, {}
 
 
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A message in flight to its tracker, with what recording the answer needs."""
+
+    key: Key
+    message: Message
+    rule: str
+    record: Record | None  # what the ledger knew before this attempt
+    arrived: datetime | None
+    target: str
+    started: float  # time.monotonic()
+
+
 @dataclass(frozen=True)
 class Context:
     """What every pass of a run shares."""
@@ -126,6 +141,9 @@ class _Pass:
         self.down: set[str] = set()  # targets not to contact again during this pass
         self.failing: dict[str, tuple[int, float]] = {}  # target: (failures, next try)
         self.records: dict[int, Record] = {}  # what the ledger knew of this pass's UIDs
+        self.inflight: InFlight[_Sent] = InFlight(
+            {name: self.config.concurrency(name) for name in self.config.targets})
+        self.refused: TrackerRefused | None = None  # a target refused our key: stop the pass
         self.success_to = (f"move:{folder.move_on_success}" if folder.move_on_success
                            else "delete")
         self.failure_to = (f"move:{folder.move_on_failure}" if folder.move_on_failure
@@ -144,21 +162,28 @@ class _Pass:
         try:
             for fetched in self.mailbox.fetch(uids, self.folder.batch_size,
                                               self.folder.max_message_size):
-                if self.context.stop.is_set():
-                    # Untouched, for the next pass; counted so that --once exits 75.
-                    self.report.counts["left"] = len(uids) - self.report.counts.total()
+                if self.context.stop.is_set() or self.refused:
                     break
                 self.context.metrics.fetched.labels(*labels).inc()
                 self._one(fetched)
+                self._record(self.inflight.finished())
                 if len(self.disposal) >= self.folder.batch_size:
                     self.disposal.flush()
                 if progress:
                     progress.show(self.report.counts.total())
         finally:
-            # What was decided is carried out even when the pass is cut short.
+            # What was sent is recorded, and what was decided carried out, even when the
+            # pass is cut short.
+            self._record(self.inflight.drain())
+            self.inflight.close()
             self.disposal.flush()
             if progress:
                 progress.close()
+        if self.refused:
+            raise self.refused
+        if left := len(uids) - self.report.counts.total():
+            # Stopped early: untouched, for the next pass; counted so that --once exits 75.
+            self.report.counts["left"] = left
         self.context.metrics.backlog.labels(*labels).set(self.report.counts["deferred"]
                                                  + self.report.counts["left"])
         self.context.metrics.last_success.labels(*labels).set_to_current_time()
@@ -230,6 +255,11 @@ class _Pass:
                 arrived: datetime | None) -> None:
         assert decision.options is not None
         target = self.config.target_for(decision.options)
+        digest = message.digest()
+        ties = message.ties() | {digest}
+        self._record(self.inflight.make_room(target, ties))
+        if self.context.stop.is_set() or self.refused:
+            return  # left for the next pass
         if target not in self.failing:  # read once per pass and target
             self.failing[target] = self.ledger.target_state(target)
         failures, next_try = self.failing[target]
@@ -239,9 +269,8 @@ class _Pass:
             self._log(key.uid, message, decision.rule, "deferred",
                       f"target {target} is failing; not contacted until it is due again")
             return
-        earlier = self.ledger.begin_submit(key, message.message_id, len(message.raw),
-                                           message.digest(), decision.rule, target,
-                                           self.config.dedupe)
+        earlier = self.ledger.begin_submit(key, message.message_id, len(message.raw), digest,
+                                           decision.rule, target, self.config.dedupe)
         if earlier is not None:
             self._decide(key, message, len(message.raw), decision.rule, "duplicate",
                          f"already submitted as {earlier}", self.success_to)
@@ -249,19 +278,28 @@ class _Pass:
         account = self.mailbox.account
         envelope = Envelope(key.account, key.folder, key.uidvalidity, key.uid, message.subaddress(
             account.addresses, account.subaddress_separator, account.recipient_headers))
-        started = time.monotonic()
-        outcome = self.context.trackers[target].submit(decision.submission(message.raw),
-                                               decision.options, envelope)
+        self.inflight.start(target, ties, _Sent(key, message, decision.rule, record, arrived,
+                                                target, time.monotonic()), functools.partial(
+            self.context.trackers[target].submit, decision.submission(message.raw),
+            decision.options, envelope))
+
+    def _record(self, answers: list[tuple[_Sent, Outcome]]) -> None:
+        for sent, outcome in answers:
+            self._answer(sent, outcome)
+
+    def _answer(self, sent: _Sent, outcome: Outcome) -> None:
+        """Record what the tracker said of one message and what becomes of it."""
+        key, message, rule, record, target = (sent.key, sent.message, sent.rule, sent.record,
+                                              sent.target)
         if outcome.kind is Kind.SUCCESS:
             self.context.metrics.submitted(key.account, key.folder, target,
-                                           time.monotonic() - started, arrived)
-            self._answered(key, message, decision.rule, target, outcome, "submitted",
-                           self.success_to)
+                                           time.monotonic() - sent.started, sent.arrived)
+            self._answered(key, message, rule, target, outcome, "submitted", self.success_to)
             if self.failing[target][0]:
                 self.ledger.target_ok(target)
                 self.failing[target] = (0, 0.0)
         elif outcome.kind is Kind.PERMANENT:
-            self._answered(key, message, decision.rule, target, outcome,
+            self._answered(key, message, rule, target, outcome,
                            "partial" if outcome.partial else "failed", self.failure_to)
         elif outcome.kind is Kind.TEMPORARY:
             self.down.add(target)
@@ -272,20 +310,21 @@ class _Pass:
                            record.first_seen if record else time.time(), None, outcome.reason,
                            None)
             if self._given_up(tried):
-                self._answered(key, message, decision.rule, target, outcome, "failed",
+                self._answered(key, message, rule, target, outcome, "failed",
                                self.failure_to, reason=self._give_up_reason(tried))
             else:
                 delay = max(self.backoff.delay(tried.attempts), wait)
                 self.ledger.answered(key, target, "waiting", "deferred", outcome.reason,
                                      status=outcome.status, next_try=time.time() + delay)
-                self._log(key.uid, message, decision.rule, "deferred", outcome.reason,
+                self._log(key.uid, message, rule, "deferred", outcome.reason,
                           level=logging.WARNING, target=target, status=outcome.status)
         else:
             # Not the message's fault: it waits, with no attempt counted against it.
             self.ledger.answered(key, target, "waiting", "refused-key", outcome.reason,
                                  status=outcome.status, attempt=False)
-            raise TrackerRefused(f"{self.where}: target {target}: {outcome.reason}; "
-                                 "no message touched, folder stopped")
+            self.refused = self.refused or TrackerRefused(
+                f"{self.where}: target {target}: {outcome.reason}; no message touched, "
+                "folder stopped")
 
     def _given_up(self, record: Record) -> bool:
         retry = self.config.retry

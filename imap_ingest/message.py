@@ -29,6 +29,12 @@ _TRACE = re.compile(rb"^(?:Received|Return-Path|Delivered-To|X-Original-To|Envel
                     rb"ARC-[\w-]+):.*\n(?:[ \t].*\n)*", re.IGNORECASE | re.MULTILINE)
 
 
+# What ties mail to other mail: Message-IDs, and a ticket tag in the subject as Redmine
+# ("[Support - Bug #12]") and RT ("[rt.example.net #12]") write it.
+_MESSAGE_ID = re.compile(r"<[^<>\s]+>")
+_TICKET_TAG = re.compile(r"\[[^\[\]]*#(\d+)\]")
+
+
 class Message:
     """Raw bytes plus the unfolded header block as text; decoded views made on demand."""
 
@@ -77,6 +83,14 @@ class Message:
     @property
     def message_id(self) -> str | None:
         return self.header("Message-ID")
+
+    def ties(self) -> frozenset[str]:
+        """Its own Message-ID, those it replies to and the tickets its subject names: mail
+        sharing one of these must reach the tracker in order."""
+        ids = " ".join(filter(None, (self.message_id, self.header("In-Reply-To"),
+                                     self.header("References"))))
+        return frozenset(_MESSAGE_ID.findall(ids)
+                         + [f"#{n}" for n in _TICKET_TAG.findall(self.subject or "")])
 
     @property
     def subject(self) -> str | None:

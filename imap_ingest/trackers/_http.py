@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
 import requests
 
 from .. import __version__
+from ..config import HttpTarget
 from . import Kind, Outcome
 
 USER_AGENT = f"imap-ingest/{__version__}"
@@ -19,27 +19,31 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class Client:
-    """A keep-alive session that verifies TLS unless told not to; requests are serialised
-    (one at a time per target: Redmine and RT on SQLite refuse concurrent writes)."""
+    """Keep-alive connections that verify TLS unless told not to, at most the target's
+    ``concurrency`` requests at once, whichever folders send them."""
 
-    def __init__(self, url: str, verify_tls: bool, ca_file: Path | None,
-                 timeout: float) -> None:
-        self.timeout = timeout
+    def __init__(self, target: HttpTarget) -> None:
+        self.timeout = target.timeout
         self._http = requests.Session()
-        self._http.verify = str(ca_file) if ca_file and verify_tls else verify_tls
+        self._http.verify = (str(target.ca_file) if target.ca_file and target.verify_tls
+                             else target.verify_tls)
         self._http.headers["User-Agent"] = USER_AGENT
         # The proxy settings of the environment, read once: requests would read them (and
         # ~/.netrc) again for every request, half a millisecond each time.
-        self._http.proxies = requests.utils.get_environ_proxies(url)
+        self._http.proxies = requests.utils.get_environ_proxies(target.url)
         self._http.trust_env = False
-        self._lock = threading.Lock()
+        pool = requests.adapters.HTTPAdapter(pool_connections=1,
+                                             pool_maxsize=target.concurrency)
+        self._http.mount("http://", pool)
+        self._http.mount("https://", pool)
+        self._slots = threading.BoundedSemaphore(target.concurrency)
 
     def request(self, method: str, url: str, *, repost: int = 0,
                 **kwargs: Any) -> requests.Response | Outcome:
         """The answer, or a TEMPORARY Outcome when there was none. Redirects are not
         followed (requests would turn a POST into a GET), except ``repost`` times by
         sending the same request to the new location, as rt-mailgate does."""
-        with self._lock:
+        with self._slots:
             for _ in range(repost + 1):
                 try:
                     answer = self._http.request(method, url, timeout=self.timeout,

@@ -107,7 +107,7 @@ class Redmine:
     def __init__(self, target: RedmineTarget) -> None:
         self._target = target
         self._url = f"{target.url}/mail_handler"
-        self._http = Client(target.url, target.verify_tls, target.ca_file, target.timeout)
+        self._http = Client(target)
 
     def submit(self, raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
         data = urlencoded(form(raw, options, self._target))

@@ -76,7 +76,7 @@ class RequestTracker:
     def __init__(self, target: RtTarget) -> None:
         self._target = target
         self._url = f"{target.url}{GATEWAY}"
-        self._http = Client(target.url, target.verify_tls, target.ca_file, target.timeout)
+        self._http = Client(target)
 
     def submit(self, raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
         sent = fields(raw, options, self._target, envelope.subaddress)

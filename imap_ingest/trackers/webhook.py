@@ -99,7 +99,7 @@ class Webhook:
 
     def __init__(self, target: WebhookTarget) -> None:
         self._target = target
-        self._http = Client(target.url, target.verify_tls, target.ca_file, target.timeout)
+        self._http = Client(target)
         self._token = pick_secret(target, "token")
         self._secret = pick_secret(target, "secret")
 

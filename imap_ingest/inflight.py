@@ -1,0 +1,68 @@
+"""Submissions in flight: at most a target's ``concurrency`` at once, in dependency order.
+
+A pass hands each submission over and goes on fetching and deciding the next message while
+the tracker works; the answers come back to the pass, which records them. A submission
+waits while one it is tied to is still in flight (a message it replies to, mail about the
+same ticket, another copy of itself), so the tracker sees those in the folder's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Generic, TypeVar
+
+from .trackers import Outcome
+
+T = TypeVar("T")
+
+
+class InFlight(Generic[T]):
+    """Runs ``send`` calls on worker threads; ``T`` is what the caller needs to record each
+    answer. Every method is called from the pass's own thread."""
+
+    def __init__(self, limits: Mapping[str, int]) -> None:
+        self._limits = limits
+        self._pool = ThreadPoolExecutor(max_workers=sum(limits.values()),
+                                        thread_name_prefix="submit")
+        self._running: dict[Future[Outcome], tuple[str, frozenset[str], T]] = {}
+
+    def make_room(self, target: str, ties: frozenset[str]) -> list[tuple[T, Outcome]]:
+        """Wait until ``target`` has a free slot and nothing in flight shares one of
+        ``ties``; returns the answers that came back meanwhile, in the order sent."""
+        answers = self.finished()
+        while blockers := self._blocking(target, ties):
+            done, _ = wait(blockers, return_when=FIRST_COMPLETED)
+            answers += self._collect(done)
+        return answers
+
+    def start(self, target: str, ties: frozenset[str], tag: T,
+              send: Callable[[], Outcome]) -> None:
+        """Send in the background; call make_room first."""
+        self._running[self._pool.submit(send)] = (target, ties, tag)
+
+    def finished(self) -> list[tuple[T, Outcome]]:
+        """The answers that have come back, without waiting."""
+        return self._collect(future for future in self._running if future.done())
+
+    def drain(self) -> list[tuple[T, Outcome]]:
+        """Every answer still to come, waiting for each."""
+        return self._collect(self._running)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _blocking(self, target: str, ties: frozenset[str]) -> list[Future[Outcome]]:
+        same_target = [future for future, (to, _, _) in self._running.items() if to == target]
+        if len(same_target) >= self._limits[target]:
+            return same_target
+        return [future for future, (_, tied, _) in self._running.items() if tied & ties]
+
+    def _collect(self, futures: Iterable[Future[Outcome]]) -> list[tuple[T, Outcome]]:
+        # In the order sent (the dict's), whatever order they finished in.
+        done = set(futures)
+        answers = [(tag, future.result()) for future, (_, _, tag) in self._running.items()
+                   if future in done]
+        for future in done:
+            del self._running[future]
+        return answers

@@ -1,0 +1,171 @@
+"""Bounded concurrent submission: real dovecot, a real HTTP server that takes its time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imap_ingest.cli import main
+from imap_ingest.message import Message
+
+from .dovecot import ImapAccount
+from .ingest_env import backlog, write_config
+from .mail import make
+from .redmine_server import Answer, FakeRedmine, Request
+
+
+@dataclass
+class Timeline:
+    """When each request (by Subject) was being answered; answers take ``delay`` seconds,
+    or what ``delays`` says for a subject, with ``status``."""
+
+    delay: float = 0.1
+    status: int = 201
+    delays: dict[str, float] = field(default_factory=dict)
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, request: Request) -> Answer:
+        subject = next(line for line in request.field("email").split(b"\r\n")
+                       if line.startswith(b"Subject: "))[9:].decode()
+        started = time.monotonic()
+        with self.lock:
+            self.order.append(subject)
+        time.sleep(self.delays.get(subject, self.delay))
+        self.spans[subject] = (started, time.monotonic())
+        return self.status, b"", 0
+
+    def most_at_once(self) -> int:
+        edges = sorted([(start, 1) for start, _ in self.spans.values()]
+                       + [(end, -1) for _, end in self.spans.values()])
+        at_once = most = 0
+        for _, step in edges:
+            at_once += step
+            most = max(most, at_once)
+        return most
+
+    def overlap(self, first: str, second: str) -> bool:
+        (a_start, a_end), (b_start, b_end) = self.spans[first], self.spans[second]
+        return a_start < b_end and b_start < a_end
+
+
+def run(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, **target: Any) -> int:
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url, target=target)
+    return main(["run", "--once", "-c", str(path)])
+
+
+@pytest.fixture
+def timeline(redmine: FakeRedmine) -> Timeline:
+    timeline = Timeline()
+    redmine.answer = timeline
+    return timeline
+
+
+def test_default_is_one_request_at_a_time_in_uid_order(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
+    """Without `concurrency`, a target gets one request at a time, in the folder's order."""
+    backlog(imap, 5)
+    assert run(tmp_path, imap, redmine) == 0
+    assert timeline.order == [f"backlog {i}" for i in range(5)]
+    assert timeline.most_at_once() == 1
+    assert imap.messages("INBOX") == {}
+
+
+def test_concurrency_bounds_the_requests_in_flight(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
+    """With `concurrency: 4`, four requests are in flight at once and never a fifth; every
+    message is submitted once and deleted."""
+    backlog(imap, 16)
+    timeline.delay = 0.2
+    assert run(tmp_path, imap, redmine, concurrency=4) == 0
+    assert timeline.most_at_once() == 4
+    assert sorted(timeline.order) == sorted(f"backlog {i}" for i in range(16))
+    assert imap.messages("INBOX") == {}
+
+
+def test_a_reply_waits_for_the_message_it_answers(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
+    """A reply in the same backlog is posted only once the tracker has answered for the
+    message it replies to (so it lands on that ticket); unrelated mail before it goes
+    alongside."""
+    timeline.delays = {"question": 0.5}
+    imap.append("INBOX", make(subject="question", message_id="<q@example.org>"))
+    imap.append("INBOX", make(subject="unrelated"))
+    imap.append("INBOX", make(subject="reply", headers={"In-Reply-To": "<q@example.org>"}))
+    imap.append("INBOX", make(subject="later reply", headers={
+        "References": "<other@example.org> <q@example.org>"}))
+    assert run(tmp_path, imap, redmine, concurrency=4) == 0
+    assert timeline.spans["reply"][0] >= timeline.spans["question"][1]
+    assert timeline.spans["later reply"][0] >= timeline.spans["question"][1]
+    assert timeline.overlap("question", "unrelated")
+
+
+def test_mail_about_one_ticket_is_posted_one_at_a_time(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
+    """Two updates naming ticket #12 in the subject never race each other on the tracker."""
+    imap.append("INBOX", make(subject="Re: [Support - Bug #12] disk full"))
+    imap.append("INBOX", make(subject="[Support - Bug #13] other"))
+    imap.append("INBOX", make(subject="[Support - Bug #12] disk full (more)"))
+    assert run(tmp_path, imap, redmine, concurrency=3) == 0
+    assert not timeline.overlap("Re: [Support - Bug #12] disk full",
+                                "[Support - Bug #12] disk full (more)")
+    assert timeline.overlap("Re: [Support - Bug #12] disk full", "[Support - Bug #13] other")
+
+
+def test_the_same_message_twice_is_not_raced(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
+    """Two copies of one message (same Message-ID) are never in flight together: the second
+    is recognised as a duplicate of the first, which the tracker took."""
+    raw = make(subject="twice", message_id="<twice@example.org>")
+    imap.append("INBOX", raw)
+    imap.append("INBOX", raw)
+    assert run(tmp_path, imap, redmine, concurrency=2) == 0
+    assert timeline.order == ["twice"]
+    assert imap.messages("INBOX") == {}
+
+
+def test_temporary_failure_with_requests_in_flight_loses_nothing(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
+    """503 with three in flight: no more requests once the first answer came back, every
+    message stays for the retry, and the run exits 75."""
+    backlog(imap, 10)
+    timeline.status = 503
+    assert run(tmp_path, imap, redmine, concurrency=3) == 75
+    assert 1 <= len(timeline.order) <= 3
+    assert len(imap.messages("INBOX")) == 10
+
+
+def test_refused_key_with_requests_in_flight_touches_nothing(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """403 while others are in flight: the folder stops with exit 77 and no message moved."""
+    backlog(imap, 6)
+    redmine.answer = lambda request: (403, b"", 0.1)
+    assert run(tmp_path, imap, redmine, concurrency=3) == 77
+    assert len(redmine.requests) <= 3
+    assert len(imap.messages("INBOX")) == 6
+
+
+@pytest.mark.parametrize("value", [0, 65, "many"])
+def test_concurrency_out_of_range_is_a_config_error(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, value: object,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`concurrency` must be a whole number from 1 to 64; the error names the key."""
+    assert run(tmp_path, imap, redmine, concurrency=value) == 78
+    assert "targets.redmine.concurrency" in capsys.readouterr().err
+
+
+def test_ties_are_message_ids_and_ticket_tags() -> None:
+    """A message is tied to its own Message-ID, the ones it replies to, and the tickets its
+    subject names in Redmine's or RT's tag format; a bare #7 in prose is not a tag."""
+    message = Message(make(subject="Re: [rt.example.net #7] disk #9 full",
+                           message_id="<c@example.org>",
+                           headers={"In-Reply-To": "<b@example.org>",
+                                    "References": "<a@example.org>\r\n <b@example.org>"}))
+    assert message.ties() == {"<a@example.org>", "<b@example.org>", "<c@example.org>", "#7"}
+    assert Message(make(message_id="<solo@example.org>")).ties() == {"<solo@example.org>"}
