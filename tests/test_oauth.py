@@ -18,6 +18,7 @@ from imap_ingest.cli import main
 from imap_ingest.config import load
 from imap_ingest.service import Service
 
+from . import test_daemon
 from .dovecot import Dovecot, ImapAccount
 from .ingest_env import ROOT, command, write_config
 from .mail import make
@@ -26,6 +27,8 @@ from .redmine_server import FakeRedmine
 from .test_daemon import Daemon, free_port, get, get_quiet, metric
 from .test_service import wait_for
 from .token_service import TokenService
+
+daemon = test_daemon.daemon  # the fixture that kills the services a test left running
 
 
 @pytest.fixture
