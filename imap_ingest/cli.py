@@ -12,9 +12,18 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
-from . import __version__, demo, logs
-from .config import CONFIG_VARIABLE, Config, load
-from .errors import EX_CANTCREAT, EX_NOINPUT, EX_OK, EX_USAGE, IngestError, MailboxError, worst
+from . import __version__, demo, logs, token_file
+from .config import CONFIG_VARIABLE, Config, OAuth2, load
+from .errors import (
+    EX_CANTCREAT,
+    EX_NOINPUT,
+    EX_NOPERM,
+    EX_OK,
+    EX_USAGE,
+    IngestError,
+    MailboxError,
+    worst,
+)
 from .from_rake import convert
 from .ledger import Ledger
 from .mailbox import Mailbox
@@ -105,6 +114,9 @@ def _check(config: Config, args: argparse.Namespace) -> int:
                         report(False, f"{what} folder {folder.name}", exc.reason, exc.exit_code)
         except MailboxError as exc:
             report(False, what, exc.reason, exc.exit_code)
+        if account.oauth2 is not None and account.oauth2.refresh_token_file is not None:
+            ok, detail = _refresh_token_state(account.name, account.oauth2)
+            report(ok, f"{what} refresh token", detail, EX_OK if ok else EX_NOPERM)
     for name, target in config.targets.items():
         tracker = open_tracker(target)
         try:
@@ -114,6 +126,35 @@ def _check(config: Config, args: argparse.Namespace) -> int:
         code = {Kind.SUCCESS: EX_OK, Kind.CONFIG: 77}.get(outcome.kind, 75)
         report(outcome.kind is Kind.SUCCESS, f"target {name}", outcome.reason, code)
     return worst(*codes)
+
+
+_NO_EXPIRY = {
+    "microsoft": "Microsoft gives no expiry (90 days unused; each refresh renews it)",
+    "google": "Google gives no expiry (a published app's token lasts until revoked)",
+}
+
+
+def _refresh_token_state(name: str, oauth2: OAuth2) -> tuple[bool, str]:
+    """Whether the stored refresh token is still good, as far as the provider said."""
+    assert oauth2.refresh_token_file is not None
+    login = f"run `imap-ingest auth login {name}`"
+    try:
+        stored = token_file.read(oauth2.refresh_token_file)
+    except token_file.TokenFileError as exc:
+        return False, f"{exc}: {login}"
+    issued = f"issued {_day(stored.issued_at)}" if stored.issued_at else "issue date unknown"
+    days = stored.days_left()
+    if days is None:
+        return True, f"{issued}; {_NO_EXPIRY.get(oauth2.provider, 'the provider gives no expiry')}"
+    if days < 0:
+        return False, f"expired on {_day(stored.expires_at)}: {login}"
+    return True, f"{issued}; expires in {days:.0f} days (the provider says so)"
+
+
+def _day(stamp: float | None) -> str:
+    """A date, or today."""
+    day = time.strftime("%Y-%m-%d", time.localtime(stamp))
+    return "today" if day == time.strftime("%Y-%m-%d") else day
 
 
 def _ledger(config: Config) -> Ledger:

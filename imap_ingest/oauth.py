@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 import msal
 import requests
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from . import token_file
 from .config import Account, OAuth2
@@ -286,6 +288,13 @@ class ClientCredentials:
         if key is None or "CERTIFICATE" not in blocks:
             raise refused(self.account, f"{self.oauth2.certificate_file} needs a PRIVATE KEY "
                           "and a CERTIFICATE in PEM")
+        try:
+            rsa = isinstance(load_pem_private_key(key.encode(), None), RSAPrivateKey)
+        except (ValueError, TypeError) as exc:  # encrypted, or not a key
+            raise refused(self.account, f"{self.oauth2.certificate_file}: {exc}") from None
+        if not rsa:
+            raise refused(self.account, f"{self.oauth2.certificate_file} needs an RSA private "
+                          "key: Microsoft Entra takes RSA certificates only")
         # MSAL signs its assertion with the key, naming the certificate by its SHA-256.
         return {"private_key": key, "public_certificate": blocks["CERTIFICATE"]}
 
