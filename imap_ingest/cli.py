@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
-from . import __version__, demo, logs, token_file
+from . import __version__, authorize, demo, logs, token_file
 from .config import CONFIG_VARIABLE, Config, OAuth2, load
 from .errors import (
     EX_CANTCREAT,
@@ -52,11 +52,25 @@ examples:
   imap-ingest check -c config.yaml         test the config, the logins and the trackers
   imap-ingest run --once -c config.yaml    one pass over every folder (for cron)
   imap-ingest run -c config.yaml           poll each folder on its interval
+  imap-ingest auth login support -c config.yaml
+                                           sign in once for an OAuth2 (Microsoft 365,
+                                           Gmail) account; its token is then renewed
 
 exit codes (sysexits.h): 0 done, 64 usage, 75 some messages left for a retry,
   77 login or tracker key refused, 78 configuration error.
 environment: IMAP_INGEST_CONFIG is the default for -c; IMAP_INGEST_<KEY>__<KEY>=value
   overrides a key of the file, e.g. IMAP_INGEST_TARGETS__REDMINE__KEY.
+"""
+
+
+_AUTH_EXAMPLES = """\
+examples:
+  imap-ingest auth login support -c config.yaml
+      Microsoft 365: prints a URL and a code; enter it, sign in as the mailbox's user
+  imap-ingest auth login gmail -c config.yaml --no-browser --port 8765
+      Gmail: prints the sign-in URL; on a server, first: ssh -L 8765:127.0.0.1:8765 HOST
+  imap-ingest check -c config.yaml
+      then: logs in with the new token and says how long it lasts
 """
 
 
@@ -155,6 +169,36 @@ def _day(stamp: float | None) -> str:
     """A date, or today."""
     day = time.strftime("%Y-%m-%d", time.localtime(stamp))
     return "today" if day == time.strftime("%Y-%m-%d") else day
+
+
+def _auth_login(config: Config, args: argparse.Namespace) -> int:
+    account = next((a for a in config.accounts if a.name == args.account), None)
+    if account is None:
+        print(f"no account named {args.account!r} (configured: "
+              + ", ".join(a.name for a in config.accounts) + ")", file=sys.stderr)
+        return EX_USAGE
+    oauth2 = account.oauth2
+    if oauth2 is None or oauth2.refresh_token_file is None:
+        print(f"account {account.name} does not keep a refresh token: auth login is for "
+              "oauth2 with flow: refresh_token", file=sys.stderr)
+        return EX_USAGE
+    browser = args.browser or (not args.device and oauth2.provider == "google")
+    needed = "authorize_url" if browser else "device_url"
+    if (oauth2.effective_authorize_url if browser else oauth2.effective_device_url) is None:
+        print(f"account {account.name}: oauth2.{needed} is needed for this login",
+              file=sys.stderr)
+        return EX_USAGE
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    if browser:
+        authorize.browser_login(account.name, oauth2, say, args.port, not args.no_browser)
+    else:
+        authorize.device_login(account.name, oauth2, say)
+    print(f"refresh token stored in {oauth2.refresh_token_file}; now: imap-ingest check "
+          f"-c {args.config}")
+    return EX_OK
 
 
 def _ledger(config: Config) -> Ledger:
@@ -356,6 +400,38 @@ def _parser() -> argparse.ArgumentParser:
                         "account's login, each folder, and each tracker's URL and key.",
             epilog="example:\n  imap-ingest check -c config.yaml\n\n"
                    "prints one line per check, OK or FAIL with the reason; exits 0 when all pass.")
+
+    auth = commands.add_parser(
+        "auth", help="OAuth2: obtain and store an account's first refresh token",
+        description=textwrap.fill(
+            "Accounts with auth: xoauth2 or oauthbearer and an oauth2 refresh token need a "
+            "person once, to sign in and consent; imap-ingest then renews the token by itself "
+            "and writes each rotated one back to refresh_token_file.", 78),
+        epilog=_AUTH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    auth_commands = auth.add_subparsers(title="commands", metavar="COMMAND")
+    login = auth_commands.add_parser(
+        "login", parents=[common], help="sign in as the mailbox's user; store the token",
+        description=textwrap.fill(
+            "Sign in for ACCOUNT and store its refresh token (mode 0600). With the device "
+            "code flow (Microsoft's default) you open a URL on any device and type a code; "
+            "with --browser (Gmail's default: Google does not allow the Gmail scope in the "
+            "device flow) a browser on this machine is sent back to http://127.0.0.1:PORT/.",
+            78),
+        epilog=_AUTH_EXAMPLES + "\nexits 0 when the token is stored, 77 when the sign-in "
+        "was refused or timed out,\n64 when the account does not use a refresh token.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    login.set_defaults(command=_auth_login, standalone=False)
+    login.add_argument("account", metavar="ACCOUNT", help="the name of a configured account")
+    flow = login.add_mutually_exclusive_group()
+    flow.add_argument("--device", action="store_true",
+                      help="device code flow (default, except for Google)")
+    flow.add_argument("--browser", action="store_true",
+                      help="browser with a loopback redirect (default for Google)")
+    login.add_argument("--no-browser", action="store_true",
+                       help="with --browser: print the URL, do not try to open a browser")
+    login.add_argument("--port", type=int, default=0, metavar="PORT",
+                       help="with --browser: the loopback port to listen on (default: any free "
+                            "one; fix it to tunnel it over SSH)")
 
     add("status", _status,
             help="what the ledger knows: messages per folder by state, failing targets",

@@ -107,11 +107,12 @@ def test_browser_login_with_pkce(tmp_path: Path, mailbox: ImapAccount, redmine: 
         back = urlencode({"code": code, "state": query["state"]})
         with urllib.request.urlopen(f"{redirect}?{back}", timeout=10) as page:
             assert b"imap-ingest" in page.read()
-        assert process.wait(timeout=20) == 0
+        process.wait(timeout=20)
     finally:
         if process.poll() is None:
             process.kill()
-        process.communicate()
+        err = process.communicate()[1]
+    assert process.returncode == 0, err
     [exchange] = provider.token_requests("authorization_code")
     assert exchange["redirect_uri"] == redirect and exchange["client_secret"] == "g-secret"
     assert "code_verifier" in exchange

@@ -55,6 +55,7 @@ class TokenService(RecordingServer):
     def reset(self) -> None:
         """Back to the defaults, with no tokens and no requests."""
         self.requests = []
+        self.answer = self.default
         self.lifetime = 3600  # expires_in of access tokens
         self.rotate = True  # a refresh gives a new refresh token and retires the old one
         self.refresh_expires_in: int | None = None  # refresh_token_expires_in, as Google says
