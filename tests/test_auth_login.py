@@ -79,11 +79,9 @@ def test_device_login_refused(tmp_path: Path, mailbox: ImapAccount, redmine: Fak
     assert not (tmp_path / "refresh-token.json").exists()
 
 
-def test_browser_login_with_pkce(tmp_path: Path, mailbox: ImapAccount, redmine: FakeRedmine,
-                                 provider: TokenService) -> None:
-    """Google's way: the authorize URL asks for https://mail.google.com/ offline with a PKCE
-    challenge; the redirect to 127.0.0.1 brings the code, exchanged with the verifier and the
-    client secret; the refresh token is stored."""
+def browser_login(tmp_path: Path, mailbox: ImapAccount, redmine: FakeRedmine,
+                  provider: TokenService) -> tuple[subprocess.Popen[str], int]:
+    """`auth login --browser` for a Gmail account, as a process; and its loopback port."""
     provider.client_secret = "g-secret"
     path = without_token(oauth_config(tmp_path, mailbox, redmine.url, provider,
                                       provider="google", client_secret="g-secret",
@@ -92,6 +90,15 @@ def test_browser_login_with_pkce(tmp_path: Path, mailbox: ImapAccount, redmine: 
     process = subprocess.Popen(
         command("auth", "login", "oauth", "--browser", "--no-browser", "--port", str(port),
                 "-c", str(path)), cwd=ROOT, text=True, stderr=subprocess.PIPE)
+    return process, port
+
+
+def test_browser_login_with_pkce(tmp_path: Path, mailbox: ImapAccount, redmine: FakeRedmine,
+                                 provider: TokenService) -> None:
+    """Google's way: the authorize URL asks for https://mail.google.com/ offline with a PKCE
+    challenge; the redirect to 127.0.0.1 brings the code, exchanged with the verifier and the
+    client secret; the refresh token is stored."""
+    process, port = browser_login(tmp_path, mailbox, redmine, provider)
     try:
         assert process.stderr is not None
         url = next(word for line in process.stderr for word in line.split()
@@ -124,14 +131,7 @@ def test_browser_login_rejects_a_forged_redirect(tmp_path: Path, mailbox: ImapAc
                                                  redmine: FakeRedmine,
                                                  provider: TokenService) -> None:
     """A redirect whose state is not ours is refused and nothing is exchanged or stored."""
-    provider.client_secret = "g-secret"
-    path = without_token(oauth_config(tmp_path, mailbox, redmine.url, provider,
-                                      provider="google", client_secret="g-secret",
-                                      authorize_url=f"{provider.url}/authorize"))
-    port = free_port()
-    process = subprocess.Popen(
-        command("auth", "login", "oauth", "--browser", "--no-browser", "--port", str(port),
-                "-c", str(path)), cwd=ROOT, text=True, stderr=subprocess.PIPE)
+    process, port = browser_login(tmp_path, mailbox, redmine, provider)
     try:
         assert process.stderr is not None
         next(line for line in process.stderr if "/authorize?" in line)
