@@ -156,6 +156,18 @@ def test_auth_failed_in_readyz_metrics_and_check(tmp_path: Path, dovecot_oauth: 
     assert "OK    account plain: logged in" in checked.stdout
 
 
+def test_token_endpoint_in_trouble_is_temporary(tmp_path: Path, mailbox: ImapAccount,
+                                                 redmine: FakeRedmine,
+                                                 provider: TokenService) -> None:
+    """A token endpoint answering 503 is not auth_failed: exit 75, to be tried again."""
+    path = oauth_config(tmp_path, mailbox, redmine.url, provider)
+    provider.answer = lambda request: (503, b"busy", 0)
+    done = run_once(path)
+    assert done.returncode == 75, done.stderr
+    assert "token endpoint: " in done.stderr and "answered 503" in done.stderr
+    assert "auth_failed" not in done.stderr
+
+
 def test_one_token_for_all_folders_of_an_account(tmp_path: Path, mailbox: ImapAccount,
                                                  redmine: FakeRedmine, provider: TokenService,
                                                  daemon: list[Daemon]) -> None:
