@@ -12,9 +12,18 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
-from . import __version__, demo, logs
-from .config import CONFIG_VARIABLE, Config, load
-from .errors import EX_CANTCREAT, EX_NOINPUT, EX_OK, EX_USAGE, IngestError, MailboxError, worst
+from . import __version__, authorize, demo, logs, token_file
+from .config import CONFIG_VARIABLE, Config, OAuth2, load
+from .errors import (
+    EX_CANTCREAT,
+    EX_NOINPUT,
+    EX_NOPERM,
+    EX_OK,
+    EX_USAGE,
+    IngestError,
+    MailboxError,
+    worst,
+)
 from .from_rake import convert
 from .ledger import Ledger
 from .mailbox import Mailbox
@@ -43,11 +52,25 @@ examples:
   imap-ingest check -c config.yaml         test the config, the logins and the trackers
   imap-ingest run --once -c config.yaml    one pass over every folder (for cron)
   imap-ingest run -c config.yaml           poll each folder on its interval
+  imap-ingest auth login support -c config.yaml
+                                           sign in once for an OAuth2 (Microsoft 365,
+                                           Gmail) account; its token is then renewed
 
 exit codes (sysexits.h): 0 done, 64 usage, 75 some messages left for a retry,
   77 login or tracker key refused, 78 configuration error.
 environment: IMAP_INGEST_CONFIG is the default for -c; IMAP_INGEST_<KEY>__<KEY>=value
   overrides a key of the file, e.g. IMAP_INGEST_TARGETS__REDMINE__KEY.
+"""
+
+
+_AUTH_EXAMPLES = """\
+examples:
+  imap-ingest auth login support -c config.yaml
+      Microsoft 365: prints a URL and a code; enter it, sign in as the mailbox's user
+  imap-ingest auth login gmail -c config.yaml --no-browser --port 8765
+      Gmail: prints the sign-in URL; on a server, first: ssh -L 8765:127.0.0.1:8765 HOST
+  imap-ingest check -c config.yaml
+      then: logs in with the new token and says how long it lasts
 """
 
 
@@ -105,6 +128,9 @@ def _check(config: Config, args: argparse.Namespace) -> int:
                         report(False, f"{what} folder {folder.name}", exc.reason, exc.exit_code)
         except MailboxError as exc:
             report(False, what, exc.reason, exc.exit_code)
+        if account.oauth2 is not None and account.oauth2.refresh_token_file is not None:
+            ok, detail = _refresh_token_state(account.name, account.oauth2)
+            report(ok, f"{what} refresh token", detail, EX_OK if ok else EX_NOPERM)
     for name, target in config.targets.items():
         tracker = open_tracker(target)
         try:
@@ -114,6 +140,65 @@ def _check(config: Config, args: argparse.Namespace) -> int:
         code = {Kind.SUCCESS: EX_OK, Kind.CONFIG: 77}.get(outcome.kind, 75)
         report(outcome.kind is Kind.SUCCESS, f"target {name}", outcome.reason, code)
     return worst(*codes)
+
+
+_NO_EXPIRY = {
+    "microsoft": "Microsoft gives no expiry (90 days unused; each refresh renews it)",
+    "google": "Google gives no expiry (a published app's token lasts until revoked)",
+}
+
+
+def _refresh_token_state(name: str, oauth2: OAuth2) -> tuple[bool, str]:
+    """Whether the stored refresh token is still good, as far as the provider said."""
+    assert oauth2.refresh_token_file is not None
+    login = f"run `imap-ingest auth login {name}`"
+    try:
+        stored = token_file.read(oauth2.refresh_token_file)
+    except token_file.TokenFileError as exc:
+        return False, f"{exc}: {login}"
+    issued = f"issued {_day(stored.issued_at)}" if stored.issued_at else "issue date unknown"
+    days = stored.days_left()
+    if days is None:
+        return True, f"{issued}; {_NO_EXPIRY.get(oauth2.provider, 'the provider gives no expiry')}"
+    if days < 0:
+        return False, f"expired on {_day(stored.expires_at)}: {login}"
+    return True, f"{issued}; expires in {days:.0f} days (the provider says so)"
+
+
+def _day(stamp: float | None) -> str:
+    """A date, or today."""
+    day = time.strftime("%Y-%m-%d", time.localtime(stamp))
+    return "today" if day == time.strftime("%Y-%m-%d") else day
+
+
+def _auth_login(config: Config, args: argparse.Namespace) -> int:
+    account = next((a for a in config.accounts if a.name == args.account), None)
+    if account is None:
+        print(f"no account named {args.account!r} (configured: "
+              + ", ".join(a.name for a in config.accounts) + ")", file=sys.stderr)
+        return EX_USAGE
+    oauth2 = account.oauth2
+    if oauth2 is None or oauth2.refresh_token_file is None:
+        print(f"account {account.name} does not keep a refresh token: auth login is for "
+              "oauth2 with flow: refresh_token", file=sys.stderr)
+        return EX_USAGE
+    browser = args.browser or (not args.device and oauth2.provider == "google")
+    needed = "authorize_url" if browser else "device_url"
+    if (oauth2.effective_authorize_url if browser else oauth2.effective_device_url) is None:
+        print(f"account {account.name}: oauth2.{needed} is needed for this login",
+              file=sys.stderr)
+        return EX_USAGE
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    if browser:
+        authorize.browser_login(account.name, oauth2, say, args.port, not args.no_browser)
+    else:
+        authorize.device_login(account.name, oauth2, say)
+    print(f"refresh token stored in {oauth2.refresh_token_file}; now: imap-ingest check "
+          f"-c {args.config}")
+    return EX_OK
 
 
 def _ledger(config: Config) -> Ledger:
@@ -315,6 +400,38 @@ def _parser() -> argparse.ArgumentParser:
                         "account's login, each folder, and each tracker's URL and key.",
             epilog="example:\n  imap-ingest check -c config.yaml\n\n"
                    "prints one line per check, OK or FAIL with the reason; exits 0 when all pass.")
+
+    auth = commands.add_parser(
+        "auth", help="OAuth2: obtain and store an account's first refresh token",
+        description=textwrap.fill(
+            "Accounts with auth: xoauth2 or oauthbearer and an oauth2 refresh token need a "
+            "person once, to sign in and consent; imap-ingest then renews the token by itself "
+            "and writes each rotated one back to refresh_token_file.", 78),
+        epilog=_AUTH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    auth_commands = auth.add_subparsers(title="commands", metavar="COMMAND")
+    login = auth_commands.add_parser(
+        "login", parents=[common], help="sign in as the mailbox's user; store the token",
+        description=textwrap.fill(
+            "Sign in for ACCOUNT and store its refresh token (mode 0600). With the device "
+            "code flow (Microsoft's default) you open a URL on any device and type a code; "
+            "with --browser (Gmail's default: Google does not allow the Gmail scope in the "
+            "device flow) a browser on this machine is sent back to http://127.0.0.1:PORT/.",
+            78),
+        epilog=_AUTH_EXAMPLES + "\nexits 0 when the token is stored, 77 when the sign-in "
+        "was refused or timed out,\n64 when the account does not use a refresh token.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    login.set_defaults(command=_auth_login, standalone=False)
+    login.add_argument("account", metavar="ACCOUNT", help="the name of a configured account")
+    flow = login.add_mutually_exclusive_group()
+    flow.add_argument("--device", action="store_true",
+                      help="device code flow (default, except for Google)")
+    flow.add_argument("--browser", action="store_true",
+                      help="browser with a loopback redirect (default for Google)")
+    login.add_argument("--no-browser", action="store_true",
+                       help="with --browser: print the URL, do not try to open a browser")
+    login.add_argument("--port", type=int, default=0, metavar="PORT",
+                       help="with --browser: the loopback port to listen on (default: any free "
+                            "one; fix it to tunnel it over SSH)")
 
     add("status", _status,
             help="what the ledger knows: messages per folder by state, failing targets",

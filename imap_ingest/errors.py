@@ -8,6 +8,7 @@ configuration, a refused login, or a broken IMAP session.
     ├── TrackerRefused (77, EX_NOPERM)     wrong key or URL: the folder stops
     └── MailboxError (75, EX_TEMPFAIL)     account and folder
         ├── LoginRefused (77, EX_NOPERM)
+        │   └── AuthFailed (77)            no usable OAuth2 token: "auth_failed"
         ├── FolderMissing (78, EX_CONFIG)
         └── ConnectionLost (75, EX_TEMPFAIL)
 """
@@ -71,6 +72,17 @@ class LoginRefused(MailboxError):
     """The IMAP server refused the credentials."""
 
     exit_code = EX_NOPERM
+
+
+class AuthFailed(LoginRefused):
+    """No usable token: the provider refused the refresh (or the client), the token command
+    failed, or the server refused a token just obtained. It needs a person (``imap-ingest
+    auth login``, a new secret), as a refused password does; hence 77, not 75."""
+
+    state = "auth_failed"
+
+    def __init__(self, reason: str, *, account: str) -> None:
+        super().__init__(f"{self.state}: {reason}", account=account)
 
 
 class FolderMissing(MailboxError):

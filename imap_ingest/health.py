@@ -1,5 +1,5 @@
-"""The status listener: /healthz (alive), /readyz (every folder connected or backing off),
-/metrics (Prometheus). It follows the running service across reloads."""
+"""The status listener: /healthz (alive), /readyz (every folder connected or backing off, and
+no account in auth_failed), /metrics (Prometheus). It follows the running service across reloads."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ class StatusServer:
         if path == "/readyz":
             if service is None:
                 return 503, "text/plain", b"starting\n"
-            waiting = [w.name for w in service.workers if not w.ready]
+            waiting = [w.name + (" (auth_failed)" if w.auth_failed else "")
+                       for w in service.workers if not w.ready]
             if waiting:
                 return 503, "text/plain", ("not connected: " + ", ".join(waiting) + "\n").encode()
             return 200, "text/plain", b"ready\n"

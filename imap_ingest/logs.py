@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -15,15 +16,28 @@ REDACTED = "***"
 
 
 class _Redactor:
-    """The secrets to hide; filled once the configuration is loaded."""
+    """The secrets to hide: the configuration's, and the tokens obtained while running."""
 
     def __init__(self) -> None:
         self.secrets: set[str] = set()
+        self._held: dict[str, tuple[str, ...]] = {}
+        self._tokens: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
 
     def __call__(self, text: str) -> str:
-        for secret in self.secrets:
+        for secret in (*self.secrets, *self._tokens):
             text = text.replace(secret, REDACTED)
         return text
+
+    def track(self, holder: str, token: str) -> None:
+        """Redact ``token`` from now on. ``holder`` keeps its last two (a rotated refresh
+        token may still show up in an answer about it), so the set does not grow forever."""
+        if not token:
+            return
+        with self._lock:
+            self._held[holder] = (token, *self._held.get(holder, ())[:1])
+            # Replaced whole, never changed in place: formatters in other threads iterate it.
+            self._tokens = frozenset(t for held in self._held.values() for t in held)
 
 
 redact = _Redactor()

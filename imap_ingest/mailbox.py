@@ -19,7 +19,8 @@ from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientError, LoginError
 
 from .config import Account
-from .errors import ConnectionLost, FolderMissing, LoginRefused, MailboxError
+from .errors import AuthFailed, ConnectionLost, FolderMissing, LoginRefused, MailboxError
+from .oauth import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +47,20 @@ class Fetched:
 
 
 class Mailbox:
-    """A logged-in session on one account; ``select`` a folder before the other calls."""
+    """A logged-in session on one account; ``select`` a folder before the other calls.
+    A token login takes its token from ``tokens``, shared by the account's sessions (a
+    cache of its own when not given)."""
 
-    def __init__(self, account: Account) -> None:
+    def __init__(self, account: Account, tokens: Tokens | None = None) -> None:
         self.account = account
         self.folder: str | None = None
         self._readonly = False
         self.uidvalidity = 0
         self._known_folders: set[str] = set()
+        if tokens is None and account.uses_token:
+            tokens = Tokens(account)
         with self._errors():
-            self._client = _connect(account)
+            self._client = _connect(account, tokens)
             caps = self._client.capabilities()
         self._has_move = b"MOVE" in caps
         self._has_uidplus = b"UIDPLUS" in caps
@@ -244,7 +249,7 @@ class Mailbox:
                                  folder=folder) from None
 
 
-def _connect(account: Account) -> IMAPClient:
+def _connect(account: Account, tokens: Tokens | None) -> IMAPClient:
     timeout = SocketTimeout(connect=min(account.timeout, 30.0), read=account.timeout)
     context = _tls_context(account)
     client = IMAPClient(account.host, port=account.effective_port,
@@ -252,11 +257,37 @@ def _connect(account: Account) -> IMAPClient:
     try:
         if account.security == "starttls":
             client.starttls(context)
-        client.login(account.username, account.secret.get_secret_value())
+        if tokens is None:
+            client.login(account.username, account.secret.get_secret_value())
+        else:
+            _authenticate(client, account, tokens)
     except BaseException:
         client.shutdown()
         raise
     return client
+
+
+def _authenticate(client: IMAPClient, account: Account, tokens: Tokens) -> None:
+    """AUTHENTICATE with the account's token; a refused one is refreshed once and tried
+    again (it may have been revoked, or have expired early)."""
+    token = tokens.get()
+    try:
+        _present(client, account, token)
+    except LoginError:
+        log.info("account %s: the server refused the token; getting a new one", account.name)
+        try:
+            _present(client, account, tokens.refresh(token))
+        except LoginError as exc:
+            raise AuthFailed(f"the server refused a token just obtained: {_text(exc)} (is "
+                             f"{account.username} the mailbox the token is for?)",
+                             account=account.name) from None
+
+
+def _present(client: IMAPClient, account: Account, token: str) -> None:
+    if account.auth == "oauthbearer":
+        client.oauthbearer_login(account.username, token)
+    else:
+        client.oauth2_login(account.username, token)
 
 
 def _tls_context(account: Account) -> ssl.SSLContext:

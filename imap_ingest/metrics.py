@@ -29,6 +29,9 @@ class Metrics:
                                        registry=r)
         self.reconnects = Counter("imap_ingest_imap_reconnects", "IMAP connections made again "
                                   "after one was lost", ["account"], registry=r)
+        self.auth_failed = Gauge("imap_ingest_auth_failed", "1 while the account has no usable "
+                                 "OAuth2 token (auth_failed: the refresh or the token was "
+                                 "refused), else 0", ["account"], registry=r)
         self.backlog = Gauge("imap_ingest_backlog_messages", "New messages the last pass left "
                              "in the folder (deferred, or cut short)", ["account", "folder"],
                              registry=r)

@@ -22,13 +22,23 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Account, Config, Folder, load
-from .errors import EX_OK, ConnectionLost, IngestError, LoginRefused, MailboxError, worst
+from .errors import (
+    EX_OK,
+    AuthFailed,
+    ConnectionLost,
+    IngestError,
+    LoginRefused,
+    MailboxError,
+    worst,
+)
 from .health import StatusServer
 from .ingest import Context, ingest
 from .ledger import Backoff, Ledger
 from .locks import folder_lock
+from .logs import event
 from .mailbox import Mailbox
 from .metrics import Metrics
+from .oauth import Tokens
 from .trackers import Tracker, open_tracker
 
 log = logging.getLogger(__name__)
@@ -50,6 +60,9 @@ class Service:
         }
         self.retry_now = retry_now
         self.workers: list[FolderWorker] = []
+        # One token cache per account: its folders' connections log in with the same token.
+        self.tokens = {account.name: Tokens(account) for account in config.accounts
+                       if account.uses_token}
 
     def context(self, progress: bool = False) -> Context:
         return Context(self.config, self.trackers, self.ledger, self.stop, self.metrics,
@@ -69,11 +82,11 @@ class Service:
         with _signals(self.stop):
             for account in self.config.accounts:
                 try:
-                    with Mailbox(account) as mailbox:
+                    with Mailbox(account, self.tokens.get(account.name)) as mailbox:
                         codes += [_pass(mailbox, account, folder, context)
                                   for folder in account.folders if not self.stop.is_set()]
                 except MailboxError as exc:
-                    log.error("%s", exc)
+                    log_failure(exc)
                     codes.append(exc.exit_code)
         return worst(*codes)
 
@@ -82,7 +95,7 @@ class Service:
         context = self.context()
         for account in self.config.accounts:
             for folder in account.folders:
-                worker = FolderWorker(account, folder, context)
+                worker = FolderWorker(account, folder, context, self.tokens.get(account.name))
                 worker.job = scheduler.add_job(
                     worker.run, IntervalTrigger(seconds=folder.interval),
                     id=worker.name, name=worker.name, max_instances=1, coalesce=True,
@@ -93,6 +106,12 @@ class Service:
                 if folder.idle is not False:
                     threading.Thread(target=worker.watch, name=f"idle {worker.name}",
                                      daemon=True).start()
+
+
+def log_failure(exc: MailboxError, then: str = "") -> None:
+    """Log a session that failed; auth_failed is a field of its own, for alerts to match."""
+    event(log, logging.ERROR, f"{exc}{then}", account=exc.account,
+          state=exc.state if isinstance(exc, AuthFailed) else None)
 
 
 def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context) -> int:
@@ -110,8 +129,9 @@ def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context) 
 class FolderWorker:
     """One folder as a service: its passes, its kept connection, its IDLE watcher."""
 
-    def __init__(self, account: Account, folder: Folder, context: Context) -> None:
-        self.account, self.folder, self.context = account, folder, context
+    def __init__(self, account: Account, folder: Folder, context: Context,
+                 tokens: Tokens | None = None) -> None:
+        self.account, self.folder, self.context, self.tokens = account, folder, context, tokens
         self.name = f"{account.name}/{folder.name}"
         self.job: Job | None = None
         self._mailbox: Mailbox | None = None
@@ -120,11 +140,12 @@ class FolderWorker:
         self._state = threading.Lock()
         self._running = False
         self._again = False
+        self.auth_failed = False  # no usable token: not ready until a login works again
 
     @property
     def ready(self) -> bool:
-        return self._mailbox is not None or (self._failures > 0
-                                             and self._retry_at > time.time())
+        return not self.auth_failed and (self._mailbox is not None or (
+            self._failures > 0 and self._retry_at > time.time()))
 
     def poke(self) -> None:
         """New mail: run a pass now, or right after the one running."""
@@ -164,18 +185,24 @@ class FolderWorker:
                 self._failures += 1
                 delay = RECONNECT.delay(self._failures)
                 self._retry_at = time.time() + delay
-                log.error("%s; trying again in %.0f s", exc, delay)
+                self._set_auth_failed(isinstance(exc, AuthFailed))
+                log_failure(exc, f"; trying again in {delay:.0f} s")
                 return exc.exit_code
         raise AssertionError("unreachable")
 
     def _connect(self) -> Mailbox:
         if self._mailbox is None:
-            self._mailbox = Mailbox(self.account)
+            self._mailbox = Mailbox(self.account, self.tokens)
             if self._failures:
                 self.context.metrics.reconnects.labels(self.account.name).inc()
                 log.info("%s: connected again", self.name)
             self._failures, self._retry_at = 0, 0.0
+            self._set_auth_failed(False)
         return self._mailbox
+
+    def _set_auth_failed(self, failed: bool) -> None:
+        self.auth_failed = failed
+        self.context.metrics.auth_failed.labels(self.account.name).set(int(failed))
 
     def _drop(self) -> None:
         if self._mailbox is not None:
@@ -190,7 +217,7 @@ class FolderWorker:
         stop, failures = self.context.stop, 0
         while not stop.is_set():
             try:
-                with Mailbox(self.account) as mailbox:
+                with Mailbox(self.account, self.tokens) as mailbox:
                     if not mailbox.has_idle:
                         if self.folder.idle:
                             log.warning("%s: the server has no IDLE: polling only", self.name)

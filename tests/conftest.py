@@ -8,6 +8,7 @@ import pytest
 
 from .dovecot import Dovecot, DovecotNotInstalled, ImapAccount, find_dovecot
 from .redmine_server import FakeRedmine, FakeRT, RecordingServer
+from .token_service import TokenService
 
 NOT_INSTALLED = (
     "Dovecot is required for the IMAP tests but no dovecot binary was found "
@@ -15,11 +16,14 @@ NOT_INSTALLED = (
 )
 
 
-def _start(without: tuple[str, ...] = ()) -> Dovecot:
+def _start(without: tuple[str, ...] = (), introspection: TokenService | None = None) -> Dovecot:
     if find_dovecot() is None:
         pytest.fail(NOT_INSTALLED, pytrace=False)
     try:
-        server = Dovecot(without=without)
+        server = Dovecot(without=without,
+                         introspection_url=introspection.url + "/introspect" if introspection
+                         else None,
+                         introspection_ca_file=introspection.ca_file if introspection else None)
     except DovecotNotInstalled:
         pytest.fail(NOT_INSTALLED, pytrace=False)
     try:
@@ -42,6 +46,31 @@ def dovecot() -> Iterator[Dovecot]:
 def dovecot_nomove() -> Iterator[Dovecot]:
     """A Dovecot that does not advertise MOVE (but still UIDPLUS, IDLE, ...)."""
     server = _start(without=("MOVE",))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def token_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenService]:
+    """A local OAuth2 provider over https (token endpoint, device code, OIDC discovery,
+    introspection) for the session."""
+    server = TokenService(tmp_path_factory.mktemp("token-service"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def provider(token_service: TokenService) -> TokenService:
+    """The session's OAuth2 provider, back to its defaults for this test."""
+    token_service.reset()
+    return token_service
+
+
+@pytest.fixture(scope="session")
+def dovecot_oauth(token_service: TokenService) -> Iterator[Dovecot]:
+    """A Dovecot that takes XOAUTH2 and OAUTHBEARER logins checked against the token service
+    (and passwords, as the others do). Started only by the tests that need it."""
+    server = _start(introspection=token_service)
     yield server
     server.close()
 

@@ -177,6 +177,10 @@ class Dovecot(Lifecycle):
     ``without`` names capabilities to remove from the post-login CAPABILITY (e.g. ``["MOVE"]``).
     Removing a capability only stops Dovecot from *advertising* it; Dovecot still executes the
     command if a client sends it anyway.
+
+    With ``introspection_url``, XOAUTH2 and OAUTHBEARER logins are checked by the oauth2 passdb,
+    which POSTs the token there (over https trusting ``introspection_ca_file``) and expects
+    ``{"active": true, "username": USER}``; LOGIN and PLAIN keep the static password.
     """
 
     host = HOST
@@ -188,6 +192,8 @@ class Dovecot(Lifecycle):
         password: str = DEFAULT_PASSWORD,
         directory: str | os.PathLike[str] | None = None,
         binary: str | None = None,
+        introspection_url: str | None = None,
+        introspection_ca_file: str | None = None,
     ) -> None:
         found = binary or find_dovecot()
         if found is None:
@@ -200,6 +206,8 @@ class Dovecot(Lifecycle):
         self.binary = found
         self.password = password
         self.without = frozenset(name.upper() for name in without)
+        self.introspection_url = introspection_url
+        self.introspection_ca_file = introspection_ca_file
         self.port = 0
         self.ssl_port = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -394,12 +402,15 @@ class Dovecot(Lifecycle):
             f"ssl_cert = <{d}/server-cert.pem",
             f"ssl_key = <{d}/server-key.pem",
             "disable_plaintext_auth = no",
-            "auth_mechanisms = plain login",
+            "auth_mechanisms = plain login"
+            + (" xoauth2 oauthbearer" if self.introspection_url else ""),
             # Failed logins: no fixed delay (a ~0.5 s granularity remains) ...
             "auth_failure_delay = 0",
             "mail_location = maildir:~/Maildir",
+            *self._oauth2_passdb(),
             "passdb {",
             "  driver = static",
+            "  mechanisms = plain login",
             f"  args = password={self.password}",
             "}",
             "userdb {",
@@ -433,6 +444,22 @@ class Dovecot(Lifecycle):
         if capability is not None:
             lines.append(f"imap_capability = {capability}")
         return "\n".join(lines) + "\n"
+
+    def _oauth2_passdb(self) -> list[str]:
+        if self.introspection_url is None:
+            return []
+        settings = self.directory / "dovecot-oauth2.conf.ext"
+        ca = self.introspection_ca_file
+        if ca is not None:  # dovecot's auth process may not reach the test's own directory
+            ca = str(shutil.copy(ca, self.directory / "introspection-ca.pem"))
+        settings.write_text("introspection_mode = post\n"
+                            f"introspection_url = {self.introspection_url}\n"
+                            "username_attribute = username\n"
+                            "active_attribute = active\n"
+                            "active_value = true\n"
+                            + (f"tls_ca_cert_file = {ca}\n" if ca else ""))
+        return ["passdb {", "  driver = oauth2", "  mechanisms = xoauth2 oauthbearer",
+                f"  args = {settings}", "}"]
 
     def _launch(self, capability: str | None) -> None:
         self.config_file.write_text(self._config(capability))

@@ -4,6 +4,7 @@ do (recorded answers), recording every request byte for byte."""
 from __future__ import annotations
 
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -68,19 +69,23 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 class RecordingServer:
-    """Records every request; ``answer`` decides the reply (default: 204 No Content)."""
+    """Records every request; ``answer`` decides the reply (default: 204 No Content).
+    With ``context``, it speaks HTTPS."""
 
-    def __init__(self) -> None:
+    def __init__(self, context: ssl.SSLContext | None = None) -> None:
         self.requests: list[Request] = []
         self.answer: Callable[[Request], Answer] = self.default
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
+        if context is not None:
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.scheme = "https" if context else "http"
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def default(self, request: Request) -> Answer:
         return 204, b"", 0
@@ -122,9 +127,9 @@ class RecordingServer:
                 status, reply, delay, *extra = fake.answer(request)
                 time.sleep(delay)
                 self.send_response(status)
-                for name, value in (extra[0] if extra else {}).items():
+                headers = {"Content-Type": "text/plain", **(extra[0] if extra else {})}
+                for name, value in headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 if self.command != "HEAD":
