@@ -39,7 +39,14 @@ class InFlight(Generic[T]):
     def start(self, target: str, ties: frozenset[str], tag: T,
               send: Callable[[], Outcome]) -> None:
         """Send in the background; call make_room first."""
-        self._running[self._pool.submit(send)] = (target, ties, tag)
+        if self._limits[target] > 1:
+            future = self._pool.submit(send)
+        else:
+            # One at a time gains nothing from a thread: the pass's own work and the send
+            # would only take turns holding the GIL, slower than doing both in turn here.
+            future = Future()
+            future.set_result(send())
+        self._running[future] = (target, ties, tag)
 
     def finished(self) -> list[tuple[T, Outcome]]:
         """The answers that have come back, without waiting."""

@@ -277,7 +277,7 @@ class Dovecot(Lifecycle):
         attempts = 3 if first_start else 1
         for attempt in range(attempts):
             if first_start:
-                self.port, self.ssl_port = _free_ports(2)
+                self.port, self.ssl_port = free_ports(2)
             try:
                 self._launch(self._capability)
                 return
@@ -524,7 +524,7 @@ class Dovecot(Lifecycle):
     def _probe_capabilities(self) -> tuple[str, ...]:
         """Start with default capabilities once and read the post-login CAPABILITY."""
         if self.port == 0:
-            self.port, self.ssl_port = _free_ports(2)
+            self.port, self.ssl_port = free_ports(2)
         self._launch(None)
         try:
             with socket.create_connection((HOST, self.port), timeout=10) as sock:
@@ -621,7 +621,7 @@ def _ensure_system_user(name: str) -> pwd.struct_passwd:
         raise DovecotError(f"could not create system user {name}: {done.stderr.strip()}") from None
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
     try:
         for sock in sockets:

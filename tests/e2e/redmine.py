@@ -133,7 +133,7 @@ namespace :e2e do
 end
 """
 
-_CONFIG_RU = """\
+CONFIG_RU = """\
 # Written by tests/e2e/redmine.py: Debian's Redmine for imap-ingest's end-to-end tests.
 require "fileutils"
 require "json"
@@ -248,16 +248,16 @@ def _build_template(path: Path) -> None:
     directory = Path(tempfile.mkdtemp(prefix="imap-ingest-redmine-build-"))
     try:
         database = directory / "db" / "redmine.sqlite3"
-        _write_instance(directory, database)
+        write_instance(directory, database)
         (directory / "rakelib").mkdir()
         (directory / "rakelib" / "e2e.rake").write_text(_SETUP_RAKE)
-        env = _ruby_env(directory, {
+        env = ruby_env(directory, {
             "REDMINE_LANG": "en", "E2E_MAIL_KEY": MAIL_KEY, "E2E_ADMIN_KEY": ADMIN_KEY,
             "E2E_EMISSION_ADDRESS": EMISSION_ADDRESS, "E2E_PROJECT": PROJECT,
             # Should a dump happen anyway, it lands here, not in /usr/share/redmine/db.
             "SCHEMA": str(directory / "db" / "schema.rb")})
         # One process: the column lists read before migrating must be forgotten before use.
-        command = [_bundle(), "exec", "rake", "--rakelibdir", str(directory / "rakelib"),
+        command = [bundle(), "exec", "rake", "--rakelibdir", str(directory / "rakelib"),
                    "e2e:no_schema_dump", "db:migrate", "e2e:forget_schema",
                    "redmine:load_default_data", "e2e:setup"]
         try:
@@ -330,20 +330,20 @@ class RealRedmine(Lifecycle):
             self.timings["template_build"] = built
         started = time.monotonic()
         database = self.directory / "db" / "redmine.sqlite3"
-        _write_instance(self.directory, database)
+        write_instance(self.directory, database)
         private_template = self.directory / "db" / "template.sqlite3"
         shutil.copyfile(template, private_template)
         shutil.copyfile(private_template, database)
         (self.directory / "config.ru").write_text(
-            _CONFIG_RU.format(root=REDMINE_ROOT, reset=RESET_PATH))
+            CONFIG_RU.format(root=REDMINE_ROOT, reset=RESET_PATH))
         extra = {"E2E_TOKEN": self._token, "E2E_TEMPLATE": str(private_template)}
         if self.form_limit is not None:
             extra["RACK_QUERY_PARSER_BYTESIZE_LIMIT"] = str(self.form_limit)
-        command = [_bundle(), "exec", "rackup", "--server", "webrick", "--host", HOST,
+        command = [bundle(), "exec", "rackup", "--server", "webrick", "--host", HOST,
                    "--port", "0", "--env", "production", str(self.directory / "config.ru")]
         with open(self.server_log, "ab") as output:
             self._proc = subprocess.Popen(
-                command, cwd=REDMINE_ROOT, env=_ruby_env(self.directory, extra),
+                command, cwd=REDMINE_ROOT, env=ruby_env(self.directory, extra),
                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_parent())
         try:
@@ -481,7 +481,7 @@ class RealRedmine(Lifecycle):
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _write_instance(directory: Path, database: Path) -> None:
+def write_instance(directory: Path, database: Path) -> None:
     """The instance directory Debian's multi-tenancy code expects, plus our Gemfile."""
     for sub in ("config", "db", "log", "tmp", "files", "mail", "public/plugin_assets"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
@@ -501,7 +501,7 @@ def _write_instance(directory: Path, database: Path) -> None:
     (directory / "Gemfile").write_text(_GEMFILE.format(root=REDMINE_ROOT))
 
 
-def _ruby_env(directory: Path, extra: Mapping[str, str]) -> dict[str, str]:
+def ruby_env(directory: Path, extra: Mapping[str, str]) -> dict[str, str]:
     """Our environment without anything Ruby, Bundler, Rails or Redmine would read from it."""
     prefixes = ("BUNDLE_", "GEM_", "RUBY", "RAILS_", "RACK_", "REDMINE_", "X_DEBIAN_", "E2E_")
     env = {name: value for name, value in os.environ.items() if not name.startswith(prefixes)}
@@ -518,7 +518,7 @@ def _ruby_env(directory: Path, extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def _bundle() -> str:
+def bundle() -> str:
     found = shutil.which("bundle")
     if found is None:
         raise RedmineNotInstalled("bundle not found (package ruby-bundler, a redmine dependency)")

@@ -1,0 +1,243 @@
+"""Against Redmine's own tool and against Redmine's ceiling, on the real Redmine.
+
+Debian's Redmine 5.0.4 (SQLite) served by Passenger with 2 processes, as Debian's package
+recommends; the same N messages (default 500, from a member of the project, one in ten with a
+200 KB attachment) each time, on a fresh copy of the database, in alternating rounds:
+  - rake redmine:email:receive_imap (Redmine's own IMAP reader: one Ruby process, no HTTP)
+  - imap-ingest run --once with the target's concurrency at 1, 2 and 4
+  - the ceiling: the same N form POSTs from a minimal client with 4 threads, 4 keep-alive
+    connections, messages already in memory
+Every run is checked: the number of issues Redmine created, and the 422s.
+
+SQLite deadlocks two writers that both began reading (Redmine answers 422 "database is
+locked"), so the server here begins every transaction IMMEDIATE: a writer waits for the
+other (timeout 5 s) instead. That is what a Redmine on SQLite needs before any client,
+ours or the ceiling's, can post concurrently; with PostgreSQL or MySQL it is not needed.
+
+Run: python -m bench.redmine_tools [N] [ROUNDS]     (defaults: 500, 2)
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import queue
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench import plot
+from bench.common import message
+from imap_ingest.trackers.redmine import crlf, urlencoded
+from tests.dovecot import Dovecot, ImapAccount, free_ports
+from tests.e2e import redmine as e2e
+from tests.ingest_env import ROOT, command, write_config
+
+PROCESSES = 2
+CONCURRENCY = (1, 2, 4)
+CEILING_THREADS = 4
+SENDER = b"From: Alice Member <alice@example.org>"
+
+# Appended to the end-to-end config.ru: writers take SQLite's write lock when they begin.
+_IMMEDIATE = """
+ActiveRecord::ConnectionAdapters::SQLite3Adapter.prepend(Module.new do
+  def begin_db_transaction
+    log("begin immediate transaction", "TRANSACTION") { @connection.transaction(:immediate) }
+  end
+end)
+"""
+
+
+@contextmanager
+def redmine(template: Path) -> Iterator[tuple[str, Path]]:
+    """A fresh copy of the database served by Passenger: (base URL, the database file)."""
+    directory = Path(tempfile.mkdtemp(prefix="bench-redmine-"))
+    database = directory / "db" / "redmine.sqlite3"
+    e2e.write_instance(directory, database)
+    shutil.copyfile(template, database)
+    config = e2e.CONFIG_RU.format(root=e2e.REDMINE_ROOT, reset=e2e.RESET_PATH)
+    (directory / "config.ru").write_text(config.replace("use Rack::Lock\n", "") + _IMMEDIATE)
+    port, = free_ports(1)
+    env = e2e.ruby_env(directory, {"E2E_TOKEN": "-", "E2E_TEMPLATE": str(template)})
+    server = subprocess.Popen(
+        ["passenger", "start", str(directory), "--engine", "builtin", "--address", "127.0.0.1",
+         "--port", str(port), "--max-pool-size", str(PROCESSES), "--min-instances",
+         str(PROCESSES), "--environment", "production", "--log-file",
+         str(directory / "log" / "passenger.log"), "--pid-file",
+         str(directory / "tmp" / "passenger.pid"), "--disable-security-update-check",
+         "--disable-anonymous-telemetry"],
+        cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url, server)
+        yield url, database
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _wait_for(url: str, server: subprocess.Popen[bytes]) -> None:
+    """Until both processes have answered (Passenger starts the second one on demand)."""
+    deadline = time.monotonic() + 120
+    answered = 0
+    while answered < 2 * PROCESSES:
+        assert server.poll() is None and time.monotonic() < deadline, "passenger did not start"
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]),
+                                                    timeout=60)
+            connection.request("GET", f"/mail_handler?key={e2e.MAIL_KEY}")
+            answered += connection.getresponse().status == 200
+            connection.close()
+        except OSError:
+            time.sleep(0.3)
+
+
+def issues(database: Path) -> int:
+    with sqlite3.connect(database) as db:
+        return int(db.execute("SELECT COUNT(*) FROM issues").fetchone()[0])
+
+
+def fill(imap: ImapAccount, raws: list[bytes]) -> None:
+    with imap.client() as client:
+        for raw in raws:
+            client.append("INBOX", raw)
+
+
+def rake(imap: ImapAccount, template: Path) -> tuple[float, int, int]:
+    """Redmine's own reader, straight into a fresh copy of the database (no web server)."""
+    directory = Path(tempfile.mkdtemp(prefix="bench-rake-"))
+    database = directory / "db" / "redmine.sqlite3"
+    e2e.write_instance(directory, database)
+    shutil.copyfile(template, database)
+    started = time.perf_counter()
+    subprocess.run(
+        [e2e.bundle(), "exec", "rake", "redmine:email:receive_imap", f"host={imap.host}",
+         f"port={imap.port}", f"username={imap.username}", f"password={imap.password}",
+         f"project={e2e.PROJECT}"],
+        cwd=e2e.REDMINE_ROOT, env=e2e.ruby_env(directory, {}), check=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - started
+    created = issues(database)
+    shutil.rmtree(directory, ignore_errors=True)
+    return elapsed, created, 0
+
+
+def ours(imap: ImapAccount, url: str, database: Path, concurrency: int,
+         tmp: Path) -> tuple[float, int, int]:
+    path = write_config(tmp / f"c{concurrency}.yaml", imap, url, key=e2e.MAIL_KEY,
+                        folder={"project": e2e.PROJECT, "batch_size": 100},
+                        target={"concurrency": concurrency, "timeout": "120s"},
+                        state_dir=str(tmp / f"state{concurrency}"))
+    started = time.perf_counter()
+    subprocess.run(command("run", "--once", "-c", str(path)), cwd=ROOT,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - started
+    failed = len(imap.messages("INBOX"))  # refused mail is kept there, marked
+    return elapsed, issues(database), failed
+
+
+def ceiling(raws: list[bytes], url: str, database: Path) -> tuple[float, int, int]:
+    """The least client work: forms built beforehand, CEILING_THREADS keep-alive senders."""
+    port = int(url.rsplit(":", 1)[1])
+    bodies: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    for raw in raws:
+        bodies.put(urlencoded({"key": e2e.MAIL_KEY, "email": crlf(raw),
+                               "issue[project]": e2e.PROJECT}))
+    refused: list[int] = []
+
+    def send() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while True:
+            try:
+                body = bodies.get_nowait()
+            except queue.Empty:
+                break
+            connection.request("POST", "/mail_handler", body, {
+                "Content-Type": "application/x-www-form-urlencoded"})
+            answer = connection.getresponse()
+            answer.read()
+            if answer.status != 201:
+                refused.append(answer.status)
+        connection.close()
+
+    threads = [threading.Thread(target=send) for _ in range(CEILING_THREADS)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, issues(database), len(refused)
+
+
+def main(count: int, rounds: int) -> None:
+    template, _ = e2e.ensure_template()
+    rng = random.Random(3)
+    raws = [message(i, rng).replace(f"From: User {i} <user{i}@example.org>".encode(), SENDER, 1)
+            for i in range(count)]
+    print(f"{count} messages ({sum(map(len, raws)) / count / 1024:.1f} KiB on average); "
+          f"Redmine {e2e.require_installed()} on SQLite, Passenger with {PROCESSES} processes")
+    runs: dict[str, list[tuple[float, int, int]]] = {}
+    with Dovecot() as dovecot, tempfile.TemporaryDirectory() as tmp:
+        def record(name: str, run: Callable[[ImapAccount], tuple[float, int, int]]) -> None:
+            imap = dovecot.account()
+            imap.create("INBOX")
+            fill(imap, raws)
+            runs.setdefault(name, []).append(run(imap))
+            elapsed, created, failed = runs[name][-1]
+            print(f"  {name:<28} {count / elapsed:6.1f} msg/s  {created} issues, "
+                  f"{failed} refused", flush=True)
+
+        for round_ in range(rounds):
+            print(f"round {round_ + 1}")
+            record("rake receive_imap", lambda imap: rake(imap, template))
+            for concurrency in CONCURRENCY:
+                def run(imap: ImapAccount, concurrency: int = concurrency) -> tuple[
+                        float, int, int]:
+                    with redmine(template) as (url, database):
+                        return ours(imap, url, database, concurrency, Path(tmp))
+                record(f"imap-ingest concurrency {concurrency}", run)
+
+            def top(imap: ImapAccount) -> tuple[float, int, int]:
+                with redmine(template) as (url, database):
+                    return ceiling(raws, url, database)
+            record(f"ceiling ({CEILING_THREADS} threads)", top)
+    summarise(count, runs)
+
+
+def summarise(count: int, runs: dict[str, list[tuple[float, int, int]]]) -> None:
+    rate = {name: count / statistics.median(elapsed for elapsed, _, _ in results)
+            for name, results in runs.items()}
+    best = rate[f"ceiling ({CEILING_THREADS} threads)"]
+    tool = rate["rake receive_imap"]
+    print(f"\nmedian of {len(next(iter(runs.values())))} rounds:")
+    print(f"  {'':<28} {'msg/s':>6}  {'of ceiling':>10}  {'vs rake':>7}  issues/refused")
+    for name, value in rate.items():
+        outcomes = ", ".join(f"{created}/{failed}" for _, created, failed in runs[name])
+        print(f"  {name:<28} {value:6.1f}  {value / best:10.0%}  {value / tool:6.2f}x  "
+              f"{outcomes}")
+    levels = list(CONCURRENCY)
+    plot.line("redmine-throughput", f"Redmine 5.0.4 (SQLite, Passenger, {PROCESSES} processes), "
+              f"{count} messages", "concurrency (requests in flight)", "messages/s", {
+                  "imap-ingest run --once": (
+                      [float(c) for c in levels],
+                      [rate[f"imap-ingest concurrency {c}"] for c in levels]),
+                  f"ceiling ({CEILING_THREADS} threads)": ([1.0, float(levels[-1])],
+                                                           [best, best]),
+                  "rake receive_imap": ([1.0, float(levels[-1])], [tool, tool]),
+              })
+    (plot.DOCS / "redmine-throughput.json").write_text(json.dumps(rate, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 500,
+         int(sys.argv[2]) if len(sys.argv) > 2 else 2)
