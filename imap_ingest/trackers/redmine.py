@@ -127,8 +127,8 @@ class Redmine:
 
     def check(self) -> Outcome:
         # GET renders Redmine's manual submit form, behind the same key check as POST.
-        answer = self._http.request("GET", self._url,
-                                    params={"key": self._target.secret.get_secret_value()})
+        answer = self._http.request("GET", f"{self._url}?" + urlencoded(
+            {"key": self._target.secret.get_secret_value()}).decode())
         if isinstance(answer, Outcome):
             return answer
         if answer.status_code == 200:
