@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from imapclient import IMAPClient
 
 from bench.common import message, sink
-from imap_ingest.trackers.redmine import urlencoded
+from imap_ingest.trackers.redmine import Form
 from tests.dovecot import Dovecot, ImapAccount
 from tests.ingest_env import ROOT, command, write_config
 
@@ -57,7 +57,7 @@ def floor(imap: ImapAccount, url: str) -> float:
         uids = client.search(["ALL"])
         for start in range(0, len(uids), 500):
             for item in client.fetch(uids[start:start + 500], ["BODY.PEEK[]"]).values():
-                body = urlencoded({"key": "k", "email": item[b"BODY[]"]})
+                body = bytes(Form({"key": "k", "email": item[b"BODY[]"]}))
                 connection.request("POST", "/mail_handler", body, {
                     "Content-Type": "application/x-www-form-urlencoded"})
                 connection.getresponse().read()

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from bench import plot
 from bench.common import message
-from imap_ingest.trackers.redmine import crlf, urlencoded
+from imap_ingest.trackers.redmine import Form, crlf
 from tests.dovecot import Dovecot, ImapAccount, free_ports
 from tests.e2e import redmine as e2e
 from tests.ingest_env import ROOT, command, write_config
@@ -151,8 +151,8 @@ def ceiling(raws: list[bytes], url: str, database: Path) -> tuple[float, int, in
     port = int(url.rsplit(":", 1)[1])
     bodies: queue.SimpleQueue[bytes] = queue.SimpleQueue()
     for raw in raws:
-        bodies.put(urlencoded({"key": e2e.MAIL_KEY, "email": crlf(raw),
-                               "issue[project]": e2e.PROJECT}))
+        bodies.put(bytes(Form({"key": e2e.MAIL_KEY, "email": crlf(raw),
+                                  "issue[project]": e2e.PROJECT})))
     refused: list[int] = []
 
     def send() -> None:

@@ -254,6 +254,11 @@ def _connect(account: Account, tokens: Tokens | None) -> IMAPClient:
     context = _tls_context(account)
     client = IMAPClient(account.host, port=account.effective_port,
                         ssl=account.security == "ssl", ssl_context=context, timeout=timeout)
+    # imapclient sets imaplib's trace level to 5 and routes it to logging, so imaplib formats
+    # every response as text, each fetched message whole, before logging drops it. Trace
+    # only when someone reads it (--debug).
+    client._imap.debug = 5 if logging.getLogger("imapclient.imaplib").isEnabledFor(
+        logging.DEBUG) else 0
     try:
         if account.security == "starttls":
             client.starttls(context)

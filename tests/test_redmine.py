@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from imap_ingest.config import RedmineTarget, SubmitOptions
 from imap_ingest.trackers import Envelope, Kind
-from imap_ingest.trackers.redmine import Redmine, classify, crlf, urlencoded
+from imap_ingest.trackers.redmine import SLICE, Form, Redmine, classify, crlf
 
 from .mail import make
 from .redmine_server import FORBIDDEN, FakeRedmine, Request
@@ -133,9 +133,32 @@ def test_check_tests_the_key_without_posting(redmine: FakeRedmine) -> None:
 
 @given(st.dictionaries(st.text(max_size=10), st.binary(max_size=300) | st.text(max_size=50),
                        max_size=5))
-def test_urlencoded_is_exactly_urlencode(fields: dict[str, str | bytes]) -> None:
+def test_form_is_exactly_urlencode(fields: dict[str, str | bytes]) -> None:
     """Our faster form encoding gives the bytes urllib's urlencode gives, for any input."""
-    assert urlencoded(fields) == urlencode(fields).encode()
+    assert bytes(Form(fields)) == urlencode(fields).encode()
+
+
+def test_a_big_form_is_kept_in_pieces_with_the_exact_bytes() -> None:
+    """A message over a slice is escaped slice by slice and not joined (no copy of it), with
+    escapes falling on the slice boundaries; the pieces make urlencode's bytes, and len()
+    is their length, which requests sends as Content-Length."""
+    email = (b"x" * (SLICE - 1) + b"\r\n%+ =&\xff") * 3
+    fields: dict[str, str | bytes] = {"key": "k&y", "email": email, "project": "support"}
+    form = Form(fields)
+    assert len(list(form)) > 3
+    assert b"".join(form) == b"".join(form) == urlencode(fields).encode()
+    assert len(form) == len(urlencode(fields))
+
+
+def test_a_big_message_reaches_redmine_whole(redmine: FakeRedmine) -> None:
+    """A message of several slices is posted with the right Content-Length and arrives
+    byte for byte."""
+    raw = make(body="line with % and +\n" * (3 * SLICE // 18))
+    tracker = Redmine(target(redmine.url))
+    assert tracker.submit(raw, SubmitOptions(), ENVELOPE).kind is Kind.SUCCESS
+    tracker.close()
+    assert redmine.emails == [crlf(raw)]
+    assert int(redmine.requests[0].headers["Content-Length"]) == len(redmine.requests[0].body)
 
 
 @given(st.binary(max_size=200))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin
@@ -40,7 +40,7 @@ class Client:
         self._slots = threading.BoundedSemaphore(target.concurrency)
         self._prepared: dict[tuple[str, str], requests.PreparedRequest] = {}
 
-    def request(self, method: str, url: str, *, data: bytes | None = None,
+    def request(self, method: str, url: str, *, data: bytes | Iterable[bytes] | None = None,
                 files: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
                 repost: int = 0) -> requests.Response | Outcome:
         """The answer, or a TEMPORARY Outcome when there was none. Redirects are not

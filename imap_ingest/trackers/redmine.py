@@ -7,6 +7,8 @@ ends) and the handler options. Redmine answers 201 (taken; the issue id is not r
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 from ..config import RedmineTarget, SubmitOptions
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
@@ -44,20 +46,50 @@ def form(raw: bytes, options: SubmitOptions, target: RedmineTarget) -> dict[str,
 
 
 _SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~- "
+SLICE = 1024 * 1024  # a value longer than this is escaped and sent in slices
 
 
-def urlencoded(fields: dict[str, str | bytes]) -> bytes:
-    """application/x-www-form-urlencoded, byte for byte what urllib's urlencode gives, about
-    ten times faster on mail: one C-speed replace per distinct byte value that needs
-    escaping, instead of Python work per byte. Bytes, so that no further copy is made."""
-    def quote(value: str | bytes) -> bytes:
+class Form:
+    """An application/x-www-form-urlencoded body, byte for byte what urllib's urlencode
+    gives, and about ten times faster on mail. A big message stays in escaped slices that
+    requests sends one after the other under one Content-Length: joining them would copy
+    the whole message once more."""
+
+    def __init__(self, fields: Mapping[str, str | bytes]) -> None:
+        pieces = list(_escaped(fields))
+        self._length = sum(map(len, pieces))
+        # Small forms as one piece: one send, not one per field.
+        self._pieces = pieces if self._length > SLICE else [b"".join(pieces)]
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._pieces)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self._pieces)
+
+
+def _escaped(fields: Mapping[str, str | bytes]) -> Iterator[bytes]:
+    for i, (name, value) in enumerate(fields.items()):
+        yield (b"&" if i else b"") + _quote(name.encode()) + b"="
         data = value.encode() if isinstance(value, str) else value
-        escaped = data.replace(b"%", b"%25")
-        for byte in set(data.translate(None, _SAFE)) - {ord("%")}:
-            escaped = escaped.replace(bytes((byte,)), b"%%%02X" % byte)
-        return escaped.replace(b" ", b"+")
+        if len(data) <= SLICE:
+            yield _quote(data)
+        else:
+            view = memoryview(data)
+            for start in range(0, len(data), SLICE):
+                yield _quote(bytes(view[start:start + SLICE]))
 
-    return b"&".join(quote(name) + b"=" + quote(value) for name, value in fields.items())
+
+def _quote(data: bytes) -> bytes:
+    """One C-speed replace per distinct byte value that needs escaping, instead of Python
+    work per byte."""
+    escaped = data.replace(b"%", b"%25")
+    for byte in set(data.translate(None, _SAFE)) - {ord("%")}:
+        escaped = escaped.replace(bytes((byte,)), b"%%%02X" % byte)
+    return escaped.replace(b" ", b"+")
 
 
 # Rack (2.2 in Debian's Redmine 5, and 3.1 until Redmine 6.0.6 raised it) refuses form
@@ -110,7 +142,7 @@ class Redmine:
         self._http = Client(target)
 
     def submit(self, raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
-        data = urlencoded(form(raw, options, self._target))
+        data = Form(form(raw, options, self._target))
         answer = self._http.request("POST", self._url, data=data, headers={
             "Content-Type": "application/x-www-form-urlencoded"})
         if isinstance(answer, Outcome):
@@ -127,8 +159,8 @@ class Redmine:
 
     def check(self) -> Outcome:
         # GET renders Redmine's manual submit form, behind the same key check as POST.
-        answer = self._http.request("GET", f"{self._url}?" + urlencoded(
-            {"key": self._target.secret.get_secret_value()}).decode())
+        answer = self._http.request("GET", f"{self._url}?" + bytes(Form(
+            {"key": self._target.secret.get_secret_value()})).decode())
         if isinstance(answer, Outcome):
             return answer
         if answer.status_code == 200:
