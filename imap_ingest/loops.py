@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from email.utils import getaddresses
 
 from .message import Message
 
@@ -55,18 +54,13 @@ def _either(*tests: Callable[[Message, Collection[str]], str | None]
     return lambda message, own: next(filter(None, (t(message, own) for t in tests)), None)
 
 
-def _sender(message: Message) -> str:
-    addresses = getaddresses([message.header("From") or ""])
-    return addresses[0][1].lower() if addresses else ""
-
-
 def _daemon(message: Message, _own: Collection[str]) -> str | None:
-    local = _sender(message).partition("@")[0]
-    return f"From: {_sender(message)}" if local in ("mailer-daemon", "postmaster") else None
+    local = message.sender.partition("@")[0]
+    return f"From: {message.sender}" if local in ("mailer-daemon", "postmaster") else None
 
 
 def _own_address(message: Message, own: Collection[str]) -> str | None:
-    sender = _sender(message)
+    sender = message.sender
     return f"From: {sender} is a tracker's own address" if sender and sender in own else None
 
 

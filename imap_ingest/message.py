@@ -38,13 +38,14 @@ _TICKET_TAG = re.compile(r"\[[^\[\]]*#(\d+)\]")
 class Message:
     """Raw bytes plus the unfolded header block as text; decoded views made on demand."""
 
-    __slots__ = ("_body", "_decoded", "headers", "raw")
+    __slots__ = ("_body", "_decoded", "_sender", "headers", "raw")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
         self.headers = _header_text(raw)
         self._decoded: str | None = None
         self._body: str | None = None
+        self._sender: str | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name``, unfolded and stripped, or None."""
@@ -79,6 +80,15 @@ class Message:
             name, colon, value = line.partition(":")
             if colon and name and " " not in name:
                 yield name, _decode_words(value.strip())
+
+    @property
+    def sender(self) -> str:
+        """The From address, lower-cased ("" without one); parsed once, as several loop
+        checks ask."""
+        if self._sender is None:
+            addresses = getaddresses([self.header("From") or ""])
+            self._sender = addresses[0][1].lower() if addresses else ""
+        return self._sender
 
     @property
     def message_id(self) -> str | None:
