@@ -10,7 +10,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +57,10 @@ class Mailbox:
         self._readonly = False
         self.uidvalidity = 0
         self._known_folders: set[str] = set()
+        # What the last search of the selected folder left to look at: every UID above
+        # _seen_up_to, and those in _unsettled (found but not yet deleted, moved or marked).
+        self._seen_up_to: int | None = None
+        self._unsettled: set[int] = set()
         if tokens is None and account.uses_token:
             tokens = Tokens(account)
         with self._errors():
@@ -96,8 +100,13 @@ class Mailbox:
         the whole folder (300 ms at 10,000 messages with dovecot's Maildir)."""
         if folder == self.folder and readonly == self._readonly:
             with self._errors(folder):
-                self._client.noop()
+                _, news = self._client.noop()
+            if any(item[1:2] == (b"FETCH",) for item in news):
+                # Another client changed flags (took our mark off, for a retry): those
+                # messages may be below what we have seen, so the next search covers all.
+                self._seen_up_to = None
             return
+        self._seen_up_to = None
         with self._errors(folder):
             if not self._client.folder_exists(folder):
                 raise FolderMissing("the folder does not exist", account=self.account.name,
@@ -109,9 +118,21 @@ class Mailbox:
         self._keywords = b"\\*" in state.get(b"PERMANENTFLAGS", ())
 
     def new_uids(self) -> list[int]:
-        """UIDs not deleted and not marked failed or skipped, found by one UID SEARCH."""
-        return self.search(["UNDELETED", "UNKEYWORD", FAILED, "UNKEYWORD", SKIPPED]
-                           if self._keywords else ["UNDELETED", "UNSEEN"])
+        """UIDs not deleted and not marked failed or skipped, found by one UID SEARCH. On a
+        kept connection it covers only what the last one left unsettled and the UIDs above
+        it: the server does not look at every message of a big folder for each poll."""
+        criteria = (["UNDELETED", "UNKEYWORD", FAILED, "UNKEYWORD", SKIPPED]
+                    if self._keywords else ["UNDELETED", "UNSEEN"])
+        unsettled = _uid_set(self._unsettled)
+        # Past a few hundred runs the set would outgrow the server's command line (dovecot
+        # takes 64 KB): search the whole folder instead.
+        if self._seen_up_to is not None and unsettled.count(",") < _MAX_RUNS:
+            wanted = filter(None, (unsettled, f"{self._seen_up_to + 1}:*"))
+            criteria = ["UID", ",".join(wanted), *criteria]
+        uids = self.search(criteria)
+        self._seen_up_to = max([self._seen_up_to or 0, *uids])
+        self._unsettled = set(uids)
+        return uids
 
     def search(self, criteria: list[str]) -> list[int]:
         """UIDs matching an IMAP SEARCH, in order."""
@@ -162,6 +183,7 @@ class Mailbox:
             self._client.add_flags(uids, [_DELETED], silent=True)
             if self._has_uidplus:
                 self._client.uid_expunge(uids)
+        self._unsettled.difference_update(uids)
 
     def move(self, uids: Sequence[int], folder: str) -> None:
         """Move these UIDs to ``folder``, creating it if missing."""
@@ -171,6 +193,7 @@ class Mailbox:
             self._ensure(folder)
             with self._errors(self.folder):
                 self._client.move(uids, folder)
+            self._unsettled.difference_update(uids)
             return
         self.copy(uids, folder)
         self.delete(uids)
@@ -187,6 +210,7 @@ class Mailbox:
         if uids:
             with self._errors(self.folder):
                 self._client.add_flags(uids, [keyword if self._keywords else SEEN], silent=True)
+            self._unsettled.difference_update(uids)
 
     def unmark(self, uids: Sequence[int], keyword: str) -> None:
         """Take a keyword set by ``mark`` off again."""
@@ -247,6 +271,20 @@ class Mailbox:
         except IMAPClientError as exc:
             raise ConnectionLost(f"server said: {_text(exc)}", account=name,
                                  folder=folder) from None
+
+
+_MAX_RUNS = 500
+
+
+def _uid_set(uids: Iterable[int]) -> str:
+    """An IMAP UID set, runs of consecutive UIDs written as ranges: 3,7:9,12."""
+    runs: list[list[int]] = []
+    for uid in sorted(uids):
+        if runs and uid == runs[-1][1] + 1:
+            runs[-1][1] = uid
+        else:
+            runs.append([uid, uid])
+    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
 
 
 def _connect(account: Account, tokens: Tokens | None) -> IMAPClient:

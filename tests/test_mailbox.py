@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imap_ingest.config import load
-from imap_ingest.mailbox import Mailbox
+from imap_ingest.config import Account, load
+from imap_ingest.mailbox import FAILED, SKIPPED, Mailbox
 
 from .dovecot import ImapAccount
 from .ingest_env import write_config
@@ -52,3 +52,80 @@ def test_with_debug_logging_the_protocol_trace_is_kept(
     fetch_peak(imap, tmp_path)
     assert any("FETCH" in record.getMessage() and record.name == "imapclient.imaplib"
                for record in caplog.records)
+
+
+def account_of(imap: ImapAccount, tmp_path: Path) -> Account:
+    return load(write_config(tmp_path / "c.yaml", imap, "http://127.0.0.1:9")).accounts[0]
+
+
+def searches(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The UID SEARCH commands sent, as imapclient logs them at DEBUG."""
+    return [record.getMessage() for record in caplog.records
+            if "SEARCH" in record.getMessage() and record.getMessage().startswith("> ")]
+
+
+def test_a_kept_connection_searches_only_above_the_mail_it_has_seen(
+        imap: ImapAccount, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The first search covers the folder; later ones on the same connection ask only for
+    UIDs above those seen (flat in the folder's size), and still find new mail."""
+    caplog.set_level(logging.DEBUG, logger="imapclient")
+    first = [imap.append("INBOX", make()) for _ in range(3)]
+    with Mailbox(account_of(imap, tmp_path)) as mailbox:
+        mailbox.select("INBOX")
+        assert mailbox.new_uids() == first
+        mailbox.delete(first)
+        newer = imap.append("INBOX", make())
+        mailbox.select("INBOX")
+        assert mailbox.new_uids() == [newer]
+    sent = searches(caplog)
+    assert "UID" not in sent[0].split("SEARCH", 1)[1]
+    assert f"UID {first[-1] + 1}:*" in sent[1]
+
+
+def test_mail_left_untouched_is_searched_again(imap: ImapAccount, tmp_path: Path) -> None:
+    """Mail a pass left where it was (deferred, or not reached) is found by the next pass,
+    though its UIDs are below the newest seen; mail disposed of is not."""
+    uids = [imap.append("INBOX", make()) for _ in range(5)]
+    with Mailbox(account_of(imap, tmp_path)) as mailbox:
+        mailbox.select("INBOX")
+        assert mailbox.new_uids() == uids
+        mailbox.delete(uids[:1])
+        mailbox.mark(uids[2:3], SKIPPED)
+        mailbox.move(uids[4:], "Done")
+        mailbox.select("INBOX")
+        assert mailbox.new_uids() == [uids[1], uids[3]]
+
+
+def test_mail_unmarked_by_another_client_is_searched_again(
+        imap: ImapAccount, tmp_path: Path) -> None:
+    """`imap-ingest retry` (or a person) taking the failed mark off a message from another
+    connection: the kept connection hears of the flag change and searches the whole folder."""
+    uids = [imap.append("INBOX", make()) for _ in range(3)]
+    with Mailbox(account_of(imap, tmp_path)) as mailbox:
+        mailbox.select("INBOX")
+        assert mailbox.new_uids() == uids
+        mailbox.mark(uids, FAILED)
+        mailbox.select("INBOX")
+        assert mailbox.new_uids() == []
+        with imap.client() as other:
+            other.select_folder("INBOX")
+            other.remove_flags([uids[1]], [FAILED])
+        mailbox.select("INBOX")
+        assert mailbox.new_uids() == [uids[1]]
+
+
+def test_many_scattered_unsettled_messages_fall_back_to_a_full_search(
+        imap: ImapAccount, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every other message of 1,200 left unsettled would make a UID set too long for one
+    command line: the next search covers the whole folder, and finds exactly those."""
+    with imap.client() as client:
+        for _ in range(1200):
+            client.append("INBOX", make())
+    with Mailbox(account_of(imap, tmp_path)) as mailbox:
+        mailbox.select("INBOX")
+        uids = mailbox.new_uids()
+        mailbox.delete(uids[::2])
+        mailbox.select("INBOX")
+        caplog.set_level(logging.DEBUG, logger="imapclient")
+        assert mailbox.new_uids() == uids[1::2]
+    assert "UID" not in searches(caplog)[0].split("SEARCH", 1)[1]
