@@ -59,7 +59,8 @@ class Mailbox:
         self._known_folders: set[str] = set()
         # What the last search of the selected folder left to look at: every UID above
         # _seen_up_to, and those in _unsettled (found but not yet deleted, moved or marked).
-        self._seen_up_to: int | None = None
+        self._search_all = True
+        self._seen_up_to = 0
         self._unsettled: set[int] = set()
         if tokens is None and account.uses_token:
             tokens = Tokens(account)
@@ -104,9 +105,8 @@ class Mailbox:
             if any(item[1:2] == (b"FETCH",) for item in news):
                 # Another client changed flags (took our mark off, for a retry): those
                 # messages may be below what we have seen, so the next search covers all.
-                self._seen_up_to = None
+                self._search_all = True
             return
-        self._seen_up_to = None
         with self._errors(folder):
             if not self._client.folder_exists(folder):
                 raise FolderMissing("the folder does not exist", account=self.account.name,
@@ -114,6 +114,9 @@ class Mailbox:
             state = self._client.select_folder(folder, readonly=readonly)
         self.folder, self._readonly = folder, readonly
         self.uidvalidity = int(state[b"UIDVALIDITY"])
+        # Every message up to UIDNEXT - 1 is there now, so the first search sees them all.
+        self._search_all = True
+        self._seen_up_to = int(state.get(b"UIDNEXT", 1)) - 1
         # A server that takes custom keywords (\* in PERMANENTFLAGS) lets us leave \Seen alone.
         self._keywords = b"\\*" in state.get(b"PERMANENTFLAGS", ())
 
@@ -126,11 +129,12 @@ class Mailbox:
         unsettled = _uid_set(self._unsettled)
         # Past a few hundred runs the set would outgrow the server's command line (dovecot
         # takes 64 KB): search the whole folder instead.
-        if self._seen_up_to is not None and unsettled.count(",") < _MAX_RUNS:
+        if not self._search_all and unsettled.count(",") < _MAX_RUNS:
             wanted = filter(None, (unsettled, f"{self._seen_up_to + 1}:*"))
             criteria = ["UID", ",".join(wanted), *criteria]
         uids = self.search(criteria)
-        self._seen_up_to = max([self._seen_up_to or 0, *uids])
+        self._search_all = False
+        self._seen_up_to = max([self._seen_up_to, *uids])
         self._unsettled = set(uids)
         return uids
 

@@ -129,3 +129,17 @@ def test_many_scattered_unsettled_messages_fall_back_to_a_full_search(
         caplog.set_level(logging.DEBUG, logger="imapclient")
         assert mailbox.new_uids() == uids[1::2]
     assert "UID" not in searches(caplog)[0].split("SEARCH", 1)[1]
+
+
+def test_a_folder_with_nothing_new_is_not_searched_whole_again(
+        imap: ImapAccount, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A poll of a folder whose mail is all handled asks only above the newest message the
+    folder held when it was opened, though no search has returned a UID yet."""
+    uids = [imap.append("INBOX", make(), flags=[SKIPPED]) for _ in range(3)]
+    caplog.set_level(logging.DEBUG, logger="imapclient")
+    with Mailbox(account_of(imap, tmp_path)) as mailbox:
+        mailbox.select("INBOX")
+        assert mailbox.new_uids() == []
+        mailbox.select("INBOX")
+        assert mailbox.new_uids() == []
+    assert f"UID {uids[-1] + 1}:*" in searches(caplog)[1]
