@@ -134,10 +134,12 @@ def rake(imap: ImapAccount, template: Path) -> tuple[float, int, int]:
 
 def ours(imap: ImapAccount, url: str, database: Path, concurrency: int,
          tmp: Path) -> tuple[float, int, int]:
-    path = write_config(tmp / f"c{concurrency}.yaml", imap, url, key=e2e.MAIL_KEY,
+    # A fresh ledger each run: the last run's would rightly call these mails duplicates.
+    state = Path(tempfile.mkdtemp(dir=tmp))
+    path = write_config(state / "config.yaml", imap, url, key=e2e.MAIL_KEY,
                         folder={"project": e2e.PROJECT, "batch_size": 100},
                         target={"concurrency": concurrency, "timeout": "120s"},
-                        state_dir=str(tmp / f"state{concurrency}"))
+                        state_dir=str(state))
     started = time.perf_counter()
     subprocess.run(command("run", "--once", "-c", str(path)), cwd=ROOT,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -226,8 +228,8 @@ def summarise(count: int, runs: dict[str, list[tuple[float, int, int]]]) -> None
         print(f"  {name:<28} {value:6.1f}  {value / best:10.0%}  {value / tool:6.2f}x  "
               f"{outcomes}")
     levels = list(CONCURRENCY)
-    plot.line("redmine-throughput", f"Redmine 5.0.4 (SQLite, Passenger, {PROCESSES} processes), "
-              f"{count} messages", "concurrency (requests in flight)", "messages/s", {
+    plot.line("redmine-throughput.png", f"Redmine 5.0.4 (SQLite, Passenger, {PROCESSES} "
+              f"processes), {count} messages", "concurrency (requests in flight)", "messages/s", {
                   "imap-ingest run --once": (
                       [float(c) for c in levels],
                       [rate[f"imap-ingest concurrency {c}"] for c in levels]),

@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from bench import plot
 from bench.common import message
 from imap_ingest.trackers.rt import GATEWAY
 from tests.dovecot import Dovecot, ImapAccount
@@ -293,6 +294,17 @@ def main(count: int, json_path: str | None) -> None:
         print(f"  {run.label:<40} {run.rate:6.2f}  {run.rate / top.rate:10.0%}  "
               f"{run.rate / tool.rate:13.2f}x  {run.rt_cpu:12.3f}  "
               f"{run.rt_busy:13.2f}  {failures:>21}")
+    widest = float(max(*CONCURRENCY, *THREADS))
+    plot.line("rt-throughput.png", f"RT 5.0.3 (SQLite, Starlet, {WORKERS} workers), {count} "
+              "messages", "requests in flight (imap-ingest concurrency, ceiling threads)",
+              "messages/s", {
+                  "imap-ingest run --once": ([float(c) for c in CONCURRENCY],
+                                             [best(runs, "imap-ingest", c).rate
+                                              for c in CONCURRENCY]),
+                  "ceiling (minimal client)": ([float(t) for t in THREADS],
+                                               [best(runs, "ceiling", t).rate for t in THREADS]),
+                  "rt-mailgate, a process per message": ([1.0, widest], [tool.rate] * 2),
+              })
     if json_path:
         data = {
             "messages": count, "rounds": ROUNDS, "statistic": "best of rounds",
