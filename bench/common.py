@@ -6,7 +6,9 @@ import base64
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from tests.ingest_env import ROOT
@@ -49,3 +51,14 @@ def sink(status: int = 201) -> Iterator[tuple[str, list[int]]]:
         process.terminate()
         answered.append(int(process.stdout.read().strip() or 0))
         process.wait()
+
+
+def timed_threads(work: Callable[[], None], count: int) -> float:
+    """Seconds for ``count`` threads running ``work`` until all have finished."""
+    threads = [threading.Thread(target=work) for _ in range(count)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started

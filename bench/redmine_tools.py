@@ -29,14 +29,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from bench import plot
-from bench.common import message
+from bench.common import message, timed_threads
 from imap_ingest.trackers.redmine import Form, crlf
 from tests.dovecot import Dovecot, ImapAccount, free_ports
 from tests.e2e import redmine as e2e
@@ -172,13 +171,8 @@ def ceiling(raws: list[bytes], url: str, database: Path) -> tuple[float, int, in
                 refused.append(answer.status)
         connection.close()
 
-    threads = [threading.Thread(target=send) for _ in range(CEILING_THREADS)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return time.perf_counter() - started, issues(database), len(refused)
+    elapsed = timed_threads(send, CEILING_THREADS)
+    return elapsed, issues(database), len(refused)
 
 
 def main(count: int, rounds: int) -> None:

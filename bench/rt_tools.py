@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from bench import plot
-from bench.common import message
+from bench.common import message, timed_threads
 from imap_ingest.trackers.rt import GATEWAY
 from tests.dovecot import Dovecot, ImapAccount
 from tests.e2e.rt import RealRT
@@ -210,13 +210,7 @@ def ceiling(rt: RealRT, bodies: list[tuple[bytes, str]], threads: int) -> Run:
                 connection.close()
         connection.close()
 
-    pool = [threading.Thread(target=work) for _ in range(threads)]
-    started = time.perf_counter()
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    run = Run("ceiling", threads, time.perf_counter() - started, len(bodies))
+    run = Run("ceiling", threads, timed_threads(work, threads), len(bodies))
     for text in answers:
         if not text.startswith("ok"):
             run.problems[text.splitlines()[0][:60] if text else "no answer"] += 1
