@@ -1,7 +1,8 @@
 """Submissions in flight: at most a target's ``concurrency`` at once, in dependency order.
 
-A pass hands each submission over and goes on fetching and deciding the next message while
-the tracker works; the answers come back to the pass, which records them. A submission
+To a target that takes more than one at a time, a pass hands each submission to a thread
+and goes on fetching and deciding the next message while the tracker works; the answers come
+back to the pass, which records them. A submission
 waits while one it is tied to is still in flight (a message it replies to, mail about the
 same ticket, another copy of itself), so the tracker sees those in the folder's order.
 """
@@ -18,8 +19,9 @@ T = TypeVar("T")
 
 
 class InFlight(Generic[T]):
-    """Runs ``send`` calls on worker threads; ``T`` is what the caller needs to record each
-    answer. Every method is called from the pass's own thread."""
+    """Runs ``send`` calls, on worker threads for targets with a concurrency above 1; ``T``
+    is what the caller needs to record each answer. Every method is called from the pass's
+    own thread."""
 
     def __init__(self, limits: Mapping[str, int]) -> None:
         self._limits = limits

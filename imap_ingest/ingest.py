@@ -181,7 +181,7 @@ class _Pass:
                 progress.close()
         if self.refused:
             raise self.refused
-        if left := len(uids) - self.report.counts.total():
+        if self.context.stop.is_set() and (left := len(uids) - self.report.counts.total()):
             # Stopped early: untouched, for the next pass; counted so that --once exits 75.
             self.report.counts["left"] = left
         self.context.metrics.backlog.labels(*labels).set(self.report.counts["deferred"]

@@ -382,3 +382,23 @@ def test_a_deferred_message_is_copied_once_when_it_is_finally_dealt_with(
     redmine.answer = answer(201)
     assert run("--retry-now", folder={"rules": rules}) == 0
     assert [body for _, body in imap.messages("Archive").values()] == [raw]
+
+
+def test_mail_another_client_takes_during_a_pass_is_not_counted_left(
+        run: Run, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """A message another client deletes between our search and our fetch is simply not ours
+    any more: the pass ends 0, not 75 as if it had left mail for later."""
+    imap.append("INBOX", make())
+    second = imap.append("INBOX", make())
+
+    def answer(request: object) -> tuple[int, bytes, float]:
+        with imap.client() as other:
+            other.select_folder("INBOX")
+            other.delete_messages([second])
+            other.expunge()
+        return 201, b"", 0
+
+    redmine.answer = answer
+    assert run(folder={"batch_size": 1}) == 0
+    assert len(redmine.requests) == 1
+    assert imap.messages("INBOX") == {}
