@@ -134,7 +134,7 @@ def _first_line(body: str) -> str:
 
 
 class Redmine:
-    """One Redmine over one keep-alive connection."""
+    """One Redmine, over as many keep-alive connections as its concurrency."""
 
     def __init__(self, target: RedmineTarget) -> None:
         self._target = target

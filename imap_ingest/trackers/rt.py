@@ -71,7 +71,7 @@ def classify(status: int, body: str, action: str, wait: float | None = None) -> 
 
 
 class RequestTracker:
-    """One RT over one keep-alive connection."""
+    """One RT, over as many keep-alive connections as its concurrency."""
 
     def __init__(self, target: RtTarget) -> None:
         self._target = target
