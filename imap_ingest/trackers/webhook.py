@@ -95,7 +95,7 @@ def _pointer(body: bytes, pointer: str | None) -> str | None:
 
 
 class Webhook:
-    """One endpoint over one keep-alive connection."""
+    """One endpoint, over as many keep-alive connections as its concurrency."""
 
     def __init__(self, target: WebhookTarget) -> None:
         self._target = target
