@@ -39,8 +39,9 @@ def without_token(path: Path) -> Path:
 def test_device_login_stores_the_first_refresh_token(
         tmp_path: Path, mailbox: ImapAccount, redmine: FakeRedmine, provider: TokenService,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """The device flow asks for a code with client_id and scope, tells the user where to
-    enter it, polls until approved, and stores the refresh token (0600); mail then flows."""
+    """The device login flow stores the first refresh token; mail then flows."""
+    # The device flow asks for a code with client_id and scope, tells the user where to
+    # enter it, polls until approved, and stores the refresh token (0600).
     path = without_token(oauth_config(tmp_path, mailbox, redmine.url, provider,
                                       device_url=f"{provider.url}/devicecode"))
     provider.expect_device_login(mailbox.username, polls=2)
@@ -95,9 +96,10 @@ def browser_login(tmp_path: Path, mailbox: ImapAccount, redmine: FakeRedmine,
 
 def test_browser_login_with_pkce(tmp_path: Path, mailbox: ImapAccount, redmine: FakeRedmine,
                                  provider: TokenService) -> None:
-    """Google's way: the authorize URL asks for https://mail.google.com/ offline with a PKCE
-    challenge; the redirect to 127.0.0.1 brings the code, exchanged with the verifier and the
-    client secret; the refresh token is stored."""
+    """The browser login with PKCE (Google's way) stores the refresh token."""
+    # The authorize URL asks for https://mail.google.com/ offline with a PKCE challenge; the
+    # redirect to 127.0.0.1 brings the code, exchanged with the verifier and the client
+    # secret.
     process, port = browser_login(tmp_path, mailbox, redmine, provider)
     try:
         assert process.stderr is not None

@@ -79,8 +79,8 @@ def test_default_is_one_request_at_a_time_in_uid_order(
 
 def test_concurrency_bounds_the_requests_in_flight(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
-    """With `concurrency: 4`, four requests are in flight at once and never a fifth; every
-    message is submitted once and deleted."""
+    """`concurrency: 4` keeps four requests in flight, never a fifth."""
+    # Every message is submitted once and deleted.
     backlog(imap, 16)
     timeline.delay = 0.2
     assert run(tmp_path, imap, redmine, concurrency=4) == 0
@@ -91,9 +91,9 @@ def test_concurrency_bounds_the_requests_in_flight(
 
 def test_a_reply_waits_for_the_message_it_answers(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
-    """A reply in the same backlog is posted only once the tracker has answered for the
-    message it replies to (so it lands on that ticket); unrelated mail before it goes
-    alongside."""
+    """A reply is posted only after the message it answers got its answer."""
+    # A reply in the same backlog waits for the tracker's answer to the message it replies
+    # to (so it lands on that ticket); unrelated mail before it goes alongside.
     timeline.delays = {"question": 0.5}
     imap.append("INBOX", make(subject="question", message_id="<q@example.org>"))
     imap.append("INBOX", make(subject="unrelated"))
@@ -120,8 +120,9 @@ def test_mail_about_one_ticket_is_posted_one_at_a_time(
 
 def test_the_same_message_twice_is_not_raced(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
-    """Two copies of one message (same Message-ID) are never in flight together: the second
-    is recognised as a duplicate of the first, which the tracker took."""
+    """Two copies of one message are never in flight together."""
+    # Same Message-ID: the second is recognised as a duplicate of the first, which the
+    # tracker took.
     raw = make(subject="twice", message_id="<twice@example.org>")
     imap.append("INBOX", raw)
     imap.append("INBOX", raw)
@@ -132,8 +133,9 @@ def test_the_same_message_twice_is_not_raced(
 
 def test_temporary_failure_with_requests_in_flight_loses_nothing(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
-    """503 with three in flight: no more requests once the first answer came back, every
-    message stays for the retry, and the run exits 75."""
+    """A 503 with requests in flight loses nothing and exits 75."""
+    # 503 with three in flight: no more requests once the first answer came back, every
+    # message stays for the retry.
     backlog(imap, 10)
     timeline.status = 503
     assert run(tmp_path, imap, redmine, concurrency=3) == 75
@@ -161,8 +163,9 @@ def test_concurrency_out_of_range_is_a_config_error(
 
 
 def test_ties_are_message_ids_and_ticket_tags() -> None:
-    """A message is tied to its own Message-ID, the ones it replies to, and the tickets its
-    subject names in Redmine's or RT's tag format; a bare #7 in prose is not a tag."""
+    """A message is tied to its Message-IDs and the ticket tags in its subject."""
+    # Its own Message-ID, the ones it replies to, and the tickets its subject names in
+    # Redmine's or RT's tag format; a bare #7 in prose is not a tag.
     message = Message(make(subject="Re: [rt.example.net #7] disk #9 full",
                            message_id="<c@example.org>",
                            headers={"In-Reply-To": "<b@example.org>",

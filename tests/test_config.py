@@ -176,6 +176,7 @@ def test_unreadable_yaml(tmp_path: Path, text: str, reason: str) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
+    """A missing config file is a ConfigError naming it."""
     with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read: No such file"):
         load(tmp_path / "nope.yaml", {})
 
@@ -199,12 +200,14 @@ def test_errors_never_contain_secrets(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "seconds"), [(30, 30), ("45s", 45), ("5m", 300), ("1h", 3600),
                                                ("500ms", 0.5), ("2d", 172800)])
 def test_durations(text: object, seconds: float) -> None:
+    """Durations parse from seconds or a number with a unit."""
     assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize(("text", "size"), [(100, 100), ("512k", 524288), ("25M", 26214400),
                                             ("1G", 1073741824), ("10MB", 10485760)])
 def test_sizes(text: object, size: int) -> None:
+    """Sizes parse from bytes or a number with a binary unit."""
     assert parse_size(text) == size
 
 

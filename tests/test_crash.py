@@ -55,6 +55,7 @@ class Killer:
 
 def test_sigkill_at_30_points_loses_nothing_and_sends_nothing_twice(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """SIGKILL at 30 points loses no message and submits none twice."""
     rng = random.Random(20261121)
     raws = backlog(imap, MESSAGES)
     path = write_config(tmp_path / "config.yaml", imap, redmine.url,

@@ -80,8 +80,8 @@ def get_quiet(port: int, path: str) -> int:
 
 def test_idle_brings_mail_in_at_once(daemon: list[Daemon], tmp_path: Path, imap: ImapAccount,
                                      redmine: FakeRedmine) -> None:
-    """With a 60 s poll, mail APPENDed while the service idles is posted within seconds:
-    only IDLE can explain it (bench/latency.py measures it precisely)."""
+    """With IDLE, mail appended during a 60 s poll interval is posted in seconds."""
+    # Only IDLE can explain it (bench/latency.py measures it precisely).
     one, _ = start(daemon, tmp_path, imap, redmine, folder={"interval": "60s"})
     time.sleep(0.5)  # the first pass is done; the watcher is in IDLE
     raw = make(subject="idle")
@@ -94,6 +94,7 @@ def test_idle_brings_mail_in_at_once(daemon: list[Daemon], tmp_path: Path, imap:
 
 def test_without_idle_the_poll_still_works(daemon: list[Daemon], tmp_path: Path,
                                            imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """With idle off, the poll alone brings mail in and no IDLE is logged."""
     one, _ = start(daemon, tmp_path, imap, redmine, folder={"interval": "1s", "idle": False})
     imap.append("INBOX", make())
     wait_for(lambda: len(redmine.requests) == 1, timeout=10)
@@ -102,8 +103,8 @@ def test_without_idle_the_poll_still_works(daemon: list[Daemon], tmp_path: Path,
 
 def test_dovecot_restart_is_recovered(daemon: list[Daemon], tmp_path: Path, imap: ImapAccount,
                                       dovecot: Dovecot, redmine: FakeRedmine) -> None:
-    """Both connections (the kept one and the IDLE one) die with the server; mail sent
-    afterwards still arrives, and the reconnect is counted."""
+    """After dovecot restarts, mail still arrives and the reconnect is counted."""
+    # Both connections (the kept one and the IDLE one) die with the server.
     one, port = start(daemon, tmp_path, imap, redmine, folder={"interval": "2s"})
     time.sleep(0.5)
     dovecot.restart()
@@ -157,6 +158,7 @@ def test_metrics_match_what_happened(daemon: list[Daemon], tmp_path: Path, imap:
 def test_sighup_reloads_and_a_bad_config_keeps_the_old(daemon: list[Daemon], tmp_path: Path,
                                                         imap: ImapAccount,
                                                         redmine: FakeRedmine) -> None:
+    """SIGHUP reloads the config; a bad one is refused and the old one stays."""
     one, port = start(daemon, tmp_path, imap, redmine, folder={"interval": "1s"})
     data = yaml.safe_load(one.path.read_text())
     data["accounts"][0]["folders"][0]["name"] = "Other"
@@ -179,6 +181,7 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_old(daemon: list[Daemon], tmp
 
 
 def test_progress_line_only_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    """No progress line is shown when stderr is not a terminal."""
     from imap_ingest.ingest import _Progress
 
     quiet = _Progress("a/INBOX", 500)
@@ -187,8 +190,8 @@ def test_progress_line_only_on_a_terminal(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_progress_line_on_a_terminal_for_a_large_backlog(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a terminal, more than 100 messages get a bar that is cleared at the end; fewer
-    get none."""
+    """On a terminal, over 100 messages get a progress bar, cleared at the end."""
+    # Fewer than that get none.
     import io
     import sys
 
@@ -211,8 +214,9 @@ def test_progress_line_on_a_terminal_for_a_large_backlog(monkeypatch: pytest.Mon
 
 def test_a_folder_that_cannot_connect_does_not_stop_the_others(
         daemon: list[Daemon], tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
-    """One account's server is unreachable: the other's mail still flows, and the broken
-    one is reported as backing off (ready), not crashed."""
+    """An unreachable account does not stop the others; it backs off, ready."""
+    # One account's server is unreachable: the other's mail still flows, and the broken
+    # one is reported as backing off (ready), not crashed.
     path = write_config(tmp_path / "config.yaml", imap, redmine.url,
                         folder={"interval": "1s"})
     data = yaml.safe_load(path.read_text())

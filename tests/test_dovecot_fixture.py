@@ -28,6 +28,7 @@ RAW = (
 
 
 def test_login_over_plain_port(imap: ImapAccount) -> None:
+    """A plain-port login sees IDLE, MOVE and UIDPLUS and an INBOX alone."""
     with imap.client() as client:
         capabilities = client.capabilities()
         assert b"IDLE" in capabilities
@@ -38,6 +39,7 @@ def test_login_over_plain_port(imap: ImapAccount) -> None:
 
 
 def test_starttls_verifies_against_test_ca(imap: ImapAccount) -> None:
+    """STARTTLS verifies the server against the test CA, then login works."""
     with IMAPClient(imap.host, port=imap.port, ssl=False, timeout=10) as client:
         assert b"STARTTLS" in client.capabilities()
         client.starttls(imap.ssl_context())
@@ -47,6 +49,7 @@ def test_starttls_verifies_against_test_ca(imap: ImapAccount) -> None:
 
 
 def test_starttls_rejects_unknown_ca(imap: ImapAccount) -> None:
+    """STARTTLS with the system CAs fails certificate verification."""
     client = IMAPClient(imap.host, port=imap.port, ssl=False, timeout=10)
     try:
         with pytest.raises(ssl.SSLCertVerificationError):
@@ -57,6 +60,7 @@ def test_starttls_rejects_unknown_ca(imap: ImapAccount) -> None:
 
 
 def test_implicit_tls_verifies_against_test_ca(imap: ImapAccount) -> None:
+    """Implicit TLS verifies the server against the test CA, then login works."""
     context = ssl.create_default_context(cafile=imap.ca_file)
     with IMAPClient(imap.host, port=imap.ssl_port, ssl=True, ssl_context=context, timeout=10) as c:
         sock = c.socket()
@@ -67,6 +71,7 @@ def test_implicit_tls_verifies_against_test_ca(imap: ImapAccount) -> None:
 
 
 def test_append_and_messages_round_trip_raw_bytes(imap: ImapAccount) -> None:
+    """append() and messages() round-trip raw bytes and flags, creating folders."""
     uid = imap.append("INBOX", RAW, flags=[r"\Seen"])
     assert imap.messages("INBOX") == {uid: ((b"\\Seen",), RAW)}
 
@@ -86,6 +91,7 @@ def test_append_and_messages_round_trip_raw_bytes(imap: ImapAccount) -> None:
 
 
 def test_messages_hides_deleted(imap: ImapAccount) -> None:
+    """messages() leaves out messages flagged \\Deleted."""
     keep = imap.append("INBOX", RAW)
     gone = imap.append("INBOX", RAW, flags=[r"\Deleted"])
     assert gone != keep
@@ -93,6 +99,7 @@ def test_messages_hides_deleted(imap: ImapAccount) -> None:
 
 
 def test_every_username_is_a_fresh_mailbox(dovecot: Dovecot, imap: ImapAccount) -> None:
+    """Each account() is a fresh, empty mailbox of its own."""
     assert imap.folders() == ["INBOX"]
     assert imap.messages("INBOX") == {}
     imap.append("INBOX", RAW)
@@ -103,6 +110,7 @@ def test_every_username_is_a_fresh_mailbox(dovecot: Dovecot, imap: ImapAccount) 
 
 
 def test_wrong_password_fails_fast(imap: ImapAccount) -> None:
+    """A wrong password is refused quickly, with no growing auth penalty."""
     for _ in range(2):  # no growing per-IP auth penalty (the 2nd would wait 4+ s)
         started = time.monotonic()
         with (
@@ -119,6 +127,7 @@ def _capabilities(account: ImapAccount) -> set[bytes]:
 
 
 def test_nomove_server_lacks_only_move(dovecot: Dovecot, dovecot_nomove: Dovecot) -> None:
+    """The no-MOVE server offers every capability of the full one but MOVE."""
     full = _capabilities(dovecot.account())
     nomove = _capabilities(dovecot_nomove.account())
     assert b"MOVE" in full
@@ -130,6 +139,7 @@ def test_nomove_server_lacks_only_move(dovecot: Dovecot, dovecot_nomove: Dovecot
 def test_imap_any_covers_both_servers(
     imap_any: ImapAccount, request: pytest.FixtureRequest
 ) -> None:
+    """imap_any runs once on the MOVE server and once on the no-MOVE one."""
     uid = imap_any.append("INBOX", RAW)
     assert imap_any.messages("INBOX") == {uid: ((), RAW)}
     has_move = b"MOVE" in _capabilities(imap_any)
@@ -137,6 +147,7 @@ def test_imap_any_covers_both_servers(
 
 
 def test_restart_keeps_ports_and_mail() -> None:
+    """restart() drops connections but keeps ports and mail; exit cleans up."""
     with Dovecot() as server:
         account = server.account()
         uid = account.append("INBOX", RAW)

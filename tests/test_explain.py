@@ -32,8 +32,9 @@ def explain(path: Path, capsys: pytest.CaptureFixture[str], folder: str = "redmi
 
 
 def test_form_mail_allowed_and_edited(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The seed's form mail: auto-submitted fires, request-form lifts it, edits are listed,
-    the form fields are shown with the key masked; no secret appears."""
+    """explain shows the seed's form mail allowed and edited, with no secret."""
+    # auto-submitted fires, request-form lifts it, edits are listed, the form fields are
+    # shown with the key masked.
     (env / "form.eml").write_bytes(FORM)
     code, out = explain(env / "form.eml", capsys)
     assert code == 0
@@ -51,6 +52,7 @@ def test_form_mail_allowed_and_edited(env: Path, capsys: pytest.CaptureFixture[s
 
 def test_auto_reply_is_held_and_says_how_to_lift(env: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """explain shows an auto-reply skipped by the catch-all rule."""
     raw = FORM.replace(b"request@example.org", b"alice@example.org").replace(
         b"auto-generated", b"auto-replied")
     (env / "ooo.eml").write_bytes(raw)

@@ -104,8 +104,9 @@ def test_refused_without_failure_folder_is_kept_marked_not_retried(
 @pytest.mark.parametrize("status", [500, 503])
 def test_server_error_leaves_mail_unseen_and_stops_the_target(
         run: Run, imap: ImapAccount, redmine: FakeRedmine, status: int) -> None:
-    """5xx: every message stays unflagged, the target is not hammered, exit 75; a run before
-    the retry timer is due does not contact it; --retry-now (or the timer) gets them through."""
+    """A 5xx leaves every message unflagged, stops the target and exits 75."""
+    # The target is not hammered; a run before the retry timer is due does not contact it;
+    # --retry-now (or the timer) gets them through.
     redmine.answer = answer(status)
     for _ in range(3):
         imap.append("INBOX", make())
@@ -129,6 +130,7 @@ def test_tracker_unreachable_leaves_mail(tmp_path: Path, imap: ImapAccount) -> N
 
 
 def test_timeout_leaves_mail(run: Run, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """A tracker timeout leaves the message unflagged and exits 75."""
     redmine.answer = answer(201, delay=2)
     imap.append("INBOX", make())
     assert run(target={"timeout": "0.5s"}) == 75
@@ -160,8 +162,9 @@ RULES = [
 
 
 def test_rules_submit_move_and_skip(run: Run, imap: ImapAccount, redmine: FakeRedmine) -> None:
-    """Each rule form acts: submit with overrides (the allowed form mail, its Auto-Submitted
-    removed), move to a folder, skip and never look again."""
+    """Each rule form acts: submit with overrides, move to a folder, skip."""
+    # Submit with overrides: the allowed form mail, its Auto-Submitted removed; a skipped
+    # message is never looked at again.
     form = make(headers={"Auto-Submitted": "auto-generated"})
     notice = make(headers={"Auto-Submitted": "auto-generated", "X-Mailer": "Redmine"})
     listed = make(headers={"List-Id": "<users.lists.example.org>"})
@@ -203,8 +206,9 @@ def test_odd_messages_are_submitted_untouched(run: Run, imap: ImapAccount, redmi
 def test_empty_message_is_moved_aside_not_posted(run: Run, imap: ImapAccount,
                                                  dovecot: Dovecot, redmine: FakeRedmine,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    """A 0-byte message (dovecot refuses to APPEND one, so it is written into the Maildir as
-    an MDA would) is set aside with its reason; the message beside it is still submitted."""
+    """A 0-byte message is set aside with its reason; the one beside it is submitted."""
+    # dovecot refuses to APPEND a 0-byte message, so it is written into the Maildir as an MDA
+    # would.
     imap.append("INBOX", make())  # creates the Maildir
     empty = dovecot.directory / "home" / imap.username / "Maildir" / "new" / "1700000000.M1.t"
     empty.write_bytes(b"")
@@ -218,8 +222,8 @@ def test_empty_message_is_moved_aside_not_posted(run: Run, imap: ImapAccount,
 def test_huge_message_is_moved_aside_without_being_fetched(
         run: Run, imap: ImapAccount, redmine: FakeRedmine,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """A 30 MB message over max_message_size goes to move_on_failure with the reason; the
-    messages around it are submitted."""
+    """A 30 MB message over max_message_size goes to move_on_failure, unfetched."""
+    # The reason is given, and the messages around it are submitted.
     big = make(body=("x" * 76 + "\n") * 400_000)
     assert len(big) > 30_000_000
     imap.append("INBOX", make())
@@ -233,6 +237,7 @@ def test_huge_message_is_moved_aside_without_being_fetched(
 
 def test_huge_message_within_a_raised_limit_is_submitted(run: Run, imap: ImapAccount,
                                                          redmine: FakeRedmine) -> None:
+    """A big message within a raised max_message_size is submitted whole."""
     big = make(body=("y" * 76 + "\n") * 400_000)
     imap.append("INBOX", big)
     assert run(folder={"max_message_size": "40M"}) == 0
@@ -248,17 +253,20 @@ def test_sizes_are_fetched_in_batches(run: Run, imap: ImapAccount, redmine: Fake
 
 
 def test_missing_source_folder_exits_78(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing source folder exits 78 naming the folder."""
     assert run(folder={"name": "Nope"}) == 78
     assert "folder Nope: the folder does not exist" in capsys.readouterr().err
 
 
 def test_login_refused_exits_77(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    """A refused login exits 77 without showing the password."""
     assert run(account={"password": "not-the-password"}) == 77
     err = capsys.readouterr().err
     assert "login refused" in err and "not-the-password" not in err
 
 
 def test_imap_unreachable_exits_75(run: Run) -> None:
+    """An unreachable IMAP server exits 75."""
     assert run(account={"port": 9}) == 75
 
 
@@ -321,6 +329,7 @@ def test_check_reports_each_part(tmp_path: Path, imap: ImapAccount, redmine: Fak
 
 def test_check_names_each_failure(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`check` names each failing folder and target and exits 78."""
     path = write_config(tmp_path / "c.yaml", imap, redmine.url, key="bad",
                         folder={"name": "Missing"})
     assert main(["check", "-c", str(path)]) == 78
@@ -331,6 +340,7 @@ def test_check_names_each_failure(tmp_path: Path, imap: ImapAccount, redmine: Fa
 
 def test_bad_config_exits_78_naming_file_and_key(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad config exits 78 naming the file and each bad key."""
     path = tmp_path / "c.yaml"
     path.write_text("accounts: []\ntargets: {}\nfoo: 1\n")
     assert main(["run", "--once", "-c", str(path)]) == 78
@@ -344,8 +354,9 @@ def test_bad_config_exits_78_naming_file_and_key(tmp_path: Path,
 def test_copy_discard_and_header_edits_end_to_end(run: Run, imap_any: ImapAccount,
                                                   redmine: FakeRedmine, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """copy then submit (as the Reply-To sender, with a header set), and discard: the
-    archive gets the original bytes, Redmine the edited ones, the discarded one is gone."""
+    """copy, submit with header edits, and discard each do their part in one run."""
+    # copy then submit (as the Reply-To sender, with a header set), and discard: the archive
+    # gets the original bytes, Redmine the edited ones, the discarded one is gone.
     rules = [
         {"then": {"copy": "Archive"}},
         {"name": "spam", "if": ["^Subject: buy now"], "then": "discard"},
@@ -370,8 +381,9 @@ def test_copy_discard_and_header_edits_end_to_end(run: Run, imap_any: ImapAccoun
 
 def test_a_deferred_message_is_copied_once_when_it_is_finally_dealt_with(
         run: Run, imap: ImapAccount, redmine: FakeRedmine) -> None:
-    """copy goes with the message's disposition: passes that leave it for a retry copy
-    nothing, so the archive ends up with exactly one copy."""
+    """A deferred message is copied once, when it is finally dealt with."""
+    # copy goes with the message's disposition: passes that leave it for a retry copy
+    # nothing, so the archive ends up with exactly one copy.
     rules = [{"then": {"copy": "Archive"}}, {"then": "submit"}]
     raw = make()
     imap.append("INBOX", raw)
@@ -386,8 +398,9 @@ def test_a_deferred_message_is_copied_once_when_it_is_finally_dealt_with(
 
 def test_mail_another_client_takes_during_a_pass_is_not_counted_left(
         run: Run, imap: ImapAccount, redmine: FakeRedmine) -> None:
-    """A message another client deletes between our search and our fetch is simply not ours
-    any more: the pass ends 0, not 75 as if it had left mail for later."""
+    """Mail another client deletes mid-pass is not counted left: the pass exits 0."""
+    # A message another client deletes between our search and our fetch is simply not ours
+    # any more: the pass ends 0, not 75 as if it had left mail for later.
     imap.append("INBOX", make())
     second = imap.append("INBOX", make())
 

@@ -54,6 +54,7 @@ def test_states_move_forward(ledger: Ledger) -> None:
 ])
 def test_duplicates_by_policy(ledger: Ledger, dedupe: str, message_id: str | None,
                               digest: str, duplicate: bool) -> None:
+    """Each dedupe policy matches an earlier submission by its own key, or not."""
     assert submit(ledger, A1, dedupe=dedupe) is None
     earlier = submit(ledger, B1, message_id, digest, dedupe)
     assert (earlier is not None) is duplicate
@@ -62,6 +63,7 @@ def test_duplicates_by_policy(ledger: Ledger, dedupe: str, message_id: str | Non
 
 
 def test_no_message_id_dedupes_by_content(ledger: Ledger) -> None:
+    """Mail without a Message-ID is deduplicated by content."""
     assert submit(ledger, A1, message_id=None) is None
     assert submit(ledger, B1, message_id=None) == "acct/INBOX uid 1"
 
@@ -97,12 +99,14 @@ def test_check_and_insert_is_atomic_across_threads(ledger: Ledger, tmp_path: Pat
 
 
 def test_uidvalidity_change_detected(ledger: Ledger) -> None:
+    """A folder's UIDVALIDITY change is reported once the first value is known."""
     assert not ledger.uidvalidity_changed("acct", "INBOX", 7)
     assert not ledger.uidvalidity_changed("acct", "INBOX", 7)
     assert ledger.uidvalidity_changed("acct", "INBOX", 8)
 
 
 def test_target_backoff(ledger: Ledger) -> None:
+    """Target failures count up and push the next try later; success resets them."""
     backoff = Backoff(first=30, cap=3600)
     first = ledger.target_failed("redmine", "down", backoff)
     second = ledger.target_failed("redmine", "down", backoff)
@@ -115,11 +119,13 @@ def test_target_backoff(ledger: Ledger) -> None:
 @pytest.mark.parametrize(("failures", "low", "high"), [
     (1, 15, 30), (2, 30, 60), (3, 60, 120), (8, 1800, 3600), (30, 1800, 3600)])
 def test_backoff_doubles_with_jitter_and_cap(failures: int, low: float, high: float) -> None:
+    """Backoff doubles per failure, jittered down to half, up to the cap."""
     delays = {Backoff(first=30, cap=3600).delay(failures) for _ in range(50)}
     assert all(low <= d <= high for d in delays) and len(delays) > 1
 
 
 def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A file that is not a database is a LedgerError exiting 78."""
     path = tmp_path / "ledger.sqlite3"
     path.write_bytes(b"this is not a database at all" * 100)
     with pytest.raises(LedgerError, match="cannot be used") as info:
@@ -128,6 +134,7 @@ def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A ledger with a newer schema version is refused."""
     path = tmp_path / "ledger.sqlite3"
     Ledger(path).close()
     with sqlite3.connect(path) as db:

@@ -37,9 +37,10 @@ def fetch_peak(imap: ImapAccount, tmp_path: Path) -> tuple[bytes, bytes, int]:
 
 def test_a_fetched_message_is_not_formatted_for_a_debug_log_that_is_off(
         imap: ImapAccount, tmp_path: Path) -> None:
-    """imapclient turns imaplib's protocol trace on and hands it to logging, so every
-    response, a 5 MiB message included, was formatted as text even with debug logging off:
-    fetching holds the message and little else."""
+    """Fetching does not format the message for a debug log that is off."""
+    # imapclient turns imaplib's protocol trace on and hands it to logging, so every
+    # response, a 5 MiB message included, was formatted as text even with debug logging off:
+    # fetching holds the message and little else.
     raw, fetched, peak = fetch_peak(imap, tmp_path)
     assert fetched == raw
     assert peak < 1.5 * len(raw)
@@ -66,8 +67,9 @@ def searches(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def test_a_kept_connection_searches_only_above_the_mail_it_has_seen(
         imap: ImapAccount, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The first search covers the folder; later ones on the same connection ask only for
-    UIDs above those seen (flat in the folder's size), and still find new mail."""
+    """A kept connection searches only above the UIDs it has seen, and finds new mail."""
+    # The first search covers the folder; later ones on the same connection ask only for
+    # UIDs above those seen (flat in the folder's size).
     caplog.set_level(logging.DEBUG, logger="imapclient")
     first = [imap.append("INBOX", make()) for _ in range(3)]
     with Mailbox(account_of(imap, tmp_path)) as mailbox:
@@ -83,8 +85,9 @@ def test_a_kept_connection_searches_only_above_the_mail_it_has_seen(
 
 
 def test_mail_left_untouched_is_searched_again(imap: ImapAccount, tmp_path: Path) -> None:
-    """Mail a pass left where it was (deferred, or not reached) is found by the next pass,
-    though its UIDs are below the newest seen; mail disposed of is not."""
+    """Mail a pass left where it was is found again; mail disposed of is not."""
+    # Left where it was: deferred, or not reached; found by the next pass though its UIDs
+    # are below the newest seen.
     uids = [imap.append("INBOX", make()) for _ in range(5)]
     with Mailbox(account_of(imap, tmp_path)) as mailbox:
         mailbox.select("INBOX")
@@ -98,8 +101,9 @@ def test_mail_left_untouched_is_searched_again(imap: ImapAccount, tmp_path: Path
 
 def test_mail_unmarked_by_another_client_is_searched_again(
         imap: ImapAccount, tmp_path: Path) -> None:
-    """`imap-ingest retry` (or a person) taking the failed mark off a message from another
-    connection: the kept connection hears of the flag change and searches the whole folder."""
+    """Mail unmarked by another client makes the kept connection search the folder."""
+    # `imap-ingest retry` (or a person) takes the failed mark off a message from another
+    # connection: the kept connection hears of the flag change and searches the whole folder.
     uids = [imap.append("INBOX", make()) for _ in range(3)]
     with Mailbox(account_of(imap, tmp_path)) as mailbox:
         mailbox.select("INBOX")
@@ -116,8 +120,9 @@ def test_mail_unmarked_by_another_client_is_searched_again(
 
 def test_many_scattered_unsettled_messages_fall_back_to_a_full_search(
         imap: ImapAccount, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Every other message of 1,200 left unsettled would make a UID set too long for one
-    command line: the next search covers the whole folder, and finds exactly those."""
+    """Many scattered unsettled messages make the next search cover the whole folder."""
+    # Every other message of 1,200 left unsettled would make a UID set too long for one
+    # command line: the full search finds exactly those.
     with imap.client() as client:
         for _ in range(1200):
             client.append("INBOX", make())
@@ -133,8 +138,9 @@ def test_many_scattered_unsettled_messages_fall_back_to_a_full_search(
 
 def test_a_folder_with_nothing_new_is_not_searched_whole_again(
         imap: ImapAccount, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A poll of a folder whose mail is all handled asks only above the newest message the
-    folder held when it was opened, though no search has returned a UID yet."""
+    """A folder with nothing new is searched only above its newest message at open."""
+    # A poll of a folder whose mail is all handled asks only above the newest message the
+    # folder held when it was opened, though no search has returned a UID yet.
     uids = [imap.append("INBOX", make(), flags=[SKIPPED]) for _ in range(3)]
     caplog.set_level(logging.DEBUG, logger="imapclient")
     with Mailbox(account_of(imap, tmp_path)) as mailbox:

@@ -73,6 +73,7 @@ def test_from_rake_converts_the_seeds_cron_line(tmp_path: Path, secrets: None,
 ])
 def test_from_rake_keeps_redmines_quirks(options: str, expected: str, note: str,
                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """from-rake translates rake options as Redmine reads them, noting its quirks."""
     assert main(["from-rake", f"host=imap.example.org {options}"]) == 0
     out = capsys.readouterr().out
     assert expected in out and note in out
@@ -125,8 +126,9 @@ def test_installed_console_script_help_and_init(clean_venv: Path, tmp_path: Path
 
 
 def test_demo_on_a_clean_install(clean_venv: Path, tmp_path: Path) -> None:
-    """`imap-ingest demo` shows each sample's rule, outcome and place, writes the accepted
-    mail as .eml + .json, and leaves no server running."""
+    """`imap-ingest demo` on a clean install shows each sample and leaves no server."""
+    # For each sample it shows the rule, outcome and place, and writes the accepted mail as
+    # .eml + .json.
     result = subprocess.run([clean_venv / "imap-ingest", "demo"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

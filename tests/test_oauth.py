@@ -46,8 +46,9 @@ def run_once(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_refresh_flow_logs_in_and_writes_back_the_rotated_token(
         tmp_path: Path, mailbox: ImapAccount, redmine: FakeRedmine, provider: TokenService,
         auth: str) -> None:
-    """A refresh token gets an access token the server takes; the rotated refresh token is
-    written back (JSON, mode 0600), so the next run, a new process, logs in with it."""
+    """A refresh token logs in, and the rotated one is written back for the next run."""
+    # The refresh token gets an access token the server takes; the rotated refresh token is
+    # written back (JSON, mode 0600), so the next run, a new process, logs in with it.
     path = oauth_config(tmp_path, mailbox, redmine.url, provider, auth=auth)
     first, second = make(subject="first"), make(subject="second")
     mailbox.append("INBOX", first)
@@ -67,8 +68,8 @@ def test_refresh_flow_logs_in_and_writes_back_the_rotated_token(
 def test_expired_token_is_refreshed_between_passes(tmp_path: Path, mailbox: ImapAccount,
                                                    redmine: FakeRedmine,
                                                    provider: TokenService) -> None:
-    """The token is kept while it lasts; one that is about to expire is refreshed before the
-    next login, and ingestion carries on."""
+    """A token about to expire is refreshed before the next login; one still good is kept."""
+    # Ingestion carries on across the refresh.
     provider.lifetime = 2  # refreshed once less than half of it is left
     service = Service(load(oauth_config(tmp_path, mailbox, redmine.url, provider)))
     try:
@@ -88,8 +89,9 @@ def test_expired_token_is_refreshed_between_passes(tmp_path: Path, mailbox: Imap
 def test_refused_token_is_refreshed_once_and_retried(tmp_path: Path, mailbox: ImapAccount,
                                                      redmine: FakeRedmine,
                                                      provider: TokenService) -> None:
-    """A token the cache still holds valid but the server refuses (revoked) costs exactly one
-    refresh and a second AUTHENTICATE, and the pass goes on."""
+    """A token the server refuses costs one refresh and one more AUTHENTICATE."""
+    # The cache still holds the token valid but the server refuses it (revoked); the pass
+    # goes on.
     service = Service(load(oauth_config(tmp_path, mailbox, redmine.url, provider)))
     try:
         assert service.run_once() == 0
@@ -105,8 +107,9 @@ def test_refused_token_is_refreshed_once_and_retried(tmp_path: Path, mailbox: Im
 def test_revoked_refresh_token_is_auth_failed_and_other_accounts_go_on(
         tmp_path: Path, dovecot_oauth: Dovecot, redmine: FakeRedmine,
         provider: TokenService) -> None:
-    """Revoked refresh token: that account logs auth_failed and exits 77 with its mail
-    untouched; the password account beside it is ingested; the token is in no output."""
+    """A revoked refresh token is auth_failed (77); the other account is ingested."""
+    # That account logs auth_failed and exits 77 with its mail untouched; the password
+    # account beside it is ingested; the token is in no output.
     oauth_box, plain_box = dovecot_oauth.account(), dovecot_oauth.account()
     path = oauth_config(tmp_path, oauth_box, redmine.url, provider,
                         others=[password_account(plain_box)])
@@ -127,8 +130,9 @@ def test_revoked_refresh_token_is_auth_failed_and_other_accounts_go_on(
 def test_auth_failed_in_readyz_metrics_and_check(tmp_path: Path, dovecot_oauth: Dovecot,
                                                  redmine: FakeRedmine, provider: TokenService,
                                                  daemon: list[Daemon]) -> None:
-    """The service reports auth_failed for that account on /readyz (503) and in the
-    imap_ingest_auth_failed gauge, keeps ingesting the other, and `check` exits 77."""
+    """auth_failed shows on /readyz, in the metrics and in `check` (77)."""
+    # The service reports auth_failed for that account on /readyz (503) and in the
+    # imap_ingest_auth_failed gauge, keeps ingesting the other, and `check` exits 77.
     oauth_box, plain_box = dovecot_oauth.account(), dovecot_oauth.account()
     port = free_port()
     path = oauth_config(tmp_path, oauth_box, redmine.url, provider,
@@ -171,8 +175,7 @@ def test_token_endpoint_in_trouble_is_temporary(tmp_path: Path, mailbox: ImapAcc
 def test_one_token_for_all_folders_of_an_account(tmp_path: Path, mailbox: ImapAccount,
                                                  redmine: FakeRedmine, provider: TokenService,
                                                  daemon: list[Daemon]) -> None:
-    """Two folders, each with a kept connection and an IDLE watcher: four logins, one
-    refresh."""
+    """Two folders, each with a kept connection and an IDLE watcher: four logins, one refresh."""
     path = oauth_config(tmp_path, mailbox, redmine.url, provider)
     data = yaml.safe_load(path.read_text())
     data["accounts"][0]["folders"] = [{"name": "INBOX", "interval": "1s"},
@@ -190,8 +193,8 @@ def test_one_token_for_all_folders_of_an_account(tmp_path: Path, mailbox: ImapAc
 
 def test_token_command(tmp_path: Path, mailbox: ImapAccount, redmine: FakeRedmine,
                        provider: TokenService) -> None:
-    """token_command's first line of output is the token; a failing command is auth_failed
-    with its exit status and last line of stderr."""
+    """token_command's first output line is the token; a failing one is auth_failed."""
+    # A failing command is reported with its exit status and last line of stderr.
     token = provider.mint(mailbox.username)
     helper = tmp_path / "helper.py"
     helper.write_text(f"import sys\nprint({token!r})\n")
@@ -213,8 +216,9 @@ def test_token_command(tmp_path: Path, mailbox: ImapAccount, redmine: FakeRedmin
 def test_no_token_or_secret_in_debug_output(tmp_path: Path, mailbox: ImapAccount,
                                             redmine: FakeRedmine, provider: TokenService,
                                             log_format: str) -> None:
-    """--debug shows the IMAP exchange and the token requests, but no access token, refresh
-    token (old or rotated) or client secret; neither does a refused, retried login."""
+    """--debug shows the IMAP exchange and token requests but no token or secret."""
+    # No access token, refresh token (old or rotated) or client secret; neither does a
+    # refused, retried login.
     provider.client_secret = "google-client-secret"
     path = oauth_config(tmp_path, mailbox, redmine.url, provider, provider="google",
                         client_secret=provider.client_secret)

@@ -47,8 +47,9 @@ def test_refresh_flow_provider_defaults(tmp_path: Path, oauth2: dict[str, Any], 
 
 
 def test_microsoft_endpoints(tmp_path: Path) -> None:
-    """Microsoft: device code and authorize endpoints under the tenant ('organizations' when
-    unset); client credentials ask for outlook.office365.com/.default at the tenant's authority."""
+    """Microsoft's endpoints sit under the tenant, 'organizations' when unset."""
+    # Device code and authorize endpoints are under the tenant; client credentials ask for
+    # outlook.office365.com/.default at the tenant's authority.
     data = oauth(auth="xoauth2", oauth2={"provider": "microsoft", "client_id": "cid",
                                          "refresh_token_file": "rt.json"})
     oauth2 = load(write(tmp_path, data), {}).accounts[0].oauth2

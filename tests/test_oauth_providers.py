@@ -38,8 +38,9 @@ def check(path: Path) -> subprocess.CompletedProcess[str]:
 
 def test_microsoft_refresh_request(tmp_path: Path, mailbox: ImapAccount, redmine: FakeRedmine,
                                    provider: TokenService) -> None:
-    """Microsoft (a public client): grant_type, client_id, refresh_token and the IMAP scope
-    with offline_access; no secret. `check` says the provider gives no expiry."""
+    """Microsoft's refresh request is a public client's; `check` notes no expiry."""
+    # Microsoft (a public client): grant_type, client_id, refresh_token and the IMAP scope
+    # with offline_access; no secret. `check` says the provider gives no expiry.
     path = oauth_config(tmp_path, mailbox, redmine.url, provider)
     token = (tmp_path / "refresh-token.json").read_text().strip()
     done = check(path)
@@ -54,8 +55,9 @@ def test_microsoft_refresh_request(tmp_path: Path, mailbox: ImapAccount, redmine
 
 def test_google_refresh_request_and_expiry(tmp_path: Path, mailbox: ImapAccount,
                                            redmine: FakeRedmine, provider: TokenService) -> None:
-    """Google: client_secret in the body, no scope; its refresh_token_expires_in (7 days for
-    an app in testing) is stored and `check` counts the days left."""
+    """Google's refresh sends the secret; `check` counts the refresh token's days left."""
+    # Google: client_secret in the body, no scope; its refresh_token_expires_in (7 days for
+    # an app in testing) is stored and `check` counts the days left.
     provider.client_secret, provider.refresh_expires_in = "g-secret", 604799
     path = oauth_config(tmp_path, mailbox, redmine.url, provider, provider="google",
                         client_secret="g-secret")
@@ -98,9 +100,10 @@ def client_credentials(tmp_path: Path, mailbox: ImapAccount, redmine: FakeRedmin
 
 def test_client_credentials_with_a_secret(tmp_path: Path, mailbox: ImapAccount,
                                           redmine: FakeRedmine, provider: TokenService) -> None:
-    """MSAL finds the token endpoint under the configured authority and asks for
-    outlook.office365.com/.default with the client secret; the app-only token opens the
-    shared mailbox."""
+    """Client credentials with a secret get an app-only token for the shared mailbox."""
+    # MSAL finds the token endpoint under the configured authority and asks for
+    # outlook.office365.com/.default with the client secret; the app-only token opens the
+    # shared mailbox.
     provider.client_secret = "app-secret"
     path = client_credentials(tmp_path, mailbox, redmine, provider, client_secret="app-secret")
     raw = make()
@@ -141,8 +144,9 @@ def test_certificate_needs_an_rsa_key(tmp_path: Path, mailbox: ImapAccount,
 def test_client_credentials_with_a_certificate(tmp_path: Path, mailbox: ImapAccount,
                                                redmine: FakeRedmine,
                                                provider: TokenService) -> None:
-    """With certificate_file, MSAL sends a client assertion (RFC 7523) signed by its key,
-    naming the certificate by its SHA-256 thumbprint, for the token endpoint; no secret."""
+    """Client credentials with a certificate send a signed assertion, no secret."""
+    # With certificate_file, MSAL sends a client assertion (RFC 7523) signed by its key,
+    # naming the certificate by its SHA-256 thumbprint, for the token endpoint; no secret.
     provider.client_secret = "not-used"
     issued, pem = app_certificate(tmp_path, trustme.KeyType.RSA)
     path = client_credentials(tmp_path, mailbox, redmine, provider, certificate_file=str(pem))

@@ -33,6 +33,7 @@ def docker_env() -> dict[str, str]:
 
 
 def test_entrypoint_and_command_are_ours() -> None:
+    """The image's ENTRYPOINT is our script and its CMD a real subcommand."""
     assert json.loads(instruction("ENTRYPOINT")) == [SCRIPT] == ["imap-ingest"]
     command = json.loads(instruction("CMD"))
     assert command == ["run"]
@@ -40,8 +41,9 @@ def test_entrypoint_and_command_are_ours() -> None:
 
 
 def test_paths_ports_and_health(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The image's environment, read by the real loader, gives the paths and listener the
-    image declares; the health check asks a path the listener serves."""
+    """The image's environment gives the paths, listener and health check it declares."""
+    # The environment is read by the real loader; the health check asks a path the
+    # listener serves.
     env = docker_env()
     assert env[CONFIG_VARIABLE] == "/etc/imap-ingest/config.yaml"
     port = env["IMAP_INGEST_HTTP__LISTEN"].rpartition(":")[2]
@@ -64,8 +66,9 @@ def kubernetes() -> dict[str, dict]:  # type: ignore[type-arg]
 
 
 def test_kubernetes_manifest() -> None:
-    """Probes use the listener's paths and the image's port; the config is mounted where
-    the image reads it; secrets come from the Secret the config names."""
+    """The Kubernetes manifest agrees with the listener, the image and the config."""
+    # Probes use the listener's paths and the image's port; the config is mounted where
+    # the image reads it; secrets come from the Secret the config names.
     kinds = kubernetes()
     assert {"ConfigMap", "Secret", "Deployment"} <= set(kinds)
     [container] = kinds["Deployment"]["spec"]["template"]["spec"]["containers"]
@@ -83,6 +86,7 @@ def test_kubernetes_manifest() -> None:
 
 
 def test_systemd_unit_and_crontab() -> None:
+    """The systemd unit and crontab run real commands with the right options."""
     unit = (ROOT / "contrib" / "imap-ingest.service").read_text()
     exec_start = shlex.split(re.search(r"^ExecStart=(.*)$", unit, re.MULTILINE)[1])  # type: ignore[index]
     assert Path(exec_start[0]).name == SCRIPT

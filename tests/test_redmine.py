@@ -38,19 +38,21 @@ def target(url: str, **extra: object) -> RedmineTarget:
     (200, "<html>login</html>", Kind.TEMPORARY),
 ], ids=lambda v: str(v) if isinstance(v, int) else None)
 def test_classify(status: int, body: str, kind: Kind) -> None:
+    """Redmine's status and body map to the expected kind, with a reason."""
     outcome = classify(status, body)
     assert outcome.kind is kind and outcome.status == status and outcome.reason
 
 
 def test_too_large_for_rack_is_permanent() -> None:
-    """Rack's 4 MiB form limit shows as a bare 500: permanent, naming the size; a 500 to a
-    small form stays temporary."""
+    """Rack's bare 500 for a form over 4 MiB is permanent, naming the size."""
+    # A 500 to a small form stays temporary.
     big = classify(500, "500 Internal Server Error", sent=5_000_000)
     assert big.kind is Kind.PERMANENT and "5000000 bytes, over Rack's 4 MiB" in big.reason
     assert classify(500, "", sent=1000).kind is Kind.TEMPORARY
 
 
 def test_forbidden_reason_quotes_redmine() -> None:
+    """A 403's reason quotes Redmine's own message."""
     assert "Incoming emails WS is disabled" in classify(403, FORBIDDEN.decode()).reason
 
 
@@ -89,6 +91,7 @@ def test_keep_alive_one_connection(redmine: FakeRedmine) -> None:
 
 
 def test_wrong_key_is_config(redmine: FakeRedmine) -> None:
+    """A wrong API key is a CONFIG outcome with status 403."""
     tracker = Redmine(target(redmine.url, key="wrong"))
     outcome = tracker.submit(make(), SubmitOptions(), ENVELOPE)
     tracker.close()
@@ -96,6 +99,7 @@ def test_wrong_key_is_config(redmine: FakeRedmine) -> None:
 
 
 def test_timeout_is_temporary_and_says_it_may_have_arrived(redmine: FakeRedmine) -> None:
+    """A timeout is temporary and says Redmine may still have taken the message."""
     redmine.answer = lambda request: (201, b"", 3.0)
     tracker = Redmine(target(redmine.url, timeout=0.5))
     outcome = tracker.submit(make(), SubmitOptions(), ENVELOPE)
@@ -105,6 +109,7 @@ def test_timeout_is_temporary_and_says_it_may_have_arrived(redmine: FakeRedmine)
 
 
 def test_connection_refused_is_temporary() -> None:
+    """A refused connection is temporary."""
     tracker = Redmine(target("http://127.0.0.1:9"))
     outcome = tracker.submit(make(), SubmitOptions(), ENVELOPE)
     tracker.close()
@@ -123,6 +128,7 @@ def test_redirect_is_not_followed(redmine: FakeRedmine) -> None:
 
 
 def test_check_tests_the_key_without_posting(redmine: FakeRedmine) -> None:
+    """check() tells a good key from a bad one with GETs only."""
     good, bad = Redmine(target(redmine.url)), Redmine(target(redmine.url, key="nope"))
     assert good.check().kind is Kind.SUCCESS
     assert bad.check().kind is Kind.CONFIG
@@ -139,9 +145,10 @@ def test_form_is_exactly_urlencode(fields: dict[str, str | bytes]) -> None:
 
 
 def test_a_big_form_is_kept_in_pieces_with_the_exact_bytes() -> None:
-    """A message over a slice is escaped slice by slice and not joined (no copy of it), with
-    escapes falling on the slice boundaries; the pieces make urlencode's bytes, and len()
-    is their length, which requests sends as Content-Length."""
+    """A big form is kept escaped in slices that make urlencode's exact bytes."""
+    # A message over a slice is escaped slice by slice and not joined (no copy of it), with
+    # escapes falling on the slice boundaries; len() is the pieces' length, which requests
+    # sends as Content-Length.
     email = (b"x" * (SLICE - 1) + b"\r\n%+ =&\xff") * 3
     fields: dict[str, str | bytes] = {"key": "k&y", "email": email, "project": "support"}
     form = Form(fields)
@@ -151,8 +158,7 @@ def test_a_big_form_is_kept_in_pieces_with_the_exact_bytes() -> None:
 
 
 def test_a_big_message_reaches_redmine_whole(redmine: FakeRedmine) -> None:
-    """A message of several slices is posted with the right Content-Length and arrives
-    byte for byte."""
+    """A message of several slices arrives byte for byte, with the right Content-Length."""
     raw = make(body="line with % and +\n" * (3 * SLICE // 18))
     tracker = Redmine(target(redmine.url))
     assert tracker.submit(raw, SubmitOptions(), ENVELOPE).kind is Kind.SUCCESS

@@ -53,6 +53,7 @@ TWO = [{"name": "INBOX"}, {"name": "Copy"}]
 def test_copy_in_two_folders_is_submitted_once(tmp_path: Path, imap: ImapAccount,
                                                redmine: FakeRedmine,
                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The same message in two folders is submitted once; the copy is a duplicate."""
     raw = make()
     imap.append("INBOX", raw)
     imap.append("Copy", raw)
@@ -76,6 +77,7 @@ def test_redelivery_with_other_trace_headers_is_submitted_once(
 
 def test_dedupe_off_submits_each_copy(tmp_path: Path, imap: ImapAccount,
                                       redmine: FakeRedmine) -> None:
+    """With dedupe off, each copy of a message is submitted."""
     raw = make()
     imap.append("INBOX", raw)
     imap.append("Copy", raw)
@@ -98,8 +100,9 @@ def test_uidvalidity_change_does_not_resubmit(tmp_path: Path, imap: ImapAccount,
                                               dovecot: Dovecot, redmine: FakeRedmine,
                                               capsys: pytest.CaptureFixture[str],
                                               dedupe: str) -> None:
-    """The server renumbers the folder (dovecot lost its uidlist): a message already
-    submitted is recognised by Message-ID and content, disposed of, not sent again."""
+    """A renumbered folder's already submitted mail is disposed of, not resent."""
+    # The server renumbers the folder (dovecot lost its uidlist): a message already
+    # submitted is recognised by Message-ID and content.
     raw, fresh = make(), make()
     uid = imap.append("INBOX", raw)
     old = uidvalidity(imap)
@@ -218,8 +221,9 @@ def test_tracker_down_then_back_while_the_service_runs(tmp_path: Path, imap: Ima
 
 def test_imap_server_restarted_mid_pass(tmp_path: Path, imap: ImapAccount, dovecot: Dovecot,
                                         redmine: FakeRedmine) -> None:
-    """dovecot restarts while a --once run works a backlog: the run ends (75), the next one
-    finishes; messages posted before the restart are disposed of, not posted again."""
+    """dovecot restarting mid-pass ends the run (75); the next finishes, resending nothing."""
+    # dovecot restarts while a --once run works a backlog; messages posted before the
+    # restart are disposed of, not posted again.
     redmine.answer = lambda request: (201, b"", 0.15)
     raws = backlog(imap, 10)
     path = write_config(tmp_path / "config.yaml", imap, redmine.url)
@@ -240,6 +244,7 @@ def test_imap_server_restarted_mid_pass(tmp_path: Path, imap: ImapAccount, dovec
 def test_unusable_ledger_touches_no_mail(tmp_path: Path, imap: ImapAccount,
                                          redmine: FakeRedmine, damage: str,
                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A corrupt or newer ledger exits 78 naming it, touching no mail or tracker."""
     imap.append("INBOX", make())
     ledger_file = tmp_path / "state" / "ledger.sqlite3"
     ledger_file.parent.mkdir()

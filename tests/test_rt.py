@@ -39,11 +39,13 @@ def tracker(url: str, **extra: Any) -> RequestTracker:
     (413, "", "correspond", Kind.PERMANENT, False),
 ], ids=lambda v: v if isinstance(v, str) and len(v) < 20 else None)
 def test_classify(status: int, body: str, action: str, kind: Kind, partial: bool) -> None:
+    """RT's status and body map to the expected kind and partial flag."""
     outcome = classify(status, body, action)
     assert (outcome.kind, outcome.partial) == (kind, partial) and outcome.reason
 
 
 def test_temporary_failure_names_the_likely_cause() -> None:
+    """RT's temporary failure names the likely cause, or RT's own detail."""
     reason = classify(200, "temporary failure - operation unsuccessful", "correspond").reason
     assert reason == "RT says temporary failure: check the queue and action names"
     devel = classify(200, "temporary failure - RT couldn't find the queue: Nope", "correspond")
@@ -58,8 +60,9 @@ def test_ticket_only_when_rt_says_it() -> None:
 
 
 def test_posts_what_rt_mailgate_posts(rt: FakeRT) -> None:
-    """multipart/form-data, queue and action fields, the message part with NO filename and
-    the exact bytes (rt-mailgate does not touch line ends); one keep-alive connection."""
+    """The post is what rt-mailgate posts, on one keep-alive connection."""
+    # multipart/form-data, queue and action fields, the message part with NO filename and
+    # the exact bytes (rt-mailgate does not touch line ends).
     raw = b"From: a@example.org\nSubject: caf\xe9\n\nbody\r\n\x00"
     client = tracker(rt.url, queue="Support", action="comment")
     outcome = client.submit(raw, SubmitOptions(), ENVELOPE)
@@ -123,6 +126,7 @@ def test_extension_sets_a_field_and_the_header(rt: FakeRT, extension: str | None
 
 
 def test_a_subaddress_that_cannot_be_a_ticket_is_refused_before_posting(rt: FakeRT) -> None:
+    """A subaddress that is no ticket number is refused before posting."""
     client = tracker(rt.url, extension="ticket")
     outcome = client.submit(make(), SubmitOptions(), Envelope("t", "I", 1, 1, "billing"))
     client.close()
@@ -130,6 +134,7 @@ def test_a_subaddress_that_cannot_be_a_ticket_is_refused_before_posting(rt: Fake
 
 
 def test_check_asks_rest_and_creates_nothing(rt: FakeRT) -> None:
+    """check() asks RT's REST root and creates nothing."""
     client = tracker(rt.url)
     outcome = client.check()
     client.close()
@@ -145,6 +150,7 @@ def test_check_asks_rest_and_creates_nothing(rt: FakeRT) -> None:
     ({"To": "someone+x@example.org"}, "+", None),
 ])
 def test_subaddress(headers: dict[str, str], separator: str, expected: str | None) -> None:
+    """The subaddress comes from the first header naming the address, in the given order."""
     raw = ("From: a@b.org\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
            + "\r\nbody").encode()
     found = Message(raw).subaddress(["support@example.org"], separator,
@@ -190,8 +196,8 @@ def test_unknown_queue_is_retried_then_set_aside(tmp_path: Path, imap: ImapAccou
 
 def test_refused_and_partial(tmp_path: Path, imap: ImapAccount, rt: FakeRT,
                              capsys: pytest.CaptureFixture[str]) -> None:
-    """not ok → move_on_failure; a chained action's not ok is recorded as partial, and
-    `retry` leaves it where it is."""
+    """not ok goes to move_on_failure; a chained action's not ok is partial."""
+    # A partial message is recorded as such, and `retry` leaves it where it is.
     imap.append("INBOX", make(subject="Re: [rt.example.net #99] gone"))
     path = write(tmp_path, imap, rt.url, action="correspond-comment")
     rt.plugins = ("correspond", "comment")

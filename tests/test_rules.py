@@ -65,6 +65,7 @@ def test_submit_overrides_only_what_it_names() -> None:
 
 
 def test_move_names_folder() -> None:
+    """A move rule's decision names its folder."""
     decision = RuleSet(folder(*SEED)).evaluate(Message(LIST))
     assert decision.folder == "Lists"
 
@@ -85,11 +86,13 @@ def test_no_rule_matches_submits() -> None:
     ("Please help", False),  # the body is not searched
 ])
 def test_conditions(pattern: str, holds: bool) -> None:
+    """procmail-style conditions match header lines as procmail does."""
     raw = make(headers={"X-Long": "first\r\n second"})
     assert parse(pattern).holds(Message(raw)) is holds
 
 
 def test_header_block_ends_at_first_blank_line_with_bare_lf() -> None:
+    """With bare LF line ends the header block ends at the first blank line."""
     message = Message(b"Subject: a\nX-Y: z\n\nX-Body: no\n")
     assert message.header("X-Y") == "z" and message.header("X-Body") is None
 
@@ -133,6 +136,7 @@ def test_first_matching_rule_wins(matches: list[bool]) -> None:
     ("Subject: support@example.org", False),
 ])
 def test_procmail_to_shorthand(header: str, holds: bool) -> None:
+    """^TO_ matches the destination headers, at a word boundary."""
     raw = f"From: a@b.org\r\n{header}\r\nSubject: x\r\n\r\nbody".encode()
     assert parse("^TO_support@example\\.org").holds(Message(raw)) is holds
 
@@ -141,6 +145,7 @@ def test_procmail_to_shorthand(header: str, holds: bool) -> None:
     ("size > 1k", True), ("size < 1k", False), ("size > 1M", False), ("!size > 1M", True),
     ("size < 2048", True), ("size > 1.5k", False)])
 def test_size(condition: str, holds: bool) -> None:
+    """Size conditions compare the message size with k/M suffixes."""
     raw = make(body="x" * 1200)
     assert 1024 < len(raw) < 1536
     assert parse(condition).holds(Message(raw)) is holds
@@ -181,6 +186,7 @@ def test_copy_then_continue() -> None:
 
 
 def test_discard_only_when_written() -> None:
+    """A discard rule discards, naming the rule in the reason."""
     decision = RuleSet(folder({"if": ["^Subject: Printer"], "then": "discard"})).evaluate(
         Message(PLAIN))
     assert decision.act is Act.DISCARD and "rules[0]" in decision.reason
@@ -190,6 +196,7 @@ HELD = make(headers={"Auto-Submitted": "auto-replied", "Precedence": "bulk"})
 
 
 def test_catch_all_submit_never_lifts_a_builtin_check() -> None:
+    """A catch-all submit rule never lifts a built-in loop check."""
     for ruleset in (RuleSet(folder()), RuleSet(folder({"then": "submit"}))):
         decision = ruleset.evaluate(Message(HELD))
         assert decision.act is Act.HOLD and decision.rule == "loop:auto-submitted,precedence"
@@ -205,6 +212,7 @@ def test_allow_lifts_only_the_checks_it_names() -> None:
 
 
 def test_held_mail_goes_to_loops_folder() -> None:
+    """Held mail goes to the loops folder when one is set."""
     decision = RuleSet(folder(loops_folder="Loops")).evaluate(Message(HELD))
     assert (decision.act, decision.folder) == (Act.HOLD, "Loops")
 
@@ -216,6 +224,7 @@ def test_other_actions_still_apply_to_held_mail() -> None:
 
 
 def test_switched_off_check_and_own_addresses() -> None:
+    """Own addresses are caught, case-blind; a switched-off check holds nothing."""
     own = make(sender="Redmine <Redmine@Example.org>")
     assert RuleSet(folder(), own={"redmine@example.org"}).evaluate(
         Message(own)).rule == "loop:own-address"
@@ -224,6 +233,7 @@ def test_switched_off_check_and_own_addresses() -> None:
 
 
 def test_named_top_level_rules() -> None:
+    """A folder can use a named top-level rule."""
     named = {"lists": Rule.model_validate({"if": ["^List-Id:"], "then": {"move": "Lists"}})}
     decision = RuleSet(folder("lists"), named=named).evaluate(Message(
         make(headers={"List-Id": "<a.b>"})))
@@ -231,6 +241,7 @@ def test_named_top_level_rules() -> None:
 
 
 def test_trace_tells_each_step() -> None:
+    """The trace lists each check and rule with whether it matched and why."""
     ruleset = RuleSet(folder(*SEED))
     decision = ruleset.evaluate(Message(NOTICE))
     checks = {step.name: step.matched for step in decision.trace if step.kind == "check"}

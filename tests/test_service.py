@@ -57,8 +57,9 @@ def test_daemon_polls_and_picks_up_new_mail(tmp_path: Path, imap: ImapAccount,
 @pytest.mark.parametrize("once", [True, False], ids=["once", "daemon"])
 def test_sigterm_finishes_the_message_in_hand(tmp_path: Path, imap: ImapAccount,
                                               redmine: FakeRedmine, once: bool) -> None:
-    """SIGTERM mid-backlog: the post in flight completes and is disposed of, the rest stay
-    untouched, and the process exits 0 — nothing lost, nothing sent twice."""
+    """SIGTERM mid-backlog finishes the post in flight and exits 0."""
+    # The post in flight completes and is disposed of, the rest stay untouched — nothing
+    # lost, nothing sent twice.
     redmine.answer = lambda request: (201, b"", 0.4)
     raws = backlog(imap, 10)
     config = write_config(tmp_path / "c.yaml", imap, redmine.url, folder={"batch_size": 100})
@@ -103,6 +104,7 @@ def test_console_script_and_module_help() -> None:
 
 
 def test_no_command_is_a_usage_error() -> None:
+    """No subcommand is a usage error exiting 64."""
     result = subprocess.run(command(), capture_output=True,
                             text=True, cwd=ROOT)
     assert result.returncode == 64 and "usage:" in result.stderr

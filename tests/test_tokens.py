@@ -52,8 +52,9 @@ def test_many_connections_one_fetch() -> None:
 
 
 def test_a_refusal_seen_by_many_refreshes_once() -> None:
-    """Connections that all saw token-1 refused get token-2 from one refresh; a connection
-    still holding an older refused token gets the current one without another fetch."""
+    """Many connections refused the same token cause one refresh."""
+    # Connections that all saw token-1 refused get token-2 from one refresh; a connection
+    # still holding an older refused token gets the current one without another fetch.
     source = Counting()
     tokens = Tokens(ACCOUNT, source)
     refused = tokens.get()

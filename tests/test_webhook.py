@@ -39,8 +39,8 @@ def webhook(url: str, **extra: Any) -> Webhook:
 
 @pytest.mark.parametrize("path", sorted(CORPUS.glob("*.eml")), ids=lambda p: p.name)
 def test_every_corpus_message_gives_a_valid_document(path: Path) -> None:
-    """Encodings, broken MIME, hostile headers: the document always matches the schema and
-    carries the raw bytes exactly."""
+    """Every corpus message gives a schema-valid document with its raw bytes exact."""
+    # Corpus: encodings, broken MIME, hostile headers.
     raw = path.read_bytes()
     doc = document(raw, SubmitOptions(project="x"), ENVELOPE, 1024)
     jsonschema.validate(json.loads(json.dumps(doc)), SCHEMA)
@@ -48,6 +48,7 @@ def test_every_corpus_message_gives_a_valid_document(path: Path) -> None:
 
 
 def test_document_fields() -> None:
+    """The JSON document carries envelope, options, decoded headers and parts."""
     raw = (b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.org>\r\nTo: a@x.org, B <b@x.org>\r\n"
            b"Subject: =?utf-8?q?Gr=C3=B6=C3=9Fe?=\r\nMessage-ID: <d@x>\r\nMIME-Version: 1.0\r\n"
            b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
@@ -89,6 +90,7 @@ def test_signed_with_token_and_headers(hook: RecordingServer) -> None:
 
 
 def test_raw_format(hook: RecordingServer) -> None:
+    """The raw format sends the exact bytes as message/rfc822 with the set method."""
     client = webhook(hook.url, format="raw", method="PUT")
     raw = b"Subject: x\n\nbody\x00"
     assert client.submit(raw, SubmitOptions(), ENVELOPE).kind is Kind.SUCCESS
@@ -103,6 +105,7 @@ def test_raw_format(hook: RecordingServer) -> None:
     (401, Kind.CONFIG), (403, Kind.CONFIG), (404, Kind.CONFIG), (301, Kind.CONFIG),
     (429, Kind.TEMPORARY), (500, Kind.TEMPORARY), (503, Kind.TEMPORARY)])
 def test_classify(status: int, kind: Kind) -> None:
+    """A webhook's status maps to the expected kind."""
     assert classify(status, b"", None).kind is kind
 
 
@@ -134,8 +137,8 @@ def write(tmp_path: Path, imap: ImapAccount, targets: dict[str, Any],
 
 def test_one_config_three_trackers(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
                                    rt: FakeRT, hook: RecordingServer) -> None:
-    """The same messages in three folders, each mapped to its own tracker: each tracker
-    gets every message in its own form, and every folder ends empty."""
+    """Three folders, three trackers: each gets every message in its own form."""
+    # The same messages are in each folder, and every folder ends empty.
     raws = backlog(imap, 5, "ToRedmine")
     for folder in ("ToRT", "ToHook"):
         for raw in raws:

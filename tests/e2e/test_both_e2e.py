@@ -17,8 +17,9 @@ from .rt import RealRT
 
 def test_one_run_feeds_redmine_and_rt(tmp_path: Path, imap: ImapAccount,
                                       redmine_stock: RealRedmine, real_rt: RealRT) -> None:
-    """Mail in ToRedmine becomes Redmine issues, mail in ToRT becomes RT tickets, each
-    message once and in its own tracker only, and both folders end empty."""
+    """One run files each message in its own tracker only, once."""
+    # Mail in ToRedmine becomes Redmine issues, mail in ToRT becomes RT tickets, and both
+    # folders end empty.
     redmine_stock.reset()
     sent: dict[str, list[str]] = {"ToRedmine": [], "ToRT": []}
     for folder, ids in sent.items():
