@@ -23,8 +23,8 @@ from imapclient import IMAPClient
 
 from bench.common import message, sink
 from imap_ingest.trackers.redmine import Form
-from tests.dovecot import Dovecot, ImapAccount
-from tests.ingest_env import ROOT, command, write_config
+from tests.support.dovecot import Dovecot, ImapAccount
+from tests.support.ingest_env import ROOT, command, write_config
 
 
 def fill(imap: ImapAccount, count: int) -> int:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from tests.ingest_env import ROOT
+from tests.support.ingest_env import ROOT
 
 WORDS = ("printer", "network", "account", "password", "laptop", "server", "access", "folder",
          "request", "please", "invoice", "update", "error", "screen", "meeting", "calendar",

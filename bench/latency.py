@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from bench import plot
-from tests.dovecot import Dovecot
-from tests.ingest_env import ROOT, command, write_config
-from tests.mail import make
-from tests.redmine_server import FakeRedmine, Request
+from tests.support.dovecot import Dovecot
+from tests.support.ingest_env import ROOT, command, write_config
+from tests.support.mail import make
+from tests.support.redmine_server import FakeRedmine, Request
 
 
 def measure(dovecot: Dovecot, idle: bool, count: int, gap: float) -> list[float]:

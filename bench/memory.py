@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 
 from bench.common import message, sink
-from tests.dovecot import Dovecot, ImapAccount
-from tests.ingest_env import ROOT, command, write_config
-from tests.mail import make
+from tests.support.dovecot import Dovecot, ImapAccount
+from tests.support.ingest_env import ROOT, command, write_config
+from tests.support.mail import make
 
 
 def peak_rss_mib(imap: ImapAccount, url: str, tmp: Path, **folder: object) -> float:

@@ -22,8 +22,8 @@ from imap_ingest.ingest import Context, ingest
 from imap_ingest.ledger import Ledger
 from imap_ingest.mailbox import SKIPPED, Mailbox
 from imap_ingest.metrics import Metrics
-from tests.dovecot import Dovecot, ImapAccount
-from tests.mail import make
+from tests.support.dovecot import Dovecot, ImapAccount
+from tests.support.mail import make
 
 _read = imaplib.IMAP4._get_line  # type: ignore[attr-defined]
 _sent = imaplib.IMAP4.send

@@ -37,9 +37,9 @@ from pathlib import Path
 from bench import plot
 from bench.common import message, timed_threads
 from imap_ingest.trackers.redmine import Form, crlf
-from tests.dovecot import Dovecot, ImapAccount, free_ports
 from tests.e2e import redmine as e2e
-from tests.ingest_env import ROOT, command, write_config
+from tests.support.dovecot import Dovecot, ImapAccount, free_ports
+from tests.support.ingest_env import ROOT, command, write_config
 
 PROCESSES = 2
 CONCURRENCY = (1, 2, 4)

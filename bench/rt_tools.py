@@ -54,9 +54,9 @@ import yaml
 from bench import plot
 from bench.common import message, timed_threads
 from imap_ingest.trackers.rt import GATEWAY
-from tests.dovecot import Dovecot, ImapAccount
 from tests.e2e.rt import RealRT
-from tests.ingest_env import ROOT, command
+from tests.support.dovecot import Dovecot, ImapAccount
+from tests.support.ingest_env import ROOT, command
 
 ROUNDS = 2
 WORKERS = 2  # Starlet workers: one per core

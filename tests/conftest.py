@@ -1,4 +1,4 @@
-"""Shared fixtures: real Dovecot IMAP servers (see tests/dovecot.py)."""
+"""Shared fixtures: real Dovecot IMAP servers (see tests/support/dovecot.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from .dovecot import Dovecot, DovecotNotInstalled, ImapAccount, find_dovecot
-from .redmine_server import FakeRedmine, FakeRT, RecordingServer
-from .token_service import TokenService
+from .support.dovecot import Dovecot, DovecotNotInstalled, ImapAccount, find_dovecot
+from .support.redmine_server import FakeRedmine, FakeRT, RecordingServer
+from .support.token_service import TokenService
 
 NOT_INSTALLED = (
     "Dovecot is required for the IMAP tests but no dovecot binary was found "

@@ -9,10 +9,10 @@ import pytest
 
 from imap_ingest.cli import main
 
-from .dovecot import ImapAccount
-from .ingest_env import write_config
-from .mail import make
-from .redmine_server import FakeRedmine
+from .support.dovecot import ImapAccount
+from .support.ingest_env import write_config
+from .support.mail import make
+from .support.redmine_server import FakeRedmine
 from .test_reliability import stage, uidvalidity
 
 

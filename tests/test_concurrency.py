@@ -13,10 +13,10 @@ import pytest
 from imap_ingest.cli import main
 from imap_ingest.message import Message
 
-from .dovecot import ImapAccount
-from .ingest_env import backlog, write_config
-from .mail import make
-from .redmine_server import Answer, FakeRedmine, Request
+from .support.dovecot import ImapAccount
+from .support.ingest_env import backlog, write_config
+from .support.mail import make
+from .support.redmine_server import Answer, FakeRedmine, Request
 
 
 @dataclass

@@ -217,7 +217,7 @@ def test_example_config_loads_and_reproduces_the_seed_rule(monkeypatch: pytest.M
     from imap_ingest.message import Message
     from imap_ingest.rules import Act, RuleSet
 
-    from .mail import make
+    from .support.mail import make
 
     (tmp_path / "pw").write_text("pw")
     monkeypatch.setenv("REDMINE_MAIL_KEY", "k")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from imap_ingest.message import Message
 
-from .dovecot import ImapAccount
-from .ingest_env import ROOT, backlog, command, write_config
-from .redmine_server import FakeRedmine, Request
+from .support.dovecot import ImapAccount
+from .support.ingest_env import ROOT, backlog, command, write_config
+from .support.redmine_server import FakeRedmine, Request
 
 MESSAGES = 300
 KILLS = 30

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from .dovecot import Dovecot, ImapAccount
-from .ingest_env import ROOT, command, write_config
-from .mail import make
-from .redmine_server import FakeRedmine
+from .support.dovecot import Dovecot, ImapAccount
+from .support.ingest_env import ROOT, command, write_config
+from .support.mail import make
+from .support.redmine_server import FakeRedmine
 from .test_service import wait_for
 
 

@@ -10,7 +10,7 @@ import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from .dovecot import Dovecot, ImapAccount
+from .support.dovecot import Dovecot, ImapAccount
 
 RAW = (
     b"From: Alice <alice@example.org>\r\n"

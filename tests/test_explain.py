@@ -9,7 +9,7 @@ import pytest
 
 from imap_ingest.cli import main
 
-from .ingest_env import ROOT, command
+from .support.ingest_env import ROOT, command
 
 EXAMPLE = ROOT / "config.example.yaml"
 FORM = (b"From: Confluence <request@example.org>\r\nReply-To: Taro <taro@example.org>\r\n"

@@ -12,10 +12,10 @@ from imap_ingest.cli import main
 from imap_ingest.mailbox import FAILED, SKIPPED
 from imap_ingest.trackers.redmine import crlf
 
-from .dovecot import Dovecot, ImapAccount
-from .ingest_env import backlog, write_config
-from .mail import make
-from .redmine_server import FakeRedmine
+from .support.dovecot import Dovecot, ImapAccount
+from .support.ingest_env import backlog, write_config
+from .support.mail import make
+from .support.redmine_server import FakeRedmine
 
 
 class Run:

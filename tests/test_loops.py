@@ -17,9 +17,9 @@ from imap_ingest.config import Folder
 from imap_ingest.message import Message
 from imap_ingest.rules import Act, RuleSet
 
-from .dovecot import ImapAccount
-from .ingest_env import write_config
-from .redmine_server import FakeRedmine
+from .support.dovecot import ImapAccount
+from .support.ingest_env import write_config
+from .support.redmine_server import FakeRedmine
 
 CORPUS = Path(__file__).parent / "data" / "mail"
 OWN = {"redmine@example.org", "rt@example.net"}

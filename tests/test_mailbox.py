@@ -11,9 +11,9 @@ import pytest
 from imap_ingest.config import Account, load
 from imap_ingest.mailbox import FAILED, SKIPPED, Mailbox
 
-from .dovecot import ImapAccount
-from .ingest_env import write_config
-from .mail import make
+from .support.dovecot import ImapAccount
+from .support.ingest_env import write_config
+from .support.mail import make
 
 MIB = 1024 * 1024
 

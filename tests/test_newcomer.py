@@ -16,7 +16,7 @@ from imap_ingest.config import SubmitOptions, load
 from imap_ingest.trackers import Envelope, Kind
 from imap_ingest.trackers.directory import Directory
 
-from .ingest_env import ROOT
+from .support.ingest_env import ROOT
 
 SEED_CRON = ("cd /usr/local/redmine && /usr/local/bin/ruby /usr/local/bin/rake -f "
              "/usr/local/redmine/Rakefile redmine:email:receive_imap RAILS_ENV=\"production\" "

@@ -19,14 +19,14 @@ from imap_ingest.config import load
 from imap_ingest.service import Service
 
 from . import test_daemon
-from .dovecot import Dovecot, ImapAccount
-from .ingest_env import ROOT, command, write_config
-from .mail import make
-from .oauth_env import oauth_config, password_account
-from .redmine_server import FakeRedmine
+from .support.dovecot import Dovecot, ImapAccount
+from .support.ingest_env import ROOT, command, write_config
+from .support.mail import make
+from .support.oauth_env import oauth_config, password_account
+from .support.redmine_server import FakeRedmine
+from .support.token_service import TokenService
 from .test_daemon import Daemon, free_port, get, get_quiet, metric
 from .test_service import wait_for
-from .token_service import TokenService
 
 daemon = test_daemon.daemon  # the fixture that kills the services a test left running
 

@@ -16,12 +16,12 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from .dovecot import Dovecot, ImapAccount
-from .ingest_env import ROOT, command, write_config
-from .mail import make
-from .oauth_env import oauth_config
-from .redmine_server import FakeRedmine
-from .token_service import TokenService
+from .support.dovecot import Dovecot, ImapAccount
+from .support.ingest_env import ROOT, command, write_config
+from .support.mail import make
+from .support.oauth_env import oauth_config
+from .support.redmine_server import FakeRedmine
+from .support.token_service import TokenService
 
 MICROSOFT_SCOPE = "https://outlook.office365.com/IMAP.AccessAsUser.All offline_access"
 

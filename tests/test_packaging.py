@@ -16,7 +16,7 @@ from imap_ingest.config import CONFIG_VARIABLE, load
 from imap_ingest.errors import EX_CONFIG, EX_NOPERM
 from imap_ingest.health import PATHS
 
-from .ingest_env import ROOT
+from .support.ingest_env import ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 SCRIPT = next(iter(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]))

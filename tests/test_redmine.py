@@ -12,8 +12,8 @@ from imap_ingest.config import RedmineTarget, SubmitOptions
 from imap_ingest.trackers import Envelope, Kind
 from imap_ingest.trackers.redmine import SLICE, Form, Redmine, classify, crlf
 
-from .mail import make
-from .redmine_server import FORBIDDEN, FakeRedmine, Request
+from .support.mail import make
+from .support.redmine_server import FORBIDDEN, FakeRedmine, Request
 
 ENVELOPE = Envelope("test", "INBOX", 1, 1)
 

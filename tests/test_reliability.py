@@ -17,10 +17,10 @@ from imap_ingest.ledger import Key, Ledger
 from imap_ingest.locks import folder_lock
 from imap_ingest.message import Message
 
-from .dovecot import Dovecot, ImapAccount
-from .ingest_env import ROOT, backlog, command, write_config
-from .mail import make
-from .redmine_server import FakeRedmine
+from .support.dovecot import Dovecot, ImapAccount
+from .support.ingest_env import ROOT, backlog, command, write_config
+from .support.mail import make
+from .support.redmine_server import FakeRedmine
 
 
 def once(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, *args: str,

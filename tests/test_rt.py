@@ -14,9 +14,9 @@ from imap_ingest.message import Message
 from imap_ingest.trackers import Envelope, Kind
 from imap_ingest.trackers.rt import RequestTracker, classify
 
-from .dovecot import ImapAccount
-from .mail import make
-from .redmine_server import Answer, FakeRT, Request
+from .support.dovecot import ImapAccount
+from .support.mail import make
+from .support.redmine_server import Answer, FakeRT, Request
 
 ENVELOPE = Envelope("test", "INBOX", 1, 1)
 

@@ -14,7 +14,7 @@ from imap_ingest.config import Folder, Rule
 from imap_ingest.message import Message, edit_headers
 from imap_ingest.rules import Act, RuleSet
 
-from .mail import make
+from .support.mail import make
 
 
 def folder(*rules: dict[str, Any] | str, **options: Any) -> Folder:

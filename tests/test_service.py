@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from .dovecot import ImapAccount
-from .ingest_env import ROOT, backlog, command, write_config
-from .mail import make
-from .redmine_server import FakeRedmine
+from .support.dovecot import ImapAccount
+from .support.ingest_env import ROOT, backlog, command, write_config
+from .support.mail import make
+from .support.redmine_server import FakeRedmine
 
 
 def start(*args: str) -> subprocess.Popen[str]:

@@ -23,9 +23,9 @@ from imap_ingest.trackers import Envelope, Kind
 from imap_ingest.trackers.redmine import crlf
 from imap_ingest.trackers.webhook import Webhook, classify, document
 
-from .dovecot import ImapAccount
-from .ingest_env import backlog
-from .redmine_server import FakeRedmine, FakeRT, RecordingServer
+from .support.dovecot import ImapAccount
+from .support.ingest_env import backlog
+from .support.redmine_server import FakeRedmine, FakeRT, RecordingServer
 from .test_loops import CORPUS
 
 SCHEMA = json.loads(resources.files("imap_ingest").joinpath(

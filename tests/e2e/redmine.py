@@ -52,7 +52,7 @@ from typing import Any
 
 import requests
 
-from ..dovecot import Lifecycle, _die_with_parent
+from ..support.dovecot import Lifecycle, _die_with_parent
 
 REDMINE_ROOT = Path("/usr/share/redmine")
 # Shared by every session on this machine. (Not configurable by an IMAP_INGEST_ variable:

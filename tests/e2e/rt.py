@@ -40,7 +40,7 @@ from typing import Any
 
 import requests
 
-from ..dovecot import Lifecycle, _die_with_parent, _killpg, _live_group_members
+from ..support.dovecot import Lifecycle, _die_with_parent, _killpg, _live_group_members
 
 HOST = "127.0.0.1"
 PACKAGE = "request-tracker5"

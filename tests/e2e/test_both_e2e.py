@@ -9,8 +9,8 @@ import yaml
 
 from imap_ingest.cli import main
 
-from ..dovecot import ImapAccount
-from ..mail import make
+from ..support.dovecot import ImapAccount
+from ..support.mail import make
 from .redmine import MAIL_KEY, RealRedmine
 from .rt import RealRT
 

@@ -27,9 +27,9 @@ from imap_ingest.cli import main
 from imap_ingest.mailbox import SKIPPED
 from imap_ingest.trackers.redmine import crlf
 
-from ..dovecot import ImapAccount
-from ..ingest_env import write_config
-from ..mail import make
+from ..support.dovecot import ImapAccount
+from ..support.ingest_env import write_config
+from ..support.mail import make
 from .redmine import (
     MAIL_KEY,
     RealRedmine,

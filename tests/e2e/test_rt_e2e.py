@@ -22,8 +22,8 @@ import yaml
 
 from imap_ingest.cli import main
 
-from ..dovecot import ImapAccount
-from ..mail import make
+from ..support.dovecot import ImapAccount
+from ..support.mail import make
 from .rt import RT_ADDRESS, RTNAME, STAFF, RealRT, Record
 
 ALICE = "alice@example.org"  # unprivileged: may open tickets, reply and comment, nothing more

@@ -11,7 +11,7 @@ import yaml
 from .dovecot import ImapAccount
 from .mail import make
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 def command(*args: str) -> list[str]:

@@ -385,7 +385,7 @@ class Dovecot(Lifecycle):
         d, u = self.directory, self.users
         chroot = [] if os.geteuid() == 0 else ["  chroot ="]  # only root may chroot
         lines = [
-            "# Written by tests/dovecot.py for the imap_ingest test suite.",
+            "# Written by tests/support/dovecot.py for the imap_ingest test suite.",
             f"base_dir = {d}/run",
             f"state_dir = {d}/state",
             f"instance_name = imapingest-{self.port}",
