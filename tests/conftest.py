@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from .support.daemon import Daemon
 from .support.dovecot import Dovecot, DovecotNotInstalled, ImapAccount, find_dovecot
 from .support.redmine_server import FakeRedmine, FakeRT, RecordingServer
 from .support.token_service import TokenService
@@ -117,3 +119,15 @@ def hook() -> Iterator[RecordingServer]:
     server = RecordingServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[list[Daemon]]:
+    """The services a test starts (append them); any still running at the end are killed."""
+    # Asking for tmp_path makes the kill come before tmp_path's own teardown.
+    started: list[Daemon] = []
+    yield started
+    for one in started:
+        if one.process.poll() is None:
+            one.process.kill()
+            one.process.communicate()

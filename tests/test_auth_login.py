@@ -16,13 +16,13 @@ import pytest
 
 from imap_ingest.cli import main
 
+from .support.daemon import free_port
 from .support.dovecot import Dovecot, ImapAccount
 from .support.ingest_env import ROOT, command
 from .support.mail import make
 from .support.oauth_env import oauth_config
 from .support.redmine_server import FakeRedmine
 from .support.token_service import GRANT_DEVICE, TokenService
-from .test_daemon import free_port
 
 
 @pytest.fixture

@@ -18,17 +18,14 @@ from imap_ingest.cli import main
 from imap_ingest.config import load
 from imap_ingest.service import Service
 
-from . import test_daemon
+from .support.daemon import Daemon, free_port, get, get_quiet, metric
 from .support.dovecot import Dovecot, ImapAccount
 from .support.ingest_env import ROOT, command, write_config
 from .support.mail import make
 from .support.oauth_env import oauth_config, password_account
+from .support.process import wait_for
 from .support.redmine_server import FakeRedmine
 from .support.token_service import TokenService
-from .test_daemon import Daemon, free_port, get, get_quiet, metric
-from .test_service import wait_for
-
-daemon = test_daemon.daemon  # the fixture that kills the services a test left running
 
 
 @pytest.fixture
