@@ -6,6 +6,7 @@ run leaves behind (tests/test_crash.py makes real crashes)."""
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from imap_ingest.message import Message
 from .support.dovecot import Dovecot, ImapAccount
 from .support.ingest_env import ROOT, backlog, command, write_config
 from .support.mail import make
-from .support.redmine_server import FakeRedmine
+from .support.redmine_server import Answer, FakeRedmine, Request
 
 
 def once(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, *args: str,
@@ -152,7 +153,15 @@ def test_second_process_on_a_busy_folder(tmp_path: Path, imap: ImapAccount,
 def test_lock_is_held_by_a_real_second_process(tmp_path: Path, imap: ImapAccount,
                                                redmine: FakeRedmine) -> None:
     """Two processes at once on one folder with a slow tracker: every message posted once."""
-    redmine.answer = lambda request: (201, b"", 0.2)
+    # The tracker holds its first answer until the second process has run, however slowly
+    # a loaded machine starts it.
+    second_done = threading.Event()
+
+    def answer(request: Request) -> Answer:
+        second_done.wait(30)
+        return 201, b"", 0
+
+    redmine.answer = answer
     raws = backlog(imap, 5)
     path = write_config(tmp_path / "config.yaml", imap, redmine.url)
     argv = command("run", "--once", "-c", str(path))
@@ -160,6 +169,7 @@ def test_lock_is_held_by_a_real_second_process(tmp_path: Path, imap: ImapAccount
     while not redmine.requests:
         time.sleep(0.02)
     second = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    second_done.set()
     _, first_err = first.communicate(timeout=30)
     assert first.returncode == 0, first_err
     assert second.returncode == 75 and "is working this folder" in second.stderr
@@ -197,8 +207,14 @@ def test_retry_timer_is_honoured_without_contacting_the_tracker(
 def test_tracker_down_then_back_while_the_service_runs(tmp_path: Path, imap: ImapAccount,
                                                        redmine: FakeRedmine) -> None:
     """Redmine answers 503 for the first 1.5 s, then 201: all arrive once, none fails."""
-    back_at = time.monotonic() + 1.5
-    redmine.answer = lambda request: (201 if time.monotonic() > back_at else 503, b"", 0)
+    # Down for 1.5 s from the first request it sees, however slowly the service starts.
+    first_seen: list[float] = []
+
+    def answer(request: Request) -> Answer:
+        first_seen.append(time.monotonic())
+        return (201 if time.monotonic() > first_seen[0] + 1.5 else 503), b"", 0
+
+    redmine.answer = answer
     raws = backlog(imap, 20)
     path = write_config(tmp_path / "config.yaml", imap, redmine.url,
                         folder={"interval": "0.2s", "move_on_failure": "Failed"},
