@@ -17,10 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from .backoff import Backoff
 from .config import Config, Folder
 from .errors import EX_OK, EX_TEMPFAIL, TrackerRefused
 from .inflight import InFlight
-from .ledger import Backoff, Key, Ledger, Record
+from .ledger import Key, Ledger, Record
 from .logs import event
 from .mailbox import FAILED, SKIPPED, Fetched, Mailbox
 from .message import Message

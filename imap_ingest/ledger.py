@@ -8,7 +8,6 @@ finish from. A message a rule skips or moves is ``decided`` at once, then ``disp
 
 from __future__ import annotations
 
-import random
 import sqlite3
 import threading
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .backoff import Backoff
 from .errors import ConfigError, IngestError
 
 SCHEMA_VERSION = 1
@@ -99,18 +99,6 @@ class Source:
     folder: str
     outcome: str | None
     ticket: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter: first, doubling, capped."""
-
-    first: float
-    cap: float
-
-    def delay(self, failures: int) -> float:
-        full: float = min(self.cap, self.first * 2.0 ** max(0, failures - 1))
-        return full / 2 + random.uniform(0, full / 2)  # "equal jitter": never under half
 
 
 class Ledger:

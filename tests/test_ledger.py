@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imap_ingest.ledger import SCHEMA_VERSION, Backoff, Key, Ledger, LedgerError, Record
+from imap_ingest.backoff import Backoff
+from imap_ingest.ledger import SCHEMA_VERSION, Key, Ledger, LedgerError, Record
 
 
 @pytest.fixture
