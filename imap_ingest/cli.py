@@ -31,6 +31,7 @@ from .message import Message
 from .retry import retry
 from .rules import Act, RuleSet
 from .service import Service, serve
+from .states import State
 from .trackers import Envelope, Kind, open_tracker
 
 log = logging.getLogger("imap_ingest")
@@ -214,7 +215,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     folders: dict[str, list[str]] = {}
     for account, folder, what, count, oldest in rows:
         line = f"{count} {what}"
-        if what in ("waiting", "submitting"):
+        if what in (State.WAITING, State.SUBMITTING):
             line += f" (oldest since {_time(oldest)})"
         folders.setdefault(f"{account}/{folder}", []).append(line)
     for folder, parts in folders.items():

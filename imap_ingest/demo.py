@@ -27,6 +27,7 @@ from .config import Config
 from .errors import EX_OK
 from .ledger import Ledger
 from .service import Service
+from .states import Disposition
 
 EX_UNAVAILABLE = 69
 USER, PASSWORD = "demouser", "demopass"
@@ -145,8 +146,9 @@ def _table(ledger: Ledger, mail: list[bytes], out: Path) -> None:
     for n, raw in enumerate(mail, 1):
         message = Message(raw)
         [(record, _)] = ledger.history(message.message_id or "") or [({}, [])]
-        to = str(record.get("dispose_to") or "")
-        where = to.partition(":")[2] if to.startswith("move:") else "INBOX (marked)"
+        to = record.get("dispose_to")
+        where = (to.where if isinstance(to, Disposition) and to.verb == "move"
+                 else "INBOX (marked)")
         if record.get("ticket"):
             where += f" + {out.name}/{record['ticket']}.eml"
         rows.append((str(n), (message.subject or "")[:38], str(record.get("rule", "-")),

@@ -18,15 +18,28 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .config import Config, Folder
+from .dispose import Disposal
 from .errors import EX_OK, EX_TEMPFAIL, TrackerRefused
 from .inflight import InFlight
-from .ledger import Backoff, Key, Ledger, Record
+from .ledger import Key, Ledger, Record
 from .logs import event
-from .mailbox import FAILED, SKIPPED, Fetched, Mailbox
+from .mailbox import Fetched, Mailbox
 from .message import Message
 from .metrics import Metrics
-from .rules import Act, Decision, RuleSet
+from .rules import Decision, RuleSet
+from .states import Result
 from .trackers import Envelope, Kind, Outcome, Tracker
+from .verdict import (
+    Policy,
+    Verdict,
+    answer,
+    breaker_open,
+    by_rule,
+    duplicate,
+    resume,
+    target_down,
+    unreadable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,51 +54,7 @@ class PassReport:
 
     @property
     def exit_code(self) -> int:
-        return EX_TEMPFAIL if self.counts["deferred"] or self.counts["left"] else EX_OK
-
-
-class _Disposal:
-    """Dispositions collected during a pass and sent as one command per destination.
-
-    A disposition is ``delete``, ``move:FOLDER`` or ``mark:KEYWORD``, as the ledger stores
-    it. A rule's copies go with the message's disposition: a message left for a retry is not
-    copied again on every pass.
-    """
-
-    def __init__(self, mailbox: Mailbox, ledger: Ledger) -> None:
-        self._mailbox = mailbox
-        self._ledger = ledger
-        self._pending: dict[str, list[Key]] = {}
-        self._copies: dict[Key, tuple[str, ...]] = {}
-
-    def __len__(self) -> int:
-        return sum(map(len, self._pending.values()))
-
-    def copy_with(self, key: Key, folders: tuple[str, ...]) -> None:
-        """Copy the message into ``folders`` if, and when, it is disposed of."""
-        self._copies[key] = folders
-
-    def add(self, key: Key, to: str) -> None:
-        for folder in self._copies.pop(key, ()):
-            self._pending.setdefault(f"copy:{folder}", []).append(key)
-        self._pending.setdefault(to, []).append(key)
-
-    def flush(self) -> None:
-        # Copies first: a message may be copied and then moved or deleted.
-        for to in sorted(self._pending, key=lambda to: not to.startswith("copy:")):
-            uids = [key.uid for key in self._pending[to]]
-            verb, _, where = to.partition(":")
-            if verb == "copy":
-                self._mailbox.copy(uids, where)
-            elif verb == "move":
-                self._mailbox.move(uids, where)
-            elif verb == "mark":
-                self._mailbox.mark(uids, where)
-            else:
-                self._mailbox.delete(uids)
-        self._ledger.disposed([key for to, keys in self._pending.items() for key in keys
-                               if not to.startswith("copy:")])
-        self._pending, self._copies = {}, {}
+        return EX_TEMPFAIL if self.counts[Result.DEFERRED] or self.counts["left"] else EX_OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,22 +89,18 @@ def ingest(mailbox: Mailbox, folder: Folder, context: Context) -> PassReport:
     return _Pass(mailbox, folder, context).run()
 
 
-def _where(to: str) -> str:
-    verb, _, where = to.partition(":")
-    if verb == "move":
-        return f"moved to {where}"
-    return "deleted" if verb == "delete" else "kept in place, marked so it is not tried again"
-
-
 class _Pass:
+    """One pass over a folder, in five stages per message: fetch, rules, submit, dispose,
+    record. What each answer means is for verdict.py; this carries it out."""
+
     def __init__(self, mailbox: Mailbox, folder: Folder, context: Context) -> None:
         self.mailbox = mailbox
         self.folder = folder
         self.context = context
         self.config, self.ledger = context.config, context.ledger
         self.rules = RuleSet.for_folder(folder, self.config)
-        self.disposal = _Disposal(mailbox, self.ledger)
-        self.backoff = Backoff(self.config.retry.first_delay, self.config.retry.max_delay)
+        self.policy = Policy.of(self.config, folder, context.retry_now)
+        self.disposal = Disposal(mailbox, self.ledger)
         self.report = PassReport(mailbox.account.name, folder.name)
         self.where = f"{self.report.account}/{folder.name}"
         self.down: set[str] = set()  # targets not to contact again during this pass
@@ -144,10 +109,6 @@ class _Pass:
         self.inflight: InFlight[_Sent] = InFlight(
             {name: self.config.concurrency(name) for name in self.config.targets})
         self.refused: TrackerRefused | None = None  # a target refused our key: stop the pass
-        self.success_to = (f"move:{folder.move_on_success}" if folder.move_on_success
-                           else "delete")
-        self.failure_to = (f"move:{folder.move_on_failure}" if folder.move_on_failure
-                           else f"mark:{FAILED}")
 
     def run(self) -> PassReport:
         if self.ledger.uidvalidity_changed(self.report.account, self.folder.name,
@@ -184,7 +145,7 @@ class _Pass:
         if self.context.stop.is_set() and (left := len(uids) - self.report.counts.total()):
             # Stopped early: untouched, for the next pass; counted so that --once exits 75.
             self.report.counts["left"] = left
-        self.context.metrics.backlog.labels(*labels).set(self.report.counts["deferred"]
+        self.context.metrics.backlog.labels(*labels).set(self.report.counts[Result.DEFERRED]
                                                  + self.report.counts["left"])
         self.context.metrics.last_success.labels(*labels).set_to_current_time()
         counts = ", ".join(f"{n} {what}" for what, n in sorted(self.report.counts.items()))
@@ -196,60 +157,27 @@ class _Pass:
         return self.report
 
     def _one(self, fetched: Fetched) -> None:
+        """Rules, then submit: decide one fetched message, or send it on its way."""
         key = Key(self.report.account, self.folder.name, self.mailbox.uidvalidity, fetched.uid)
         message = Message(fetched.raw) if fetched.raw else None
         record = self.records.get(fetched.uid)
-        if record is not None and self._resume(key, message, record):
+        earlier = resume(record, self.policy, time.time())
+        if isinstance(earlier, Verdict):
+            self._decide(key, message, fetched.size, "-", earlier)
             return
+        if earlier.warning:
+            log.warning("%s uid %d: %s", self.where, key.uid, earlier.warning)
         if message is None:
-            reason = (f"message is {fetched.size} bytes, over max_message_size "
-                      f"({self.folder.max_message_size} bytes)" if fetched.raw is None
-                      else "empty message (0 bytes): nothing to submit")
-            self._decide(key, None, fetched.size, "-", "failed", reason, self.failure_to)
+            self._decide(key, None, fetched.size, "-", unreadable(
+                fetched.size, self.folder.max_message_size, fetched.raw is None, self.policy))
             return
         decision = self.rules.evaluate(message)
         self.disposal.copy_with(key, decision.copies)
-        if decision.act is Act.SUBMIT:
-            self._submit(key, message, decision, record, fetched.internaldate)
+        verdict = by_rule(decision, self.policy)
+        if verdict is not None:
+            self._decide(key, message, fetched.size, decision.rule, verdict)
             return
-        outcome, to, level = {
-            Act.SKIP: ("skipped", f"mark:{SKIPPED}", logging.INFO),
-            Act.MOVE: ("moved", f"move:{decision.folder}", logging.INFO),
-            Act.DISCARD: ("discarded", "delete", logging.WARNING),
-            Act.HOLD: ("held", f"move:{decision.folder}" if decision.folder
-                       else f"mark:{SKIPPED}", logging.WARNING),
-        }[decision.act]
-        self._decide(key, message, fetched.size, decision.rule, outcome, decision.reason, to,
-                     level=level)
-
-    def _resume(self, key: Key, message: Message | None, record: Record) -> bool:
-        """Finish what an earlier pass left; False when the message should be submitted."""
-        if record.state in ("submitted", "decided", "disposed") and record.dispose_to:
-            self.disposal.add(key, record.dispose_to)
-            self._log(key.uid, message, "-", record.outcome or "resumed",
-                      f"finishing an earlier pass: {_where(record.dispose_to)}")
-            return True
-        if record.state == "submitting":
-            if self.config.in_doubt == "resubmit":
-                log.warning("%s uid %d: an earlier run stopped while posting it; submitting "
-                            "it again (in_doubt: resubmit)", self.where, key.uid)
-                return False
-            quarantine = self.config.quarantine_folder
-            self._decide(key, message, 0, "-", "quarantined", "an earlier run stopped while "
-                         "posting it, so the tracker may or may not have it; check, then "
-                         f"`imap-ingest retry {quarantine}`", f"move:{quarantine}",
-                         level=logging.WARNING)
-            return True
-        if record.state == "waiting":
-            if self._given_up(record):
-                self._decide(key, message, 0, "-", "failed", self._give_up_reason(record),
-                             self.failure_to)
-                return True
-            if record.next_try and record.next_try > time.time() and not self.context.retry_now:
-                self._log(key.uid, message, "-", "deferred", "next try at "
-                          + time.strftime("%H:%M:%S", time.localtime(record.next_try)))
-                return True
-        return False
+        self._submit(key, message, decision, record, fetched.internaldate)
 
     def _submit(self, key: Key, message: Message, decision: Decision, record: Record | None,
                 arrived: datetime | None) -> None:
@@ -262,18 +190,16 @@ class _Pass:
             return  # left for the next pass
         if target not in self.failing:  # read once per pass and target
             self.failing[target] = self.ledger.target_state(target)
-        failures, next_try = self.failing[target]
-        if not self.context.retry_now and failures and next_try > time.time():
+        if breaker_open(*self.failing[target], self.policy, time.time()):
             self.down.add(target)
         if target in self.down:
-            self._log(key.uid, message, decision.rule, "deferred",
-                      f"target {target} is failing; not contacted until it is due again")
+            self._decide(key, message, len(message.raw), decision.rule, target_down(target))
             return
         earlier = self.ledger.begin_submit(key, message.message_id, len(message.raw), digest,
                                            decision.rule, target, self.config.dedupe)
         if earlier is not None:
-            self._decide(key, message, len(message.raw), decision.rule, "duplicate",
-                         f"already submitted as {earlier}", self.success_to)
+            self._decide(key, message, len(message.raw), decision.rule,
+                         duplicate(earlier, self.policy))
             return
         account = self.mailbox.account
         envelope = Envelope(key.account, key.folder, key.uidvalidity, key.uid, message.subaddress(
@@ -288,84 +214,56 @@ class _Pass:
             self._answer(sent, outcome)
 
     def _answer(self, sent: _Sent, outcome: Outcome) -> None:
-        """Record what the tracker said of one message and what becomes of it."""
-        key, message, rule, record, target = (sent.key, sent.message, sent.rule, sent.record,
-                                              sent.target)
+        """Record what the tracker said of one message, and queue what becomes of it."""
+        key, target = sent.key, sent.target
+        verdict = answer(outcome, sent.record, self.policy, time.time())
+        assert verdict.state is not None  # every answer is recorded
         if outcome.kind is Kind.SUCCESS:
             self.context.metrics.submitted(key.account, key.folder, target,
                                            time.monotonic() - sent.started, sent.arrived)
-            self._answered(key, message, rule, target, outcome, "submitted", self.success_to)
-            if self.failing[target][0]:
-                self.ledger.target_ok(target)
-                self.failing[target] = (0, 0.0)
-        elif outcome.kind is Kind.PERMANENT:
-            self._answered(key, message, rule, target, outcome,
-                           "partial" if outcome.partial else "failed", self.failure_to)
-        elif outcome.kind is Kind.TEMPORARY:
+        if verdict.target_ok is False:
             self.down.add(target)
-            wait = outcome.retry_after or 0.0
             self.failing[target] = (self.failing[target][0] + 1, self.ledger.target_failed(
-                target, outcome.reason, self.backoff, at_least=wait))
-            tried = Record(0, "waiting", None, None, (record.attempts if record else 0) + 1,
-                           record.first_seen if record else time.time(), None, outcome.reason,
-                           None)
-            if self._given_up(tried):
-                self._answered(key, message, rule, target, outcome, "failed",
-                               self.failure_to, reason=self._give_up_reason(tried))
-            else:
-                delay = max(self.backoff.delay(tried.attempts), wait)
-                self.ledger.answered(key, target, "waiting", "deferred", outcome.reason,
-                                     status=outcome.status, next_try=time.time() + delay)
-                self._log(key.uid, message, rule, "deferred", outcome.reason,
-                          level=logging.WARNING, target=target, status=outcome.status)
-        else:
-            # Not the message's fault: it waits, with no attempt counted against it.
-            self.ledger.answered(key, target, "waiting", "refused-key", outcome.reason,
-                                 status=outcome.status, attempt=False)
+                target, outcome.reason, self.policy.backoff,
+                at_least=outcome.retry_after or 0.0))
+        self.ledger.answered(key, target, verdict.state, verdict.result, verdict.reason,
+                             status=outcome.status, ticket=verdict.ticket,
+                             dispose_to=verdict.to, next_try=verdict.next_try,
+                             attempt=verdict.attempt)
+        if verdict.stop:
             self.refused = self.refused or TrackerRefused(
                 f"{self.where}: target {target}: {outcome.reason}; no message touched, "
                 "folder stopped")
+            return
+        fields: dict[str, object] = {"target": target, "status": outcome.status}
+        if verdict.to is not None:
+            self.disposal.add(key, verdict.to)
+            fields["ticket"] = verdict.ticket
+        self._log(key.uid, sent.message, sent.rule, verdict, **fields)
+        if verdict.target_ok and self.failing[target][0]:
+            self.ledger.target_ok(target)
+            self.failing[target] = (0, 0.0)
 
-    def _given_up(self, record: Record) -> bool:
-        retry = self.config.retry
-        return (record.attempts >= retry.max_attempts
-                or time.time() - record.first_seen > retry.max_age)
+    def _decide(self, key: Key, message: Message | None, size: int, rule: str,
+                verdict: Verdict) -> None:
+        """Carry out a verdict reached without the tracker: record, queue, log."""
+        if verdict.state is not None:
+            assert verdict.to is not None  # a decision always says where the message goes
+            self.ledger.decided(key, message.message_id if message else None,
+                                len(message.raw) if message else size,
+                                message.digest() if message else "", rule, verdict.result,
+                                verdict.reason, verdict.to)
+        if verdict.to is not None:
+            self.disposal.add(key, verdict.to)
+        self._log(key.uid, message, rule, verdict)
 
-    def _give_up_reason(self, record: Record) -> str:
-        hours = (time.time() - record.first_seen) / 3600
-        return (f"gave up after {record.attempts} attempt(s) over {hours:.1f} h; last: "
-                f"{record.reason}")
-
-    def _answered(self, key: Key, message: Message, rule: str, target: str, outcome: Outcome,
-                  name: str, to: str, reason: str | None = None) -> None:
-        """Record the tracker's final answer, then queue the message's disposition."""
-        reason = reason or outcome.reason
-        state = "submitted" if name == "submitted" else "decided"
-        self.ledger.answered(key, target, state, name, reason, status=outcome.status,
-                             ticket=outcome.ticket, dispose_to=to)
-        self.disposal.add(key, to)
-        self._log(key.uid, message, rule, name, f"{reason}; {_where(to)}",
-                  level=logging.INFO if name == "submitted" else logging.ERROR, target=target,
-                  status=outcome.status, ticket=outcome.ticket)
-
-    def _decide(self, key: Key, message: Message | None, size: int, rule: str, outcome: str,
-                reason: str, to: str, level: int | None = None) -> None:
-        """Record a decision taken without the tracker, then queue its disposition."""
-        self.ledger.decided(key, message.message_id if message else None,
-                            len(message.raw) if message else size,
-                            message.digest() if message else "", rule, outcome, reason, to)
-        self.disposal.add(key, to)
-        if level is None:
-            level = logging.ERROR if outcome == "failed" else logging.INFO
-        self._log(key.uid, message, rule, outcome,
-                  f"{reason}; {_where(to)}" if reason else _where(to), level=level)
-
-    def _log(self, uid: int, message: Message | None, rule: str, outcome: str, reason: str,
-             level: int = logging.INFO, **fields: object) -> None:
+    def _log(self, uid: int, message: Message | None, rule: str, verdict: Verdict,
+             **fields: object) -> None:
+        outcome = verdict.result.value
         self.report.counts[outcome] += 1
         self.context.metrics.messages.labels(self.report.account, self.folder.name,
                                      fields.get("target") or "-", outcome).inc()
-        event(log, level, f"{self.where} uid {uid}: {outcome}: {reason}",
+        event(log, verdict.level, f"{self.where} uid {uid}: {outcome}: {verdict.text}",
               account=self.report.account, folder=self.folder.name, uid=uid,
               message_id=message.message_id if message else None, rule=rule, outcome=outcome,
               **fields)

@@ -8,7 +8,6 @@ finish from. A message a rule skips or moves is ``decided`` at once, then ``disp
 
 from __future__ import annotations
 
-import random
 import sqlite3
 import threading
 import time
@@ -18,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .backoff import Backoff
 from .errors import ConfigError, IngestError
+from .states import Disposition, Result, State
 
 SCHEMA_VERSION = 1
 
@@ -58,8 +59,9 @@ CREATE TABLE targets (
 # Rows in these states stand for a message the tracker has, or may have, or will get.
 # A quarantined message may have reached the tracker: it counts until `retry` releases it.
 # So does a partial one (RT recorded part of a chained action before refusing the rest).
-_COUNTS_AS_SENT = ("(state IN ('submitting', 'submitted', 'waiting') "
-                   "OR outcome IN ('submitted', 'quarantined', 'partial'))")
+_COUNTS_AS_SENT = (f"(state IN ('{State.SUBMITTING}', '{State.SUBMITTED}', '{State.WAITING}') "
+                   f"OR outcome IN ('{Result.SUBMITTED}', '{Result.QUARANTINED}', "
+                   f"'{Result.PARTIAL}'))")
 
 
 class LedgerError(IngestError):
@@ -81,9 +83,9 @@ class Key:
 @dataclass(frozen=True, slots=True)
 class Record:
     id: int
-    state: str
-    outcome: str | None
-    dispose_to: str | None
+    state: State
+    outcome: Result | None
+    dispose_to: Disposition | None
     attempts: int
     first_seen: float
     next_try: float | None
@@ -97,20 +99,8 @@ class Source:
 
     id: int
     folder: str
-    outcome: str | None
+    outcome: Result | None
     ticket: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter: first, doubling, capped."""
-
-    first: float
-    cap: float
-
-    def delay(self, failures: int) -> float:
-        full: float = min(self.cap, self.first * 2.0 ** max(0, failures - 1))
-        return full / 2 + random.uniform(0, full / 2)  # "equal jitter": never under half
 
 
 class Ledger:
@@ -188,7 +178,8 @@ class Ledger:
                 "uidvalidity = ? AND uid BETWEEN ? AND ?",
                 (account, folder, uidvalidity, min(uids), max(uids))).fetchall()
         wanted = set(uids)
-        return {row[0]: Record(*row[1:]) for row in rows if row[0] in wanted}
+        return {uid: Record(id, State(state), _result(outcome), _disposition(dispose_to), *rest)
+                for uid, id, state, outcome, dispose_to, *rest in rows if uid in wanted}
 
     def begin_submit(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
                      target: str, dedupe: Dedupe) -> str | None:
@@ -212,17 +203,17 @@ class Ledger:
             db.execute(
                 "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
                 "rule, target, state, first_seen, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'submitting', ?, ?) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{State.SUBMITTING}', ?, ?) "
                 "ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET "
-                "state = 'submitting', rule = excluded.rule, target = excluded.target, "
+                f"state = '{State.SUBMITTING}', rule = excluded.rule, target = excluded.target, "
                 "updated = excluded.updated",
                 (key.account, key.folder, key.uidvalidity, key.uid, message_id, size, digest,
                  rule, target, now, now))
         return None
 
-    def answered(self, key: Key, target: str, state: str, outcome: str, reason: str, *,
+    def answered(self, key: Key, target: str, state: State, outcome: Result, reason: str, *,
                  status: int | None = None, ticket: str | None = None,
-                 dispose_to: str | None = None,
+                 dispose_to: Disposition | None = None,
                  next_try: float | None = None, attempt: bool = True) -> None:
         """Record the tracker's answer and the message's new state; ``attempt`` counts it
         against the message's max_attempts."""
@@ -232,33 +223,33 @@ class Ledger:
                 "UPDATE messages SET state = ?, outcome = ?, reason = ?, ticket = ?, "
                 "dispose_to = ?, next_try = ?, attempts = attempts + ?, updated = ? "
                 "WHERE account = ? AND folder = ? AND uidvalidity = ? AND uid = ? RETURNING id",
-                (state, outcome, reason, ticket, dispose_to, next_try, int(attempt), now,
+                (state, outcome, reason, ticket, _text(dispose_to), next_try, int(attempt), now,
                  key.account, key.folder, key.uidvalidity, key.uid)).fetchone()
             db.execute("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (row[0], now, target, outcome, status, ticket, reason))
 
     def decided(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
-                outcome: str, reason: str, dispose_to: str) -> None:
+                outcome: Result, reason: str, dispose_to: Disposition) -> None:
         """Record a decision made without the tracker (skip, move, duplicate, too large …)."""
         now = time.time()
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
                 "rule, state, outcome, reason, dispose_to, first_seen, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'decided', ?, ?, ?, ?, ?) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, '{State.DECIDED}', ?, ?, ?, ?, ?) "
                 "ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET "
-                "state = 'decided', outcome = excluded.outcome, reason = excluded.reason, "
+                f"state = '{State.DECIDED}', outcome = excluded.outcome, reason = excluded.reason, "
                 "dispose_to = excluded.dispose_to, updated = excluded.updated",
                 (key.account, key.folder, key.uidvalidity, key.uid, message_id, size, digest,
-                 rule, outcome, reason, dispose_to, now, now))
+                 rule, outcome, reason, str(dispose_to), now, now))
 
     def disposed(self, keys: list[Key]) -> None:
         """These messages are gone from their folder (or marked): one transaction."""
         now = time.time()
         with self._transaction() as db:
             db.executemany(
-                "UPDATE messages SET state = 'disposed', updated = ? WHERE account = ? AND "
-                "folder = ? AND uidvalidity = ? AND uid = ?",
+                f"UPDATE messages SET state = '{State.DISPOSED}', updated = ? "
+                "WHERE account = ? AND folder = ? AND uidvalidity = ? AND uid = ?",
                 [(now, k.account, k.folder, k.uidvalidity, k.uid) for k in keys])
 
     def sources(self, account: str, message_id: str | None, digest: str) -> list[Source]:
@@ -268,12 +259,14 @@ class Ledger:
                 "SELECT id, folder, outcome, ticket FROM messages WHERE account = ? AND "
                 "message_id IS ? AND hash = ? ORDER BY updated DESC",
                 (account, message_id, digest)).fetchall()
-        return [Source(*row) for row in rows]
+        return [Source(id, folder, _result(outcome), ticket)
+                for id, folder, outcome, ticket in rows]
 
     def release(self, ids: list[int]) -> None:
         """Forget that these records may be in the tracker: `retry` sends the message again."""
         with self._transaction() as db:
-            db.executemany("UPDATE messages SET state = 'disposed', outcome = 'retried', "
+            db.executemany(f"UPDATE messages SET state = '{State.DISPOSED}', "
+                           f"outcome = '{Result.RETRIED}', "
                            "dispose_to = NULL, updated = ? WHERE id = ?",
                            [(time.time(), i) for i in ids])
 
@@ -283,8 +276,8 @@ class Ledger:
         """Per account and folder: (account, folder, state or outcome, count, oldest)."""
         with self._lock:
             return self._db.execute(
-                "SELECT account, folder, CASE WHEN state = 'disposed' THEN outcome ELSE state "
-                "END AS what, count(*), min(first_seen) FROM messages "
+                f"SELECT account, folder, CASE WHEN state = '{State.DISPOSED}' THEN outcome "
+                "ELSE state END AS what, count(*), min(first_seen) FROM messages "
                 "GROUP BY account, folder, what ORDER BY account, folder, what").fetchall()
 
     def targets(self) -> list[tuple[str, int, float | None, str | None, float | None]]:
@@ -299,9 +292,11 @@ class Ledger:
             try:
                 rows = self._db.execute("SELECT * FROM messages WHERE message_id = ? "
                                         "ORDER BY first_seen", (message_id,)).fetchall()
-                return [(dict(row), [dict(attempt) for attempt in self._db.execute(
-                    "SELECT * FROM attempts WHERE message = ? ORDER BY at", (row["id"],))])
-                    for row in rows]
+                return [({**dict(row), "dispose_to": _disposition(row["dispose_to"])},
+                         [dict(attempt) for attempt in self._db.execute(
+                             "SELECT * FROM attempts WHERE message = ? ORDER BY at",
+                             (row["id"],))])
+                        for row in rows]
             finally:
                 self._db.row_factory = None
 
@@ -352,3 +347,17 @@ def _same_message_args(dedupe: Dedupe, key: Key, message_id: str | None,
         return (digest,)
     return (key.account, key.folder, message_id, digest)
 
+
+
+# Conversions at the SQL boundary, and only there.
+
+def _result(text: str | None) -> Result | None:
+    return Result(text) if text is not None else None
+
+
+def _disposition(text: str | None) -> Disposition | None:
+    return Disposition.parse(text) if text is not None else None
+
+
+def _text(disposition: Disposition | None) -> str | None:
+    return str(disposition) if disposition is not None else None

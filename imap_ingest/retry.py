@@ -14,6 +14,7 @@ from .config import Account
 from .ledger import Ledger
 from .mailbox import FAILED, Mailbox
 from .message import Message
+from .states import Result
 
 _ANY_SIZE = 2**62
 
@@ -30,10 +31,11 @@ def retry(mailbox: Mailbox, ledger: Ledger, account: Account, folder: str) -> It
         message = Message(fetched.raw or b"")
         records = ledger.sources(account.name, message.message_id, message.digest())
         where = f"uid {fetched.uid} {message.message_id or '(no Message-ID)'}"
-        reached = next((r for r in records if r.outcome in ("submitted", "partial")), None)
+        reached = next((r for r in records if r.outcome in (Result.SUBMITTED, Result.PARTIAL)),
+                       None)
         if reached is not None:
             ticket = f" as {reached.ticket}" if reached.ticket else ""
-            part = " (at least in part)" if reached.outcome == "partial" else ""
+            part = " (at least in part)" if reached.outcome is Result.PARTIAL else ""
             yield f"kept {where}: already in the tracker{part}{ticket} (from {reached.folder})"
             continue
         source = folder if in_place else (records[0].folder if records

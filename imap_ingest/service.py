@@ -21,6 +21,7 @@ from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .backoff import Backoff
 from .config import Account, Config, Folder, load
 from .errors import (
     EX_OK,
@@ -33,7 +34,7 @@ from .errors import (
 )
 from .health import StatusServer
 from .ingest import Context, ingest
-from .ledger import Backoff, Ledger
+from .ledger import Ledger
 from .locks import folder_lock
 from .logs import event
 from .mailbox import Mailbox

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from imap_ingest.ledger import SCHEMA_VERSION, Backoff, Key, Ledger, LedgerError, Record
+from imap_ingest.backoff import Backoff
+from imap_ingest.ledger import SCHEMA_VERSION, Key, Ledger, LedgerError, Record
+from imap_ingest.states import Disposition, Result, State
 
 
 @pytest.fixture
@@ -35,12 +37,12 @@ def test_states_move_forward(ledger: Ledger) -> None:
     assert submit(ledger, A1) is None
     record = find(ledger, A1)
     assert record is not None and record.state == "submitting"
-    ledger.answered(A1, "redmine", "submitted", "submitted", "ok", status=201, ticket="42",
-                    dispose_to="delete")
+    ledger.answered(A1, "redmine", State.SUBMITTED, Result.SUBMITTED, "ok", status=201,
+                    ticket="42", dispose_to=Disposition("delete"))
     record = find(ledger, A1)
     assert record is not None
     assert (record.state, record.ticket, record.attempts, record.dispose_to) == (
-        "submitted", "42", 1, "delete")
+        "submitted", "42", 1, Disposition("delete"))
     ledger.disposed([A1])
     assert find(ledger, A1).state == "disposed"  # type: ignore[union-attr]
 
@@ -79,7 +81,8 @@ def test_same_folder_new_uidvalidity_matched_even_with_dedupe_off(ledger: Ledger
 def test_refused_messages_do_not_block_a_copy(ledger: Ledger) -> None:
     """A copy of a message that was refused (not in the tracker) may be submitted."""
     submit(ledger, A1)
-    ledger.answered(A1, "redmine", "decided", "failed", "422", dispose_to="move:Failed")
+    ledger.answered(A1, "redmine", State.DECIDED, Result.FAILED, "422",
+                    dispose_to=Disposition("move", "Failed"))
     assert submit(ledger, B1) is None
 
 

@@ -17,6 +17,7 @@ from imap_ingest.cli import main
 from imap_ingest.ledger import Key, Ledger
 from imap_ingest.locks import folder_lock
 from imap_ingest.message import Message
+from imap_ingest.states import Disposition, Result, State
 
 from .support.dovecot import Dovecot, ImapAccount
 from .support.ingest_env import ROOT, backlog, command, write_config
@@ -43,8 +44,8 @@ def stage(tmp_path: Path, key: Key, raw: bytes, state: str) -> None:
     ledger.begin_submit(key, message.message_id, len(raw), message.digest(), "default",
                         "redmine", "message-id")
     if state == "submitted":
-        ledger.answered(key, "redmine", "submitted", "submitted", "201", status=201,
-                        dispose_to="delete")
+        ledger.answered(key, "redmine", State.SUBMITTED, Result.SUBMITTED, "201", status=201,
+                        dispose_to=Disposition("delete"))
     ledger.close()
 
 

@@ -1,0 +1,177 @@
+"""What becomes of a message: the pass's policy as pure functions, values in, a Verdict out.
+
+Each function takes what is known (the ledger's earlier record, the rule's decision, the
+tracker's answer, the folder's Policy, the time) and says what to record, where the message
+goes and how loudly to say so; ingest.py carries that out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from .backoff import Backoff
+from .config import Config, Folder
+from .ledger import Record
+from .mailbox import FAILED, SKIPPED
+from .rules import Act, Decision
+from .states import Disposition, Result, State
+from .trackers import Kind, Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A folder's settings, as far as deciding what becomes of its messages goes."""
+
+    success_to: Disposition
+    failure_to: Disposition
+    max_attempts: int
+    max_age: float  # seconds since the message was first seen
+    backoff: Backoff
+    resubmit_in_doubt: bool = False  # in_doubt: resubmit
+    quarantine: str = "Quarantine"
+    retry_now: bool = False  # ignore the retry timers of messages and targets
+
+    @classmethod
+    def of(cls, config: Config, folder: Folder, retry_now: bool = False) -> Policy:
+        retry = config.retry
+        return cls(
+            Disposition("move", folder.move_on_success) if folder.move_on_success
+            else Disposition("delete"),
+            Disposition("move", folder.move_on_failure) if folder.move_on_failure
+            else Disposition("mark", FAILED),
+            retry.max_attempts, retry.max_age, Backoff(retry.first_delay, retry.max_delay),
+            config.in_doubt == "resubmit", config.quarantine_folder, retry_now)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What becomes of one message: what to record, where it goes, what to log."""
+
+    result: Result  # counted, logged, and stored as the outcome
+    reason: str  # stored; never a secret
+    state: State | None = None  # the state to record; None: nothing to record
+    to: Disposition | None = None  # None: the message stays where it is
+    level: int = logging.INFO
+    next_try: float | None = None  # WAITING: when the message is due again
+    attempt: bool = True  # counted against max_attempts
+    ticket: str | None = None
+    target_ok: bool | None = None  # True: the target works again; False: it failed for now
+    stop: bool = False  # the target refused our key: stop the folder, log nothing
+
+    @property
+    def text(self) -> str:
+        """The log line: a disposition decided now is said after the reason."""
+        if self.state is None or self.to is None:
+            return self.reason
+        return f"{self.reason}; {self.to.describe()}" if self.reason else self.to.describe()
+
+
+@dataclass(frozen=True, slots=True)
+class Resubmit:
+    """Nothing earlier decides the message: run the rules and submit it."""
+
+    warning: str | None = None  # why submitting it again is worth a warning
+
+
+def resume(record: Record | None, policy: Policy, now: float) -> Verdict | Resubmit:
+    """What the ledger's record of an earlier pass makes of the message."""
+    if record is None:
+        return Resubmit()
+    if (record.state in (State.SUBMITTED, State.DECIDED, State.DISPOSED)
+            and record.dispose_to):
+        return Verdict(record.outcome or Result.RESUMED,
+                       f"finishing an earlier pass: {record.dispose_to.describe()}",
+                       to=record.dispose_to)
+    if record.state is State.SUBMITTING:
+        if policy.resubmit_in_doubt:
+            return Resubmit("an earlier run stopped while posting it; submitting it again "
+                            "(in_doubt: resubmit)")
+        return Verdict(Result.QUARANTINED, "an earlier run stopped while posting it, so the "
+                       "tracker may or may not have it; check, then "
+                       f"`imap-ingest retry {policy.quarantine}`", State.DECIDED,
+                       Disposition("move", policy.quarantine), logging.WARNING)
+    if record.state is State.WAITING:
+        if _given_up(record.attempts, record.first_seen, policy, now):
+            return _failed(_give_up_reason(record.attempts, record.first_seen, record.reason,
+                                           now), policy)
+        if record.next_try and record.next_try > now and not policy.retry_now:
+            return Verdict(Result.DEFERRED, "next try at "
+                           + time.strftime("%H:%M:%S", time.localtime(record.next_try)))
+    return Resubmit()
+
+
+def unreadable(size: int, limit: int, over_limit: bool, policy: Policy) -> Verdict:
+    """A message with nothing to submit: over ``limit`` bytes (not fetched), or empty."""
+    reason = (f"message is {size} bytes, over max_message_size ({limit} bytes)" if over_limit
+              else "empty message (0 bytes): nothing to submit")
+    return _failed(reason, policy)
+
+
+def by_rule(decision: Decision, policy: Policy) -> Verdict | None:
+    """What a rule's decision makes of the message; None when it is to be submitted."""
+    if decision.act is Act.SUBMIT:
+        return None
+    result, to, level = {
+        Act.SKIP: (Result.SKIPPED, Disposition("mark", SKIPPED), logging.INFO),
+        Act.MOVE: (Result.MOVED, Disposition("move", decision.folder or ""), logging.INFO),
+        Act.DISCARD: (Result.DISCARDED, Disposition("delete"), logging.WARNING),
+        Act.HOLD: (Result.HELD, Disposition("move", decision.folder) if decision.folder
+                   else Disposition("mark", SKIPPED), logging.WARNING),
+    }[decision.act]
+    return Verdict(result, decision.reason, State.DECIDED, to, level)
+
+
+def breaker_open(failures: int, next_try: float, policy: Policy, now: float) -> bool:
+    """Whether a target that failed ``failures`` times in a row is to be left alone."""
+    return not policy.retry_now and failures > 0 and next_try > now
+
+
+def target_down(target: str) -> Verdict:
+    """The message waits, untouched and unrecorded, for a failing target."""
+    return Verdict(Result.DEFERRED,
+                   f"target {target} is failing; not contacted until it is due again")
+
+
+def duplicate(earlier: str, policy: Policy) -> Verdict:
+    """The message is already in the tracker from ``earlier``: disposed of as submitted."""
+    return Verdict(Result.DUPLICATE, f"already submitted as {earlier}", State.DECIDED,
+                   policy.success_to)
+
+
+def answer(outcome: Outcome, record: Record | None, policy: Policy, now: float) -> Verdict:
+    """What the tracker's answer makes of the message; ``record`` is what the ledger knew
+    before this attempt."""
+    if outcome.kind is Kind.SUCCESS:
+        return Verdict(Result.SUBMITTED, outcome.reason, State.SUBMITTED, policy.success_to,
+                       ticket=outcome.ticket, target_ok=True)
+    if outcome.kind is Kind.PERMANENT:
+        return Verdict(Result.PARTIAL if outcome.partial else Result.FAILED, outcome.reason,
+                       State.DECIDED, policy.failure_to, logging.ERROR, ticket=outcome.ticket)
+    if outcome.kind is Kind.TEMPORARY:
+        attempts = (record.attempts if record else 0) + 1
+        first_seen = record.first_seen if record else now
+        if _given_up(attempts, first_seen, policy, now):
+            return Verdict(Result.FAILED, _give_up_reason(attempts, first_seen, outcome.reason,
+                                                          now),
+                           State.DECIDED, policy.failure_to, logging.ERROR,
+                           ticket=outcome.ticket, target_ok=False)
+        delay = max(policy.backoff.delay(attempts), outcome.retry_after or 0.0)
+        return Verdict(Result.DEFERRED, outcome.reason, State.WAITING, level=logging.WARNING,
+                       next_try=now + delay, target_ok=False)
+    # Not the message's fault: it waits, with no attempt counted against it.
+    return Verdict(Result.REFUSED_KEY, outcome.reason, State.WAITING, attempt=False, stop=True)
+
+
+def _failed(reason: str, policy: Policy) -> Verdict:
+    return Verdict(Result.FAILED, reason, State.DECIDED, policy.failure_to, logging.ERROR)
+
+
+def _given_up(attempts: int, first_seen: float, policy: Policy, now: float) -> bool:
+    return attempts >= policy.max_attempts or now - first_seen > policy.max_age
+
+
+def _give_up_reason(attempts: int, first_seen: float, last: str | None, now: float) -> str:
+    return (f"gave up after {attempts} attempt(s) over {(now - first_seen) / 3600:.1f} h; "
+            f"last: {last}")

@@ -1,0 +1,225 @@
+"""The pass's policy without a server: earlier record, rule or tracker answer → verdict."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from imap_ingest.backoff import Backoff
+from imap_ingest.ledger import Record
+from imap_ingest.mailbox import FAILED, SKIPPED
+from imap_ingest.rules import Act, Decision
+from imap_ingest.states import Disposition, Result, State
+from imap_ingest.trackers import Kind, Outcome
+from imap_ingest.verdict import (
+    Policy,
+    Resubmit,
+    Verdict,
+    answer,
+    breaker_open,
+    by_rule,
+    duplicate,
+    resume,
+    target_down,
+    unreadable,
+)
+
+NOW = 1_000_000.0
+HOUR = 3600.0
+DELETE = Disposition("delete")
+MARK_FAILED = Disposition("mark", FAILED)
+QUARANTINE = Disposition("move", "Quarantine")
+POLICY = Policy(success_to=DELETE, failure_to=MARK_FAILED, max_attempts=3, max_age=HOUR,
+                backoff=Backoff(first=30, cap=3600))
+RESUBMIT = Policy(DELETE, MARK_FAILED, 3, HOUR, Backoff(30, 3600), resubmit_in_doubt=True)
+RETRY_NOW = Policy(DELETE, MARK_FAILED, 3, HOUR, Backoff(30, 3600), retry_now=True)
+
+
+def record(state: State, outcome: Result | None = None, to: Disposition | None = None,
+           attempts: int = 0, age: float = 60.0, next_try: float | None = None) -> Record:
+    return Record(1, state, outcome, to, attempts, NOW - age, next_try, "earlier reason", None)
+
+
+SUBMITTING = record(State.SUBMITTING)
+WAITING_DUE = record(State.WAITING, Result.DEFERRED, attempts=1, next_try=NOW - 1)
+WAITING_NOT_DUE = record(State.WAITING, Result.DEFERRED, attempts=1, next_try=NOW + 60)
+WAITING_LAST = record(State.WAITING, Result.DEFERRED, attempts=2, next_try=NOW - 1)
+WAITING_OLD = record(State.WAITING, Result.DEFERRED, attempts=1, age=2 * HOUR,
+                     next_try=NOW - 1)
+REFUSED_KEY = record(State.WAITING, Result.REFUSED_KEY)
+RELEASED = record(State.DISPOSED, Result.RETRIED)
+
+# (result, state, to, level) of a verdict; a Resubmit means: run the rules, submit.
+Expected = tuple[Result, State | None, Disposition | None, int] | Resubmit
+
+
+def seen(verdict: Verdict | Resubmit) -> Expected:
+    if isinstance(verdict, Resubmit):
+        return Resubmit(warning="..." if verdict.warning else None)
+    return verdict.result, verdict.state, verdict.to, verdict.level
+
+
+@pytest.mark.parametrize(("policy", "earlier", "expected"), [
+    (POLICY, None, Resubmit()),
+    (POLICY, SUBMITTING,
+     (Result.QUARANTINED, State.DECIDED, QUARANTINE, logging.WARNING)),
+    (RESUBMIT, SUBMITTING, Resubmit(warning="...")),
+    (POLICY, record(State.SUBMITTED, Result.SUBMITTED, DELETE),
+     (Result.SUBMITTED, None, DELETE, logging.INFO)),
+    (POLICY, record(State.DECIDED, Result.FAILED, MARK_FAILED),
+     (Result.FAILED, None, MARK_FAILED, logging.INFO)),
+    (POLICY, record(State.DECIDED, None, DELETE), (Result.RESUMED, None, DELETE, logging.INFO)),
+    (POLICY, record(State.DISPOSED, Result.SKIPPED, Disposition("mark", SKIPPED)),
+     (Result.SKIPPED, None, Disposition("mark", SKIPPED), logging.INFO)),
+    (POLICY, RELEASED, Resubmit()),
+    (POLICY, WAITING_DUE, Resubmit()),
+    (POLICY, WAITING_NOT_DUE, (Result.DEFERRED, None, None, logging.INFO)),
+    (RETRY_NOW, WAITING_NOT_DUE, Resubmit()),
+    (POLICY, record(State.WAITING, Result.DEFERRED, attempts=3, next_try=NOW + 60),
+     (Result.FAILED, State.DECIDED, MARK_FAILED, logging.ERROR)),
+    (POLICY, WAITING_OLD, (Result.FAILED, State.DECIDED, MARK_FAILED, logging.ERROR)),
+    (POLICY, REFUSED_KEY, Resubmit()),
+], ids=["none", "submitting", "submitting-resubmit", "submitted", "decided",
+        "decided-no-outcome", "disposed", "released-by-retry", "waiting-due", "waiting-not-due",
+        "waiting-not-due-retry-now", "waiting-out-of-attempts", "waiting-too-old",
+        "refused-key"])
+def test_resume(policy: Policy, earlier: Record | None, expected: Expected) -> None:
+    """An earlier pass's record finishes, defers, quarantines or gives up the message."""
+    assert seen(resume(earlier, policy, NOW)) == expected
+
+
+def test_resume_reasons() -> None:
+    """The reasons say what happened and what to do about it."""
+    quarantined = resume(SUBMITTING, POLICY, NOW)
+    assert isinstance(quarantined, Verdict)
+    assert "`imap-ingest retry Quarantine`" in quarantined.reason
+    gave_up = resume(WAITING_OLD, POLICY, NOW)
+    assert isinstance(gave_up, Verdict)
+    assert gave_up.reason == "gave up after 1 attempt(s) over 2.0 h; last: earlier reason"
+    finished = resume(record(State.SUBMITTED, Result.SUBMITTED, QUARANTINE), POLICY, NOW)
+    assert isinstance(finished, Verdict)
+    assert finished.text == "finishing an earlier pass: moved to Quarantine"
+
+
+SUCCESS = Outcome(Kind.SUCCESS, "created", ticket="42", status=201)
+PERMANENT = Outcome(Kind.PERMANENT, "refused", status=422)
+PARTIAL = Outcome(Kind.PERMANENT, "comment refused", ticket="7", status=400, partial=True)
+TEMPORARY = Outcome(Kind.TEMPORARY, "unavailable", status=503)
+SLOW_DOWN = Outcome(Kind.TEMPORARY, "too many requests", status=429, retry_after=600)
+CONFIG = Outcome(Kind.CONFIG, "key refused", status=403)
+
+SUBMITTED = (Result.SUBMITTED, State.SUBMITTED, DELETE, logging.INFO, "42", True, False)
+FAILED_NOW = (Result.FAILED, State.DECIDED, MARK_FAILED, logging.ERROR, None, None, False)
+GAVE_UP = (Result.FAILED, State.DECIDED, MARK_FAILED, logging.ERROR, None, False, False)
+DEFERRED = (Result.DEFERRED, State.WAITING, None, logging.WARNING, None, False, False)
+STOPPED = (Result.REFUSED_KEY, State.WAITING, None, logging.INFO, None, None, True)
+
+# Only records that resume() leaves to be submitted reach the tracker.
+EARLIER = {"none": None, "submitting": SUBMITTING, "waiting-due": WAITING_DUE,
+           "released": RELEASED, "last-try": WAITING_LAST, "too-old": WAITING_OLD}
+
+
+@pytest.mark.parametrize(("outcome", "earlier", "expected"), [
+    (SUCCESS, "none", SUBMITTED),
+    (SUCCESS, "submitting", SUBMITTED),
+    (SUCCESS, "waiting-due", SUBMITTED),
+    (SUCCESS, "released", SUBMITTED),
+    (SUCCESS, "last-try", SUBMITTED),
+    (PERMANENT, "none", FAILED_NOW),
+    (PERMANENT, "waiting-due", FAILED_NOW),
+    (PARTIAL, "none", (Result.PARTIAL, State.DECIDED, MARK_FAILED, logging.ERROR, "7", None,
+                       False)),
+    (TEMPORARY, "none", DEFERRED),
+    (TEMPORARY, "submitting", DEFERRED),
+    (TEMPORARY, "waiting-due", DEFERRED),
+    (TEMPORARY, "released", DEFERRED),
+    (TEMPORARY, "last-try", GAVE_UP),
+    (TEMPORARY, "too-old", GAVE_UP),
+    (SLOW_DOWN, "none", DEFERRED),
+    (CONFIG, "none", STOPPED),
+    (CONFIG, "waiting-due", STOPPED),
+    (CONFIG, "last-try", STOPPED),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_answer(outcome: Outcome, earlier: str, expected: tuple[object, ...]) -> None:
+    """Each kind of answer, after each earlier record a submission can follow."""
+    verdict = answer(outcome, EARLIER[earlier], POLICY, NOW)
+    assert (verdict.result, verdict.state, verdict.to, verdict.level, verdict.ticket,
+            verdict.target_ok, verdict.stop) == expected
+    assert verdict.reason.startswith("gave up") if expected is GAVE_UP else (
+        verdict.reason == outcome.reason)
+    assert verdict.attempt is not (outcome.kind is Kind.CONFIG)
+
+
+@pytest.mark.parametrize(("outcome", "earlier", "low", "high"), [
+    (TEMPORARY, None, 15, 30),
+    (TEMPORARY, WAITING_DUE, 30, 60),
+    (SLOW_DOWN, None, 600, 600),
+], ids=["first-failure", "second-failure", "retry-after"])
+def test_deferred_next_try(outcome: Outcome, earlier: Record | None, low: float,
+                           high: float) -> None:
+    """A deferred message waits the backoff for its attempts, or longer if asked to."""
+    next_try = answer(outcome, earlier, POLICY, NOW).next_try
+    assert next_try is not None and low <= next_try - NOW <= high
+
+
+def test_give_up_reason_counts_this_attempt() -> None:
+    """The reason of a last failed try counts it and quotes the tracker."""
+    assert answer(TEMPORARY, WAITING_LAST, POLICY, NOW).reason == (
+        "gave up after 3 attempt(s) over 0.0 h; last: unavailable")
+
+
+@pytest.mark.parametrize(("decision", "expected"), [
+    (Decision(Act.SUBMIT, "default"), None),
+    (Decision(Act.SKIP, "newsletters", reason="list mail"),
+     (Result.SKIPPED, State.DECIDED, Disposition("mark", SKIPPED), logging.INFO)),
+    (Decision(Act.MOVE, "spam", folder="Junk"),
+     (Result.MOVED, State.DECIDED, Disposition("move", "Junk"), logging.INFO)),
+    (Decision(Act.DISCARD, "noise"),
+     (Result.DISCARDED, State.DECIDED, DELETE, logging.WARNING)),
+    (Decision(Act.HOLD, "loop", folder="Loops"),
+     (Result.HELD, State.DECIDED, Disposition("move", "Loops"), logging.WARNING)),
+    (Decision(Act.HOLD, "loop"),
+     (Result.HELD, State.DECIDED, Disposition("mark", SKIPPED), logging.WARNING)),
+], ids=["submit", "skip", "move", "discard", "hold-to-folder", "hold-in-place"])
+def test_by_rule(decision: Decision, expected: Expected | None) -> None:
+    """A rule's act becomes an outcome and a disposition; SUBMIT goes on to the tracker."""
+    verdict = by_rule(decision, POLICY)
+    assert (verdict and seen(verdict)) == expected
+    assert verdict is None or verdict.reason == decision.reason
+
+
+@pytest.mark.parametrize(("over_limit", "reason"), [
+    (True, "message is 500 bytes, over max_message_size (100 bytes)"),
+    (False, "empty message (0 bytes): nothing to submit"),
+], ids=["too-large", "empty"])
+def test_unreadable(over_limit: bool, reason: str) -> None:
+    """A message with nothing to submit fails, marked in place by default."""
+    verdict = unreadable(500, 100, over_limit, POLICY)
+    assert seen(verdict) == (Result.FAILED, State.DECIDED, MARK_FAILED, logging.ERROR)
+    assert verdict.text == f"{reason}; kept in place, marked so it is not tried again"
+
+
+@pytest.mark.parametrize(("failures", "next_try", "policy", "open_"), [
+    (0, 0.0, POLICY, False),
+    (2, NOW + 60, POLICY, True),
+    (2, NOW - 1, POLICY, False),
+    (2, NOW + 60, RETRY_NOW, False),
+], ids=["never-failed", "failing", "due-again", "retry-now"])
+def test_breaker(failures: int, next_try: float, policy: Policy, open_: bool) -> None:
+    """A failing target is left alone until it is due again, unless told to retry now."""
+    assert breaker_open(failures, next_try, policy, NOW) is open_
+
+
+def test_target_down_records_nothing() -> None:
+    """A message held back by a failing target stays, unrecorded, for the next pass."""
+    assert seen(target_down("redmine")) == (Result.DEFERRED, None, None, logging.INFO)
+
+
+def test_duplicate_is_disposed_of_as_submitted() -> None:
+    """A copy of a message already in the tracker goes where submitted mail goes."""
+    verdict = duplicate("acct/INBOX uid 1", Policy(Disposition("move", "Done"), MARK_FAILED,
+                                                   3, HOUR, Backoff(30, 3600)))
+    assert seen(verdict) == (Result.DUPLICATE, State.DECIDED, Disposition("move", "Done"),
+                             logging.INFO)
+    assert verdict.text == "already submitted as acct/INBOX uid 1; moved to Done"
