@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 from imap_ingest.cli import main
-from imap_ingest.config import SubmitOptions, WebhookTarget
+from imap_ingest.config import SubmitOptions
 from imap_ingest.ledger import Ledger
 from imap_ingest.trackers import Envelope, Kind
 from imap_ingest.trackers.redmine import crlf
-from imap_ingest.trackers.webhook import Webhook, classify, document
+from imap_ingest.trackers.webhook import Webhook, WebhookTarget, classify, document
 
 from .dovecot import ImapAccount
 from .ingest_env import backlog
