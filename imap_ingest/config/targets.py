@@ -48,7 +48,10 @@ class HttpTarget(Target):
 def _by_type(value: object) -> Target:
     """The entry validated by its type's model: pydantic's discriminated union, over the
     trackers registered when the file is read rather than when this module was."""
-    tag = value.get("type") if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        raise PydanticCustomError("model_attributes_type", "Input should be a valid dictionary "
+                                  "or object to extract fields from")
+    tag = value.get("type")
     if tag is None:
         raise PydanticCustomError("union_tag_not_found", "no type")
     known = registry.registered()
