@@ -9,11 +9,10 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 
 from . import __version__, authorize, demo, logs, token_file
-from .config import CONFIG_VARIABLE, Config, OAuth2, load
+from .config import CONFIG_VARIABLE, Config, OAuth2, load, templates
 from .errors import (
     EX_CANTCREAT,
     EX_NOINPUT,
@@ -331,7 +330,7 @@ def _init(args: argparse.Namespace) -> int:
     if path.exists() and not args.force:
         print(f"{path} exists; use --force to replace it", file=sys.stderr)
         return EX_CANTCREAT
-    template = resources.files("imap_ingest").joinpath(f"templates/{args.tracker}.yaml")
+    template = templates()[args.tracker]
     path.write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
     print(f"wrote {path}: edit the lines marked EDIT, export the secrets it names, then\n"
           f"  imap-ingest check -c {path}\n  imap-ingest run --once -c {path}")
@@ -485,7 +484,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  imap-ingest init                       # config.yaml for Redmine\n"
                "  imap-ingest init --tracker rt -o /etc/imap-ingest/config.yaml\n\n"
                "exits 73 when the file exists (use --force).")
-    init.add_argument("--tracker", choices=("redmine", "rt", "webhook"), default="redmine",
+    init.add_argument("--tracker", choices=list(templates()), default="redmine",
                       help="the tracker to configure (default: redmine)")
     init.add_argument("-o", "--output", default="config.yaml", metavar="FILE",
                       help="where to write it (default: config.yaml)")

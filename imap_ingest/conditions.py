@@ -14,13 +14,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .config.values import parse_size
 from .message import Message
 
 # procmail's ^TO_, widened to the headers MTAs and IMAP servers add for the envelope.
 _TO = (r"^(?:(?:Original-)?(?:Resent-)?(?:To|Cc|Bcc)|X-Envelope-To|Apparently(?:-Resent)?-To|"
        r"Delivered-To|X-Original-To|Envelope-To|X-Delivered-To):(?:.*[^-a-zA-Z0-9_.])?")
-_SIZE = re.compile(r"size\s*([<>])\s*(\d+(?:\.\d+)?)\s*([kmg]?)b?", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_SIZE = re.compile(r"size\s*([<>])\s*(\d.*)", re.IGNORECASE)
 _FLAGS = re.IGNORECASE | re.MULTILINE
 
 
@@ -67,10 +67,18 @@ def parse(item: str | dict[str, str]) -> Condition:
                              "{body: REGEX}")
         return _regex(item["body"], "body", f"body: {item['body']}")
     negated = item.startswith("!")
-    if size := _SIZE.fullmatch(item.removeprefix("!").strip()):
-        limit = int(float(size[2]) * _UNITS[size[3].lower()])
+    size = _SIZE.fullmatch(item.removeprefix("!").strip())
+    if size and (limit := _bytes(size[2])) is not None:
         return Condition(item, negated, "size", limit=(size[1], limit))
     return _regex(item, "header", item)
+
+
+def _bytes(text: str) -> int | None:
+    """The size ``text`` says as config sizes are written, or None: then it is a regex."""
+    try:
+        return parse_size(text)
+    except ValueError:
+        return None
 
 
 def _regex(text: str, kind: str, source: str) -> Condition:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from imap_ingest.config import RedmineTarget, load, parse_duration, parse_size
+from imap_ingest.config import load, parse_duration, parse_size
 from imap_ingest.errors import ConfigError
+from imap_ingest.trackers.redmine import RedmineTarget
 
 
 def base() -> dict[str, Any]:

@@ -81,7 +81,7 @@ def test_from_rake_keeps_redmines_quirks(options: str, expected: str, note: str,
 
 def test_directory_target_is_idempotent(tmp_path: Path) -> None:
     """Writing one message twice replaces its files: no second copy."""
-    from imap_ingest.config import DirectoryTarget
+    from imap_ingest.trackers.directory import DirectoryTarget
 
     target = Directory(DirectoryTarget(type="directory", path=tmp_path / "out"))
     envelope = Envelope("acct", "IN/BOX", 7, 3)

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imap_ingest.config import RedmineTarget, SubmitOptions
+from imap_ingest.config import SubmitOptions
 from imap_ingest.trackers import Envelope, Kind
-from imap_ingest.trackers.redmine import SLICE, Form, Redmine, classify, crlf
+from imap_ingest.trackers.redmine import SLICE, Form, Redmine, RedmineTarget, classify, crlf
 
 from .support.mail import make
 from .support.redmine_server import FORBIDDEN, FakeRedmine, Request

@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from imap_ingest.cli import main
-from imap_ingest.config import RtTarget, SubmitOptions
+from imap_ingest.config import SubmitOptions
 from imap_ingest.message import Message
 from imap_ingest.trackers import Envelope, Kind
-from imap_ingest.trackers.rt import RequestTracker, classify
+from imap_ingest.trackers.rt import RequestTracker, RtTarget, classify
 
 from .support.dovecot import ImapAccount
 from .support.mail import make

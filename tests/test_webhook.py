@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 from imap_ingest.cli import main
-from imap_ingest.config import SubmitOptions, WebhookTarget
+from imap_ingest.config import SubmitOptions
 from imap_ingest.ledger import Ledger
 from imap_ingest.trackers import Envelope, Kind
 from imap_ingest.trackers.redmine import crlf
-from imap_ingest.trackers.webhook import Webhook, classify, document
+from imap_ingest.trackers.webhook import Webhook, WebhookTarget, classify, document
 
 from .support.dovecot import ImapAccount
 from .support.ingest_env import backlog
@@ -87,6 +87,17 @@ def test_signed_with_token_and_headers(hook: RecordingServer) -> None:
     assert request.headers["Authorization"] == "Bearer tok"
     assert request.headers["X-Desk"] == "ops" and request.path == "/in"
     jsonschema.validate(json.loads(request.body), SCHEMA)
+
+
+@pytest.mark.parametrize("key", ["signing_secret", "secret"])
+def test_signing_secret_also_by_its_old_name(key: str) -> None:
+    """`signing_secret` signs the body, and so does the old key `secret` of older configs."""
+    raw = b"Subject: x\r\n\r\nbody"
+    _, fields = webhook("http://127.0.0.1:9", **{key: "shh"}).preview(raw, SubmitOptions(),
+                                                                       ENVELOPE)
+    body = json.dumps(document(raw, SubmitOptions(), ENVELOPE, 1024**2), ensure_ascii=False)
+    expected = hmac.new(b"shh", body.encode(), hashlib.sha256).hexdigest()
+    assert ("header X-Imap-Ingest-Signature", f"sha256={expected}") in fields
 
 
 def test_raw_format(hook: RecordingServer) -> None:

@@ -1,4 +1,5 @@
-"""Trackers take a raw message and answer with an Outcome; adding one means adding a file.
+"""Trackers take a raw message and answer with an Outcome; adding one means adding a file
+(see registry.py, and "Adding a tracker" in the README).
 
 A tracker's answer, good or bad, is a value: ``submit`` raises only for our own bugs.
 """
@@ -7,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ..config import SubmitOptions, Target
+from . import registry
+
+if TYPE_CHECKING:
+    from ..config import SubmitOptions, Target
 
 
 class Kind(Enum):
@@ -57,15 +61,4 @@ class Tracker(Protocol):
 
 def open_tracker(target: Target) -> Tracker:
     """The tracker for one entry of ``targets:``."""
-    from .directory import Directory
-    from .redmine import Redmine
-    from .rt import RequestTracker
-    from .webhook import Webhook
-
-    if target.type == "redmine":
-        return Redmine(target)
-    if target.type == "rt":
-        return RequestTracker(target)
-    if target.type == "webhook":
-        return Webhook(target)
-    return Directory(target)
+    return registry.registered()[target.type].tracker(target)

@@ -13,10 +13,19 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
-from ..config import DirectoryTarget, SubmitOptions
+from ..config import SubmitOptions, Target
 from . import Envelope, Kind, Outcome
+from .registry import register
 from .webhook import document
+
+
+class DirectoryTarget(Target):
+    """A directory: each message as NAME.eml plus a NAME.json summary (an archive, a demo)."""
+
+    type: Literal["directory"]
+    path: Path
 
 
 def name_for(envelope: Envelope) -> str:
@@ -61,3 +70,6 @@ def _write(path: Path, data: bytes) -> None:
     partial = path.with_name(path.name + ".part")
     partial.write_bytes(data)
     os.replace(partial, path)
+
+
+register(DirectoryTarget, Directory)

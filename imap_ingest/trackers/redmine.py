@@ -8,14 +8,35 @@ ends) and the handler options. Redmine answers 201 (taken; the issue id is not r
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Literal
 
-from ..config import RedmineTarget, SubmitOptions
+from pydantic import SecretStr
+
+from ..config import HttpTarget, SecretFromEnv, SecretFromFile, SubmitOptions, WithSecret
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
+from .registry import register
 
 _ISSUE_FIELDS = ("project", "status", "tracker", "category", "priority", "assigned_to",
                  "fixed_version")
 _FLAGS = ("no_permission_check", "no_account_notice", "no_notification")
+
+
+class RedmineTarget(HttpTarget, WithSecret):
+    """Redmine's incoming-mail web service, ``POST {url}/mail_handler``."""
+
+    secret_name = "key"
+
+    type: Literal["redmine"]
+    key: SecretStr | None = None
+    key_file: SecretFromFile | None = None
+    key_env: SecretFromEnv | None = None
+    unknown_user: Literal["ignore", "accept", "create"] | None = None
+    no_permission_check: bool = False
+    no_account_notice: bool = False
+    no_notification: bool = False
+    default_group: str | None = None
+    project_from_subaddress: str | None = None
 
 
 def crlf(raw: bytes) -> bytes:
@@ -169,3 +190,6 @@ class Redmine:
 
     def close(self) -> None:
         self._http.close()
+
+
+register(RedmineTarget, Redmine)

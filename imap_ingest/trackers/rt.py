@@ -9,13 +9,35 @@ filename as the mail and the message is lost). RT answers 200 with ``ok``, ``not
 from __future__ import annotations
 
 import re
+from typing import Literal
 
-from ..config import RtTarget, SubmitOptions
+from pydantic import field_validator
+
+from ..config import Duration, HttpTarget, SubmitOptions
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
+from .registry import register
 
 GATEWAY = "/REST/1.0/NoAuth/mail-gateway"
 _ACTION = re.compile(r"(correspond|comment|take|resolve)(-(correspond|comment|take|resolve))*")
+
+
+class RtTarget(HttpTarget):
+    """Request Tracker's mail gateway, ``POST {url}/REST/1.0/NoAuth/mail-gateway``."""
+
+    type: Literal["rt"]
+    queue: str | None = None  # unset: RT's queue 1 (General)
+    action: str = "correspond"
+    extension: Literal["queue", "ticket", "action"] | None = None
+    timeout: Duration = 180.0
+
+    @field_validator("action")
+    @classmethod
+    def _known_actions(cls, value: str) -> str:
+        if not _ACTION.fullmatch(value):
+            raise ValueError("must be correspond, comment, take or resolve, or several "
+                             "chained with - (take-comment, correspond-resolve)")
+        return value
 
 
 def fields(raw: bytes, options: SubmitOptions, target: RtTarget,
@@ -122,3 +144,6 @@ def _invalid(sent: dict[str, str]) -> Outcome | None:
     if "ticket" in sent and not sent["ticket"].isdigit():
         return Outcome(Kind.PERMANENT, f"{sent['ticket']!r} is not a ticket number")
     return None
+
+
+register(RtTarget, RequestTracker)

@@ -12,14 +12,58 @@ import hashlib
 import hmac
 import json
 from email.utils import getaddresses
-from typing import Any
+from typing import Any, Literal
 
-from ..config import SubmitOptions, WebhookTarget, pick_secret
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+
+from ..config import (
+    Duration,
+    HttpTarget,
+    SecretFromEnv,
+    SecretFromFile,
+    Size,
+    SubmitOptions,
+    parse_size,
+    pick_secret,
+)
 from ..message import Message, leaf_parts
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
+from .registry import register
 
 SCHEMA_VERSION = 1
+
+
+def _also(old: str) -> Any:
+    """A field that the file may also name by its old key (``secret`` before
+    ``signing_secret``, which says which secret it is)."""
+    return Field(None, validation_alias=AliasChoices(f"signing_{old}", old))
+
+
+class WebhookTarget(HttpTarget):
+    """Any HTTP endpoint: a JSON document per message, or the raw message/rfc822."""
+
+    type: Literal["webhook"]
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    format: Literal["json", "raw"] = "json"
+    timeout: Duration = 30.0
+    headers: dict[str, str] = {}
+    token: SecretStr | None = None  # sent as Authorization: Bearer
+    token_file: SecretFromFile | None = None
+    token_env: SecretFromEnv | None = None
+    # Signs the body: HMAC-SHA256 in signature_header.
+    signing_secret: SecretStr | None = _also("secret")
+    signing_secret_file: SecretFromFile | None = _also("secret_file")
+    signing_secret_env: SecretFromEnv | None = _also("secret_env")
+    signature_header: str = "X-Imap-Ingest-Signature"
+    attachment_limit: Size = parse_size("1M")  # larger attachments are listed, not included
+    id_pointer: str | None = None  # JSON pointer to the ticket id in the answer, e.g. /id
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> WebhookTarget:
+        pick_secret(self, "token")
+        pick_secret(self, "signing_secret")
+        return self
 
 
 def document(raw: bytes, options: SubmitOptions, envelope: Envelope,
@@ -101,7 +145,7 @@ class Webhook:
         self._target = target
         self._http = Client(target)
         self._token = pick_secret(target, "token")
-        self._secret = pick_secret(target, "secret")
+        self._signing_secret = pick_secret(target, "signing_secret")
 
     def _request(self, raw: bytes, options: SubmitOptions,
                  envelope: Envelope) -> tuple[bytes, dict[str, str]]:
@@ -115,8 +159,9 @@ class Webhook:
         headers.update(target.headers)
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
-        if self._secret is not None:
-            digest = hmac.new(self._secret.get_secret_value().encode(), body, hashlib.sha256)
+        if self._signing_secret is not None:
+            digest = hmac.new(self._signing_secret.get_secret_value().encode(), body,
+                              hashlib.sha256)
             headers[target.signature_header] = f"sha256={digest.hexdigest()}"
         return body, headers
 
@@ -148,3 +193,6 @@ class Webhook:
 
     def close(self) -> None:
         self._http.close()
+
+
+register(WebhookTarget, Webhook)

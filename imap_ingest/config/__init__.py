@@ -1,0 +1,41 @@
+"""The configuration: a YAML file, overridden from the environment, validated by pydantic.
+
+Environment overrides are ``IMAP_INGEST_`` followed by the key path with ``__`` between
+levels; a list item is named by its index or by its ``name``:
+
+    IMAP_INGEST_ACCOUNTS__0__PASSWORD=...          accounts[0].password
+    IMAP_INGEST_ACCOUNTS__SUPPORT__FOLDERS__INBOX__INTERVAL=30s
+    IMAP_INGEST_TARGETS__REDMINE__KEY=...          targets.redmine.key
+
+One module per concern: ``values`` (durations, sizes, URLs, secrets), ``folders`` (folders,
+rules, actions), ``accounts`` (IMAP and OAuth2), ``targets`` (what the trackers' models
+share; each model lives with its tracker), ``settings`` (the whole file), ``loader``.
+"""
+
+from .accounts import Account, OAuth2
+from .folders import Action, CheckName, Condition, Folder, Rule, SubmitOptions
+from .loader import CONFIG_VARIABLE, ENV_PREFIX, load
+from .settings import Config, Http, Retry, default_state_dir
+from .targets import AnyTarget, HttpTarget, Target, target_types, templates
+from .values import (
+    Duration,
+    HttpsUrl,
+    HttpUrl,
+    Model,
+    SecretFromEnv,
+    SecretFromFile,
+    Size,
+    WithSecret,
+    is_loopback,
+    parse_duration,
+    parse_size,
+    pick_secret,
+)
+
+__all__ = [
+    "CONFIG_VARIABLE", "ENV_PREFIX", "Account", "Action", "AnyTarget", "CheckName", "Condition",
+    "Config", "Duration", "Folder", "Http", "HttpTarget", "HttpUrl", "HttpsUrl", "Model",
+    "OAuth2", "Retry", "Rule", "SecretFromEnv", "SecretFromFile", "Size", "SubmitOptions",
+    "Target", "WithSecret", "default_state_dir", "is_loopback", "load", "parse_duration",
+    "parse_size", "pick_secret", "target_types", "templates",
+]

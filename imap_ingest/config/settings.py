@@ -1,0 +1,103 @@
+"""The whole file: accounts, targets, shared rules, and the service's own settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .accounts import Account, OAuth2
+from .folders import CheckName, Rule, SubmitOptions
+from .targets import AnyTarget
+from .values import Duration, Model, parse_duration
+
+
+def default_state_dir() -> Path:
+    """$XDG_STATE_HOME/imap-ingest, else ~/.local/state/imap-ingest."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "imap-ingest"
+
+
+class Retry(Model):
+    """How temporary failures are retried: backoff with jitter, then given up."""
+
+    first_delay: Duration = 30.0
+    max_delay: Duration = 3600.0
+    max_attempts: Annotated[int, Field(ge=1)] = 10
+    max_age: Duration = parse_duration("2d")
+
+
+class Http(Model):
+    """The status listener: /healthz, /readyz, /metrics."""
+
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464 or 0.0.0.0:9464")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class Config(BaseSettings):
+    """The whole configuration file."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    accounts: Annotated[list[Account], Field(min_length=1)]
+    targets: Annotated[dict[str, AnyTarget], Field(min_length=1)]
+    rules: dict[str, Rule] = {}
+    loops_folder: str | None = None
+    loop_checks: dict[CheckName, bool] = {}
+    state_dir: Path = Field(default_factory=default_state_dir)
+    # YAML 1.1 reads a bare `off` as false.
+    dedupe: Annotated[Literal["message-id", "content", "off"],
+                      BeforeValidator(lambda value: "off" if value is False else value)
+                      ] = "message-id"
+    in_doubt: Literal["quarantine", "resubmit"] = "quarantine"
+    quarantine_folder: str = "Quarantine"
+    retry: Retry = Retry()
+    http: Http | None = None
+    shutdown_grace: Duration = 30.0  # on SIGTERM, how long the message in hand may take
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        *_: PydanticBaseSettingsSource, **__: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load() has already merged the file and the environment, list items included,
+        # which pydantic-settings' own env source cannot address.
+        return (init_settings,)
+
+    def secrets(self) -> Iterator[str]:
+        """Every secret value, so that logging can redact them."""
+        models: list[BaseModel] = [*self.accounts, *self.targets.values()]
+        while models:
+            for value in models.pop().__dict__.values():
+                if isinstance(value, SecretStr):
+                    yield value.get_secret_value()
+                elif isinstance(value, OAuth2):
+                    models.append(value)
+
+    def own_addresses(self) -> set[str]:
+        """Every target's own From addresses, lower-cased, for the own-address check."""
+        return {a.lower() for target in self.targets.values() for a in target.addresses}
+
+    def concurrency(self, target: str) -> int:
+        """How many requests ``target`` may have in flight."""
+        return self.targets[target].max_in_flight()
+
+    def target_for(self, options: SubmitOptions) -> str:
+        """The target a message with these options goes to."""
+        return options.target or next(iter(self.targets))
