@@ -16,8 +16,8 @@ from imap_ingest.errors import ConfigError
 from imap_ingest.trackers import Envelope, Kind, Outcome, open_tracker
 from imap_ingest.trackers.registry import register
 
-from .dovecot import ImapAccount
-from .mail import make
+from .support.dovecot import ImapAccount
+from .support.mail import make
 
 # The toy tracker: all a new tracker needs, in one place, as a module of trackers/ has it.
 
