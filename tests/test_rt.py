@@ -62,7 +62,8 @@ def test_ticket_only_when_rt_says_it() -> None:
 def test_posts_what_rt_mailgate_posts(rt: FakeRT) -> None:
     """The post is what rt-mailgate posts, on one keep-alive connection."""
     # multipart/form-data, queue and action fields, the message part with NO filename and
-    # the exact bytes (rt-mailgate does not touch line ends).
+    # the bytes as an MTA pipes them to rt-mailgate: LF line ends (RT keeps a CR it is
+    # given), every other byte untouched.
     raw = b"From: a@example.org\nSubject: caf\xe9\n\nbody\r\n\x00"
     client = tracker(rt.url, queue="Support", action="comment")
     outcome = client.submit(raw, SubmitOptions(), ENVELOPE)
@@ -73,7 +74,7 @@ def test_posts_what_rt_mailgate_posts(rt: FakeRT) -> None:
     assert (first.method, first.path) == ("POST", "/REST/1.0/NoAuth/mail-gateway")
     assert first.headers["Content-Type"].startswith("multipart/form-data; boundary=")
     assert first.filenames == {"queue": None, "action": None, "message": None}
-    assert first.field("message") == raw
+    assert first.field("message") == b"From: a@example.org\nSubject: caf\xe9\n\nbody\n\x00"
     assert (first.field("queue"), first.field("action")) == (b"Support", b"comment")
     assert (second.field("queue"), second.field("action")) == (b"Billing", b"correspond")
     assert first.client_port == second.client_port
@@ -122,7 +123,9 @@ def test_extension_sets_a_field_and_the_header(rt: FakeRT, extension: str | None
     assert outcome.kind is Kind.SUCCESS
     [request] = rt.requests
     assert request.form.get(field, [None])[0] == value
-    assert request.field("message") == f"X-RT-Mail-Extension: {subaddress}\r\n".encode() + raw
+    # As an MTA pipes it: LF line ends, the extension header first.
+    assert request.field("message") == (f"X-RT-Mail-Extension: {subaddress}\n".encode()
+                                        + raw.replace(b"\r\n", b"\n"))
 
 
 def test_a_subaddress_that_cannot_be_a_ticket_is_refused_before_posting(rt: FakeRT) -> None:

@@ -50,12 +50,12 @@ def fields(raw: bytes, options: SubmitOptions, target: RtTarget,
     return {name: value for name, value in sent.items() if value is not None}
 
 
-def with_extension(raw: bytes, subaddress: str | None) -> bytes:
-    """rt-mailgate prepends the MTA's extension as X-RT-Mail-Extension for scrips to read."""
-    if not subaddress:
-        return raw
-    newline = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
-    return b"X-RT-Mail-Extension: " + subaddress.encode() + newline + raw
+def as_piped(raw: bytes, subaddress: str | None) -> bytes:
+    """The message as an MTA pipes it to rt-mailgate: LF line endings (RT stores the CR of a
+    CRLF copy inside 7-bit and 8-bit text parts), and the MTA's extension prepended as
+    X-RT-Mail-Extension for scrips to read."""
+    piped = raw.replace(b"\r\n", b"\n")
+    return b"X-RT-Mail-Extension: " + subaddress.encode() + b"\n" + piped if subaddress else piped
 
 
 def classify(status: int, body: str, action: str, wait: float | None = None) -> Outcome:
@@ -106,7 +106,7 @@ class RequestTracker:
             return bad
         parts: dict[str, tuple[None, bytes | str] | tuple[None, bytes, str]] = {
             name: (None, value) for name, value in sent.items()}
-        parts["message"] = (None, with_extension(raw, envelope.subaddress),
+        parts["message"] = (None, as_piped(raw, envelope.subaddress),
                             "application/octet-stream")
         answer = self._http.request("POST", self._url, files=parts, repost=3)
         if isinstance(answer, Outcome):
@@ -116,7 +116,7 @@ class RequestTracker:
 
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
-        message = with_extension(raw, envelope.subaddress)
+        message = as_piped(raw, envelope.subaddress)
         shown = list(fields(raw, options, self._target, envelope.subaddress).items())
         return self._url, [*shown, ("message", f"<the message, {len(message)} bytes>")]
 

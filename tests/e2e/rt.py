@@ -21,6 +21,7 @@ imap-ingest's logs or ledger.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import mailbox
@@ -408,6 +409,10 @@ class RealRT(Lifecycle):
                                 type=str(transaction["Type"]),
                                 attachment=int(item["id"])))
         return found
+
+    def attachment_content(self, number: int) -> bytes:
+        """The bytes RT stored for one attachment (a part of a received mail)."""
+        return base64.b64decode(self.rest("GET", f"attachment/{int(number)}")["Content"])
 
     def outgoing(self) -> list[bytes]:
         """The mail RT has sent since the last reset (from the mbox files), CRLF line ends."""

@@ -10,6 +10,7 @@ loops folder) or recorded once in RT; in both only when RT carried out a chained
 from __future__ import annotations
 
 import re
+import subprocess
 from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -288,3 +289,19 @@ def test_rt_own_notifications_are_never_submitted(tally: Tally, real_rt: RealRT,
     # RT's only record of these is its own copy of what it sent
     assert {r.type for message_id in held for r in real_rt.records(message_id)} == {
         "EmailRecord"}
+
+
+def test_rt_stores_what_rt_mailgate_would(tally: Tally, real_rt: RealRT) -> None:
+    """RT stores the same text part through imap-ingest (IMAP's CRLF) as through rt-mailgate."""
+    body = "Line one of a plain 7-bit text part.\nLine two.\n\nAnd a last one.\n"
+    piped = make(subject="Line endings", sender=ALICE, body=body,
+                 message_id="<line-endings-mta@example.org>").replace(b"\r\n", b"\n")
+    subprocess.run(["/usr/bin/rt-mailgate", "--url", real_rt.url, "--queue", "Support",
+                    "--action", "correspond"], input=piped, check=True, timeout=60)
+    message_id = tally.deliver(make(subject="Line endings", sender=ALICE, body=body))
+    assert tally.run(tally.config([{"name": "INBOX"}])) == 0
+    [ours] = tally.where[message_id][1]
+    [theirs] = real_rt.records("<line-endings-mta@example.org>")
+    stored = [real_rt.attachment_content(record.attachment) for record in (ours, theirs)]
+    assert stored[0] == stored[1] and b"\r" not in stored[0]
+    assert b"Line two.\n\nAnd a last one." in stored[0]
