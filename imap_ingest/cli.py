@@ -202,7 +202,7 @@ def _auth_login(config: Config, args: argparse.Namespace) -> int:
 
 
 def _ledger(config: Config) -> Ledger:
-    return Ledger(config.state_dir / "ledger.sqlite3")
+    return Ledger.open(config.state_dir)
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:

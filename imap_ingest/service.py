@@ -55,7 +55,7 @@ class Service:
         self.config = config
         self.stop = threading.Event()
         self.metrics = Metrics()
-        self.ledger = Ledger(config.state_dir / "ledger.sqlite3")
+        self.ledger = Ledger.open(config.state_dir)
         self.trackers: dict[str, Tracker] = {
             name: open_tracker(target) for name, target in config.targets.items()
         }
