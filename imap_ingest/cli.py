@@ -7,31 +7,20 @@ import logging
 import os
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, authorize, demo, logs, token_file
-from .config import CONFIG_VARIABLE, Config, OAuth2, load, templates
-from .errors import (
-    EX_CANTCREAT,
-    EX_NOINPUT,
-    EX_NOPERM,
-    EX_OK,
-    EX_USAGE,
-    IngestError,
-    MailboxError,
-    worst,
-)
+from . import __version__, authorize, demo, logs
+from .check import check
+from .config import CONFIG_VARIABLE, Config, load, templates
+from .errors import EX_CANTCREAT, EX_OK, EX_USAGE, IngestError
+from .explain import explain
 from .from_rake import convert
 from .ledger import Ledger
 from .mailbox import Mailbox
-from .message import Message
 from .retry import retry
-from .rules import Act, RuleSet
 from .service import Service, serve
-from .states import State
-from .trackers import Envelope, Kind, open_tracker
+from .status import history, status
 
 log = logging.getLogger("imap_ingest")
 
@@ -106,69 +95,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _check(config: Config, args: argparse.Namespace) -> int:
-    codes = [EX_OK]
-
-    def report(ok: bool, what: str, detail: str, code: int = EX_OK) -> None:
-        print(f"{'OK  ' if ok else 'FAIL'}  {what}: {detail}", flush=True)
-        codes.append(code)
-
-    report(True, "config", f"{args.config} is valid")
-    for account in config.accounts:
-        what = f"account {account.name}"
-        try:
-            with Mailbox(account) as mailbox:
-                report(True, what, f"logged in as {account.username} on {account.host}:"
-                       f"{account.effective_port} ({account.security})")
-                for folder in account.folders:
-                    try:
-                        mailbox.select(folder.name)
-                        waiting = len(mailbox.new_uids())
-                        report(True, f"{what} folder {folder.name}", f"{waiting} new message(s)")
-                    except MailboxError as exc:
-                        report(False, f"{what} folder {folder.name}", exc.reason, exc.exit_code)
-        except MailboxError as exc:
-            report(False, what, exc.reason, exc.exit_code)
-        if account.oauth2 is not None and account.oauth2.refresh_token_file is not None:
-            ok, detail = _refresh_token_state(account.name, account.oauth2)
-            report(ok, f"{what} refresh token", detail, EX_OK if ok else EX_NOPERM)
-    for name, target in config.targets.items():
-        tracker = open_tracker(target)
-        try:
-            outcome = tracker.check()
-        finally:
-            tracker.close()
-        code = {Kind.SUCCESS: EX_OK, Kind.CONFIG: 77}.get(outcome.kind, 75)
-        report(outcome.kind is Kind.SUCCESS, f"target {name}", outcome.reason, code)
-    return worst(*codes)
-
-
-_NO_EXPIRY = {
-    "microsoft": "Microsoft gives no expiry (90 days unused; each refresh renews it)",
-    "google": "Google gives no expiry (a published app's token lasts until revoked)",
-}
-
-
-def _refresh_token_state(name: str, oauth2: OAuth2) -> tuple[bool, str]:
-    """Whether the stored refresh token is still good, as far as the provider said."""
-    assert oauth2.refresh_token_file is not None
-    login = f"run `imap-ingest auth login {name}`"
-    try:
-        stored = token_file.read(oauth2.refresh_token_file)
-    except token_file.TokenFileError as exc:
-        return False, f"{exc}: {login}"
-    issued = f"issued {_day(stored.issued_at)}" if stored.issued_at else "issue date unknown"
-    days = stored.days_left()
-    if days is None:
-        return True, f"{issued}; {_NO_EXPIRY.get(oauth2.provider, 'the provider gives no expiry')}"
-    if days < 0:
-        return False, f"expired on {_day(stored.expires_at)}: {login}"
-    return True, f"{issued}; expires in {days:.0f} days (the provider says so)"
-
-
-def _day(stamp: float | None) -> str:
-    """A date, or today."""
-    day = time.strftime("%Y-%m-%d", time.localtime(stamp))
-    return "today" if day == time.strftime("%Y-%m-%d") else day
+    return check(config, args.config)
 
 
 def _auth_login(config: Config, args: argparse.Namespace) -> int:
@@ -201,54 +128,12 @@ def _auth_login(config: Config, args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _ledger(config: Config) -> Ledger:
-    return Ledger(config.state_dir / "ledger.sqlite3")
-
-
 def _status(config: Config, args: argparse.Namespace) -> int:
-    ledger = _ledger(config)
-    try:
-        rows, targets = ledger.summary(), ledger.targets()
-    finally:
-        ledger.close()
-    folders: dict[str, list[str]] = {}
-    for account, folder, what, count, oldest in rows:
-        line = f"{count} {what}"
-        if what in (State.WAITING, State.SUBMITTING):
-            line += f" (oldest since {_time(oldest)})"
-        folders.setdefault(f"{account}/{folder}", []).append(line)
-    for folder, parts in folders.items():
-        print(f"{folder}: {', '.join(parts)}")
-    for name, failures, next_try, error, when in targets:
-        state = (f"failing ({failures} in a row), next try {_time(next_try)}" if failures
-                 else "ok")
-        last = f"; last error {_time(when)}: {error}" if error else ""
-        print(f"target {name}: {state}{last}")
-    if not folders:
-        print(f"no messages recorded yet in {config.state_dir}")
-    return EX_OK
+    return status(config)
 
 
 def _history(config: Config, args: argparse.Namespace) -> int:
-    ledger = _ledger(config)
-    try:
-        records = ledger.history(args.message_id)
-    finally:
-        ledger.close()
-    if not records:
-        print(f"no record of {args.message_id} in {config.state_dir}", file=sys.stderr)
-        return 1
-    for row, attempts in records:
-        ticket = f", ticket {row['ticket']}" if row["ticket"] else ""
-        print(f"{row['account']}/{row['folder']} uid {row['uid']} (UIDVALIDITY "
-              f"{row['uidvalidity']}), first seen {_time(row['first_seen'])}, rule "
-              f"{row['rule']}: {row['state']}, {row['outcome']}{ticket}; "
-              f"{row['reason'] or ''} [{row['dispose_to'] or 'not disposed'}]")
-        for attempt in attempts:
-            status = attempt["status"] if attempt["status"] is not None else "-"
-            print(f"  {_time(attempt['at'])} {attempt['target']} {attempt['outcome']} "
-                  f"{status}: {attempt['reason']}")
-    return EX_OK
+    return history(config, args.message_id)
 
 
 def _retry(config: Config, args: argparse.Namespace) -> int:
@@ -260,7 +145,7 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
         print("name the account with --account (one of: "
               + ", ".join(a.name for a in config.accounts) + ")", file=sys.stderr)
         return EX_USAGE
-    ledger = _ledger(config)
+    ledger = Ledger.open(config.state_dir)
     try:
         with Mailbox(candidates[0]) as mailbox:
             for line in retry(mailbox, ledger, candidates[0], args.folder):
@@ -271,58 +156,7 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
 
 
 def _explain(config: Config, args: argparse.Namespace) -> int:
-    matches = [(a, f) for a in config.accounts for f in a.folders
-               if f.name == args.folder and args.account in (None, a.name)]
-    if len(matches) != 1:
-        known = ", ".join(f"{a.name}/{f.name}" for a in config.accounts for f in a.folders)
-        print(f"--folder {args.folder} names {len(matches)} configured folders; give "
-              f"--account when several accounts have it (configured: {known})", file=sys.stderr)
-        return EX_USAGE
-    account, folder = matches[0]
-    try:
-        raw = sys.stdin.buffer.read() if args.message == "-" else Path(args.message).read_bytes()
-    except OSError as exc:
-        print(f"cannot read {args.message}: {exc.strerror}", file=sys.stderr)
-        return EX_NOINPUT
-    message = Message(raw)
-    rules = RuleSet.for_folder(folder, config)
-    decision = rules.evaluate(message)
-    print(f"message {message.message_id or '(no Message-ID)'}, {len(raw)} bytes, subject "
-          f"{message.subject!r}, in {account.name}/{folder.name}")
-    checks = [step for step in decision.trace if step.kind == "check"]
-    steps = [step for step in decision.trace if step.kind == "rule"]
-    print("built-in checks:")
-    for step in checks:
-        print(f"  {'HIT ' if step.matched else 'miss'}  {step.name}: {step.why}")
-    print("rules (first match wins):")
-    for step in steps:
-        print(f"  {'HIT ' if step.matched else 'miss'}  {step.name}: {step.why}")
-    for name in rules.names[len(steps):]:
-        print(f"  ----  {name}: not reached")
-    print(f"decision: {decision.act.value} (rule {decision.rule})"
-          + (f": {decision.reason}" if decision.reason else ""))
-    if decision.copies:
-        print(f"  copied first to: {', '.join(decision.copies)}")
-    if decision.folder:
-        print(f"  goes to folder {decision.folder}")
-    if decision.act is Act.SUBMIT and decision.options is not None:
-        target = config.target_for(decision.options)
-        tracker = open_tracker(config.targets[target])
-        envelope = Envelope(account.name, folder.name, 0, 0, message.subaddress(
-            account.addresses, account.subaddress_separator, account.recipient_headers))
-        if envelope.subaddress:
-            print(f"  sub-address: {envelope.subaddress}")
-        url, fields = tracker.preview(decision.submission(raw), decision.options, envelope)
-        tracker.close()
-        if edits := decision.edits:
-            done = [f"removed {', '.join(edits.remove_header)}" if edits.remove_header else "",
-                    f"set {', '.join(edits.set_header)}" if edits.set_header else "",
-                    f"From taken from {edits.from_header}" if edits.from_header else ""]
-            print(f"  header edits: {'; '.join(filter(None, done))}")
-        print(f"  target {target}: POST {url}")
-        for name, value in fields:
-            print(f"    {name} = {value}")
-    return EX_OK
+    return explain(config, args.message, args.folder, args.account)
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -344,13 +178,6 @@ def _demo(args: argparse.Namespace) -> int:
 def _from_rake(args: argparse.Namespace) -> int:
     print(convert(" ".join(args.options)), end="")
     return EX_OK
-
-
-def _time(stamp: object) -> str:
-    """A ledger timestamp (seconds since the epoch) as local time."""
-    if not isinstance(stamp, int | float) or not stamp:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -440,13 +267,13 @@ def _parser() -> argparse.ArgumentParser:
                         "target, whether it is failing and its last error.",
             epilog="example:\n  imap-ingest status -c config.yaml")
 
-    history = add("history", _history,
+    history_parser = add("history", _history,
             help="every attempt for one message, and where it ended up",
             description="Show every record and attempt the ledger has for a Message-ID.",
             epilog="example:\n  imap-ingest history -c config.yaml '<CAF=abc@mail.example.org>'\n\n"
                    "exits 1 when the ledger has no record of it.")
-    history.add_argument("message_id", metavar="MESSAGE-ID",
-                         help="the Message-ID header, with its angle brackets")
+    history_parser.add_argument("message_id", metavar="MESSAGE-ID",
+                                help="the Message-ID header, with its angle brackets")
 
     again = add("retry", _retry,
             help="give set-aside messages another try, after you fixed the cause",
@@ -461,7 +288,7 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("--account", metavar="NAME",
                        help="the account (needed when several have such a folder)")
 
-    explain = add(
+    explain_parser = add(
         "explain", _explain,
         help="why a message would (not) become a ticket: each check and rule, no network",
         description="Run the built-in loop checks and a folder's rules on one message file "
@@ -470,11 +297,12 @@ def _parser() -> argparse.ArgumentParser:
                     "sent and no server is contacted.",
         epilog="examples:\n  imap-ingest explain -c config.yaml --folder INBOX message.eml\n"
                "  imap-ingest explain -c config.yaml --folder INBOX - < message.eml")
-    explain.add_argument("message", metavar="FILE", help="the raw message (.eml), or - for stdin")
-    explain.add_argument("--folder", required=True, metavar="NAME",
-                         help="the configured folder whose rules apply")
-    explain.add_argument("--account", metavar="NAME",
-                         help="the account (needed when several have that folder)")
+    explain_parser.add_argument("message", metavar="FILE",
+                                help="the raw message (.eml), or - for stdin")
+    explain_parser.add_argument("--folder", required=True, metavar="NAME",
+                                help="the configured folder whose rules apply")
+    explain_parser.add_argument("--account", metavar="NAME",
+                                help="the account (needed when several have that folder)")
 
     init = add(
         "init", _init, standalone=True,

@@ -24,12 +24,11 @@ from pathlib import Path
 from imapclient import IMAPClient
 
 from .config import Config
-from .errors import EX_OK
+from .errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 from .ledger import Ledger
 from .service import Service
 from .states import Disposition
 
-EX_UNAVAILABLE = 69
 USER, PASSWORD = "demouser", "demopass"
 
 
@@ -135,8 +134,8 @@ def _demo(port: int, mail: list[bytes], out: Path, state: Path) -> int:
     finally:
         service.close()
     print()
-    _table(Ledger(state / "ledger.sqlite3"), mail, out)
-    return EX_OK if code in (EX_OK, 75) else code
+    _table(Ledger.open(state), mail, out)
+    return EX_OK if code in (EX_OK, EX_TEMPFAIL) else code
 
 
 def _table(ledger: Ledger, mail: list[bytes], out: Path) -> None:

@@ -5,12 +5,17 @@ configuration, a refused login, or a broken IMAP session.
 
     IngestError (70, EX_SOFTWARE)
     ├── ConfigError (78, EX_CONFIG)        file, key path and reason
+    ├── ledger.LedgerError (78)            corrupt, from a newer version, or not writable
     ├── TrackerRefused (77, EX_NOPERM)     wrong key or URL: the folder stops
     └── MailboxError (75, EX_TEMPFAIL)     account and folder
         ├── LoginRefused (77, EX_NOPERM)
         │   └── AuthFailed (77)            no usable OAuth2 token: "auth_failed"
         ├── FolderMissing (78, EX_CONFIG)
+        ├── locks.FolderBusy (75)          another imap-ingest is working the folder
         └── ConnectionLost (75, EX_TEMPFAIL)
+
+    token_file.TokenFileError (Exception)  no stored refresh token; its readers turn it
+                                           into AuthFailed, or a FAIL line of check
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from __future__ import annotations
 import os
 
 EX_OK = 0
+EX_NOT_FOUND = 1  # history: the ledger has no record of it (as grep finding nothing)
 EX_USAGE = 64
 EX_NOINPUT = 66
-EX_CANTCREAT = 73
+EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_CANTCREAT = 73
 EX_TEMPFAIL = 75
 EX_NOPERM = 77
 EX_CONFIG = 78

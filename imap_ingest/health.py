@@ -5,21 +5,28 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .config import Http
 
-if TYPE_CHECKING:
-    from .service import Service
-
 PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+class Observed(Protocol):
+    """What the listener reports on: the running service."""
+
+    def not_ready(self) -> list[str]:
+        """The folders that are not ready, each named with its state where it has one."""
+
+    def metrics_text(self) -> bytes:
+        """The metrics in Prometheus' text format."""
 
 
 class StatusServer:
     def __init__(self, http: Http) -> None:
-        self.service: Service | None = None
+        self.service: Observed | None = None
         self._server = ThreadingHTTPServer(http.address, self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="status",
@@ -30,7 +37,7 @@ class StatusServer:
     def port(self) -> int:
         return self._server.server_address[1]
 
-    def serve(self, service: Service) -> None:
+    def serve(self, service: Observed) -> None:
         """Report on this service from now on (after a reload: the new one)."""
         self.service = service
 
@@ -45,13 +52,11 @@ class StatusServer:
         if path == "/readyz":
             if service is None:
                 return 503, "text/plain", b"starting\n"
-            waiting = [w.name + (" (auth_failed)" if w.auth_failed else "")
-                       for w in service.workers if not w.ready]
-            if waiting:
+            if waiting := service.not_ready():
                 return 503, "text/plain", ("not connected: " + ", ".join(waiting) + "\n").encode()
             return 200, "text/plain", b"ready\n"
         if path == "/metrics" and service is not None:
-            return 200, CONTENT_TYPE_LATEST, service.metrics.text()
+            return 200, CONTENT_TYPE_LATEST, service.metrics_text()
         return 404, "text/plain", b"not found: try /healthz, /readyz or /metrics\n"
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

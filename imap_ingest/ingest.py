@@ -201,9 +201,7 @@ class _Pass:
             self._decide(key, message, len(message.raw), decision.rule,
                          duplicate(earlier, self.policy))
             return
-        account = self.mailbox.account
-        envelope = Envelope(key.account, key.folder, key.uidvalidity, key.uid, message.subaddress(
-            account.addresses, account.subaddress_separator, account.recipient_headers))
+        envelope = Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid)
         self.inflight.start(target, ties, _Sent(key, message, decision.rule, record, arrived,
                                                 target, time.monotonic()), functools.partial(
             self.context.trackers[target].submit, decision.submission(message.raw),

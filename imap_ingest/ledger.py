@@ -125,6 +125,11 @@ class Ledger:
         except OSError as exc:
             raise LedgerError(f"ledger {path}: {exc.strerror}") from None
 
+    @classmethod
+    def open(cls, state_dir: Path) -> Ledger:
+        """The ledger of a state_dir (its file ledger.sqlite3)."""
+        return cls(state_dir / "ledger.sqlite3")
+
     def close(self) -> None:
         self._db.close()
 

@@ -55,7 +55,7 @@ class Service:
         self.config = config
         self.stop = threading.Event()
         self.metrics = Metrics()
-        self.ledger = Ledger(config.state_dir / "ledger.sqlite3")
+        self.ledger = Ledger.open(config.state_dir)
         self.trackers: dict[str, Tracker] = {
             name: open_tracker(target) for name, target in config.targets.items()
         }
@@ -68,6 +68,13 @@ class Service:
     def context(self, progress: bool = False) -> Context:
         return Context(self.config, self.trackers, self.ledger, self.stop, self.metrics,
                        self.retry_now, progress)
+
+    def not_ready(self) -> list[str]:
+        """The folders not ready for /readyz, each with its state where it has one."""
+        return [state for worker in self.workers if (state := worker.unready)]
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.text()
 
     def close(self) -> None:
         for worker in self.workers:
@@ -145,8 +152,16 @@ class FolderWorker:
 
     @property
     def ready(self) -> bool:
+        """Connected, or backing off after a lost connection; never while auth_failed."""
         return not self.auth_failed and (self._mailbox is not None or (
             self._failures > 0 and self._retry_at > time.time()))
+
+    @property
+    def unready(self) -> str:
+        """The folder's name with its state when it is not ready, else nothing."""
+        if self.ready:
+            return ""
+        return self.name + (" (auth_failed)" if self.auth_failed else "")
 
     def poke(self) -> None:
         """New mail: run a pass now, or right after the one running."""

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Protocol
 from . import registry
 
 if TYPE_CHECKING:
-    from ..config import SubmitOptions, Target
+    from ..config import Account, SubmitOptions, Target
+    from ..message import Message
 
 
 class Kind(Enum):
@@ -42,6 +43,13 @@ class Envelope:
     uidvalidity: int
     uid: int
     subaddress: str | None = None  # the +EXT of the recipient address, like an MTA's EXTENSION
+
+    @classmethod
+    def of(cls, account: Account, message: Message, folder: str, uidvalidity: int = 0,
+           uid: int = 0) -> Envelope:
+        """The envelope of ``message`` in ``folder``, its sub-address read as ``account`` says."""
+        return cls(account.name, folder, uidvalidity, uid, message.subaddress(
+            account.addresses, account.subaddress_separator, account.recipient_headers))
 
 
 class Tracker(Protocol):

@@ -1,0 +1,79 @@
+"""`imap-ingest check`: everything a run needs, tested one line at a time, creating nothing."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from . import token_file
+from .config import Config, OAuth2
+from .errors import EX_NOPERM, EX_OK, EX_TEMPFAIL, MailboxError, worst
+from .mailbox import Mailbox
+from .trackers import Kind, open_tracker
+
+_NO_EXPIRY = {
+    "microsoft": "Microsoft gives no expiry (90 days unused; each refresh renews it)",
+    "google": "Google gives no expiry (a published app's token lasts until revoked)",
+}
+
+
+def check(config: Config, path: str | os.PathLike[str]) -> int:
+    """Log in to each account and folder, read each refresh token, reach each tracker;
+    print OK or FAIL per step and return the worst exit code."""
+    codes = [EX_OK]
+
+    def report(ok: bool, what: str, detail: str, code: int = EX_OK) -> None:
+        print(f"{'OK  ' if ok else 'FAIL'}  {what}: {detail}", flush=True)
+        codes.append(code)
+
+    report(True, "config", f"{os.fspath(path)} is valid")
+    for account in config.accounts:
+        what = f"account {account.name}"
+        try:
+            with Mailbox(account) as mailbox:
+                report(True, what, f"logged in as {account.username} on {account.host}:"
+                       f"{account.effective_port} ({account.security})")
+                for folder in account.folders:
+                    try:
+                        mailbox.select(folder.name)
+                        waiting = len(mailbox.new_uids())
+                        report(True, f"{what} folder {folder.name}", f"{waiting} new message(s)")
+                    except MailboxError as exc:
+                        report(False, f"{what} folder {folder.name}", exc.reason, exc.exit_code)
+        except MailboxError as exc:
+            report(False, what, exc.reason, exc.exit_code)
+        if account.oauth2 is not None and account.oauth2.refresh_token_file is not None:
+            ok, detail = _refresh_token_state(account.name, account.oauth2)
+            report(ok, f"{what} refresh token", detail, EX_OK if ok else EX_NOPERM)
+    for name, target in config.targets.items():
+        tracker = open_tracker(target)
+        try:
+            outcome = tracker.check()
+        finally:
+            tracker.close()
+        code = {Kind.SUCCESS: EX_OK, Kind.CONFIG: EX_NOPERM}.get(outcome.kind, EX_TEMPFAIL)
+        report(outcome.kind is Kind.SUCCESS, f"target {name}", outcome.reason, code)
+    return worst(*codes)
+
+
+def _refresh_token_state(name: str, oauth2: OAuth2) -> tuple[bool, str]:
+    """Whether the stored refresh token is still good, as far as the provider said."""
+    assert oauth2.refresh_token_file is not None
+    login = f"run `imap-ingest auth login {name}`"
+    try:
+        stored = token_file.read(oauth2.refresh_token_file)
+    except token_file.TokenFileError as exc:
+        return False, f"{exc}: {login}"
+    issued = f"issued {_day(stored.issued_at)}" if stored.issued_at else "issue date unknown"
+    days = stored.days_left()
+    if days is None:
+        return True, f"{issued}; {_NO_EXPIRY.get(oauth2.provider, 'the provider gives no expiry')}"
+    if days < 0:
+        return False, f"expired on {_day(stored.expires_at)}: {login}"
+    return True, f"{issued}; expires in {days:.0f} days (the provider says so)"
+
+
+def _day(stamp: float | None) -> str:
+    """A date, or today."""
+    day = time.strftime("%Y-%m-%d", time.localtime(stamp))
+    return "today" if day == time.strftime("%Y-%m-%d") else day

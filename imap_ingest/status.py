@@ -1,0 +1,66 @@
+"""`imap-ingest status` and `history`: what the ledger knows, read without the network."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from .config import Config
+from .errors import EX_NOT_FOUND, EX_OK
+from .ledger import Ledger
+from .states import State
+
+
+def status(config: Config) -> int:
+    """Print per folder the messages by state, and per target whether it is failing."""
+    ledger = Ledger.open(config.state_dir)
+    try:
+        rows, targets = ledger.summary(), ledger.targets()
+    finally:
+        ledger.close()
+    folders: dict[str, list[str]] = {}
+    for account, folder, what, count, oldest in rows:
+        line = f"{count} {what}"
+        if what in (State.WAITING, State.SUBMITTING):
+            line += f" (oldest since {_time(oldest)})"
+        folders.setdefault(f"{account}/{folder}", []).append(line)
+    for folder, parts in folders.items():
+        print(f"{folder}: {', '.join(parts)}")
+    for name, failures, next_try, error, when in targets:
+        state = (f"failing ({failures} in a row), next try {_time(next_try)}" if failures
+                 else "ok")
+        last = f"; last error {_time(when)}: {error}" if error else ""
+        print(f"target {name}: {state}{last}")
+    if not folders:
+        print(f"no messages recorded yet in {config.state_dir}")
+    return EX_OK
+
+
+def history(config: Config, message_id: str) -> int:
+    """Print every record and attempt for ``message_id``; EX_NOT_FOUND when there is none."""
+    ledger = Ledger.open(config.state_dir)
+    try:
+        records = ledger.history(message_id)
+    finally:
+        ledger.close()
+    if not records:
+        print(f"no record of {message_id} in {config.state_dir}", file=sys.stderr)
+        return EX_NOT_FOUND
+    for row, attempts in records:
+        ticket = f", ticket {row['ticket']}" if row["ticket"] else ""
+        print(f"{row['account']}/{row['folder']} uid {row['uid']} (UIDVALIDITY "
+              f"{row['uidvalidity']}), first seen {_time(row['first_seen'])}, rule "
+              f"{row['rule']}: {row['state']}, {row['outcome']}{ticket}; "
+              f"{row['reason'] or ''} [{row['dispose_to'] or 'not disposed'}]")
+        for attempt in attempts:
+            status = attempt["status"] if attempt["status"] is not None else "-"
+            print(f"  {_time(attempt['at'])} {attempt['target']} {attempt['outcome']} "
+                  f"{status}: {attempt['reason']}")
+    return EX_OK
+
+
+def _time(stamp: object) -> str:
+    """A ledger timestamp (seconds since the epoch) as local time."""
+    if not isinstance(stamp, int | float) or not stamp:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
