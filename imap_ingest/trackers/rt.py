@@ -12,7 +12,7 @@ import re
 
 from ..config import RtTarget, SubmitOptions
 from . import Envelope, Kind, Outcome
-from ._http import Client, retry_after
+from ._http import Client, origin, retry_after, shown
 
 GATEWAY = "/REST/1.0/NoAuth/mail-gateway"
 _ACTION = re.compile(r"(correspond|comment|take|resolve)(-(correspond|comment|take|resolve))*")
@@ -95,8 +95,8 @@ class RequestTracker:
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
         message = with_extension(raw, envelope.subaddress)
-        shown = list(fields(raw, options, self._target, envelope.subaddress).items())
-        return self._url, [*shown, ("message", f"<the message, {len(message)} bytes>")]
+        sent = list(fields(raw, options, self._target, envelope.subaddress).items())
+        return shown(self._url), [*sent, ("message", f"<the message, {len(message)} bytes>")]
 
     def check(self) -> Outcome:
         # REST 1.0's root answers "RT/x.y.z 401 Credentials required" without touching mail;
@@ -106,9 +106,9 @@ class RequestTracker:
             return answer
         version = re.match(r"RT/(\S+)", answer.text)
         if answer.status_code == 200 and version:
-            return Outcome(Kind.SUCCESS, f"RT {version[1]} answers at {self._target.url}",
+            return Outcome(Kind.SUCCESS, f"RT {version[1]} answers at {origin(self._url)}",
                            status=200)
-        return Outcome(Kind.CONFIG, f"no RT REST 1.0 at {self._target.url} (HTTP "
+        return Outcome(Kind.CONFIG, f"no RT REST 1.0 at {origin(self._url)} (HTTP "
                        f"{answer.status_code})", status=answer.status_code)
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from ..config import SubmitOptions, WebhookTarget, pick_secret
 from ..message import Message, leaf_parts
 from . import Envelope, Kind, Outcome
-from ._http import Client, retry_after
+from ._http import Client, origin, retry_after, shown
 
 SCHEMA_VERSION = 1
 
@@ -133,9 +133,9 @@ class Webhook:
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
         body, headers = self._request(raw, options, envelope)
         masked = {"Authorization": "Bearer ***"}
-        shown = [(f"header {k}", masked.get(k, v)) for k, v in headers.items()]
-        return (f"{self._target.method} {self._target.url}",
-                [*shown, ("body", f"<{self._target.format}, {len(body)} bytes>")])
+        fields = [(f"header {k}", masked.get(k, v)) for k, v in headers.items()]
+        return (f"{self._target.method} {shown(self._target.url)}",
+                [*fields, ("body", f"<{self._target.format}, {len(body)} bytes>")])
 
     def check(self) -> Outcome:
         # Nothing can be asked of an arbitrary endpoint without sending it a message:
@@ -143,8 +143,9 @@ class Webhook:
         answer = self._http.request("HEAD", self._target.url)
         if isinstance(answer, Outcome):
             return answer
-        return Outcome(Kind.SUCCESS, f"{self._target.url} answers (HTTP {answer.status_code} "
-                       "to HEAD; nothing was posted)", status=answer.status_code)
+        return Outcome(Kind.SUCCESS, f"{origin(self._target.url)} answers (HTTP "
+                       f"{answer.status_code} to HEAD; nothing was posted)",
+                       status=answer.status_code)
 
     def close(self) -> None:
         self._http.close()
