@@ -13,10 +13,11 @@ import trustme
 
 from imap_ingest.config import RedmineTarget, RtTarget, SubmitOptions, WebhookTarget
 from imap_ingest.trackers import Envelope, Kind, Outcome
-from imap_ingest.trackers._http import Client, origin
+from imap_ingest.trackers._http import Client
 from imap_ingest.trackers.redmine import Redmine
 from imap_ingest.trackers.rt import GATEWAY, RequestTracker
 from imap_ingest.trackers.webhook import Webhook
+from imap_ingest.urls import origin
 
 from .mail import make
 from .redmine_server import FakeRedmine, FakeRT, RecordingServer

@@ -14,6 +14,7 @@ import urllib3
 
 from .. import __version__
 from ..config import HttpTarget
+from ..urls import origin
 from . import Kind, Outcome
 
 USER_AGENT = f"imap-ingest/{__version__}"
@@ -78,27 +79,6 @@ class Client:
 
     def close(self) -> None:
         self._http.close()
-
-
-def origin(url: str) -> str:
-    """``scheme://host:port`` of ``url``: what a reason may name. The user:password of a
-    proxy and a Slack-style secret path never leave the process."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-    except ValueError:
-        port = None
-    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
-    return f"{parts.scheme}://{host}:{port}" if port else f"{parts.scheme}://{host}"
-
-
-def shown(url: str) -> str:
-    """``url`` with the password of its user:password@ masked, for ``explain``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-                          ).geturl()
 
 
 def _not_followed(url: str, location: str) -> Outcome | None:

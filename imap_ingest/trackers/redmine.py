@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from ..config import RedmineTarget, SubmitOptions
+from ..urls import origin, shown
 from . import Envelope, Kind, Outcome
-from ._http import Client, origin, retry_after, shown
+from ._http import Client, retry_after
 
 _ISSUE_FIELDS = ("project", "status", "tracker", "category", "priority", "assigned_to",
                  "fixed_version")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 
 from ..config import RtTarget, SubmitOptions
+from ..urls import origin, shown
 from . import Envelope, Kind, Outcome
-from ._http import Client, origin, retry_after, shown
+from ._http import Client, retry_after
 
 GATEWAY = "/REST/1.0/NoAuth/mail-gateway"
 _ACTION = re.compile(r"(correspond|comment|take|resolve)(-(correspond|comment|take|resolve))*")

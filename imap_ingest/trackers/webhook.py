@@ -16,8 +16,9 @@ from typing import Any
 
 from ..config import SubmitOptions, WebhookTarget, pick_secret
 from ..message import Message, leaf_parts
+from ..urls import origin, shown
 from . import Envelope, Kind, Outcome
-from ._http import Client, origin, retry_after, shown
+from ._http import Client, retry_after
 
 SCHEMA_VERSION = 1
 
