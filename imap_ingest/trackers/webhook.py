@@ -11,7 +11,6 @@ import base64
 import hashlib
 import hmac
 import json
-from email.utils import getaddresses
 from typing import Any
 
 from ..config import SubmitOptions, WebhookTarget, pick_secret
@@ -61,9 +60,8 @@ def document(raw: bytes, options: SubmitOptions, envelope: Envelope,
 
 
 def _addresses(message: Message, name: str) -> list[dict[str, str]]:
-    value = message.decoded_header(name)
-    pairs = getaddresses([value]) if value else []
-    return [{"name": display, "address": address} for display, address in pairs if address]
+    return [{"name": display, "address": address}
+            for display, address in message.addresses(name)]
 
 
 def classify(status: int, body: bytes, pointer: str | None,
