@@ -3,12 +3,20 @@ target writes through no planted symlink."""
 
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
 from imap_ingest.conditions import parse
-from imap_ingest.config import SubmitOptions
+from imap_ingest.config import DirectoryTarget, SubmitOptions
 from imap_ingest.message import Message
-from imap_ingest.trackers import Envelope
+from imap_ingest.trackers import Envelope, Kind
+from imap_ingest.trackers.directory import Directory, name_for
 from imap_ingest.trackers.webhook import document
 
+from .ingest_env import ROOT
 from .mail import make
 
 ENVELOPE = Envelope("test", "INBOX", 1, 1)
@@ -49,3 +57,54 @@ def test_decoded_address_headers_quote_the_display_name() -> None:
     shown = dict(message.fields())["From"]
     assert shown == '"Jane <ceo@example.org>," <attacker@evil.example>'
     assert parse(r"^From: .*<ceo@example\.org>$").check(message)[0] is False
+
+
+def _directory(path: Path) -> Directory:
+    return Directory(DirectoryTarget.model_validate({"type": "directory", "path": str(path)}))
+
+
+def test_directory_writes_through_no_planted_symlink(tmp_path: Path) -> None:
+    """A symlink at the predictable NAME.eml.part is neither followed nor written to."""
+    archive, victim = tmp_path / "archive", tmp_path / "victim"
+    archive.mkdir()
+    victim.write_text("keep me")
+    stem = name_for(ENVELOPE)
+    for suffix in (".eml.part", ".json.part"):
+        (archive / f"{stem}{suffix}").symlink_to(victim)
+    outcome = _directory(archive).submit(make(), SubmitOptions(), ENVELOPE)
+    assert outcome.kind is Kind.SUCCESS
+    assert victim.read_text() == "keep me"
+    assert not (archive / f"{stem}.eml").is_symlink()
+
+
+_UMASK_022 = """
+import os, sys
+from pathlib import Path
+os.umask(0o022)
+from imap_ingest import token_file
+from imap_ingest.config import DirectoryTarget, SubmitOptions
+from imap_ingest.ledger import Ledger
+from imap_ingest.locks import folder_lock
+from imap_ingest.trackers import Envelope
+from imap_ingest.trackers.directory import Directory
+base = Path(sys.argv[1])
+target = DirectoryTarget.model_validate({"type": "directory", "path": str(base / "archive")})
+Directory(target).submit(b"From: a@b.org\\r\\n\\r\\nhi", SubmitOptions(),
+                         Envelope("a", "INBOX", 1, 1))
+Ledger(base / "state" / "ledger.sqlite3").close()
+with folder_lock(base / "state2", "a", "INBOX"):
+    pass
+token_file.write(base / "tokens" / "a.json", token_file.StoredToken("t"))
+"""
+
+
+def test_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Under umask 022: archived mail, the ledger, lock and token files 0600, their
+    directories 0700."""
+    subprocess.run([sys.executable, "-c", _UMASK_022, str(tmp_path)], check=True, cwd=ROOT,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    created = [p for p in tmp_path.rglob("*")]
+    assert len(created) >= 9
+    for path in created:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
