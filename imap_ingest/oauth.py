@@ -151,20 +151,21 @@ class Endpoint:
         try:
             response = self._session.post(url, data=fields)
         except requests.RequestException as exc:
-            raise unreachable(self.account, f"{url}: {_reason(exc)}") from None
+            raise unreachable(self.account, f"{origin(url)}: {_reason(exc)}") from None
         status = response.status_code
         if 300 <= status < 400:
             raise refused(self.account, f"{origin(url)} answered {status}, a redirect: not "
                           "followed, as it would take the credentials along; configure the "
                           "endpoint it points to")
         if status >= 500 or status == 429:
-            raise unreachable(self.account, f"{url} answered {status}")
+            raise unreachable(self.account, f"{origin(url)} answered {status}")
         try:
             answer = response.json()
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
-            raise unreachable(self.account, f"{url} answered {status} without a JSON object")
+            raise unreachable(self.account, f"{origin(url)} answered {status} without a "
+                              "JSON object")
         if status != 200 and "error" not in answer:
             answer["error"] = f"HTTP {status}"
         return answer
