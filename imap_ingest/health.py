@@ -5,13 +5,41 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .config import Http
 
 PATHS = ("/healthz", "/readyz", "/metrics")
+# A probe is answered in milliseconds: a client slower than this is dropped, and no more
+# than THREADS are served at once (more are hung up on; probes try again).
+TIMEOUT = 5.0
+THREADS = 8
+
+
+class _Bounded(ThreadingHTTPServer):
+    """At most ``threads`` connections handled at once; one more is closed unanswered."""
+
+    daemon_threads = True
+    request_queue_size = 64  # socketserver's 5 would drop a probe's SYN behind slow clients
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 threads: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(threads)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class Observed(Protocol):
@@ -25,10 +53,9 @@ class Observed(Protocol):
 
 
 class StatusServer:
-    def __init__(self, http: Http) -> None:
+    def __init__(self, http: Http, *, timeout: float = TIMEOUT, threads: int = THREADS) -> None:
         self.service: Observed | None = None
-        self._server = ThreadingHTTPServer(http.address, self._handler())
-        self._server.daemon_threads = True
+        self._server = _Bounded(http.address, self._handler(timeout), threads)
         self._thread = threading.Thread(target=self._server.serve_forever, name="status",
                                         daemon=True)
         self._thread.start()
@@ -59,10 +86,12 @@ class StatusServer:
             return 200, CONTENT_TYPE_LATEST, service.metrics_text()
         return 404, "text/plain", b"not found: try /healthz, /readyz or /metrics\n"
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self, limit: float) -> type[BaseHTTPRequestHandler]:
         status = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Per connection, on every read and write: a half-open client cannot hold on.
+            timeout = limit
             def log_message(self, *_: object) -> None:
                 pass  # probes every few seconds would drown the log
 

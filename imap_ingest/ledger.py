@@ -19,6 +19,7 @@ from typing import Literal
 
 from .backoff import Backoff
 from .errors import ConfigError, IngestError
+from .files import private_file
 from .states import Disposition, Result, State
 
 SCHEMA_VERSION = 1
@@ -110,7 +111,7 @@ class Ledger:
         self.path = path
         self._lock = threading.Lock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(path)  # SQLite gives its -wal and -shm files the same mode
             self._db = sqlite3.connect(path, timeout=30, isolation_level=None,
                                        check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import MailboxError
+from .files import private_dir
 
 
 class FolderBusy(MailboxError):
@@ -21,8 +22,8 @@ class FolderBusy(MailboxError):
 def folder_lock(state_dir: Path, account: str, folder: str) -> Iterator[None]:
     """Hold the folder's lock while inside; raise FolderBusy at once if another holds it."""
     path = _lock_path(state_dir, account, folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

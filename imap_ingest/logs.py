@@ -2,32 +2,81 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import re
 import sys
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import quote, quote_plus
 
 Format = Literal["text", "json"]
 REDACTED = "***"
+# Shorter secrets are redacted only where they stand alone: replaced inside any word, a
+# two-letter password would mangle every line and so give itself away.
+SHORT = 8
+
+
+def forms(secret: str) -> set[str]:
+    """The ways ``secret`` shows up in text: raw, URL-encoded (path, query, form), JSON
+    string-escaped, and base64 (standalone or inside a longer value, as in Basic auth)."""
+    found = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret),
+             json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    if len(secret) >= SHORT:
+        runs = {_base64_run(secret, offset) for offset in (0, 1, 2)}
+        found |= runs | {run.translate(_URLSAFE) for run in runs}
+    return {text for text in found if text}
+
+
+_URLSAFE = str.maketrans("+/", "-_")
+
+
+def _base64_run(secret: str, offset: int) -> str:
+    """The base64 characters that only the secret's bytes determine, when it starts
+    ``offset`` bytes into the encoded value."""
+    data = secret.encode()
+    encoded = base64.b64encode(bytes(offset) + data).decode()
+    start, end = -(-8 * offset // 6), 8 * (offset + len(data)) // 6
+    return encoded[start:end]
+
+
+def _pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
+    """One alternation of every form of every secret, longest first, so that a secret
+    inside another is not redacted half."""
+    long: set[str] = set()
+    short: set[str] = set()
+    for secret in secrets:
+        for text in forms(secret):
+            (short if len(secret) < SHORT else long).add(text)
+    alternatives = [re.escape(text) for text in sorted(long, key=len, reverse=True)]
+    alternatives += [rf"(?<!\w){re.escape(text)}(?!\w)"
+                     for text in sorted(short, key=len, reverse=True)]
+    return re.compile("|".join(alternatives)) if alternatives else None
 
 
 class _Redactor:
     """The secrets to hide: the configuration's, and the tokens obtained while running."""
 
     def __init__(self) -> None:
-        self.secrets: set[str] = set()
+        self._secrets: frozenset[str] = frozenset()
         self._held: dict[str, tuple[str, ...]] = {}
         self._tokens: frozenset[str] = frozenset()
+        self._pattern: re.Pattern[str] | None = None
         self._lock = threading.Lock()
 
     def __call__(self, text: str) -> str:
-        for secret in (*self.secrets, *self._tokens):
-            text = text.replace(secret, REDACTED)
-        return text
+        pattern = self._pattern
+        return pattern.sub(REDACTED, text) if pattern is not None else text
+
+    def replace(self, secrets: Iterable[str]) -> None:
+        """Redact these configuration secrets instead of the previous ones."""
+        with self._lock:
+            self._secrets = frozenset(secret for secret in secrets if secret)
+            self._compile()
 
     def track(self, holder: str, token: str) -> None:
         """Redact ``token`` from now on. ``holder`` keeps its last two (a rotated refresh
@@ -38,14 +87,20 @@ class _Redactor:
             self._held[holder] = (token, *self._held.get(holder, ())[:1])
             # Replaced whole, never changed in place: formatters in other threads iterate it.
             self._tokens = frozenset(t for held in self._held.values() for t in held)
+            self._compile()
+
+    def _compile(self) -> None:
+        # Replaced whole, never changed in place, for the same reason.
+        self._pattern = _pattern(self._secrets | self._tokens)
 
 
 redact = _Redactor()
 
 
 def hide(secrets: Iterable[str]) -> None:
-    """Redact these values (the loaded configuration's secrets) from every log line."""
-    redact.secrets = {secret for secret in secrets if secret}
+    """Redact these values (the loaded configuration's secrets) from every log line, in
+    place of those of the configuration before (a reload)."""
+    redact.replace(secrets)
 
 
 def event(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:
@@ -57,12 +112,15 @@ class _Text(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
         fields = getattr(record, "fields", None)
         if fields:
             line += " " + " ".join(f"{k}={_quote(v)}" for k, v in fields.items() if v is not None)
-        return redact(line)
+        return escape(line)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 class _Json(logging.Formatter):
@@ -84,8 +142,18 @@ class _Json(logging.Formatter):
 
 def _quote(value: object) -> str:
     text = str(value)
-    plain = text and not any(c in text for c in ' "=')
+    plain = text and not any(c in text for c in ' "=') and not _CONTROL.search(text)
     return text if plain else json.dumps(text, ensure_ascii=False)
+
+
+# C0 and C1 controls and DEL (terminal escapes, carriage returns), and a line break unless
+# an indented line follows: a header or a server's answer must not forge a log record.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]|\n(?![ \t])")
+
+
+def escape(text: str) -> str:
+    """``text`` with control characters shown as escapes (\\x1b, \\r, \\n)."""
+    return _CONTROL.sub(lambda control: repr(control[0])[1:-1], text)
 
 
 @contextmanager

@@ -6,6 +6,7 @@ this module. Nothing here marks a message seen: bodies are read with BODY.PEEK[]
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -266,6 +267,10 @@ class Mailbox:
             raise
         except LoginError as exc:
             raise LoginRefused(f"login refused: {_text(exc)}", account=name) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectionLost(f"TLS failure: the server's certificate is not trusted "
+                                 f"({exc.verify_message}; see ca_file, verify_tls)",
+                                 account=name, folder=folder) from None
         except ssl.SSLError as exc:
             raise ConnectionLost(f"TLS failure: {exc.reason or exc}", account=name,
                                  folder=folder) from None
@@ -309,7 +314,10 @@ def _connect(account: Account, tokens: Tokens | None) -> IMAPClient:
         else:
             _authenticate(client, account, tokens)
     except BaseException:
-        client.shutdown()
+        # A failed STARTTLS handshake leaves a closed socket: shutting it down raises
+        # "Bad file descriptor", which must not hide the certificate error.
+        with contextlib.suppress(OSError, IMAPClientError):
+            client.shutdown()
         raise
     return client
 

@@ -70,16 +70,23 @@ class Message:
         return None
 
     def decoded_header(self, name: str) -> str | None:
-        """A header's value with RFC 2047 words decoded."""
+        """A header's value with RFC 2047 words decoded (display names only, in an
+        address header)."""
         value = self.header(name)
-        return _decode_words(value) if value is not None else None
+        return _decode_field(name, value) if value is not None else None
+
+    def addresses(self, name: str) -> list[tuple[str, str]]:
+        """(display name, address) of every address in the first header ``name``, parsed
+        from the raw value: an encoded word is a name, never an address."""
+        return [(_decode_words(display), address)
+                for display, address in getaddresses([self.header(name) or ""]) if address]
 
     def fields(self) -> Iterator[tuple[str, str]]:
         """Every header field in order, as (name, decoded value)."""
         for line in self.headers.split("\n"):
             name, colon, value = line.partition(":")
             if colon and name and " " not in name:
-                yield name, _decode_words(value.strip())
+                yield name, _decode_field(name, value.strip())
 
     @property
     def sender(self) -> str:
@@ -111,7 +118,7 @@ class Message:
     def decoded_headers(self) -> str:
         """The header block with RFC 2047 encoded words decoded, for rules on real text."""
         if self._decoded is None:
-            self._decoded = "\n".join(_decode_words(line) if "=?" in line else line
+            self._decoded = "\n".join(_decode_line(line) if "=?" in line else line
                                       for line in self.headers.split("\n"))
         return self._decoded
 
@@ -155,11 +162,49 @@ def _text(data: bytes, charset: str = "utf-8") -> str:
         return data.decode("latin-1")
 
 
+# What str.splitlines() would break on: an encoded word must never start a header line
+# of its own (a forged Authentication-Results: in a Subject).
+_LINE_BREAKS = re.compile(r"[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+
+
 def _decode_words(value: str) -> str:
     try:
-        return str(make_header(decode_header(value)))
+        decoded = str(make_header(decode_header(value)))
     except (ValueError, LookupError, UnicodeError, AssertionError):
         return value  # a malformed or unknown-charset word stays as written
+    return _LINE_BREAKS.sub(" ", decoded)
+
+
+# Headers whose value is addresses: only their display names are decoded.
+_ADDRESS_FIELDS = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc", "resent-from",
+                             "resent-sender", "resent-to", "resent-cc", "resent-bcc"})
+_SPECIALS = re.compile(r'[()<>@,;:\\".\[\]]')
+
+
+def _decode_field(name: str, value: str) -> str:
+    """A field's value as rules and documents see it. In an address field, a decoded
+    display name is quoted, so that an encoded "<ceo@example.org>," stays part of a name."""
+    if name.strip().lower() not in _ADDRESS_FIELDS:
+        return _decode_words(value)
+    pairs = getaddresses([value])
+    if not pairs or not all(address for _, address in pairs):
+        return value  # a group or broken syntax: shown as written, undecoded
+    return ", ".join(_address(_decode_words(display), address) for display, address in pairs)
+
+
+def _address(display: str, address: str) -> str:
+    if not display:
+        return f"<{address}>"
+    if _SPECIALS.search(display):
+        display = '"' + display.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{display} <{address}>"
+
+
+def _decode_line(line: str) -> str:
+    name, colon, value = line.partition(":")
+    if colon and name.strip().lower() in _ADDRESS_FIELDS:
+        return f"{name}: {_decode_field(name, value.strip())}"
+    return _decode_words(line)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from . import token_file
 from .config import Account, OAuth2
 from .errors import AuthFailed, ConnectionLost
 from .logs import redact
+from .urls import origin
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,9 @@ class Session(requests.Session):
     def request(self, *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("verify", self.verify)
         kwargs.setdefault("timeout", self.timeout)
+        # A 307/308 would carry the refresh token and client secret to wherever it points,
+        # plain http or another host: the configured endpoint is the only one.
+        kwargs["allow_redirects"] = False
         return super().request(*args, **kwargs)
 
 
@@ -147,16 +151,21 @@ class Endpoint:
         try:
             response = self._session.post(url, data=fields)
         except requests.RequestException as exc:
-            raise unreachable(self.account, f"{url}: {_reason(exc)}") from None
+            raise unreachable(self.account, f"{origin(url)}: {_reason(exc)}") from None
         status = response.status_code
+        if 300 <= status < 400:
+            raise refused(self.account, f"{origin(url)} answered {status}, a redirect: not "
+                          "followed, as it would take the credentials along; configure the "
+                          "endpoint it points to")
         if status >= 500 or status == 429:
-            raise unreachable(self.account, f"{url} answered {status}")
+            raise unreachable(self.account, f"{origin(url)} answered {status}")
         try:
             answer = response.json()
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
-            raise unreachable(self.account, f"{url} answered {status} without a JSON object")
+            raise unreachable(self.account, f"{origin(url)} answered {status} without a "
+                              "JSON object")
         if status != 200 and "error" not in answer:
             answer["error"] = f"HTTP {status}"
         return answer

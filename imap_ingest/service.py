@@ -36,7 +36,7 @@ from .health import StatusServer
 from .ingest import Context, ingest
 from .ledger import Ledger
 from .locks import folder_lock
-from .logs import event
+from .logs import event, hide
 from .mailbox import Mailbox
 from .metrics import Metrics
 from .oauth import Tokens
@@ -269,6 +269,7 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
             config = _wait(path, config, stop, reload)
             service.stop.set()
             _shut_down(scheduler, service, service.config.shutdown_grace)
+            hide(config.secrets())
             if stop.is_set():
                 if status:
                     status.close()
@@ -283,9 +284,13 @@ def _wait(path: str | os.PathLike[str], config: Config, stop: threading.Event,
         if reload.wait(0.5):
             reload.clear()
             try:
-                return load(path)
+                new = load(path)
             except IngestError as exc:
                 log.error("reload refused, the running configuration stays: %s", exc)
+                continue
+            # Both sets while the old service finishes its messages; serve() drops the old.
+            hide([*config.secrets(), *new.secrets()])
+            return new
     return config
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .files import private_dir
+
 
 @dataclass(frozen=True, slots=True)
 class StoredToken:
@@ -63,7 +65,7 @@ def read(path: Path) -> StoredToken:
 def write(path: Path, token: StoredToken) -> None:
     """Replace the file at once (a crash leaves the old or the new one, never half of one),
     readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     data = {"refresh_token": token.refresh_token, "issued_at": token.issued_at,
             "expires_at": token.expires_at}
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600

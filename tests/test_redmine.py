@@ -134,7 +134,8 @@ def test_check_tests_the_key_without_posting(redmine: FakeRedmine) -> None:
     assert bad.check().kind is Kind.CONFIG
     good.close()
     bad.close()
-    assert {r.method for r in redmine.requests} == {"GET"}
+    assert {r.method for r in redmine.requests} == {"POST"}
+    assert not any("email" in r.form or "key" in r.path for r in redmine.requests)
 
 
 @given(st.dictionaries(st.text(max_size=10), st.binary(max_size=300) | st.text(max_size=50),

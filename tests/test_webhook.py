@@ -21,6 +21,7 @@ from imap_ingest.config import SubmitOptions
 from imap_ingest.ledger import Ledger
 from imap_ingest.trackers import Envelope, Kind
 from imap_ingest.trackers.redmine import crlf
+from imap_ingest.trackers.rt import as_piped
 from imap_ingest.trackers.webhook import Webhook, WebhookTarget, classify, document
 
 from .support.dovecot import ImapAccount
@@ -164,7 +165,7 @@ def test_one_config_three_trackers(tmp_path: Path, imap: ImapAccount, redmine: F
     path.write_text(path.read_text() + "dedupe: off\n")  # the same mail, three trackers
     assert main(["run", "--once", "-c", str(path)]) == 0
     assert redmine.emails == [crlf(raw) for raw in raws]
-    assert rt.messages == raws and len(rt.tickets) == 5
+    assert rt.messages == [as_piped(raw, None) for raw in raws] and len(rt.tickets) == 5
     docs = [json.loads(request.body) for request in hook.requests]
     assert [base64.b64decode(doc["raw_base64"]) for doc in docs] == raws
     assert all(doc["envelope"]["folder"] == "ToHook" for doc in docs)

@@ -7,12 +7,14 @@ import time
 from collections.abc import Iterable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
 from .. import __version__
 from ..config import HttpTarget
+from ..urls import origin
 from . import Kind, Outcome
 
 USER_AGENT = f"imap-ingest/{__version__}"
@@ -54,11 +56,15 @@ class Client:
                 try:
                     answer = self._http.send(request, timeout=self.timeout,
                                              allow_redirects=False)
-                except requests.RequestException as exc:
+                except (requests.RequestException, urllib3.exceptions.HTTPError,
+                        ValueError) as exc:
                     return unreachable(url, self.timeout, exc)
                 if answer.status_code not in _REDIRECTS or "Location" not in answer.headers:
                     break
-                url = urljoin(url, answer.headers["Location"])
+                location = urljoin(url, answer.headers["Location"])
+                if (refused := _not_followed(url, location)) is not None:
+                    return refused
+                url = location
             return answer
 
     def _prepare(self, method: str, url: str) -> requests.PreparedRequest:
@@ -75,17 +81,37 @@ class Client:
         self._http.close()
 
 
-def unreachable(url: str, timeout: float, exc: requests.RequestException) -> Outcome:
-    """A request that got no answer: always temporary, with a reason that holds no secret."""
+def _not_followed(url: str, location: str) -> Outcome | None:
+    """A redirect that must not carry the message: to another host, or from https to
+    plain http. Configure the URL it points to instead."""
+    old, new = urlsplit(url), urlsplit(location)
+    if new.hostname == old.hostname and new.scheme in ("https", old.scheme):
+        return None
+    return Outcome(Kind.CONFIG, f"{origin(url)} redirected to {origin(location)}, which is "
+                   "another host or not https: not followed, the message stays; if that is "
+                   "the tracker, configure its url")
+
+
+def unreachable(url: str, timeout: float, exc: Exception) -> Outcome:
+    """A request that got no answer, or could not be made: a reason that names the server
+    only, never a header value (a secret with a line break is refused by the HTTP layer
+    with the value in its message)."""
+    where = origin(url)
     if isinstance(exc, requests.Timeout):
-        return Outcome(Kind.TEMPORARY, f"no answer from {url} within {timeout:g} s; "
+        return Outcome(Kind.TEMPORARY, f"no answer from {where} within {timeout:g} s; "
                        "the tracker may still have taken the message")
     if isinstance(exc, requests.exceptions.SSLError):
-        return Outcome(Kind.TEMPORARY, f"TLS failure talking to {url}: certificate not trusted "
-                       "or handshake refused (see ca_file, verify_tls)")
+        return Outcome(Kind.TEMPORARY, f"TLS failure talking to {where}: certificate not "
+                       "trusted or handshake refused (see ca_file, verify_tls)")
     if isinstance(exc, requests.ConnectionError):
-        return Outcome(Kind.TEMPORARY, f"cannot connect to {url}")
-    return Outcome(Kind.TEMPORARY, f"request to {url} failed: {type(exc).__name__}")
+        return Outcome(Kind.TEMPORARY, f"cannot connect to {where}")
+    if isinstance(exc, ValueError):
+        # requests' InvalidHeader, http.client's "Invalid header value", a bad URL:
+        # nothing was sent, and sending again cannot help.
+        return Outcome(Kind.CONFIG, f"request to {where} not sent: a header value (key, "
+                       f"token, headers:) or the url holds a line break or control "
+                       f"character ({type(exc).__name__})")
+    return Outcome(Kind.TEMPORARY, f"request to {where} failed: {type(exc).__name__}")
 
 
 def retry_after(value: str | None) -> float | None:

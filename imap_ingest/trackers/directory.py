@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Literal
 
 from ..config import SubmitOptions, Target
+from ..files import private_dir
 from . import Envelope, Kind, Outcome
 from .registry import register
 from .webhook import document
@@ -43,7 +45,7 @@ class Directory:
         summary = document(raw, options, envelope, attachment_limit=0)
         del summary["raw_base64"]  # the .eml beside it is the raw message
         try:
-            self._path.mkdir(parents=True, exist_ok=True)
+            private_dir(self._path)
             _write(self._path / f"{stem}.eml", raw)
             _write(self._path / f"{stem}.json",
                    json.dumps(summary, ensure_ascii=False, indent=2).encode())
@@ -66,10 +68,17 @@ class Directory:
 
 
 def _write(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically: a reader never sees half a file."""
-    partial = path.with_name(path.name + ".part")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    """Replace ``path`` atomically (a reader never sees half a file), readable by its owner
+    only. The temporary file gets an unpredictable name, created O_EXCL | O_NOFOLLOW by
+    mkstemp: a symlink planted beside it is never written through."""
+    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 register(DirectoryTarget, Directory)

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import SecretStr
 
 from ..config import HttpTarget, SecretFromEnv, SecretFromFile, SubmitOptions, WithSecret
+from ..urls import origin, shown
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
 from .registry import register
@@ -174,19 +175,27 @@ class Redmine:
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
         fields = form(raw, options, self._target)
-        shown = {"key": "***", "email": f"<the message, {len(fields['email'])} bytes>"}
-        return self._url, [(name, shown.get(name) or str(value)) for name, value in
-                           fields.items()]
+        masked = {"key": "***", "email": f"<the message, {len(fields['email'])} bytes>"}
+        return shown(self._url), [(name, masked.get(name) or str(value))
+                                  for name, value in fields.items()]
 
     def check(self) -> Outcome:
-        # GET renders Redmine's manual submit form, behind the same key check as POST.
-        answer = self._http.request("GET", f"{self._url}?" + bytes(Form(
-            {"key": self._target.secret.get_secret_value()})).decode())
+        # The key goes in a POST body, never in a URL (access logs). Without an email,
+        # Redmine's MailHandler fails on nil and answers 422 once the key has passed; a
+        # wrong key or the web service off is 403; nothing is created either way.
+        answer = self._http.request("POST", self._url, data=bytes(Form(
+            {"key": self._target.secret.get_secret_value()})), headers={
+            "Content-Type": "application/x-www-form-urlencoded"})
         if isinstance(answer, Outcome):
             return answer
-        if answer.status_code == 200:
-            return Outcome(Kind.SUCCESS, f"{self._url} accepts the key", status=200)
-        return classify(answer.status_code, answer.text)
+        if answer.status_code == 422:
+            return Outcome(Kind.SUCCESS, f"{origin(self._url)} accepts the key", status=422)
+        outcome = classify(answer.status_code, answer.text)
+        if outcome.kind is Kind.SUCCESS:  # a message created from no message: not Redmine
+            return Outcome(Kind.CONFIG, f"{origin(self._url)} answered {answer.status_code} "
+                           "to a post without email: not Redmine's /mail_handler",
+                           status=answer.status_code)
+        return outcome
 
     def close(self) -> None:
         self._http.close()

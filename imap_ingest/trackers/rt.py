@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import field_validator
 
 from ..config import Duration, HttpTarget, SubmitOptions
+from ..urls import origin, shown
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
 from .registry import register
@@ -117,8 +118,8 @@ class RequestTracker:
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
         message = as_piped(raw, envelope.subaddress)
-        shown = list(fields(raw, options, self._target, envelope.subaddress).items())
-        return self._url, [*shown, ("message", f"<the message, {len(message)} bytes>")]
+        sent = list(fields(raw, options, self._target, envelope.subaddress).items())
+        return shown(self._url), [*sent, ("message", f"<the message, {len(message)} bytes>")]
 
     def check(self) -> Outcome:
         # REST 1.0's root answers "RT/x.y.z 401 Credentials required" without touching mail;
@@ -128,9 +129,9 @@ class RequestTracker:
             return answer
         version = re.match(r"RT/(\S+)", answer.text)
         if answer.status_code == 200 and version:
-            return Outcome(Kind.SUCCESS, f"RT {version[1]} answers at {self._target.url}",
+            return Outcome(Kind.SUCCESS, f"RT {version[1]} answers at {origin(self._url)}",
                            status=200)
-        return Outcome(Kind.CONFIG, f"no RT REST 1.0 at {self._target.url} (HTTP "
+        return Outcome(Kind.CONFIG, f"no RT REST 1.0 at {origin(self._url)} (HTTP "
                        f"{answer.status_code})", status=answer.status_code)
 
     def close(self) -> None:

@@ -11,7 +11,6 @@ import base64
 import hashlib
 import hmac
 import json
-from email.utils import getaddresses
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
@@ -27,6 +26,7 @@ from ..config import (
     pick_secret,
 )
 from ..message import Message, leaf_parts
+from ..urls import origin, shown
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
 from .registry import register
@@ -104,9 +104,8 @@ def document(raw: bytes, options: SubmitOptions, envelope: Envelope,
 
 
 def _addresses(message: Message, name: str) -> list[dict[str, str]]:
-    value = message.decoded_header(name)
-    pairs = getaddresses([value]) if value else []
-    return [{"name": display, "address": address} for display, address in pairs if address]
+    return [{"name": display, "address": address}
+            for display, address in message.addresses(name)]
 
 
 def classify(status: int, body: bytes, pointer: str | None,
@@ -178,9 +177,9 @@ class Webhook:
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
         body, headers = self._request(raw, options, envelope)
         masked = {"Authorization": "Bearer ***"}
-        shown = [(f"header {k}", masked.get(k, v)) for k, v in headers.items()]
-        return (f"{self._target.method} {self._target.url}",
-                [*shown, ("body", f"<{self._target.format}, {len(body)} bytes>")])
+        fields = [(f"header {k}", masked.get(k, v)) for k, v in headers.items()]
+        return (f"{self._target.method} {shown(self._target.url)}",
+                [*fields, ("body", f"<{self._target.format}, {len(body)} bytes>")])
 
     def check(self) -> Outcome:
         # Nothing can be asked of an arbitrary endpoint without sending it a message:
@@ -188,8 +187,9 @@ class Webhook:
         answer = self._http.request("HEAD", self._target.url)
         if isinstance(answer, Outcome):
             return answer
-        return Outcome(Kind.SUCCESS, f"{self._target.url} answers (HTTP {answer.status_code} "
-                       "to HEAD; nothing was posted)", status=answer.status_code)
+        return Outcome(Kind.SUCCESS, f"{origin(self._target.url)} answers (HTTP "
+                       f"{answer.status_code} to HEAD; nothing was posted)",
+                       status=answer.status_code)
 
     def close(self) -> None:
         self._http.close()

@@ -155,6 +155,8 @@ class FakeRedmine(RecordingServer):
         key = request.form.get("key", [b""])[0].decode()
         if key != self.key:
             return 403, FORBIDDEN, 0
+        if request.method == "POST" and "email" not in request.form:
+            return 422, b"", 0  # MailHandler.receive fails on nil: nothing is created
         return (201 if request.method == "POST" else 200), b"", 0
 
 
