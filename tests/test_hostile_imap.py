@@ -1,0 +1,107 @@
+"""IMAP servers that misbehave: each ends in a clean error or a message left for later,
+never a hang, a MemoryError or a traceback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from imap_ingest.config import Account
+from imap_ingest.errors import ConnectionLost, MailboxError
+from imap_ingest.mailbox import Mailbox
+
+from .dovecot import ImapAccount
+from .hostile_imap import HostileImap, Script
+from .mail import make
+
+TIMEOUT = 2.0
+MESSAGE = make(subject="hostile")
+SECOND = make(subject="second")
+
+
+def account(server: HostileImap | ImapAccount, **extra: Any) -> Account:
+    return Account.model_validate({
+        "name": "hostile", "host": server.host, "port": server.port, "security": "none",
+        "username": "user", "password": "pw", "timeout": TIMEOUT,
+        "folders": [{"name": "INBOX"}], **extra})
+
+
+@pytest.fixture
+def script() -> Script:
+    return Script(messages={1: MESSAGE, 2: SECOND})
+
+
+@pytest.fixture
+def server(script: Script) -> Iterator[HostileImap]:
+    with HostileImap(script) as hostile:
+        yield hostile
+
+
+def fetch_all(server: HostileImap, max_size: int = 1024 * 1024) -> list[Any]:
+    with Mailbox(account(server)) as mailbox:
+        mailbox.select("INBOX")
+        return list(mailbox.fetch(mailbox.new_uids(), 10, max_size))
+
+
+def test_a_normal_answer_is_read(server: HostileImap) -> None:
+    """The scripted server, behaving, gives both messages whole (the script is sound)."""
+    assert [(f.uid, f.raw) for f in fetch_all(server)] == [(1, MESSAGE), (2, SECOND)]
+
+
+def test_fetch_without_body_is_left_for_next_pass(server: HostileImap, script: Script,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A FETCH answer without BODY[] is not an empty message: that UID is not yielded."""
+    script.body_fetch = "no-body"
+    assert [f.uid for f in fetch_all(server)] == [2]
+    assert "without its body" in caplog.text
+
+
+def test_under_reported_size_is_caught_by_the_bytes(server: HostileImap, script: Script) -> None:
+    """A server that announces 10 bytes for a larger message still has it refused as too
+    large, and is asked for no more than max_size + 1 bytes."""
+    script.sizes[1] = 10
+    del script.messages[2]
+    [fetched] = fetch_all(server, max_size=100)
+    assert fetched.uid == 1 and fetched.raw is None and fetched.size > 100
+    assert any(b"BODY.PEEK[]<0.101>" in command for command in script.commands)
+
+
+def test_huge_literal_is_a_lost_connection(server: HostileImap, script: Script) -> None:
+    """A 50 GB literal ends in ConnectionLost at once, not MemoryError."""
+    script.body_fetch = "huge-literal"
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost, match="50000000000-byte literal"):
+        fetch_all(server)
+    assert time.monotonic() - started < TIMEOUT
+
+
+@pytest.mark.parametrize("mode", ["drip", "flood"])
+def test_endless_answer_ends_within_the_timeout(server: HostileImap, script: Script,
+                                                mode: str) -> None:
+    """A FETCH dripped a byte at a time, or drowned in untagged lines, ends in
+    ConnectionLost within the account's timeout (each read alone is quick)."""
+    script.body_fetch = mode  # type: ignore[assignment]
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost, match="in time"):
+        fetch_all(server)
+    assert time.monotonic() - started < TIMEOUT + 1.5
+
+
+def test_select_without_uidvalidity(server: HostileImap, script: Script) -> None:
+    """A SELECT answer without UIDVALIDITY is a MailboxError for that folder, not a
+    KeyError, and not a lost connection (the session's other folders may still work)."""
+    script.select_uidvalidity = False
+    with Mailbox(account(server)) as mailbox, pytest.raises(MailboxError) as caught:
+        mailbox.select("INBOX")
+    assert "UIDVALIDITY" in str(caught.value)
+    assert not isinstance(caught.value, ConnectionLost)
+
+
+def test_non_ascii_password_authenticates_plain(server: HostileImap, script: Script) -> None:
+    """A password that is not ASCII goes as AUTHENTICATE PLAIN in UTF-8, not LOGIN."""
+    with Mailbox(account(server, password="pässwörd")):
+        pass
+    assert script.logins == ["\0user\0pässwörd".encode()]
