@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from imap_ingest.cli import main
 from imap_ingest.config import Account
 from imap_ingest.errors import ConnectionLost, MailboxError
+from imap_ingest.locks import folder_lock
 from imap_ingest.mailbox import Mailbox
 
 from .dovecot import ImapAccount
@@ -105,3 +109,38 @@ def test_non_ascii_password_authenticates_plain(server: HostileImap, script: Scr
     with Mailbox(account(server, password="pässwörd")):
         pass
     assert script.logins == ["\0user\0pässwörd".encode()]
+
+
+def once(tmp_path: Path, *servers: HostileImap | ImapAccount) -> int:
+    """``run --once`` over one account per server, each into a directory target."""
+    accounts = [{"name": f"a{index}", "host": server.host, "port": server.port,
+                 "security": "none", "username": getattr(server, "username", "user"),
+                 "password": getattr(server, "password", "pw"), "timeout": TIMEOUT,
+                 "folders": [{"name": "INBOX"}]} for index, server in enumerate(servers)]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "accounts": accounts, "state_dir": str(tmp_path / "state"),
+        "targets": {"files": {"type": "directory", "path": str(tmp_path / "out")}}}))
+    return main(["run", "--once", "-c", str(path)])
+
+
+def test_once_that_cannot_finish_frees_its_lock(server: HostileImap, script: Script,
+                                                tmp_path: Path) -> None:
+    """A --once pass on a dripping server exits 75 within the timeout and leaves the
+    folder's lock free for the next cron run."""
+    script.body_fetch = "drip"
+    started = time.monotonic()
+    assert once(tmp_path, server) == 75
+    assert time.monotonic() - started < TIMEOUT + 3
+    with folder_lock(tmp_path / "state", "a0", "INBOX"):
+        pass
+
+
+def test_select_without_uidvalidity_spares_other_accounts(
+        server: HostileImap, script: Script, imap: ImapAccount, tmp_path: Path) -> None:
+    """The account whose server leaves out UIDVALIDITY exits 75; the next account's mail
+    is still taken (real dovecot)."""
+    script.select_uidvalidity = False
+    imap.append("INBOX", MESSAGE)
+    assert once(tmp_path, server, imap) == 75
+    assert [p.suffix for p in sorted((tmp_path / "out").iterdir())] == [".eml", ".json"]
