@@ -3,6 +3,7 @@ no account in auth_failed), /metrics (Prometheus). It follows the running servic
 
 from __future__ import annotations
 
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .config import Http
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .service import Service
@@ -20,8 +22,7 @@ PATHS = ("/healthz", "/readyz", "/metrics")
 class StatusServer:
     def __init__(self, http: Http) -> None:
         self.service: Service | None = None
-        self._server = ThreadingHTTPServer(http.address, self._handler())
-        self._server.daemon_threads = True
+        self._server = _listen(http, self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, name="status",
                                         daemon=True)
         self._thread.start()
@@ -70,3 +71,22 @@ class StatusServer:
                 self.wfile.write(body)
 
         return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def _listen(http: Http, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """The listener on ``http.listen``, IPv6 for an address such as [::1]; a port that is
+    taken (or an address not ours) is a ConfigError naming it."""
+    host, port = http.address
+    try:
+        return (_Server6 if ":" in host else _Server)((host, port), handler)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {http.listen}: {exc.strerror or exc}",
+                          key="http.listen") from None
