@@ -264,14 +264,17 @@ class Mailbox:
              renew_after: float = IDLE_RENEW) -> None:
         """Wait in IMAP IDLE until ``stop``; call ``on_new_mail`` when the server announces
         mail. IDLE is re-issued before RFC 2177's 29 minutes run out."""
-        # IDLE waits as long as it likes; each read still has the socket's read timeout.
-        with self._errors(self.folder, seconds=math.inf):
+        assert self._reader is not None
+        with self._errors(self.folder):
             self._client.idle()
             started = time.monotonic()
             while not stop.is_set():
                 waited = time.monotonic()
+                # Waiting in IDLE takes as long as it likes; the commands around it do not.
+                self._reader.limit(math.inf, _MAX_LITERAL)
                 # A short wait keeps the thread responsive to stop.
                 responses = self._client.idle_check(timeout=1)
+                self._reader.limit(self.account.timeout, _MAX_LITERAL)
                 if any(response[:1] == (b"BYE",) for response in responses):
                     raise ConnectionLost("the server ended the session (BYE)",
                                          account=self.account.name, folder=self.folder)
