@@ -77,6 +77,8 @@ class Mailbox:
         self._search_all = True
         self._seen_up_to = 0
         self._unsettled: set[int] = set()
+        # UIDs the last fetch() found but the server answered without their body.
+        self.unfetched: list[int] = []
         self._reader: _Reader | None = None
         self._broken = False  # a command failed half-way: the session cannot go on
         if tokens is None and account.uses_token:
@@ -174,6 +176,7 @@ class Mailbox:
         """The messages, a batch per FETCH; those over ``max_size`` come without their bytes,
         whether the server said so in RFC822.SIZE or only their bytes show it. A message
         the server answers without its body is left for the next pass."""
+        self.unfetched = []
         if not uids:
             return
         with self._errors(self.folder):
@@ -208,8 +211,9 @@ class Mailbox:
             # Gone, or deleted by another client since the search: not ours any more.
             if item is None or _DELETED.encode() in item.get(b"FLAGS", ()):
                 continue
-            raw = item.get(b"BODY[]<0>")
+            raw = item.get(b"BODY[]<0>", item.get(b"BODY[]"))  # some servers omit the <0>
             if raw is None:
+                self.unfetched.append(uid)
                 log.warning("account %s folder %s: the server answered uid %d without its "
                             "body; trying again next pass", self.account.name, self.folder, uid)
                 continue
