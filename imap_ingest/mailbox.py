@@ -202,7 +202,8 @@ class Mailbox:
             return
         # One byte more than allowed: enough to know a message is too large.
         limit = min(max_size, _LARGEST) + 1
-        seconds = self.account.timeout + expected / _SLOWEST
+        # The time for the bytes announced, but never for more than are asked for.
+        seconds = self.account.timeout + min(expected, len(uids) * limit) / _SLOWEST
         with self._errors(self.folder, seconds=seconds, literal=limit):
             data = self._client.fetch(uids, [f"BODY.PEEK[]<0.{limit}>", "RFC822.SIZE",
                                              "INTERNALDATE", "FLAGS"])
