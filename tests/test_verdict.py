@@ -236,8 +236,7 @@ DONE = Policy(Disposition("move", "Done"), MARK_FAILED, 3, HOUR, Backoff(30, 360
 ], ids=["submitted", "submitted-disposed", "waiting", "waiting-refused-key", "submitting",
         "quarantined", "partial"])
 def test_copy_of(state: State, outcome: Result | None, expected: Expected | TakeOver) -> None:
-    """Only a copy the tracker accepted makes this one a duplicate; a waiting one hands over
-    its retry; one in doubt sends this one to quarantine, never to deletion."""
+    """An accepted copy makes a duplicate, a waiting one hands over, one in doubt quarantines."""
     verdict = copy_of(Earlier(1, "acct/INBOX uid 1", state, outcome, None), DONE)
     assert (verdict if isinstance(verdict, TakeOver) else seen(verdict)) == expected
 
