@@ -93,8 +93,7 @@ def test_an_outcome_reason_is_bounded() -> None:
 def test_rt_refusal_with_a_5_mb_line_keeps_ledger_and_log_small(
         tmp_path: Path, imap: ImapAccount, hostile: list[HostileHttp],
         capfd: pytest.CaptureFixture[str]) -> None:
-    """RT's 'not ok - ' with a 5 MB line: the message fails, and the ledger and the log stay
-    small."""
+    """RT's 'not ok - ' and a 5 MB line: the message fails; the ledger and log stay small."""
     server = serve(hostile, huge(200, 5 * 1024 * 1024, b"not ok - "))
     imap.append("INBOX", RAW)
     path = write(tmp_path, imap, {"rt": {"type": "rt", "url": server.url}},
@@ -116,8 +115,7 @@ DRIPS: dict[str, Script] = {
 @pytest.mark.parametrize("how", sorted(DRIPS))
 def test_a_dripping_answer_ends_at_the_timeout(hostile: list[HostileHttp], kind: str,
                                                how: str) -> None:
-    """An answer dripped a byte each 0.2 s (or none) ends at the 1 s timeout as TEMPORARY
-    'no answer within 1 s'."""
+    """An answer dripped a byte each 0.2 s (or none) ends as TEMPORARY at the 1 s timeout."""
     server = serve(hostile, DRIPS[how])
     client = tracker(kind, server.url, timeout=1.0)
     started = time.monotonic()

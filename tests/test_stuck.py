@@ -29,8 +29,7 @@ def mute() -> Iterator[HostileHttp]:
 
 def test_a_stuck_pass_fails_healthz(daemon: list[Daemon], tmp_path: Path, imap: ImapAccount,
                                     mute: HostileHttp) -> None:
-    """A pass waiting on a tracker past stuck_after: /healthz 503 naming the folder, and
-    imap_ingest_stuck_workers 1; before, /healthz is ok."""
+    """A pass waiting on a tracker past stuck_after: /healthz 503 names it, and the metric."""
     imap.append("INBOX", make(subject="never answered"))
     port = free_port()
     path = write_config(tmp_path / "config.yaml", imap, mute.url, target={"timeout": "60s"},
@@ -50,8 +49,7 @@ def test_a_stuck_pass_fails_healthz(daemon: list[Daemon], tmp_path: Path, imap: 
 
 
 def test_the_default_limit_covers_the_slowest_step(tmp_path: Path, imap: ImapAccount) -> None:
-    """Without stuck_after, the limit is 4 times the longest of the account's and the targets'
-    timeouts."""
+    """Without stuck_after, the limit is 4 times the longest account or target timeout."""
     path = write_config(tmp_path / "config.yaml", imap, "http://127.0.0.1:1",
                         target={"timeout": "90s"}, account={"timeout": "20s"},
                         http={"listen": "127.0.0.1:1"})
