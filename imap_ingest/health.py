@@ -1,5 +1,6 @@
-"""The status listener: /healthz (alive), /readyz (every folder connected or backing off, and
-no account in auth_failed), /metrics (Prometheus). It follows the running service across reloads."""
+"""The status listener: /healthz (alive: no folder's pass stuck), /readyz (every folder
+connected or backing off, and no account in auth_failed), /metrics (Prometheus). It follows
+the running service across reloads."""
 
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ class Observed(Protocol):
     def not_ready(self) -> list[str]:
         """The folders that are not ready, each named with its state where it has one."""
 
+    def stuck(self) -> list[str]:
+        """The folders whose pass is stuck, each named with how long it has been."""
+
     def metrics_text(self) -> bytes:
         """The metrics in Prometheus' text format."""
 
@@ -77,6 +81,8 @@ class StatusServer:
     def _answer(self, path: str) -> tuple[int, str, bytes]:
         service = self.service
         if path == "/healthz":
+            if service is not None and (stuck := service.stuck()):
+                return 503, "text/plain", ("stuck: " + ", ".join(stuck) + "\n").encode()
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
             if service is None:

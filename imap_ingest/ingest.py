@@ -83,6 +83,7 @@ class Context:
     metrics: Metrics
     retry_now: bool = False  # ignore the retry timers of messages and targets
     progress: bool = False  # show a progress line on a terminal for a large backlog
+    beat: Callable[[], None] = lambda: None  # called each time the pass gets on
 
 
 def ingest(mailbox: Mailbox, folder: Folder, context: Context) -> PassReport:
@@ -127,6 +128,7 @@ class _Pass:
                                               self.folder.max_message_size):
                 if self.context.stop.is_set() or self.refused:
                     break
+                self.context.beat()
                 self.context.metrics.fetched.labels(*labels).inc()
                 self._guarded(fetched)
                 self._record(self.inflight.finished())
@@ -254,6 +256,7 @@ class _Pass:
 
     def _record(self, answers: list[tuple[_Sent, Outcome]]) -> None:
         for sent, outcome in answers:
+            self.context.beat()
             self._answer(sent, outcome)
 
     def _answer(self, sent: _Sent, outcome: Outcome) -> None:

@@ -4,6 +4,10 @@ As a service, each folder has a worker: one APScheduler interval job (never two 
 folder at once, missed runs coalesced) over a connection kept between passes, and, where
 the server has IDLE, a watcher on a second connection that starts a pass as soon as mail
 arrives. SIGTERM/SIGINT finish the message in hand; SIGHUP reloads the configuration.
+
+Every step of a pass is bounded (IMAP commands and HTTP requests by their timeouts); a
+pass that still makes no progress for longer than ``stall_limit`` is a bug or a hang no
+bound foresaw, and /healthz reports it so that the pod is restarted.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from apscheduler.job import Job
@@ -22,7 +27,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .backoff import Backoff
-from .config import Account, Config, Folder, load
+from .config import Account, Config, Folder, HttpTarget, load
 from .errors import (
     EX_OK,
     EX_SOFTWARE,
@@ -47,6 +52,20 @@ log = logging.getLogger(__name__)
 
 # Reconnecting after a lost or refused connection: 1 s, doubling, at most 5 minutes.
 RECONNECT = Backoff(first=1.0, cap=300.0)
+# Between two signs of progress a pass does at most a few IMAP commands (a FETCH, then the
+# COPY, STORE and EXPUNGE of a disposal) or waits for one tracker answer.
+STALL_FACTOR = 4
+
+
+def stall_limit(config: Config, account: Account) -> float:
+    """How long a pass over one of ``account``'s folders may go without progress before
+    it counts as stuck: ``http.stuck_after``, else STALL_FACTOR times the longest of the
+    account's and the HTTP targets' timeouts."""
+    if config.http is not None and config.http.stuck_after is not None:
+        return config.http.stuck_after
+    timeouts = [target.timeout for target in config.targets.values()
+                if isinstance(target, HttpTarget)]
+    return STALL_FACTOR * max([account.timeout, *timeouts])
 
 
 class Service:
@@ -65,6 +84,7 @@ class Service:
         # One token cache per account: its folders' connections log in with the same token.
         self.tokens = {account.name: Tokens(account) for account in config.accounts
                        if account.uses_token}
+        self.metrics.stuck_workers.set_function(lambda: len(self.stuck()))
 
     def context(self, progress: bool = False) -> Context:
         return Context(self.config, self.trackers, self.ledger, self.stop, self.metrics,
@@ -73,6 +93,10 @@ class Service:
     def not_ready(self) -> list[str]:
         """The folders not ready for /readyz, each with its state where it has one."""
         return [state for worker in self.workers if (state := worker.unready)]
+
+    def stuck(self) -> list[str]:
+        """The folders whose pass made no progress within its limit, for /healthz."""
+        return [state for worker in self.workers if (state := worker.stuck)]
 
     def metrics_text(self) -> bytes:
         return self.metrics.text()
@@ -145,8 +169,13 @@ class FolderWorker:
 
     def __init__(self, account: Account, folder: Folder, context: Context,
                  tokens: Tokens | None = None) -> None:
-        self.account, self.folder, self.context, self.tokens = account, folder, context, tokens
+        self.account, self.folder, self.tokens = account, folder, tokens
+        self.context = replace(context, beat=self._beat)
         self.name = f"{account.name}/{folder.name}"
+        self.limit = stall_limit(context.config, account)
+        self._progress_at: float | None = None  # time.monotonic() while a pass runs
+        context.metrics.stalled.labels(account.name, folder.name).set_function(
+            lambda: self.stalled)
         self.job: Job | None = None
         self._mailbox: Mailbox | None = None
         self._failures = 0
@@ -172,6 +201,21 @@ class FolderWorker:
         return self.name + (" (auth_failed)" if self.auth_failed else
                             " (pass failed: internal error)" if self._broken else "")
 
+    @property
+    def stalled(self) -> float:
+        """Seconds since the running pass last got on; 0 between passes."""
+        at = self._progress_at
+        return 0.0 if at is None else time.monotonic() - at
+
+    @property
+    def stuck(self) -> str:
+        """The folder's name and how long it has stalled, when over its limit; else nothing."""
+        stalled = self.stalled
+        return f"{self.name} (no progress for {stalled:.0f} s)" if stalled > self.limit else ""
+
+    def _beat(self) -> None:
+        self._progress_at = time.monotonic()
+
     def poke(self) -> None:
         """New mail: run a pass now, or right after the one running."""
         with self._state:
@@ -187,12 +231,14 @@ class FolderWorker:
             while True:
                 with self._state:
                     self._again = False
+                self._beat()
                 code = self._pass()
                 with self._state:
                     if not self._again or self.context.stop.is_set():
                         self._running = False
                         return code
         finally:
+            self._progress_at = None
             with self._state:
                 self._running = False
 

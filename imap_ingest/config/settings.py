@@ -35,6 +35,9 @@ class Http(Model):
     """The status listener: /healthz, /readyz, /metrics."""
 
     listen: str = "127.0.0.1:9464"
+    # /healthz fails for a folder whose pass made no progress for this long; unset: 4 times
+    # the longest of the account's and the targets' timeouts (service.stall_limit).
+    stuck_after: Duration | None = None
 
     @field_validator("listen")
     @classmethod
