@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -81,6 +81,8 @@ class Context:
     metrics: Metrics
     retry_now: bool = False  # ignore the retry timers of messages and targets
     progress: bool = False  # show a progress line on a terminal for a large backlog
+    # Told of every message dealt with (alerts gather those set aside into a digest).
+    observe: Callable[[str, Message | None, Verdict], None] | None = None
 
 
 def ingest(mailbox: Mailbox, folder: Folder, context: Context) -> PassReport:
@@ -259,6 +261,8 @@ class _Pass:
              **fields: object) -> None:
         outcome = verdict.result.value
         self.report.counts[outcome] += 1
+        if self.context.observe is not None:
+            self.context.observe(self.where, message, verdict)
         self.context.metrics.messages.labels(self.report.account, self.folder.name,
                                      fields.get("target") or "-", outcome).inc()
         event(log, verdict.level, f"{self.where} uid {uid}: {outcome}: {verdict.text}",

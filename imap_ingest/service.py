@@ -21,10 +21,12 @@ from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .alerts import Alerter
 from .backoff import Backoff
 from .config import Account, Config, Folder, load
 from .errors import (
     EX_OK,
+    EX_TEMPFAIL,
     AuthFailed,
     ConnectionLost,
     IngestError,
@@ -32,6 +34,7 @@ from .errors import (
     MailboxError,
     worst,
 )
+from .flow import Flow, FlowCollector, Worker, assess
 from .health import StatusServer
 from .ingest import Context, ingest
 from .ledger import Ledger
@@ -64,10 +67,20 @@ class Service:
         # One token cache per account: its folders' connections log in with the same token.
         self.tokens = {account.name: Tokens(account) for account in config.accounts
                        if account.uses_token}
+        self.started = time.time()
+        self.alerter = Alerter(config.alert, self.flow, self.stop)
+        self.metrics.registry.register(FlowCollector(self.flow))
 
     def context(self, progress: bool = False) -> Context:
         return Context(self.config, self.trackers, self.ledger, self.stop, self.metrics,
-                       self.retry_now, progress)
+                       self.retry_now, progress, self.alerter.observe)
+
+    def flow(self) -> Flow:
+        """Every folder's flow now, from the ledger and the workers."""
+        workers = [Worker(w.account.name, w.folder.name, w.ready, w.auth_failed, w.last_pass)
+                   for w in self.workers]
+        return assess(workers, self.ledger.pending(), self.ledger.targets(),
+                      self.config.alert.stalled_after, time.time(), self.started)
 
     def not_ready(self) -> list[str]:
         """The folders not ready for /readyz, each with its state where it has one."""
@@ -114,6 +127,7 @@ class Service:
                 if folder.idle is not False:
                     threading.Thread(target=worker.watch, name=f"idle {worker.name}",
                                      daemon=True).start()
+        self.alerter.start()
 
 
 def log_failure(exc: MailboxError, then: str = "") -> None:
@@ -149,6 +163,7 @@ class FolderWorker:
         self._running = False
         self._again = False
         self.auth_failed = False  # no usable token: not ready until a login works again
+        self.last_pass: float | None = None  # when a pass last completed
 
     @property
     def ready(self) -> bool:
@@ -193,7 +208,10 @@ class FolderWorker:
         # A kept connection may have died since the last pass: then one fresh try at once.
         for kept in (self._mailbox is not None, False):
             try:
-                return _pass(self._connect(), self.account, self.folder, self.context)
+                code = _pass(self._connect(), self.account, self.folder, self.context)
+                if code in (EX_OK, EX_TEMPFAIL):  # done, or done with some messages deferred
+                    self.last_pass = time.time()
+                return code
             except (ConnectionLost, LoginRefused) as exc:
                 self._drop()
                 if kept and isinstance(exc, ConnectionLost):
