@@ -24,6 +24,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .alerts import Alerter
 from .backoff import Backoff
 from .config import Account, Config, Folder, load
+from .console import ConsoleServer
 from .errors import (
     EX_OK,
     EX_TEMPFAIL,
@@ -274,6 +275,7 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
     """Run as a service until SIGTERM or SIGINT; SIGHUP reloads ``path``."""
     stop, reload = threading.Event(), threading.Event()
     status = StatusServer(config.http) if config.http else None
+    console = ConsoleServer(config.console) if config.console else None
     with _signals(stop, reload):
         while True:
             service = Service(config, retry_now)
@@ -282,6 +284,8 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
             scheduler.start()
             if status:
                 status.serve(service)
+            if console:
+                console.serve(service)
             log.info("watching %d folder(s); SIGTERM or Ctrl-C stops, SIGHUP reloads",
                      len(service.workers))
             config = _wait(path, config, stop, reload)
@@ -291,6 +295,8 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
             if stop.is_set():
                 if status:
                     status.close()
+                if console:
+                    console.close()
                 return EX_OK
             log.info("configuration reloaded from %s", path)
 
