@@ -16,10 +16,10 @@ _STYLE = """
 body{font:15px/1.4 system-ui,sans-serif;margin:0 auto;max-width:70em;padding:.5em;color:#222}
 table{border-collapse:collapse;width:100%;margin-bottom:1em}
 td,th{border-bottom:1px solid #ddd;padding:.3em;text-align:left;vertical-align:top;
-overflow-wrap:anywhere}
+overflow-wrap:break-word}
 .ok{background:#dfd}.stalled{background:#f99}.unready{background:#fd8}
 .wrap{overflow-x:auto}pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f6f6;
-padding:.5em}button{padding:.4em 1em;margin:.1em}form{display:inline}
+padding:.5em}button{padding:.4em 1em;margin:.1em;white-space:nowrap}form{display:inline}
 """
 COLOURS = {"submitted": "#2a2", "failed": "#c22", "held": "#c80", "quarantined": "#808",
            "deferred": "#888", "skipped": "#48c", "waiting": "#aaa"}
@@ -114,15 +114,17 @@ def message(item: Aside, trace: list[str], raw_size: int, csrf: str) -> bytes:
                 f"<h2>What explain says</h2><pre>{escape(chr(10).join(trace))}</pre>")
 
 
-def chart(hourly: list[tuple[int, str, int]], width: int = 600, height: int = 160) -> str:
-    """Messages per hour by outcome, stacked bars, as inline SVG."""
+def chart(hourly: list[tuple[int, str, int]], width: int = 600, height: int = 160,
+          slots: int = 24) -> str:
+    """Messages per hour by outcome over the last ``slots`` hours with any, stacked bars,
+    as inline SVG."""
     if not hourly:
         return "<p>No messages yet.</p>"
     hours: dict[int, dict[str, int]] = defaultdict(dict)
     for hour, outcome, count in hourly:
         hours[hour][outcome] = count
-    first, last = min(hours), max(hours)
-    slots = (last - first) // 3600 + 1
+    first = max(hours) - (slots - 1) * 3600
+    hours = defaultdict(dict, {h: by for h, by in hours.items() if h >= first})
     peak = max(sum(by.values()) for by in hours.values())
     bar = width / slots
     shapes = []
