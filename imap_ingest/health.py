@@ -9,6 +9,7 @@ the plain line, but does not make the service unready: restarting it would not h
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .config import Http
+from .errors import ConfigError
 from .flow import Flow
 
 PATHS = ("/healthz", "/readyz", "/metrics")
@@ -65,7 +67,7 @@ class Observed(Protocol):
 class StatusServer:
     def __init__(self, http: Http, *, timeout: float = TIMEOUT, threads: int = THREADS) -> None:
         self.service: Observed | None = None
-        self._server = _Bounded(http.address, self._handler(timeout), threads)
+        self._server = _listen(http, self._handler(timeout), threads)
         self._thread = threading.Thread(target=self._server.serve_forever, name="status",
                                         daemon=True)
         self._thread.start()
@@ -124,3 +126,18 @@ class StatusServer:
                 self.wfile.write(body)
 
         return Handler
+
+
+class _Bounded6(_Bounded):
+    address_family = socket.AF_INET6
+
+
+def _listen(http: Http, handler: type[BaseHTTPRequestHandler], threads: int) -> _Bounded:
+    """The listener on ``http.listen``, IPv6 for an address such as [::1]; a port that is
+    taken (or an address not ours) is a ConfigError naming it."""
+    host, port = http.address
+    try:
+        return (_Bounded6 if ":" in host else _Bounded)((host, port), handler, threads)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {http.listen}: {exc.strerror or exc}",
+                          key="http.listen") from None

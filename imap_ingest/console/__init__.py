@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..config import Config, Console
 from ..errors import ConfigError, MailboxError
 from ..flow import Flow
-from ..health import TIMEOUT, _Bounded
+from ..health import TIMEOUT, _listen
 from ..ledger import Ledger
 from ..oauth import Tokens
 from ..trackers import Tracker
@@ -67,7 +67,7 @@ class ConsoleServer:
                               file=console.token_file, key="console.token_file")
         self._sessions: dict[str, str] = {}  # session id: its CSRF token
         self._lock = threading.Lock()  # one action at a time
-        self._server = _Bounded(console.address, self._handler(), threads)
+        self._server = _listen(console, self._handler(), threads)
         self._thread = threading.Thread(target=self._server.serve_forever, name="console",
                                         daemon=True)
         self._thread.start()
