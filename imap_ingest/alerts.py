@@ -83,27 +83,28 @@ def set_aside(where: str, message: Message | None, verdict: Verdict) -> SetAside
 def changes(before: State, after: State) -> list[Alert]:
     """The alerts the change from ``before`` to ``after`` makes: one per folder, target or
     account that changed state."""
-    alerts = []
-    for name in sorted(after.stalled.keys() - before.stalled.keys()):
-        alerts.append(Alert("stalled", f"mail stalled in {name}",
-                            f"{name}: {after.stalled[name]}"))
-    for name in sorted(before.stalled.keys() - after.stalled.keys()):
-        alerts.append(Alert("recovered", f"mail flows again in {name}",
-                            f"{name}: recovered (was: {before.stalled[name]})"))
-    for name in sorted(after.failing.keys() - before.failing.keys()):
-        alerts.append(Alert("target-failing", f"target {name} is failing",
-                            f"target {name}: {after.failing[name]}"))
-    for name in sorted(before.failing.keys() - after.failing.keys()):
-        alerts.append(Alert("target-recovered", f"target {name} works again",
-                            f"target {name}: recovered (was: {before.failing[name]})"))
-    for name in sorted(after.auth_failed - before.auth_failed):
-        alerts.append(Alert("auth-failed", f"login refused for account {name}",
-                            f"account {name}: the login or its token was refused "
-                            "(auth_failed); `imap-ingest authorize` may be needed"))
-    for name in sorted(before.auth_failed - after.auth_failed):
-        alerts.append(Alert("auth-recovered", f"login works again for account {name}",
-                            f"account {name}: logged in again"))
-    return alerts
+    return [
+        *_changed(before.stalled, after.stalled, "stalled", "recovered",
+                  "mail stalled in {}", "mail flows again in {}", "{}"),
+        *_changed(before.failing, after.failing, "target-failing", "target-recovered",
+                  "target {} is failing", "target {} works again", "target {}"),
+        *_changed(dict.fromkeys(before.auth_failed, AUTH_FAILED),
+                  dict.fromkeys(after.auth_failed, AUTH_FAILED), "auth-failed",
+                  "auth-recovered", "login refused for account {}",
+                  "login works again for account {}", "account {}")]
+
+
+AUTH_FAILED = ("the login or its token was refused (auth_failed); `imap-ingest authorize` "
+               "may be needed")
+
+
+def _changed(before: dict[str, str], after: dict[str, str], on: str, off: str,
+             on_subject: str, off_subject: str, name: str) -> list[Alert]:
+    """An ``on`` alert for each name new in ``after``, an ``off`` one for each gone."""
+    return ([Alert(on, on_subject.format(n), f"{name.format(n)}: {after[n]}")
+             for n in sorted(after.keys() - before.keys())]
+            + [Alert(off, off_subject.format(n), f"{name.format(n)}: recovered "
+                     f"(was: {before[n]})") for n in sorted(before.keys() - after.keys())])
 
 
 def digest(items: Iterable[SetAside]) -> Alert | None:
