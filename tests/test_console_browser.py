@@ -43,8 +43,7 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
 def test_release_a_held_message_from_the_console(
         daemon: list[Daemon], tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
         browser: webdriver.Chrome) -> None:
-    """Log in, see the held message (its hostile subject as text), release it, see it
-    submitted; a screenshot goes to the test's tmp dir and artifacts/."""
+    """Log in, see the held message (subject as text), release it, see it submitted."""
     imap.append("INBOX", make(subject="Out of office <img src=x onerror=alert(1)>",
                               headers={"Auto-Submitted": "auto-replied"}))
     imap.append("INBOX", make(subject="printer on fire"))

@@ -44,8 +44,7 @@ def console_session(port: int) -> urllib.request.OpenerDirector:
 
 def test_tracker_down_then_back(daemon: list[Daemon], tmp_path: Path, imap: ImapAccount,
                                 redmine: FakeRedmine, smtp: SmtpServer) -> None:
-    """One stalled alert while Redmine answers 503, red console, /readyz says why; one
-    recovered alert when it is back, no duplicates, every message a ticket once."""
+    """Redmine down past stalled_after: one stalled alert, then one recovered; none lost."""
     up = False
     taken: list[bytes] = []
 
