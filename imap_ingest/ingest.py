@@ -84,6 +84,8 @@ class Context:
     retry_now: bool = False  # ignore the retry timers of messages and targets
     progress: bool = False  # show a progress line on a terminal for a large backlog
     beat: Callable[[], None] = lambda: None  # called each time the pass gets on
+    # Told of every message dealt with (alerts gather those set aside into a digest).
+    observe: Callable[[str, Message | None, Verdict], None] | None = None
 
 
 def ingest(mailbox: Mailbox, folder: Folder, context: Context) -> PassReport:
@@ -307,6 +309,8 @@ class _Pass:
              **fields: object) -> None:
         outcome = verdict.result.value
         self.report.counts[outcome] += 1
+        if self.context.observe is not None:
+            self.context.observe(self.where, message, verdict)
         self.context.metrics.messages.labels(self.report.account, self.folder.name,
                                      fields.get("target") or "-", outcome).inc()
         event(log, verdict.level, f"{self.where} uid {uid}: {outcome}: {verdict.text}",

@@ -26,11 +26,14 @@ from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .alerts import Alerter
 from .backoff import Backoff
 from .config import Account, Config, Folder, HttpTarget, load
+from .console import ConsoleServer
 from .errors import (
     EX_OK,
     EX_SOFTWARE,
+    EX_TEMPFAIL,
     AuthFailed,
     ConnectionLost,
     IngestError,
@@ -38,6 +41,7 @@ from .errors import (
     MailboxError,
     worst,
 )
+from .flow import Flow, FlowCollector, Worker, assess
 from .health import StatusServer
 from .ingest import Context, ingest
 from .ledger import Ledger
@@ -85,10 +89,20 @@ class Service:
         self.tokens = {account.name: Tokens(account) for account in config.accounts
                        if account.uses_token}
         self.metrics.stuck_workers.set_function(lambda: len(self.stuck()))
+        self.started = time.time()
+        self.alerter = Alerter(config.alert, self.flow, self.stop)
+        self.metrics.registry.register(FlowCollector(self.flow))
 
     def context(self, progress: bool = False) -> Context:
         return Context(self.config, self.trackers, self.ledger, self.stop, self.metrics,
-                       self.retry_now, progress)
+                       self.retry_now, progress, observe=self.alerter.observe)
+
+    def flow(self) -> Flow:
+        """Every folder's flow now, from the ledger and the workers."""
+        workers = [Worker(w.account.name, w.folder.name, w.ready, w.auth_failed, w.last_pass)
+                   for w in self.workers]
+        return assess(workers, self.ledger.pending(), self.ledger.targets(),
+                      self.config.alert.stalled_after, time.time(), self.started)
 
     def not_ready(self) -> list[str]:
         """The folders not ready for /readyz, each with its state where it has one."""
@@ -139,6 +153,7 @@ class Service:
                 if folder.idle is not False:
                     threading.Thread(target=worker.watch, name=f"idle {worker.name}",
                                      daemon=True).start()
+        self.alerter.start()
 
 
 def log_failure(exc: MailboxError, then: str = "") -> None:
@@ -185,6 +200,7 @@ class FolderWorker:
         self._again = False
         self.auth_failed = False  # no usable token: not ready until a login works again
         self._broken = False  # the last pass failed on a bug of ours
+        self.last_pass: float | None = None  # when a pass last completed
 
     @property
     def ready(self) -> bool:
@@ -250,6 +266,8 @@ class FolderWorker:
             try:
                 code = _pass(self._connect(), self.account, self.folder, self.context)
                 self._broken = code == EX_SOFTWARE
+                if code in (EX_OK, EX_TEMPFAIL):  # done, or done with some messages deferred
+                    self.last_pass = time.time()
                 return code
             except (ConnectionLost, LoginRefused) as exc:
                 self._drop()
@@ -313,6 +331,7 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
     """Run as a service until SIGTERM or SIGINT; SIGHUP reloads ``path``."""
     stop, reload = threading.Event(), threading.Event()
     status = StatusServer(config.http) if config.http else None
+    console = ConsoleServer(config.console) if config.console else None
     with _signals(stop, reload):
         while True:
             service = Service(config, retry_now)
@@ -321,6 +340,8 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
             scheduler.start()
             if status:
                 status.serve(service)
+            if console:
+                console.serve(service)
             log.info("watching %d folder(s); SIGTERM or Ctrl-C stops, SIGHUP reloads",
                      len(service.workers))
             config = _wait(path, config, stop, reload)
@@ -330,6 +351,8 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
             if stop.is_set():
                 if status:
                     status.close()
+                if console:
+                    console.close()
                 return EX_OK
             log.info("configuration reloaded from %s", path)
 

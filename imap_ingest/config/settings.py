@@ -11,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validat
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .accounts import Account, OAuth2
+from .alerting import Alert
 from .folders import CheckName, Rule, SubmitOptions
 from .targets import AnyTarget
 from .values import Duration, Model, parse_duration
@@ -53,6 +54,13 @@ class Http(Model):
         return host.strip("[]"), int(port)
 
 
+class Console(Http):
+    """The operators' web page: off unless configured, behind the token in ``token_file``."""
+
+    listen: str = "127.0.0.1:9465"
+    token_file: Path
+
+
 class Config(BaseSettings):
     """The whole configuration file."""
 
@@ -72,6 +80,8 @@ class Config(BaseSettings):
     quarantine_folder: str = "Quarantine"
     retry: Retry = Retry()
     http: Http | None = None
+    alert: Alert = Alert()
+    console: Console | None = None
     shutdown_grace: Duration = 30.0  # on SIGTERM, how long the message in hand may take
 
     @classmethod
@@ -85,7 +95,8 @@ class Config(BaseSettings):
 
     def secrets(self) -> Iterator[str]:
         """Every secret value, so that logging can redact them."""
-        models: list[BaseModel] = [*self.accounts, *self.targets.values()]
+        models: list[BaseModel] = [*self.accounts, *self.targets.values(),
+                                   *filter(None, [self.alert.email])]
         while models:
             for value in models.pop().__dict__.values():
                 if isinstance(value, SecretStr):
