@@ -10,7 +10,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, authorize, demo, logs
+from . import __version__, authorize, compat, demo, logs
 from .check import check
 from .config import CONFIG_VARIABLE, Config, load, templates
 from .errors import EX_CANTCREAT, EX_OK, EX_USAGE, IngestError
@@ -342,4 +342,5 @@ def _parser() -> argparse.ArgumentParser:
                "> config.yaml")
     rake.add_argument("options", nargs="+", metavar="KEY=VALUE",
                       help="the rake line, or just its key=value options")
+    compat.add_commands(commands, DEFAULT_CONFIG)
     return parser

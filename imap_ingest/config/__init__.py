@@ -15,6 +15,7 @@ share; each model lives with its tracker), ``settings`` (the whole file), ``load
 from .accounts import Account, OAuth2
 from .folders import Action, CheckName, Condition, Folder, Rule, SubmitOptions
 from .loader import CONFIG_VARIABLE, ENV_PREFIX, load
+from .routes import Route
 from .settings import Config, Http, Retry, default_state_dir
 from .targets import AnyTarget, HttpTarget, Target, target_types, templates
 from .values import (
@@ -35,7 +36,7 @@ from .values import (
 __all__ = [
     "CONFIG_VARIABLE", "ENV_PREFIX", "Account", "Action", "AnyTarget", "CheckName", "Condition",
     "Config", "Duration", "Folder", "Http", "HttpTarget", "HttpUrl", "HttpsUrl", "Model",
-    "OAuth2", "Retry", "Rule", "SecretFromEnv", "SecretFromFile", "Size", "SubmitOptions",
+    "OAuth2", "Retry", "Route", "Rule", "SecretFromEnv", "SecretFromFile", "Size", "SubmitOptions",
     "Target", "WithSecret", "default_state_dir", "is_loopback", "load", "parse_duration",
     "parse_size", "pick_secret", "target_types", "templates",
 ]
