@@ -48,6 +48,7 @@ class Delivery:
 
     code: int
     text: str
+    kept: Path | None = None  # the spool entry it is in
 
 
 def spool_name(route: str) -> str:
@@ -139,7 +140,7 @@ class _Delivery:
         if verdict.to is None:  # the tracker cannot take it now, or refused our key
             return self._done(EX_TEMPFAIL, verdict, "left to the MTA to try again")
         self.ledger.disposed([self.key])
-        return self._done(EX_OK, verdict, _where(verdict, kept))
+        return self._done(EX_OK, verdict, _where(verdict, kept), kept)
 
     def _again(self, verdict: Verdict, record: Record | None) -> Delivery:
         """Delivered before (the MTA retried after our timeout): finish, submit nothing."""
@@ -148,7 +149,7 @@ class _Delivery:
             if verdict.to == self.spool else None
         self.ledger.disposed([self.key])
         done = replace(verdict, reason=f"delivered before ({record.outcome})")
-        return self._done(EX_OK, done, _where(verdict, kept))
+        return self._done(EX_OK, done, _where(verdict, kept), kept)
 
     def _decide(self, verdict: Verdict) -> Delivery:
         """A verdict reached without the tracker: keep, record, log."""
@@ -158,7 +159,7 @@ class _Delivery:
         self.ledger.decided(self.key, message.message_id, len(message.raw), self.digest,
                             self.rule, verdict.result, verdict.reason, verdict.to)
         self.ledger.disposed([self.key])
-        return self._done(EX_OK, verdict, _where(verdict, kept))
+        return self._done(EX_OK, verdict, _where(verdict, kept), kept)
 
     def _keep(self, verdict: Verdict) -> Path:
         """Spool the message before the MTA is told it is delivered."""
@@ -170,13 +171,56 @@ class _Delivery:
                               "target": self.target, "message_id": message.message_id,
                               "subject": message.subject, "extension": self.extension})
 
-    def _done(self, code: int, verdict: Verdict, where: str) -> Delivery:
+    def _done(self, code: int, verdict: Verdict, where: str,
+              kept: Path | None = None) -> Delivery:
         text = f"{verdict.result}: {verdict.reason}; {where}" if verdict.reason else \
             f"{verdict.result}; {where}"
         event(log, verdict.level, f"route {self.name}: {text}", route=self.name,
               message_id=self.message.message_id, rule=self.rule, outcome=str(verdict.result),
               target=self.target, exit_code=code)
-        return Delivery(code, text)
+        return Delivery(code, text, kept)
+
+
+def retry(config: Config, route: str) -> Iterator[str]:
+    """Deliver each spooled message of ``route`` again; yields one line per message. A
+    message the ledger shows as in the tracker stays: retrying it would make a second
+    ticket."""
+    for entry in spool.entries(spool_dir(config, route)):
+        raw = entry.raw
+        message = Message(raw)
+        where = f"{entry.eml.name} {message.message_id or '(no Message-ID)'}"
+        ledger = Ledger.open(config.state_dir)
+        try:
+            records = [r for r in ledger.sources(ACCOUNT, message.message_id, message.digest())
+                       if r.folder == route]
+            if any(r.outcome in (Result.SUBMITTED, Result.PARTIAL) for r in records):
+                yield f"kept {where}: already in the tracker, at least in part"
+                continue
+            ledger.release([record.id for record in records])
+        finally:
+            ledger.close()
+        extension = entry.about.get("extension")
+        delivery = deliver(config, route, raw, extension if isinstance(extension, str) else None)
+        if delivery.code == EX_OK and delivery.kept is None:
+            entry.remove()
+            yield f"delivered {where}: {delivery.text}"
+        else:
+            yield f"kept {where}: {delivery.text}"
+
+
+def report(config: Config) -> Iterator[str]:
+    """A line per route with messages in its spool, for `imap-ingest status`."""
+    for route in config.routes:
+        kept = list(spool.entries(spool_dir(config, route)))
+        if kept:
+            results: dict[str, int] = {}
+            for entry in kept:
+                results[str(entry.about.get("result"))] = results.get(
+                    str(entry.about.get("result")), 0) + 1
+            counts = ", ".join(f"{count} {result}" for result, count in sorted(results.items()))
+            yield (f"{spool_name(route)}: {len(kept)} kept in {spool_dir(config, route)} "
+                   f"({counts}); last: {kept[-1].about.get('reason')}; `imap-ingest retry "
+                   f"{spool_name(route)}` delivers them again")
 
 
 def _kept_by_rule(verdict: Verdict, act: Act, rule: str, folder: str | None,

@@ -20,4 +20,6 @@ class Route(SubmitOptions):
 
     def as_folder(self, name: str) -> Folder:
         """The route as the folder the rules and policy are compiled for."""
-        return Folder(name=name, **self.model_dump(exclude={"spool_on_failure"}))
+        # The rules as they are: dumped, they would not read back (aliases, defaults).
+        return Folder(name=name, rules=self.rules,
+                      **self.model_dump(exclude={"rules", "spool_on_failure"}))
