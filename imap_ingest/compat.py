@@ -251,16 +251,39 @@ def _out_of_time(signum: int, frame: FrameType | None) -> None:
     os._exit(EX_TEMPFAIL)
 
 
-def main_rt_mailgate(argv: Sequence[str] | None = None) -> int:
+COMMANDS = ("deliver", "rt-mailgate", "rdm-mailhandler")
+
+
+def entry(argv: Sequence[str] | None = None) -> int:
+    """The imap-ingest program: the MTA's commands without importing the rest of the CLI
+    (the scheduler, IMAP, OAuth): an MTA starts one process per message."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in COMMANDS:
+        from .config import CONFIG_VARIABLE
+
+        parser = argparse.ArgumentParser(prog="imap-ingest")
+        add_commands(parser.add_subparsers(), os.environ.get(CONFIG_VARIABLE, "config.yaml"))
+        args = parser.parse_args(argv)
+        from . import logs
+
+        with logs.configured(args.log_format, args.debug):
+            try:
+                code: int = args.command(args)
+                return code
+            except IngestError as exc:
+                log.error("%s", exc)
+                return exc.exit_code
+    from .cli import main
+
+    return main(argv)
+
+
+def main_rt_mailgate() -> int:
     """The imap-ingest-rt-mailgate console script: `imap-ingest rt-mailgate`."""
-    from .cli import main
-
-    return main(["rt-mailgate", *(sys.argv[1:] if argv is None else argv)])
+    return entry(["rt-mailgate", *sys.argv[1:]])
 
 
-def main_rdm_mailhandler(argv: Sequence[str] | None = None) -> int:
+def main_rdm_mailhandler() -> int:
     """The imap-ingest-rdm-mailhandler console script: `imap-ingest rdm-mailhandler`."""
-    from .cli import main
-
-    return main(["rdm-mailhandler", *(sys.argv[1:] if argv is None else argv)])
+    return entry(["rdm-mailhandler", *sys.argv[1:]])
 
