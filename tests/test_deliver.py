@@ -175,14 +175,15 @@ def test_timeout_exits_75_and_the_retry_follows_in_doubt(rt: RecordingServer,
     assert json.loads(about.read_text())["result"] == "quarantined"
 
 
+@pytest.mark.timeout(600)
 def test_fifty_concurrent_deliveries_submit_each_message_once(rt: RecordingServer,
                                                               tmp_path: Path) -> None:
     """50 deliver processes at once, 25 messages each delivered twice, share one ledger:
     every message reaches RT exactly once."""
     raws = [make(subject=f"concurrent {i}") for i in range(25)]
     with ThreadPoolExecutor(50) as pool:
-        codes = list(pool.map(lambda raw: pipe(raw, *mailgate(rt, tmp_path)).returncode,
-                              raws + raws))
+        codes = list(pool.map(lambda raw: pipe(raw, *mailgate(rt, tmp_path, "--timeout", "400"),
+                                               timeout=500).returncode, raws + raws))
     assert codes == [0] * 50
     got = sorted(messages(rt))
     assert got == sorted(raw.replace(b"\r\n", b"\n") for raw in raws)
