@@ -154,3 +154,10 @@ def _check_references(config: Config, path: str | os.PathLike[str]) -> None:
                 if target is not None and target not in config.targets:
                     raise ConfigError(f"no target named {target!r} (known: {known})",
                                       file=path, key=key)
+    for name, route in config.routes.items():
+        if route.target is None and len(config.targets) > 1:
+            raise ConfigError(f"several targets are defined ({known}): name one", file=path,
+                              key=f"routes.{name}.target")
+        if route.target is not None and route.target not in config.targets:
+            raise ConfigError(f"no target named {route.target!r} (known: {known})", file=path,
+                              key=f"routes.{name}.target")

@@ -7,12 +7,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .accounts import Account, OAuth2
 from .alerting import Alert
 from .folders import CheckName, Rule, SubmitOptions
+from .routes import Route
 from .targets import AnyTarget
 from .values import Duration, Model, parse_duration
 
@@ -66,7 +74,8 @@ class Config(BaseSettings):
 
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
-    accounts: Annotated[list[Account], Field(min_length=1)]
+    routes: dict[str, Route] = {}  # mail an MTA pipes in: `imap-ingest deliver --route NAME`
+    accounts: list[Account] = Field([], validate_default=True)  # after routes: it reads them
     targets: Annotated[dict[str, AnyTarget], Field(min_length=1)]
     rules: dict[str, Rule] = {}
     loops_folder: str | None = None
@@ -92,6 +101,14 @@ class Config(BaseSettings):
         # load() has already merged the file and the environment, list items included,
         # which pydantic-settings' own env source cannot address.
         return (init_settings,)
+
+    @field_validator("accounts")
+    @classmethod
+    def _accounts_or_routes(cls, value: list[Account], info: ValidationInfo) -> list[Account]:
+        if not value and not info.data.get("routes"):
+            raise ValueError("List should have at least 1 item (or give routes: for mail "
+                             "an MTA delivers)")
+        return value
 
     def secrets(self) -> Iterator[str]:
         """Every secret value, so that logging can redact them."""
