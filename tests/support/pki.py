@@ -12,6 +12,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 QUEUE = "security@example.org"  # the queue's address; its key has a passphrase
 PLAIN_QUEUE = "incident@example.org"  # a queue whose key has none
 PASSPHRASE = "queue-key-passphrase-7Zq"
@@ -131,3 +133,9 @@ def make(root: Path) -> Pki:
     for address in (SIGNER, ROGUE, STRANGER, EXPIRED):  # only the queues' keys are ours
         (root / "keyring" / f"{address}.pem").unlink()
     return Pki(root)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The test PKI, made once per session."""
+    return make(tmp_path_factory.mktemp("pki"))
