@@ -143,11 +143,13 @@ class _Pass:
             self.disposal.flush()
             if progress:
                 progress.close()
+        # Answered without their bytes: left for the next pass, so --once exits 75.
+        self.report.counts["left"] += len(self.mailbox.unfetched)
         if self.refused:
             raise self.refused
         if self.context.stop.is_set() and (left := len(uids) - self.report.counts.total()):
             # Stopped early: untouched, for the next pass; counted so that --once exits 75.
-            self.report.counts["left"] = left
+            self.report.counts["left"] += left
         self.context.metrics.backlog.labels(*labels).set(self.report.counts[Result.DEFERRED]
                                                  + self.report.counts["left"])
         self.context.metrics.last_success.labels(*labels).set_to_current_time()

@@ -8,6 +8,7 @@ finish from. A message a rule skips or moves is ``decided`` at once, then ``disp
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 import time
@@ -150,12 +151,13 @@ class Ledger:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at once so that check-then-insert is atomic."""
-        with self._lock:
+        with self._lock, _disk_full(self.path):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back by itself on a full disk
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
@@ -332,6 +334,20 @@ class Ledger:
         with self._transaction() as db:
             db.execute("UPDATE targets SET failures = 0, next_try = NULL WHERE name = ?",
                        (name,))
+
+
+@contextmanager
+def _disk_full(path: Path) -> Iterator[None]:
+    """A full disk is a LedgerError that says so, not a traceback."""
+    try:
+        yield
+    except (sqlite3.OperationalError, OSError) as exc:
+        full = (exc.sqlite_errorcode == sqlite3.SQLITE_FULL
+                if isinstance(exc, sqlite3.OperationalError) else exc.errno == errno.ENOSPC)
+        if not full:
+            raise
+        raise LedgerError(f"ledger {path}: the disk is full; nothing more can be recorded "
+                          "until there is space again") from None
 
 
 def _same_message(dedupe: Dedupe) -> str:
