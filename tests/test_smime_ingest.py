@@ -34,8 +34,7 @@ def _passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_security_queue_to_redmine(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
                                    pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
-    """Signed and encrypted mail reaches Redmine decrypted with our verdict; the untrusted
-    is set aside by a rule, the undecryptable fails; no passphrase in --debug output."""
+    """Redmine gets the trusted mail decrypted; a rule sets the rest aside; no passphrase."""
     good = mail(pki.encrypt(pki.sign(PLAIN)), subject="good")
     forged = mail(PLAIN, subject="forged", headers={SIGNATURE: f"{SIGNER} (trusted)"})
     tampered = mail(pki.sign(PLAIN), subject="tampered").replace(b"is open", b"is shut")
