@@ -66,11 +66,11 @@ PLAIN = b"Content-Type: text/plain; charset=utf-8\r\n\r\nThe server room door is
 
 
 def mail(entity: bytes, sender: str = SIGNER, to: str = QUEUE, subject: str = "Incident",
-         headers: dict[str, str] | None = None) -> bytes:
+         headers: dict[str, str] | None = None, message_id: str | None = None) -> bytes:
     """A whole message: our headers over an S/MIME entity openssl wrote (CRLF throughout)."""
-    n = next(_counter)
+    message_id = message_id or f"<smime-{next(_counter)}@example.org>"
     lines = [f"From: {sender}", f"To: {to}", f"Subject: {subject}",
-             "Date: Tue, 01 Dec 2026 10:00:00 +0000", f"Message-ID: <smime-{n}@example.org>",
+             "Date: Tue, 01 Dec 2026 10:00:00 +0000", f"Message-ID: {message_id}",
              *(f"{name}: {value}" for name, value in (headers or {}).items())]
     entity = re.sub(rb"(?<!\r)\n", b"\r\n", entity)
     if not entity.startswith(b"MIME-Version"):
