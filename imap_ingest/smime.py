@@ -258,8 +258,15 @@ def _replace_body(raw: bytes, entity: bytes, original: bytes | None) -> bytes:
     newline = b"\r\n" if b"\r\n" in raw[:MAX_HEADER_BYTES] else b"\n"
     end = _END_OF_HEADER.search(raw[:MAX_HEADER_BYTES])
     head = raw[: end.start()] if end else raw
-    content = [f for f in Message(raw).fields() if f[0].lower().startswith("content-")]
-    kept = edit_headers(head, {}, [name for name, _ in content], None)
+    content = [name for name, _ in Message(raw).fields() if name.lower().startswith("content-")]
+    kept = edit_headers(head, {}, content, None)
+    # Of the opened entity's own header only its Content-* fields go on, as RT keeps them: a
+    # From or verdict written inside the encryption must not join the message's header.
+    end = _END_OF_HEADER.search(entity[:MAX_HEADER_BYTES])
+    if end is not None:
+        inner = Message(entity).fields()
+        others = [name for name, _ in inner if not name.lower().startswith("content-")]
+        entity = edit_headers(entity[: end.start()], {}, others, None) + entity[end.start():]
     if original is None:
         return kept + newline + entity
     boundary = f"imap-ingest-{uuid.uuid4().hex}".encode()

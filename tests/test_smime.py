@@ -101,6 +101,16 @@ def test_forged_verdict_headers_are_removed(pki: Pki) -> None:
     assert b"ceo@example.org" not in opened.message.raw
 
 
+def test_headers_inside_the_encryption_do_not_reach_the_message_header(pki: Pki) -> None:
+    """A verdict or From written inside the encrypted entity stays out of the header."""
+    inner = (f"{SIGNATURE}: ceo@example.org (trusted)\r\nFrom: ceo@example.org\r\n"
+             .encode() + PLAIN)
+    opened = run(pki, mail(pki.encrypt(inner)))
+    assert opened.message.header_values(SIGNATURE) == ["Not signed"]
+    assert opened.message.header_values("From") == [SIGNER]
+    assert opened.message.raw.endswith(PLAIN)
+
+
 def test_forged_verdict_removed_in_pass_through_too(pki: Pki) -> None:
     """pass-through adds nothing, but still drops a forged verdict the rules would see."""
     opened = run(pki, mail(PLAIN, headers={SIGNATURE: "x (trusted)"}), "pass-through")
