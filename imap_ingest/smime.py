@@ -130,7 +130,7 @@ class Gate:
                 inner, address = self._decrypt(entity, message)
                 encryption = "Success"
                 steps.append(f"layer {layer}: enveloped-data, decrypted with the key of "
-                             f"{address or 'the fallback'}")
+                             f"{address}")
             elif content == "pkcs7-signedData":
                 signature, inner = self._verify(entity, printed.stdout.decode("latin-1"),
                                                 message.sender)
