@@ -120,6 +120,9 @@ class Config(BaseSettings):
                     yield value.get_secret_value()
                 elif isinstance(value, OAuth2):
                     models.append(value)
+        for account in self.accounts:
+            for folder in account.folders:
+                yield from folder.smime.secrets() if folder.smime else ()
 
     def own_addresses(self) -> set[str]:
         """Every target's own From addresses, lower-cased, for the own-address check."""
