@@ -18,7 +18,7 @@ from .explain import explain
 from .from_rake import convert
 from .ledger import Ledger
 from .mailbox import Mailbox
-from .retry import retry
+from .retry import retry, retry_maildrop
 from .service import Service, serve
 from .status import history, status
 
@@ -152,9 +152,13 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
         return EX_USAGE
     ledger = Ledger.open(config.state_dir)
     try:
-        with Mailbox(candidates[0]) as mailbox:
-            for line in retry(mailbox, ledger, candidates[0], args.folder):
+        if candidates[0].protocol == "pop3":  # nothing to move: the ledger holds the state
+            for line in retry_maildrop(ledger, candidates[0]):
                 print(line)
+        else:
+            with Mailbox(candidates[0]) as mailbox:
+                for line in retry(mailbox, ledger, candidates[0], args.folder):
+                    print(line)
     finally:
         ledger.close()
     return EX_OK

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .ledger import Key, Ledger
-from .mailbox import Mailbox
+from .source import Source
 from .states import Disposition
 
 
@@ -14,7 +14,7 @@ class Disposal:
     copied again on every pass.
     """
 
-    def __init__(self, mailbox: Mailbox, ledger: Ledger) -> None:
+    def __init__(self, mailbox: Source, ledger: Ledger) -> None:
         self._mailbox = mailbox
         self._ledger = ledger
         self._pending: dict[Disposition, list[Key]] = {}

@@ -23,11 +23,11 @@ from .errors import EX_OK, EX_TEMPFAIL, IngestError, TrackerRefused
 from .inflight import InFlight
 from .ledger import Earlier, Key, Ledger, Record
 from .logs import event
-from .mailbox import Fetched, Mailbox
 from .message import Message
 from .metrics import Metrics
 from .rules import Decision, RuleSet
 from .smime import Gate
+from .source import Fetched, Source
 from .states import Result
 from .trackers import Envelope, Kind, Outcome, Tracker
 from .verdict import (
@@ -90,17 +90,19 @@ class Context:
     observe: Callable[[str, Message | None, Verdict], None] | None = None
 
 
-def ingest(mailbox: Mailbox, folder: Folder, context: Context) -> PassReport:
+def ingest(mailbox: Source, folder: Folder, context: Context) -> PassReport:
     """Deal with every new message in ``folder``; stop between messages when asked to."""
     mailbox.select(folder.name)
-    return _Pass(mailbox, folder, context).run()
+    report = _Pass(mailbox, folder, context).run()
+    mailbox.commit()  # not after a failed pass: POP3 then leaves every message as it was
+    return report
 
 
 class _Pass:
     """One pass over a folder, in five stages per message: fetch, rules, submit, dispose,
     record. What each answer means is for verdict.py; this carries it out."""
 
-    def __init__(self, mailbox: Mailbox, folder: Folder, context: Context) -> None:
+    def __init__(self, mailbox: Source, folder: Folder, context: Context) -> None:
         self.mailbox = mailbox
         self.folder = folder
         self.context = context

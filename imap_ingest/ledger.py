@@ -23,7 +23,7 @@ from .errors import ConfigError, IngestError
 from .files import private_file
 from .states import Disposition, Result, State
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: uidls
 
 Dedupe = Literal["message-id", "content", "off"]
 
@@ -56,6 +56,9 @@ CREATE INDEX attempts_message ON attempts (message);
 CREATE TABLE targets (
     name TEXT PRIMARY KEY, failures INTEGER NOT NULL, next_try REAL,
     last_error TEXT, last_error_at REAL);
+CREATE TABLE uidls (              -- a POP3 message's UIDL, and the UID it stands under
+    uid INTEGER PRIMARY KEY, account TEXT NOT NULL, folder TEXT NOT NULL, uidl TEXT NOT NULL,
+    UNIQUE (account, folder, uidl));
 """
 
 # Rows in these states stand for a message the tracker has, or may have, or will get;
@@ -165,7 +168,10 @@ class Ledger:
         with self._lock:
             self._db.executescript(
                 f"BEGIN IMMEDIATE; {schema} INSERT OR IGNORE INTO meta "
-                f"VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+                f"VALUES ('schema_version', '{SCHEMA_VERSION}'); "
+                # Schema 1 lacked only uidls, which the script above has just added.
+                f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version' "
+                "AND value = '1'; COMMIT;")
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if int(row[0]) > SCHEMA_VERSION:
             raise LedgerError(f"ledger {self.path}: written by a newer imap-ingest (schema "
@@ -194,6 +200,17 @@ class Ledger:
             db.execute("INSERT OR REPLACE INTO folders VALUES (?, ?, ?)",
                        (account, folder, uidvalidity))
         return row is not None and row[0] != uidvalidity
+
+    def uids(self, account: str, folder: str, uidls: list[str]) -> dict[str, int]:
+        """The UID each POP3 UIDL stands under, a new one for a UIDL never seen: one
+        transaction for a whole maildrop."""
+        with self._transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO uidls (account, folder, uidl) VALUES (?, ?, ?)",
+                           [(account, folder, uidl) for uidl in uidls])
+            rows = db.execute("SELECT uidl, uid FROM uidls WHERE account = ? AND folder = ?",
+                              (account, folder)).fetchall()
+        wanted = set(uidls)
+        return {uidl: uid for uidl, uid in rows if uidl in wanted}
 
     # -- messages --------------------------------------------------------------------------
 
@@ -336,6 +353,14 @@ class Ledger:
                 (account, message_id, digest)).fetchall()
         return [Source(id, folder, _result(outcome), ticket)
                 for id, folder, outcome, ticket in rows]
+
+    def set_aside(self, account: str, folder: str) -> list[int]:
+        """The records of a folder's messages refused or quarantined, left where they are."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM messages WHERE account = ? AND folder = ? AND outcome IN "
+                f"('{Result.FAILED}', '{Result.QUARANTINED}')", (account, folder)).fetchall()
+        return [id for id, in rows]
 
     def release(self, ids: list[int]) -> None:
         """Forget that these records may be in the tracker: `retry` sends the message again."""

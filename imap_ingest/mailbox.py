@@ -21,8 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from datetime import datetime
 
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientError, LoginError
@@ -30,6 +28,7 @@ from imapclient.exceptions import IMAPClientError, LoginError
 from .config import Account
 from .errors import AuthFailed, ConnectionLost, FolderMissing, LoginRefused, MailboxError
 from .oauth import Tokens
+from .source import Fetched
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +49,6 @@ _SLOWEST = 100 * 1024
 _MAX_LITERAL = 1024 * 1024
 # IMAP numbers are 32-bit (RFC 3501): the largest partial FETCH one can ask for.
 _LARGEST = 2**32 - 2
-
-
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    """One message as the server gave it; ``raw`` is None when it was too large to fetch."""
-
-    uid: int
-    size: int
-    raw: bytes | None
-    internaldate: datetime | None = None
 
 
 class Mailbox:
@@ -115,6 +104,9 @@ class Mailbox:
             except MailboxError:
                 pass
         self._client.shutdown()
+
+    def commit(self) -> None:
+        """Nothing to do: IMAP carries out each disposition at once."""
 
     @property
     def has_idle(self) -> bool:

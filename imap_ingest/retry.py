@@ -19,6 +19,15 @@ from .states import Result
 _ANY_SIZE = 2**62
 
 
+def retry_maildrop(ledger: Ledger, account: Account) -> Iterator[str]:
+    """A POP3 account's refused and quarantined messages, still on the server: released,
+    so that its next pass tries them again."""
+    folder = account.folders[0].name
+    ids = ledger.set_aside(account.name, folder)
+    ledger.release(ids)
+    yield f"released {len(ids)} message(s) of {account.name}/{folder}: tried on the next pass"
+
+
 def retry(mailbox: Mailbox, ledger: Ledger, account: Account, folder: str,
           only: list[int] | None = None) -> Iterator[str]:
     """Move or unmark the messages of ``folder`` (``only`` these UIDs, when given); yields

@@ -50,6 +50,7 @@ from .logs import event, hide
 from .mailbox import Mailbox
 from .metrics import Metrics
 from .oauth import Tokens
+from .source import Source, open_source
 from .trackers import Tracker, open_tracker
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,8 @@ class Service:
         with _signals(self.stop):
             for account in self.config.accounts:
                 try:
-                    with Mailbox(account, self.tokens.get(account.name)) as mailbox:
+                    with open_source(account, self.tokens.get(account.name),
+                                     self.ledger) as mailbox:
                         codes += [_pass(mailbox, account, folder, context)
                                   for folder in account.folders if not self.stop.is_set()]
                 except MailboxError as exc:
@@ -150,7 +152,7 @@ class Service:
                     misfire_grace_time=max(1, int(folder.interval)),
                     next_run_time=datetime.now(UTC))
                 self.workers.append(worker)
-                if folder.idle is not False:
+                if folder.idle is not False and account.idles:
                     threading.Thread(target=worker.watch, name=f"idle {worker.name}",
                                      daemon=True).start()
         self.alerter.start()
@@ -162,7 +164,7 @@ def log_failure(exc: MailboxError, then: str = "") -> None:
           state=exc.state if isinstance(exc, AuthFailed) else None)
 
 
-def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context) -> int:
+def _pass(mailbox: Source, account: Account, folder: Folder, context: Context) -> int:
     """One locked pass over one folder; an error in it ends that folder only."""
     try:
         with folder_lock(context.config.state_dir, account.name, folder.name):
@@ -192,7 +194,7 @@ class FolderWorker:
         context.metrics.stalled.labels(account.name, folder.name).set_function(
             lambda: self.stalled)
         self.job: Job | None = None
-        self._mailbox: Mailbox | None = None
+        self._mailbox: Source | None = None
         self._failures = 0
         self._retry_at = 0.0
         self._state = threading.Lock()
@@ -281,9 +283,9 @@ class FolderWorker:
                 return exc.exit_code
         raise AssertionError("unreachable")
 
-    def _connect(self) -> Mailbox:
+    def _connect(self) -> Source:
         if self._mailbox is None:
-            self._mailbox = Mailbox(self.account, self.tokens)
+            self._mailbox = open_source(self.account, self.tokens, self.context.ledger)
             if self._failures:
                 self.context.metrics.reconnects.labels(self.account.name).inc()
                 log.info("%s: connected again", self.name)

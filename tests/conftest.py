@@ -19,14 +19,16 @@ NOT_INSTALLED = (
 )
 
 
-def _start(without: tuple[str, ...] = (), introspection: TokenService | None = None) -> Dovecot:
+def _start(without: tuple[str, ...] = (), introspection: TokenService | None = None,
+           pop3: bool = False) -> Dovecot:
     if find_dovecot() is None:
         pytest.fail(NOT_INSTALLED, pytrace=False)
     try:
         server = Dovecot(without=without,
                          introspection_url=introspection.url + "/introspect" if introspection
                          else None,
-                         introspection_ca_file=introspection.ca_file if introspection else None)
+                         introspection_ca_file=introspection.ca_file if introspection else None,
+                         pop3=pop3)
     except DovecotNotInstalled:
         pytest.fail(NOT_INSTALLED, pytrace=False)
     try:
@@ -74,6 +76,15 @@ def dovecot_oauth(token_service: TokenService) -> Iterator[Dovecot]:
     """A Dovecot that takes XOAUTH2 and OAUTHBEARER logins checked against the token service
     (and passwords, as the others do). Started only by the tests that need it."""
     server = _start(introspection=token_service)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def dovecot_pop3(token_service: TokenService) -> Iterator[Dovecot]:
+    """A Dovecot that also serves POP3 (plain with STLS, and POP3S) and takes OAuth2 logins
+    as dovecot_oauth does. Started only by the POP3 tests."""
+    server = _start(introspection=token_service, pop3=True)
     yield server
     server.close()
 

@@ -29,8 +29,9 @@ from imap_ingest import ledger as ledger_module
 from imap_ingest.config import Account, SubmitOptions, load
 from imap_ingest.ingest import Context, ingest
 from imap_ingest.ledger import Ledger
-from imap_ingest.mailbox import FAILED, SKIPPED, Fetched
+from imap_ingest.mailbox import FAILED, SKIPPED
 from imap_ingest.metrics import Metrics
+from imap_ingest.source import Fetched
 from imap_ingest.trackers import Envelope, Kind, Outcome
 
 from .support.mail import make
@@ -173,6 +174,9 @@ class SimMailbox:
         self.killer.tick()
         for uid in uids:
             self.server.deleted.append((self.folder, self._selected().messages.pop(uid).letter))
+
+    def commit(self) -> None:
+        """Nothing to do: the simulated server, like IMAP, acts at once."""
 
 
 class SimTracker:

@@ -1,4 +1,5 @@
-"""IMAP accounts and where their OAuth2 tokens come from, with each provider's endpoints."""
+"""IMAP and POP3 accounts, and where their OAuth2 tokens come from, with each provider's
+endpoints."""
 
 from __future__ import annotations
 
@@ -112,11 +113,13 @@ class OAuth2(Model):
 
 
 class Account(WithSecret):
-    """An IMAP account and the folders to ingest from it."""
+    """An IMAP account and the folders to ingest from it, or a POP3 account and its one
+    folder (the maildrop)."""
 
     secret_name = "password"
 
     name: str
+    protocol: Literal["imap", "pop3"] = "imap"
     host: str
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     allow_insecure: bool = False
@@ -133,6 +136,9 @@ class Account(WithSecret):
     oauth2: OAuth2 | None = None
     token_command: Annotated[list[str], Field(min_length=1)] | None = None
     timeout: Duration = 60.0
+    # POP3: leave every message on the server (the ledger remembers it by UIDL), or DELE
+    # what the tracker accepted (or a rule discarded).
+    keep: bool = True
     # This mailbox's own addresses: user+EXT@domain sent to one of them gives the message
     # the sub-address EXT (RT's extension: queue, ticket or action).
     addresses: list[str] = []
@@ -166,10 +172,40 @@ class Account(WithSecret):
                              "token_command")
         return self
 
+    @model_validator(mode="after")
+    def _pop3_has_one_folder_and_no_others(self) -> Account:
+        if self.protocol == "imap":
+            if any(folder.failure_spool for folder in self.folders):
+                raise ValueError("failure_spool is for POP3 accounts: an IMAP folder has "
+                                 "move_on_failure")
+            return self
+        if len(self.folders) != 1:
+            raise ValueError("a POP3 account has one folder, its maildrop: give one entry "
+                             "(name it INBOX) with its options")
+        folder = self.folders[0]
+        named = {"move_on_success": folder.move_on_success,
+                 "move_on_failure": folder.move_on_failure, "loops_folder": folder.loops_folder}
+        named.update({f"rules[{i}]": rule.then.move or rule.then.copy_to
+                      for i, rule in enumerate(folder.rules) if rule.then})
+        if used := [key for key, value in named.items() if value]:
+            raise ValueError(f"POP3 has no folders to move or copy into ({', '.join(used)}): "
+                             "accepted mail is deleted (keep: false) or left, refused mail is "
+                             "left and recorded, and copied to failure_spool when set")
+        if folder.idle:
+            raise ValueError("POP3 has no IDLE: the maildrop is polled every interval")
+        return self
+
     @property
     def uses_token(self) -> bool:
         return self.auth != "password"
 
     @property
+    def idles(self) -> bool:
+        """The protocol can announce new mail (IMAP IDLE); POP3 is polled only."""
+        return self.protocol == "imap"
+
+    @property
     def effective_port(self) -> int:
+        if self.protocol == "pop3":
+            return self.port or (995 if self.security == "ssl" else 110)
         return self.port or (993 if self.security == "ssl" else 143)

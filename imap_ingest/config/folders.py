@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
@@ -138,6 +139,7 @@ class Folder(SubmitOptions):
     interval: Duration = 60.0
     move_on_success: str | None = None
     move_on_failure: str | None = None
+    failure_spool: Path | None = None  # POP3: a copy of each refused message, kept here
     max_message_size: Size = parse_size("25M")
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 100
     loops_folder: str | None = None

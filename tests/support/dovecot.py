@@ -1,8 +1,9 @@
-"""A private, throw-away Dovecot IMAP server for the test suite.
+"""A private, throw-away Dovecot IMAP (and, when asked, POP3) server for the test suite.
 
 ``Dovecot`` writes a fresh configuration under its own temporary directory (no ``!include`` of
 the system configuration, its own ``base_dir``/``state_dir``/log), listens only on 127.0.0.1 on
-two free ports (plain IMAP offering STARTTLS, and implicit-TLS IMAPS) and authenticates *any*
+two free ports (plain IMAP offering STARTTLS, and implicit-TLS IMAPS; with ``pop3`` two more,
+POP3 offering STLS and POP3S, on the same mailboxes) and authenticates *any*
 username with one password, so every new username is a fresh, empty Maildir.
 
 ``ImapAccount`` describes one login on such a server and offers a few helpers that talk to the
@@ -181,6 +182,10 @@ class Dovecot(Lifecycle):
     With ``introspection_url``, XOAUTH2 and OAUTHBEARER logins are checked by the oauth2 passdb,
     which POSTs the token there (over https trusting ``introspection_ca_file``) and expects
     ``{"active": true, "username": USER}``; LOGIN and PLAIN keep the static password.
+
+    With ``pop3`` (Debian package dovecot-pop3d) it also serves POP3 on ``pop3_port`` (STLS
+    offered) and ``pop3s_port`` (implicit TLS), UIDLs as dovecot's default (UID and
+    UIDVALIDITY).
     """
 
     host = HOST
@@ -194,6 +199,7 @@ class Dovecot(Lifecycle):
         binary: str | None = None,
         introspection_url: str | None = None,
         introspection_ca_file: str | None = None,
+        pop3: bool = False,
     ) -> None:
         found = binary or find_dovecot()
         if found is None:
@@ -208,8 +214,11 @@ class Dovecot(Lifecycle):
         self.without = frozenset(name.upper() for name in without)
         self.introspection_url = introspection_url
         self.introspection_ca_file = introspection_ca_file
+        self.pop3 = pop3
         self.port = 0
         self.ssl_port = 0
+        self.pop3_port = 0
+        self.pop3s_port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._capability: str | None = None
         self._log_offsets: dict[Path, int] = {}
@@ -288,7 +297,7 @@ class Dovecot(Lifecycle):
         attempts = 3 if first_start else 1
         for attempt in range(attempts):
             if first_start:
-                self.port, self.ssl_port = free_ports(2)
+                self._pick_ports()
             try:
                 self._launch(self._capability)
                 return
@@ -401,7 +410,7 @@ class Dovecot(Lifecycle):
             f"state_dir = {d}/state",
             f"instance_name = imapingest-{self.port}",
             f"log_path = {d}/dovecot.log",
-            "protocols = imap",
+            "protocols = imap" + (" pop3" if self.pop3 else ""),
             f"listen = {HOST}",
             f"default_login_user = {u.login_user}",
             f"default_internal_user = {u.internal_user}",
@@ -445,6 +454,7 @@ class Dovecot(Lifecycle):
             "}",
             # ... and no growing per-IP penalty (up to 15 s per login from 127.0.0.1): with the
             # anvil-auth-penalty socket disabled, auth finds no socket and turns penalties off.
+            *self._pop3_service(chroot),
             "service anvil {",
             *chroot,
             "  unix_listener anvil-auth-penalty {",
@@ -455,6 +465,16 @@ class Dovecot(Lifecycle):
         if capability is not None:
             lines.append(f"imap_capability = {capability}")
         return "\n".join(lines) + "\n"
+
+    def _pop3_service(self, chroot: list[str]) -> list[str]:
+        if not self.pop3:
+            return []
+        return ["protocol pop3 {", "  mail_max_userip_connections = 1000", "}",
+                "service pop3-login {", *chroot,
+                "  inet_listener pop3 {", f"    address = {HOST}", f"    port = {self.pop3_port}",
+                "  }",
+                "  inet_listener pop3s {", f"    address = {HOST}",
+                f"    port = {self.pop3s_port}", "    ssl = yes", "  }", "}"]
 
     def _oauth2_passdb(self) -> list[str]:
         if self.introspection_url is None:
@@ -496,7 +516,10 @@ class Dovecot(Lifecycle):
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + _START_TIMEOUT
-        for port, want_greeting in ((self.port, True), (self.ssl_port, False)):
+        ports = [(self.port, True), (self.ssl_port, False)]
+        if self.pop3:
+            ports += [(self.pop3_port, False), (self.pop3s_port, False)]
+        for port, want_greeting in ports:
             while True:
                 proc = self._proc
                 if proc is None or proc.poll() is not None:
@@ -517,6 +540,12 @@ class Dovecot(Lifecycle):
                 except OSError:  # not listening yet, or closed before greeting
                     time.sleep(0.005)
 
+    def _pick_ports(self) -> None:
+        ports = free_ports(4 if self.pop3 else 2)
+        self.port, self.ssl_port = ports[:2]
+        if self.pop3:
+            self.pop3_port, self.pop3s_port = ports[2:]
+
     def _port_conflict(self) -> bool:
         text = self.log_text(since_start=True)
         return "Address already in use" in text or "EADDRINUSE" in text
@@ -535,7 +564,7 @@ class Dovecot(Lifecycle):
     def _probe_capabilities(self) -> tuple[str, ...]:
         """Start with default capabilities once and read the post-login CAPABILITY."""
         if self.port == 0:
-            self.port, self.ssl_port = free_ports(2)
+            self._pick_ports()
         self._launch(None)
         try:
             with socket.create_connection((HOST, self.port), timeout=10) as sock:

@@ -1,0 +1,60 @@
+"""The mail source a pass talks to: IMAP's Mailbox is one, POP3's Maildrop another.
+
+The pass, its dispositions and the ledger see only this: UIDs of new messages, their
+bytes, and what to do with them. How a source remembers what it was told (IMAP keywords
+and folders; POP3 only DELE, and the ledger for the rest) is its own business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .config import Account
+    from .ledger import Ledger
+    from .oauth import Tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One message as the server gave it; ``raw`` is None when it was too large to fetch."""
+
+    uid: int
+    size: int
+    raw: bytes | None
+    internaldate: datetime | None = None
+
+
+class Source(Protocol):
+    """A logged-in session on one account; ``select`` a folder before the other calls."""
+
+    account: Account
+    uidvalidity: int
+    unfetched: list[int]  # UIDs the last fetch() found but could not read: the next pass's
+
+    def select(self, folder: str, readonly: bool = False) -> None: ...
+    def new_uids(self) -> list[int]: ...
+    def fetch(self, uids: Sequence[int], batch_size: int,
+              max_size: int) -> Iterator[Fetched]: ...
+    def copy(self, uids: Sequence[int], folder: str) -> None: ...
+    def move(self, uids: Sequence[int], folder: str) -> None: ...
+    def mark(self, uids: Sequence[int], keyword: str) -> None: ...
+    def delete(self, uids: Sequence[int]) -> None: ...
+    def commit(self) -> None:
+        """Make the pass's dispositions final (IMAP's are at once; POP3's at QUIT)."""
+
+    def close(self) -> None: ...
+    def __enter__(self) -> Source: ...
+    def __exit__(self, *_: object) -> None: ...
+
+
+def open_source(account: Account, tokens: Tokens | None, ledger: Ledger) -> Source:
+    """A session on ``account`` by its protocol; POP3 keeps what it knows in ``ledger``."""
+    if account.protocol == "pop3":
+        from .pop3 import Maildrop
+        return Maildrop(account, tokens, ledger)
+    from .mailbox import Mailbox
+    return Mailbox(account, tokens)

@@ -1,0 +1,229 @@
+"""POP3 accounts against a real dovecot-pop3d: UIDL-based new mail, keep and delete modes,
+a crash between RETR and DELE, a refused message kept (and spooled), plain, STLS,
+implicit TLS and XOAUTH2 logins, and a server without UIDL (a scripted one)."""
+
+from __future__ import annotations
+
+import poplib
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from imap_ingest.cli import main
+from imap_ingest.errors import EX_CONFIG, EX_OK
+from imap_ingest.pop3 import Maildrop
+
+from .support.dovecot import Dovecot, ImapAccount
+from .support.ingest_env import ROOT, command
+from .support.mail import make
+from .support.oauth_env import oauth2
+from .support.redmine_server import FakeRedmine, Request
+from .support.scripted_pop3 import ScriptedPop3
+from .support.token_service import TokenService
+
+
+@pytest.fixture
+def box(dovecot_pop3: Dovecot) -> ImapAccount:
+    """A fresh mailbox on the dovecot that also serves POP3."""
+    return dovecot_pop3.account()
+
+
+def pop3_config(path: Path, server: Dovecot, box: ImapAccount, redmine_url: str,
+                folder: dict[str, Any] | None = None, **account: Any) -> Path:
+    """One POP3 account (plain, keep: true unless told), one folder, a Redmine target."""
+    data = {
+        "accounts": [{"name": "pop", "protocol": "pop3", "host": box.host,
+                      "port": server.pop3_port, "security": "none", "username": box.username,
+                      "password": box.password,
+                      "folders": [{"name": "INBOX", "project": "support", **(folder or {})}],
+                      **account}],
+        "targets": {"redmine": {"type": "redmine", "url": redmine_url, "key": "s3cret-key",
+                                "timeout": "5s"}},
+        "state_dir": str(path.parent / "state"),
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_once(path: Path) -> int:
+    return main(["run", "--once", "-c", str(path)])
+
+
+def maildrop(server: Dovecot, box: ImapAccount) -> list[bytes]:
+    """The messages POP3 shows now, read with poplib itself."""
+    client = poplib.POP3(box.host, server.pop3_port, timeout=10)
+    try:
+        client.user(box.username)
+        client.pass_(box.password)
+        count = len(client.list()[1])
+        return [b"\r\n".join(client.retr(n)[1]) + b"\r\n" for n in range(1, count + 1)]
+    finally:
+        client.quit()
+
+
+def test_keep_leaves_mail_and_never_ingests_it_twice(tmp_path: Path, dovecot_pop3: Dovecot,
+                                                     box: ImapAccount,
+                                                     redmine: FakeRedmine) -> None:
+    """keep: true submits each message once, by UIDL, and leaves it on the server."""
+    box.append("INBOX", make(subject="first"))
+    path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url)
+    assert run_once(path) == EX_OK
+    box.append("INBOX", make(subject="second"))
+    assert run_once(path) == EX_OK
+    assert run_once(path) == EX_OK
+    assert [b"Subject: first" in e or b"Subject: second" in e for e in redmine.emails] == [
+        True, True]
+    assert len(redmine.emails) == 2
+    assert len(maildrop(dovecot_pop3, box)) == 2
+
+
+def test_keep_false_deletes_only_what_the_tracker_accepted(tmp_path: Path,
+                                                           dovecot_pop3: Dovecot,
+                                                           box: ImapAccount,
+                                                           redmine: FakeRedmine) -> None:
+    """keep: false DELEs the accepted message at QUIT; a refused one stays on the server."""
+    box.append("INBOX", make(subject="taken"))
+    box.append("INBOX", make(subject="refused"))
+    redmine.answer = lambda r: ((422, b"refused", 0) if b"refused" in r.field("email")
+                                else (201, b"", 0))
+    path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url, keep=False)
+    assert run_once(path) == EX_OK
+    left = maildrop(dovecot_pop3, box)
+    assert len(left) == 1 and b"Subject: refused" in left[0]
+    assert run_once(path) == EX_OK  # the refusal is recorded: not tried again
+    assert len(redmine.emails) == 2
+
+
+def test_refused_message_is_kept_spooled_shown_and_retried(tmp_path: Path,
+                                                           dovecot_pop3: Dovecot,
+                                                           box: ImapAccount,
+                                                           redmine: FakeRedmine,
+                                                           capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    """A refusal leaves the message on the server and a copy in failure_spool; status shows
+    it; after `retry` the next pass submits it and, with keep: false, deletes it."""
+    box.append("INBOX", make(subject="refused once"))
+    redmine.answer = lambda r: (422, b"no such project", 0)
+    spool = tmp_path / "refused"
+    path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url, keep=False,
+                       folder={"failure_spool": str(spool)})
+    assert run_once(path) == EX_OK
+    assert len(maildrop(dovecot_pop3, box)) == 1
+    kept = list(spool.glob("*.eml"))
+    assert len(kept) == 1 and b"Subject: refused once" in kept[0].read_bytes()
+    capsys.readouterr()
+    assert main(["status", "-c", str(path)]) == EX_OK
+    assert "pop/INBOX: 1 failed" in capsys.readouterr().out
+    redmine.answer = redmine.default
+    assert main(["retry", "-c", str(path), "INBOX"]) == EX_OK
+    assert "released 1 message(s)" in capsys.readouterr().out
+    assert run_once(path) == EX_OK
+    assert len(redmine.emails) == 2
+    assert maildrop(dovecot_pop3, box) == []
+
+
+def test_crash_between_retr_and_dele_neither_loses_nor_doubles(
+        tmp_path: Path, dovecot_pop3: Dovecot, box: ImapAccount, redmine: FakeRedmine,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass that dies after the tracker took a message, before DELE, never QUITs: the
+    message stays; the next pass deletes it by the ledger without sending it again."""
+    box.append("INBOX", make(subject="once only"))
+    path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url, keep=False)
+
+    def crash(self: Maildrop, uids: object) -> None:
+        raise RuntimeError("killed between RETR and DELE")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Maildrop, "delete", crash)
+        assert run_once(path) != EX_OK
+    assert len(maildrop(dovecot_pop3, box)) == 1
+    assert run_once(path) == EX_OK
+    assert len(redmine.emails) == 1
+    assert maildrop(dovecot_pop3, box) == []
+
+
+def test_sigkill_after_dele_before_quit_deletes_again(tmp_path: Path, dovecot_pop3: Dovecot,
+                                                      box: ImapAccount,
+                                                      redmine: FakeRedmine) -> None:
+    """A run SIGKILLed while the tracker answers leaves the message on the server (no
+    QUIT); the next run finds its record and submits nothing twice."""
+    box.append("INBOX", make(subject="killed"))
+    answered = threading.Event()
+
+    def slow(request: Request) -> tuple[int, bytes, float]:
+        answered.set()
+        return 201, b"", 3.0
+
+    redmine.answer = slow
+    path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url, keep=False)
+    proc = subprocess.Popen(command("run", "--once", "-c", str(path)), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert answered.wait(30)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    assert len(maildrop(dovecot_pop3, box)) == 1  # nothing lost
+    redmine.answer = redmine.default
+    run_once(path)  # in doubt: quarantined, not sent again (in_doubt: quarantine)
+    assert len(redmine.emails) == 1
+    assert len(maildrop(dovecot_pop3, box)) == 1
+
+
+@pytest.mark.parametrize("security", ["ssl", "starttls"])
+def test_tls_logins(tmp_path: Path, dovecot_pop3: Dovecot, box: ImapAccount,
+                    redmine: FakeRedmine, security: str) -> None:
+    """POP3S and STLS, trusting the test CA."""
+    box.append("INBOX", make(subject="over tls"))
+    port = dovecot_pop3.pop3s_port if security == "ssl" else dovecot_pop3.pop3_port
+    path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url, port=port,
+                       security=security, ca_file=box.ca_file)
+    assert run_once(path) == EX_OK
+    assert len(redmine.emails) == 1
+
+
+def test_xoauth2_login(tmp_path: Path, dovecot_pop3: Dovecot, box: ImapAccount,
+                       redmine: FakeRedmine, provider: TokenService) -> None:
+    """AUTH XOAUTH2 with a token from the refresh-token flow, as IMAP accounts do."""
+    box.append("INBOX", make(subject="with a token"))
+    token_file = tmp_path / "refresh-token.json"
+    token_file.write_text(provider.grant(box.username) + "\n")
+    path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url, auth="xoauth2",
+                       password=None, oauth2=oauth2(provider, token_file))
+    assert run_once(path) == EX_OK
+    assert len(redmine.emails) == 1
+
+
+def scripted_config(path: Path, server: ScriptedPop3, redmine_url: str, keep: bool) -> Path:
+    data = {"accounts": [{"name": "old", "protocol": "pop3", "host": "127.0.0.1",
+                          "port": server.port, "security": "none", "username": "u",
+                          "password": "p", "keep": keep,
+                          "folders": [{"name": "INBOX", "project": "support"}]}],
+            "targets": {"redmine": {"type": "redmine", "url": redmine_url, "key": "s3cret-key",
+                                    "timeout": "5s"}},
+            "state_dir": str(path.parent / "state")}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_server_without_uidl(tmp_path: Path, redmine: FakeRedmine,
+                             caplog: pytest.LogCaptureFixture) -> None:
+    """No UIDL: refused with a clear error under keep: true; with keep: false each message
+    is submitted once and deleted."""
+    server = ScriptedPop3([make(subject="a"), make(subject="b")])
+    try:
+        kept = scripted_config(tmp_path / "keep.yaml", server, redmine.url, keep=True)
+        assert run_once(kept) == EX_CONFIG
+        assert "the server has no UIDL" in caplog.text
+        assert redmine.emails == []
+        deleting = scripted_config(tmp_path / "delete.yaml", server, redmine.url, keep=False)
+        assert run_once(deleting) == EX_OK
+        assert len(redmine.emails) == 2 and server.messages == []
+        assert "UIDL" in server.commands and "TOP" in server.commands
+    finally:
+        server.close()
