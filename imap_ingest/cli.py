@@ -15,6 +15,7 @@ from .check import check
 from .config import CONFIG_VARIABLE, Config, load, templates
 from .errors import EX_CANTCREAT, EX_OK, EX_USAGE, IngestError
 from .explain import explain
+from .from_fetchmail import convert as from_fetchmail
 from .from_rake import convert
 from .ledger import Ledger
 from .mailbox import Mailbox
@@ -189,6 +190,11 @@ def _from_rake(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _from_fetchmail(args: argparse.Namespace) -> int:
+    print(from_fetchmail(Path(args.file).expanduser().read_text(encoding="utf-8")), end="")
+    return EX_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
@@ -340,6 +346,15 @@ def _parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--dir", default="imap-ingest-demo", metavar="DIR",
                              help="where accepted messages are written (default: "
                                   "imap-ingest-demo)")
+
+    fetchmail = add(
+        "from-fetchmail", _from_fetchmail, standalone=True,
+        help="turn a .fetchmailrc into imap-ingest YAML",
+        description="Print the configuration that reads what a .fetchmailrc polled (POP3 or "
+                    "IMAP, user, keep, ssl, folder), with what does not translate (mda, "
+                    "smtphost, ...) said in comments.",
+        epilog="example:\n  imap-ingest from-fetchmail ~/.fetchmailrc > config.yaml")
+    fetchmail.add_argument("file", metavar="FETCHMAILRC", help="the .fetchmailrc to read")
 
     rake = add(
         "from-rake", _from_rake, standalone=True,
