@@ -8,7 +8,7 @@ import time
 from . import token_file
 from .config import Config, OAuth2
 from .errors import EX_NOPERM, EX_OK, EX_TEMPFAIL, MailboxError, worst
-from .mailbox import Mailbox
+from .source import open_source
 from .trackers import Kind, open_tracker
 
 _NO_EXPIRY = {
@@ -30,7 +30,7 @@ def check(config: Config, path: str | os.PathLike[str]) -> int:
     for account in config.accounts:
         what = f"account {account.name}"
         try:
-            with Mailbox(account) as mailbox:
+            with open_source(account, None, None) as mailbox:
                 report(True, what, f"logged in as {account.username} on {account.host}:"
                        f"{account.effective_port} ({account.security})")
                 for folder in account.folders:

@@ -57,7 +57,7 @@ class Maildrop:
     calls. Each pass after a ``commit`` (QUIT) logs in again: a POP3 session holds the
     maildrop's lock, and its DELEs take effect only at QUIT."""
 
-    def __init__(self, account: Account, tokens: Tokens | None, ledger: Ledger) -> None:
+    def __init__(self, account: Account, tokens: Tokens | None, ledger: Ledger | None) -> None:
         self.account = account
         self.uidvalidity = UIDVALIDITY
         self.unfetched: list[int] = []
@@ -103,13 +103,16 @@ class Maildrop:
         with self._errors(client):
             sizes = {int(n): int(size) for n, size in _pairs(client.listing("LIST"))}
             uidls = self._list_uidls(client, sorted(sizes), sizes)
-        uids = self._ledger.uids(self.account.name, folder, list(uidls.values()))
+        uids = (self._ledger.uids(self.account.name, folder, list(uidls.values()))
+                if self._ledger else {uidl: n for n, uidl in uidls.items()})
         self._numbers = {uids[uidl]: n for n, uidl in uidls.items()}
         self._sizes = {uid: sizes[n] for uid, n in self._numbers.items()}
         self._uidls = {uid: uidls[n] for uid, n in self._numbers.items()}
 
     def new_uids(self) -> list[int]:
         """The UIDs in the maildrop that the ledger has not settled."""
+        if self._ledger is None:
+            return sorted(self._numbers)
         records = self._ledger.records(self.account.name, self._folder.name, UIDVALIDITY,
                                        list(self._numbers))
         return sorted(uid for uid in self._numbers

@@ -51,8 +51,9 @@ class Source(Protocol):
     def __exit__(self, *_: object) -> None: ...
 
 
-def open_source(account: Account, tokens: Tokens | None, ledger: Ledger) -> Source:
-    """A session on ``account`` by its protocol; POP3 keeps what it knows in ``ledger``."""
+def open_source(account: Account, tokens: Tokens | None, ledger: Ledger | None) -> Source:
+    """A session on ``account`` by its protocol; POP3 keeps what it knows in ``ledger``
+    (without one, as for `check`, every message in the maildrop counts as new)."""
     if account.protocol == "pop3":
         from .pop3 import Maildrop
         return Maildrop(account, tokens, ledger)

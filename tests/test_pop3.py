@@ -227,3 +227,35 @@ def test_server_without_uidl(tmp_path: Path, redmine: FakeRedmine,
         assert "UIDL" in server.commands and "TOP" in server.commands
     finally:
         server.close()
+
+
+def test_check_logs_in_and_counts_the_maildrop(tmp_path: Path, dovecot_pop3: Dovecot,
+                                               box: ImapAccount, redmine: FakeRedmine,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`check` logs in over POP3 and counts the maildrop, creating no ledger."""
+    box.append("INBOX", make(subject="waiting"))
+    path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url)
+    assert main(["check", "-c", str(path)]) == EX_OK
+    out = capsys.readouterr().out
+    assert f"logged in as {box.username}" in out and "1 new message(s)" in out
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"folder": {"move_on_failure": "failed"}}, "POP3 has no folders to move or copy into"),
+    ({"folder": {"rules": [{"then": {"move": "x"}}]}}, "rules[0]"),
+    ({"folder": {"idle": True}}, "POP3 has no IDLE"),
+    ({"second": True}, "a POP3 account has one folder"),
+], ids=["move-on-failure", "rule-move", "idle", "two-folders"])
+def test_what_pop3_cannot_do_is_refused_in_the_config(
+        tmp_path: Path, dovecot_pop3: Dovecot, box: ImapAccount, redmine: FakeRedmine,
+        change: dict[str, Any], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Folders to move into, IDLE and a second folder are configuration errors on POP3."""
+    path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url,
+                       folder=change.get("folder"))
+    if change.get("second"):
+        data = yaml.safe_load(path.read_text())
+        data["accounts"][0]["folders"].append({"name": "Other"})
+        path.write_text(yaml.safe_dump(data))
+    assert main(["check", "-c", str(path)]) == EX_CONFIG
+    assert message in capsys.readouterr().err
