@@ -149,7 +149,7 @@ class Maildrop:
         if keyword != FAILED or spool_dir is None:
             return
         for uid in uids:
-            raw = self._retr(uid, self._sizes[uid])
+            raw = self._retr(uid, max(self._sizes[uid], self._folder.max_message_size))
             if raw is not None:
                 self._keep(spool_dir, uid, raw)
 
@@ -341,7 +341,8 @@ class _Client:
         self._install()
 
     def command(self, line: str) -> bytes:
-        """One command with a one-line answer."""
+        """One command with a one-line answer, within the timeout."""
+        self.reader.limit(self._timeout, 0)
         self._send(line)
         return self._answer()
 
@@ -370,8 +371,8 @@ class _Client:
     def message(self, line: str, limit: int, seconds: float) -> bytes:
         """A multi-line answer's bytes, dot-unstuffed, up to ``limit`` of them (the rest is
         read and dropped, within ``seconds`` for the whole answer)."""
-        self.reader.limit(seconds, 0)
         self.command(line)
+        self.reader.limit(seconds, 0)
         parts: list[bytes] = []
         kept, start = 0, True
         while True:

@@ -259,3 +259,21 @@ def test_what_pop3_cannot_do_is_refused_in_the_config(
         path.write_text(yaml.safe_dump(data))
     assert main(["check", "-c", str(path)]) == EX_CONFIG
     assert message in capsys.readouterr().err
+
+
+def test_a_message_larger_than_listed_is_read_no_further_than_allowed(
+        tmp_path: Path, redmine: FakeRedmine) -> None:
+    """LIST says 100 bytes, RETR sends 2 MB: read to max_message_size + 1, refused as too
+    large, never submitted cut short, and (keep: false) left on the server."""
+    big = make(subject="big", body="x" * 2_000_000)
+    server = ScriptedPop3([big], listed_size=100)
+    try:
+        path = scripted_config(tmp_path / "c.yaml", server, redmine.url, keep=False)
+        data = yaml.safe_load(path.read_text())
+        data["accounts"][0]["folders"][0]["max_message_size"] = "1M"
+        path.write_text(yaml.safe_dump(data))
+        assert run_once(path) == EX_OK
+        assert redmine.emails == [] and server.messages == [big]
+        assert "DELE" not in server.commands
+    finally:
+        server.close()

@@ -1,5 +1,6 @@
 """A tiny scripted POP3 server for what no real server does: no UIDL (RFC 1939 makes it
-optional). It serves a list of messages to USER/PASS, LIST, TOP, RETR, DELE and QUIT."""
+optional), a LIST that understates sizes. It serves a list of messages to USER/PASS,
+LIST, TOP, RETR, DELE and QUIT."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ class ScriptedPop3:
     """POP3 on a free loopback port, with ``messages`` as the maildrop; DELEs take effect
     at QUIT, as RFC 1939 says."""
 
-    def __init__(self, messages: list[bytes]) -> None:
+    def __init__(self, messages: list[bytes], listed_size: int | None = None) -> None:
         self.messages = list(messages)
+        self.listed_size = listed_size  # what LIST claims every message's size is
         self.commands: list[str] = []
         fake = self
 
@@ -35,7 +37,7 @@ class ScriptedPop3:
 
         def multi(data: bytes) -> None:
             lines = [b"." + line if line.startswith(b".") else line
-                     for line in data.split(b"\r\n")[:-1]]
+                     for line in data.removesuffix(b"\r\n").split(b"\r\n")]
             send(b"+OK\r\n" + b"".join(line + b"\r\n" for line in lines) + b".\r\n")
 
         send(b"+OK scripted POP3 without UIDL\r\n")
@@ -48,7 +50,7 @@ class ScriptedPop3:
             if verb in ("USER", "PASS", "NOOP"):
                 send(b"+OK\r\n")
             elif verb == "LIST":
-                multi(b"".join(b"%d %d\r\n" % (n, len(m))
+                multi(b"".join(b"%d %d\r\n" % (n, self.listed_size or len(m))
                                for n, m in enumerate(self.messages, 1)))
             elif verb == "RETR":
                 multi(self.messages[number - 1])
