@@ -18,10 +18,12 @@ from imap_ingest.cli import main
 from imap_ingest.errors import EX_CONFIG, EX_OK
 from imap_ingest.pop3 import Maildrop
 
+from .support.daemon import Daemon
 from .support.dovecot import Dovecot, ImapAccount
 from .support.ingest_env import ROOT, command
 from .support.mail import make
 from .support.oauth_env import oauth2
+from .support.process import wait_for
 from .support.redmine_server import FakeRedmine, Request
 from .support.scripted_pop3 import ScriptedPop3
 from .support.token_service import TokenService
@@ -277,3 +279,20 @@ def test_a_message_larger_than_listed_is_read_no_further_than_allowed(
         assert "DELE" not in server.commands
     finally:
         server.close()
+
+
+def test_the_service_polls_the_maildrop_every_interval(tmp_path: Path, dovecot_pop3: Dovecot,
+                                                       box: ImapAccount, redmine: FakeRedmine,
+                                                       daemon: list[Daemon]) -> None:
+    """`run` (no IDLE for POP3) picks up mail on the folder's interval, a session per pass,
+    and deletes it with keep: false."""
+    path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url, keep=False,
+                       folder={"interval": "1s"})
+    service = Daemon(path)
+    daemon.append(service)
+    for n in (1, 2):
+        box.append("INBOX", make(subject=f"polled {n}"))
+        wait_for(lambda n=n: len(redmine.emails) == n)  # type: ignore[misc]
+    wait_for(lambda: maildrop(dovecot_pop3, box) == [])
+    assert "Traceback" not in service.stop()
+    assert len(redmine.emails) == 2
