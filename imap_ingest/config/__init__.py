@@ -22,8 +22,10 @@ from .values import (
     HttpsUrl,
     HttpUrl,
     Model,
+    Secret,
     SecretFromEnv,
     SecretFromFile,
+    SecretText,
     Size,
     WithSecret,
     is_loopback,
@@ -35,7 +37,8 @@ from .values import (
 __all__ = [
     "CONFIG_VARIABLE", "ENV_PREFIX", "Account", "Action", "AnyTarget", "CheckName", "Condition",
     "Config", "Duration", "Folder", "Http", "HttpTarget", "HttpUrl", "HttpsUrl", "Model",
-    "OAuth2", "Retry", "Rule", "SecretFromEnv", "SecretFromFile", "Size", "SubmitOptions",
+    "OAuth2", "Retry", "Rule", "Secret", "SecretFromEnv", "SecretFromFile", "SecretText", "Size",
+    "SubmitOptions",
     "Target", "WithSecret", "default_state_dir", "is_loopback", "load", "parse_duration",
     "parse_size", "pick_secret", "target_types", "templates",
 ]

@@ -10,9 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Literal
 
-from pydantic import SecretStr
-
-from ..config import HttpTarget, SecretFromEnv, SecretFromFile, SubmitOptions, WithSecret
+from ..config import (
+    HttpTarget,
+    Secret,
+    SecretFromEnv,
+    SecretFromFile,
+    SubmitOptions,
+    WithSecret,
+)
 from ..urls import origin, shown
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
@@ -29,7 +34,7 @@ class RedmineTarget(HttpTarget, WithSecret):
     secret_name = "key"
 
     type: Literal["redmine"]
-    key: SecretStr | None = None
+    key: Secret | None = None
     key_file: SecretFromFile | None = None
     key_env: SecretFromEnv | None = None
     unknown_user: Literal["ignore", "accept", "create"] | None = None

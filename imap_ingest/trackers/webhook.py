@@ -11,15 +11,19 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Iterator
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from ..config import (
     Duration,
     HttpTarget,
+    Secret,
     SecretFromEnv,
     SecretFromFile,
+    SecretText,
     Size,
     SubmitOptions,
     parse_size,
@@ -47,12 +51,12 @@ class WebhookTarget(HttpTarget):
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     format: Literal["json", "raw"] = "json"
     timeout: Duration = 30.0
-    headers: dict[str, str] = {}
-    token: SecretStr | None = None  # sent as Authorization: Bearer
+    headers: dict[str, SecretText] = {}  # values are secrets: an API key, Basic auth
+    token: Secret | None = None  # sent as Authorization: Bearer
     token_file: SecretFromFile | None = None
     token_env: SecretFromEnv | None = None
     # Signs the body: HMAC-SHA256 in signature_header.
-    signing_secret: SecretStr | None = _also("secret")
+    signing_secret: Secret | None = _also("secret")
     signing_secret_file: SecretFromFile | None = _also("secret_file")
     signing_secret_env: SecretFromEnv | None = _also("secret_env")
     signature_header: str = "X-Imap-Ingest-Signature"
@@ -64,6 +68,14 @@ class WebhookTarget(HttpTarget):
         pick_secret(self, "token")
         pick_secret(self, "signing_secret")
         return self
+
+    def secrets(self) -> Iterator[str]:
+        # A Slack- or Teams-style URL is its own credential: its path and query.
+        yield from super().secrets()
+        parts = urlsplit(self.url)
+        if (where := parts.path + (f"?{parts.query}" if parts.query else "")).strip("/"):
+            yield where
+        yield from self.headers.values()
 
 
 def document(raw: bytes, options: SubmitOptions, envelope: Envelope,
