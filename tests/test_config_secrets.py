@@ -10,8 +10,14 @@ from typing import Any
 import pytest
 import yaml
 
+from imap_ingest.cli import main
 from imap_ingest.config import Config, load
 from imap_ingest.errors import ConfigError
+
+from .support.dovecot import ImapAccount
+from .support.ingest_env import write_config
+from .support.mail import make
+from .support.redmine_server import FakeRedmine
 
 WEBHOOK = {"type": "webhook", "url": "https://hooks.example.org/services/T0/B0/abcd1234efgh"}
 
@@ -161,3 +167,45 @@ def test_cautions_name_what_crosses_the_network_unprotected(tmp_path: Path) -> N
     assert "http://redmine.example.org:80 is plain http" in cautions["targets.redmine.url"]
     assert "certificate checks are off" in cautions["targets.hook.verify_tls"]
     assert load_data(tmp_path, base()).cautions() == []
+
+
+def test_check_warns_of_what_crosses_the_network_unprotected(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """check prints a WARN line per caution, and its exit code stays that of the checks."""
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url, key=redmine.key,
+                        target={"verify_tls": False})
+    assert main(["check", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "WARN  targets.redmine.verify_tls: certificate checks are off" in out
+
+
+def test_the_service_logs_its_cautions_at_start(tmp_path: Path, imap: ImapAccount,
+                                                redmine: FakeRedmine,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A run with verify_tls: false logs it as a warning before anything else."""
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url, key=redmine.key,
+                        account={"verify_tls": False})
+    assert main(["run", "--once", "-c", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING accounts[0].verify_tls: certificate checks are off" in err
+
+
+def test_explain_masks_webhook_headers_and_secret_paths(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    """explain names the method once and shows no header value, URL path or password."""
+    data = base()
+    data["targets"] = {"hook": {**WEBHOOK, "method": "PUT", "token": "bearer-token-1",
+                                "headers": {"authorization": "Basic dXNlcjpwYXNz",
+                                            "X-Api-Key": "api-key-123"}}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    (tmp_path / "m.eml").write_bytes(make(subject="hello"))
+    assert main(["explain", "-c", str(path), "--folder", "INBOX", str(tmp_path / "m.eml")]) == 0
+    out = capsys.readouterr().out
+    assert "target hook: PUT https://hooks.example.org:443/***" in out
+    assert "POST" not in out and "PUT PUT" not in out
+    assert "header X-Api-Key = ***" in out and "header authorization = ***" in out
+    for secret in ("dXNlcjpwYXNz", "api-key-123", "bearer-token-1", "abcd1234efgh"):
+        assert secret not in out

@@ -58,7 +58,8 @@ class Tracker(Protocol):
 
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
-        """The URL and fields ``submit`` would send, secrets masked; sends nothing."""
+        """What ``submit`` would do (``POST URL``) and the fields it would send, secrets
+        masked; sends nothing."""
 
     def check(self) -> Outcome:
         """Reach the tracker and test the credentials, creating nothing."""

@@ -181,7 +181,7 @@ class Redmine:
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
         fields = form(raw, options, self._target)
         masked = {"key": "***", "email": f"<the message, {len(fields['email'])} bytes>"}
-        return shown(self._url), [(name, masked.get(name) or str(value))
+        return f"POST {shown(self._url)}", [(name, masked.get(name) or str(value))
                                   for name, value in fields.items()]
 
     def check(self) -> Outcome:

@@ -30,7 +30,7 @@ from ..config import (
     pick_secret,
 )
 from ..message import Message, leaf_parts
-from ..urls import origin, shown
+from ..urls import origin
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
 from .registry import register
@@ -188,9 +188,13 @@ class Webhook:
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
         body, headers = self._request(raw, options, envelope)
-        masked = {"Authorization": "Bearer ***"}
+        # The headers: values are secrets (an API key, Basic auth), and so is the path of a
+        # Slack- or Teams-style URL.
+        masked = {name: "***" for name in self._target.headers} | {"Authorization": "Bearer ***"}
         fields = [(f"header {k}", masked.get(k, v)) for k, v in headers.items()]
-        return (f"{self._target.method} {shown(self._target.url)}",
+        parts = urlsplit(self._target.url)
+        where = origin(self._target.url) + ("/***" if parts.path.strip("/") or parts.query else "")
+        return (f"{self._target.method} {where}",
                 [*fields, ("body", f"<{self._target.format}, {len(body)} bytes>")])
 
     def check(self) -> Outcome:
