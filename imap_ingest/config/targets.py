@@ -43,7 +43,7 @@ class HttpTarget(Target):
     """What every HTTP target has."""
 
     allow_insecure: bool = False  # before url: its check reads it
-    url: HttpUrl
+    url: HttpUrl = Field(repr=False)  # may hold a password or a secret path
     ca_file: FilePath | None = None
     verify_tls: bool = True
     timeout: Duration = 60.0

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
+from ..logs import redact
 from . import registry
 
 if TYPE_CHECKING:
@@ -32,6 +33,10 @@ class Outcome:
     status: int | None = None
     partial: bool = False  # refused, but part of it may have been recorded (RT chains)
     retry_after: float | None = None  # seconds the tracker asked us to wait (429)
+
+    def __post_init__(self) -> None:
+        # A reason may quote the tracker's answer, and a hostile one echoes what it was sent.
+        object.__setattr__(self, "reason", redact(self.reason))
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,7 @@ class WebhookTarget(HttpTarget):
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     format: Literal["json", "raw"] = "json"
     timeout: Duration = 30.0
-    headers: dict[str, SecretText] = {}  # values are secrets: an API key, Basic auth
+    headers: dict[str, SecretText] = Field({}, repr=False)  # secrets: API keys, Basic auth
     token: Secret | None = None  # sent as Authorization: Bearer
     token_file: SecretFromFile | None = None
     token_env: SecretFromEnv | None = None
