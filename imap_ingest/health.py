@@ -3,6 +3,7 @@ no account in auth_failed), /metrics (Prometheus). It follows the running servic
 
 from __future__ import annotations
 
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -10,6 +11,7 @@ from typing import Any, Protocol
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .config import Http
+from .errors import ConfigError
 
 PATHS = ("/healthz", "/readyz", "/metrics")
 # A probe is answered in milliseconds: a client slower than this is dropped, and no more
@@ -55,7 +57,7 @@ class Observed(Protocol):
 class StatusServer:
     def __init__(self, http: Http, *, timeout: float = TIMEOUT, threads: int = THREADS) -> None:
         self.service: Observed | None = None
-        self._server = _Bounded(http.address, self._handler(timeout), threads)
+        self._server = _listen(http, self._handler(timeout), threads)
         self._thread = threading.Thread(target=self._server.serve_forever, name="status",
                                         daemon=True)
         self._thread.start()
@@ -104,3 +106,18 @@ class StatusServer:
                 self.wfile.write(body)
 
         return Handler
+
+
+class _Bounded6(_Bounded):
+    address_family = socket.AF_INET6
+
+
+def _listen(http: Http, handler: type[BaseHTTPRequestHandler], threads: int) -> _Bounded:
+    """The listener on ``http.listen``, IPv6 for an address such as [::1]; a port that is
+    taken (or an address not ours) is a ConfigError naming it."""
+    host, port = http.address
+    try:
+        return (_Bounded6 if ":" in host else _Bounded)((host, port), handler, threads)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {http.listen}: {exc.strerror or exc}",
+                          key="http.listen") from None

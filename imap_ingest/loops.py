@@ -8,10 +8,12 @@ Redmine dropped it for that reason) and subjects such as "Automatic reply:".
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
+import regex
+
+from .conditions import MATCH_SECONDS, gave_up
 from .message import Message
 
 
@@ -30,20 +32,22 @@ class Hit:
 
 def _header(name: str, pattern: str = "") -> Callable[[Message, Collection[str]], str | None]:
     """Holds when header ``name`` is present and its value matches ``pattern``."""
-    value_re = re.compile(pattern, re.IGNORECASE)
+    value_re = regex.compile(pattern, regex.IGNORECASE)
 
     def test(message: Message, _own: Collection[str]) -> str | None:
         value = message.header(name)
-        return f"{name}: {value}" if value is not None and value_re.search(value) else None
+        found = value is not None and value_re.search(value, timeout=MATCH_SECONDS)
+        return f"{name}: {value}" if found else None
 
     return test
 
 
 def _any_header(prefix: str) -> Callable[[Message, Collection[str]], str | None]:
-    pattern = re.compile(rf"^{re.escape(prefix)}[^:]*:.*$", re.IGNORECASE | re.MULTILINE)
+    pattern = regex.compile(rf"^{regex.escape(prefix)}[^:]*:.*$",
+                            regex.IGNORECASE | regex.MULTILINE)
 
     def test(message: Message, _own: Collection[str]) -> str | None:
-        match = pattern.search(message.headers)
+        match = pattern.search(message.headers, timeout=MATCH_SECONDS)
         return match[0][:120] if match else None
 
     return test
@@ -90,8 +94,13 @@ NAMES = tuple(check.name for check in CHECKS)
 
 def run(message: Message, enabled: Collection[str], own: Collection[str]
         ) -> Iterator[tuple[Check, Hit | None]]:
-    """Each enabled check with its hit (or None), in order."""
+    """Each enabled check with its hit (or None, also when its regex ran out of time), in
+    order."""
     for check in CHECKS:
         if check.name in enabled:
-            evidence = check.test(message, own)
+            try:
+                evidence = check.test(message, own)
+            except TimeoutError:
+                gave_up(f"loop_checks.{check.name}")
+                evidence = None
             yield check, Hit(check.name, evidence) if evidence is not None else None

@@ -2,18 +2,26 @@
 
 Every imapclient, socket and TLS error is turned into a MailboxError here; none leaves
 this module. Nothing here marks a message seen: bodies are read with BODY.PEEK[].
+
+The server is not trusted to end what it starts: each command has a total deadline (a
+server that drips its answer or floods untagged lines loses the connection), a literal
+larger than the command can need is refused, and a message is never read past
+``max_size + 1`` bytes, whatever size the server announced.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import io
 import logging
+import math
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -36,6 +44,13 @@ _DELETED = "\\Deleted"
 IDLE_RENEW = 25 * 60.0
 # One FETCH never carries more than this many bytes of bodies.
 _BATCH_BYTES = 64 * 1024 * 1024
+# A body FETCH may take its account's timeout plus the time its bytes need at this rate
+# (about a 1 Mbit/s line); every other command just the timeout.
+_SLOWEST = 100 * 1024
+# No answer but a message's needs a literal this large (folder names, mostly).
+_MAX_LITERAL = 1024 * 1024
+# IMAP numbers are 32-bit (RFC 3501): the largest partial FETCH one can ask for.
+_LARGEST = 2**32 - 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +79,15 @@ class Mailbox:
         self._search_all = True
         self._seen_up_to = 0
         self._unsettled: set[int] = set()
+        # UIDs the last fetch() found but the server answered without their body.
+        self.unfetched: list[int] = []
+        self._reader: _Reader | None = None
+        self._broken = False  # a command failed half-way: the session cannot go on
         if tokens is None and account.uses_token:
             tokens = Tokens(account)
         with self._errors():
-            self._client = _connect(account, tokens)
+            self._client, self._reader = _connect(account, tokens)
+        with self._errors():
             caps = self._client.capabilities()
         self._has_move = b"MOVE" in caps
         self._has_uidplus = b"UIDPLUS" in caps
@@ -88,10 +108,14 @@ class Mailbox:
 
     def close(self) -> None:
         """Log out, or just drop the connection if it is already broken."""
-        try:
-            self._client.logout()
-        except (IMAPClientError, OSError):
-            self._client.shutdown()
+        if not self._broken:
+            try:
+                with self._errors():
+                    self._client.logout()
+                return
+            except MailboxError:
+                pass
+        self._client.shutdown()
 
     @property
     def has_idle(self) -> bool:
@@ -114,6 +138,11 @@ class Mailbox:
                 raise FolderMissing("the folder does not exist", account=self.account.name,
                                     folder=folder)
             state = self._client.select_folder(folder, readonly=readonly)
+        if b"UIDVALIDITY" not in state:
+            # Without it no UID can be remembered safely; the other folders may still work.
+            raise MailboxError("the server's SELECT answer has no UIDVALIDITY (RFC 3501 "
+                               "requires one), so its UIDs cannot be trusted; leaving the "
+                               "folder alone", account=self.account.name, folder=folder)
         self.folder, self._readonly = folder, readonly
         self.uidvalidity = int(state[b"UIDVALIDITY"])
         # Every message up to UIDNEXT - 1 is there now, so the first search sees them all.
@@ -146,7 +175,10 @@ class Mailbox:
             return sorted(self._client.search(criteria))
 
     def fetch(self, uids: Sequence[int], batch_size: int, max_size: int) -> Iterator[Fetched]:
-        """The messages, a batch per FETCH; those over ``max_size`` come without their bytes."""
+        """The messages, a batch per FETCH; those over ``max_size`` come without their bytes,
+        whether the server said so in RFC822.SIZE or only their bytes show it. A message
+        the server answers without its body is left for the next pass."""
+        self.unfetched = []
         if not uids:
             return
         with self._errors(self.folder):
@@ -161,25 +193,36 @@ class Mailbox:
                 yield Fetched(uid, size, None)
                 continue
             if batch and (len(batch) >= batch_size or batch_bytes + size > _BATCH_BYTES):
-                yield from self._bodies(batch)
+                yield from self._bodies(batch, batch_bytes, max_size)
                 batch, batch_bytes = [], 0
             batch.append(uid)
             batch_bytes += size
-        yield from self._bodies(batch)
+        yield from self._bodies(batch, batch_bytes, max_size)
 
-    def _bodies(self, uids: list[int]) -> Iterator[Fetched]:
+    def _bodies(self, uids: list[int], expected: int, max_size: int) -> Iterator[Fetched]:
         if not uids:
             return
-        with self._errors(self.folder):
-            data = self._client.fetch(uids, ["BODY.PEEK[]", "RFC822.SIZE", "INTERNALDATE",
-                                             "FLAGS"])
+        # One byte more than allowed: enough to know a message is too large.
+        limit = min(max_size, _LARGEST) + 1
+        # The time for the bytes announced, but never for more than are asked for.
+        seconds = self.account.timeout + min(expected, len(uids) * limit) / _SLOWEST
+        with self._errors(self.folder, seconds=seconds, literal=limit):
+            data = self._client.fetch(uids, [f"BODY.PEEK[]<0.{limit}>", "RFC822.SIZE",
+                                             "INTERNALDATE", "FLAGS"])
         for uid in uids:
             item = data.get(uid)
             # Gone, or deleted by another client since the search: not ours any more.
             if item is None or _DELETED.encode() in item.get(b"FLAGS", ()):
                 continue
-            raw = item.get(b"BODY[]") or b""
-            yield Fetched(uid, item.get(b"RFC822.SIZE", len(raw)), raw, item.get(b"INTERNALDATE"))
+            raw = item.get(b"BODY[]<0>", item.get(b"BODY[]"))  # some servers omit the <0>
+            if raw is None:
+                self.unfetched.append(uid)
+                log.warning("account %s folder %s: the server answered uid %d without its "
+                            "body; trying again next pass", self.account.name, self.folder, uid)
+                continue
+            size = max(item.get(b"RFC822.SIZE", 0), len(raw))
+            yield Fetched(uid, size, raw if len(raw) <= max_size else None,
+                          item.get(b"INTERNALDATE"))
 
     def delete(self, uids: Sequence[int]) -> None:
         """Flag \\Deleted and expunge exactly these UIDs."""
@@ -228,13 +271,17 @@ class Mailbox:
              renew_after: float = IDLE_RENEW) -> None:
         """Wait in IMAP IDLE until ``stop``; call ``on_new_mail`` when the server announces
         mail. IDLE is re-issued before RFC 2177's 29 minutes run out."""
+        assert self._reader is not None
         with self._errors(self.folder):
             self._client.idle()
             started = time.monotonic()
             while not stop.is_set():
                 waited = time.monotonic()
+                # Waiting in IDLE takes as long as it likes; the commands around it do not.
+                self._reader.limit(math.inf, _MAX_LITERAL)
                 # A short wait keeps the thread responsive to stop.
                 responses = self._client.idle_check(timeout=1)
+                self._reader.limit(self.account.timeout, _MAX_LITERAL)
                 if any(response[:1] == (b"BYE",) for response in responses):
                     raise ConnectionLost("the server ended the session (BYE)",
                                          account=self.account.name, folder=self.folder)
@@ -259,28 +306,90 @@ class Mailbox:
         self._known_folders.add(folder)
 
     @contextmanager
-    def _errors(self, folder: str | None = None) -> Iterator[None]:
-        """Translate library errors into MailboxError, naming account and folder."""
+    def _errors(self, folder: str | None = None, seconds: float | None = None,
+                literal: int = _MAX_LITERAL) -> Iterator[None]:
+        """Translate library errors into MailboxError, naming account and folder; what is
+        inside must be done within ``seconds`` (default: the account's timeout) and read
+        no literal over ``literal`` bytes."""
         name = self.account.name
+        if self._reader is not None:
+            self._reader.limit(self.account.timeout if seconds is None else seconds, literal)
         try:
             yield
         except MailboxError:
             raise
         except LoginError as exc:
             raise LoginRefused(f"login refused: {_text(exc)}", account=name) from None
-        except ssl.SSLCertVerificationError as exc:
-            raise ConnectionLost(f"TLS failure: the server's certificate is not trusted "
-                                 f"({exc.verify_message}; see ca_file, verify_tls)",
-                                 account=name, folder=folder) from None
-        except ssl.SSLError as exc:
-            raise ConnectionLost(f"TLS failure: {exc.reason or exc}", account=name,
-                                 folder=folder) from None
-        except OSError as exc:  # socket timeouts included
-            raise ConnectionLost(f"connection failed: {exc.strerror or exc}", account=name,
-                                 folder=folder) from None
-        except IMAPClientError as exc:
-            raise ConnectionLost(f"server said: {_text(exc)}", account=name,
-                                 folder=folder) from None
+        except (OSError, IMAPClientError) as exc:
+            # What the server sends next may be the rest of an answer: log out no more.
+            self._broken = True
+            raise ConnectionLost(_lost(exc), account=name, folder=folder) from None
+        finally:
+            if self._reader is not None:
+                self._reader.limit(math.inf, _MAX_LITERAL)
+
+
+def _lost(exc: OSError | IMAPClientError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"TLS failure: the server's certificate is not trusted ({exc.verify_message}; "
+                "see ca_file, verify_tls)")
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failure: {exc.reason or exc}"
+    if isinstance(exc, OSError):  # socket timeouts included
+        return f"connection failed: {exc.strerror or exc}"
+    return f"server said: {_text(exc)}"
+
+
+class _Reader(socket.SocketIO):
+    """The connection as imaplib reads it: each read waits no longer than what is left
+    of the running command's deadline, and a literal over the command's limit is refused
+    before anything is allocated for it (a server announcing 50 GB would be a MemoryError)."""
+
+    def __init__(self, sock: socket.socket, read_timeout: float) -> None:
+        super().__init__(sock, "rb")
+        self._socket = sock
+        self._read_timeout = read_timeout
+        self._deadline = math.inf
+        self._literal = _MAX_LITERAL
+        self.file = io.BufferedReader(self)
+
+    @classmethod
+    def install(cls, client: IMAPClient, read_timeout: float) -> _Reader:
+        """Read ``client``'s connection through a new reader (again after STARTTLS)."""
+        imap = client._imap
+        reader = cls(imap.sock, read_timeout)
+        imap.file = reader.file
+        # imaplib reads a literal with read(size), before which the size can be refused.
+        imap.read = reader.read_literal
+        return reader
+
+    def limit(self, seconds: float, literal: int) -> None:
+        """From now on, be done within ``seconds`` and refuse literals over ``literal``."""
+        self._deadline = time.monotonic() + seconds
+        self._literal = literal
+        # A read after the deadline's end must not keep the short timeout of its last read.
+        with suppress(OSError):  # closed already
+            self._socket.settimeout(self._read_timeout)
+
+    def readinto(self, buffer: memoryview) -> int | None:  # type: ignore[override]
+        if self._deadline != math.inf:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the server did not finish its answer in time")
+            self._socket.settimeout(min(left, self._read_timeout))
+        try:
+            return super().readinto(buffer)
+        except TimeoutError:
+            if time.monotonic() >= self._deadline:
+                raise TimeoutError("the server did not finish its answer in time") from None
+            raise
+
+    def read_literal(self, size: int) -> bytes:
+        if size > self._literal:
+            raise OSError(f"the server announced a {size}-byte literal, more than the "
+                          f"{self._literal} bytes asked for")
+        data: bytes = self.file.read(size)
+        return data
 
 
 _MAX_RUNS = 500
@@ -297,7 +406,8 @@ def _uid_set(uids: Iterable[int]) -> str:
     return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
 
 
-def _connect(account: Account, tokens: Tokens | None) -> IMAPClient:
+def _connect(account: Account, tokens: Tokens | None) -> tuple[IMAPClient, _Reader]:
+    """A logged-in client, and the reader that bounds its commands."""
     timeout = SocketTimeout(connect=min(account.timeout, 30.0), read=account.timeout)
     context = _tls_context(account)
     client = IMAPClient(account.host, port=account.effective_port,
@@ -308,10 +418,14 @@ def _connect(account: Account, tokens: Tokens | None) -> IMAPClient:
     client._imap.debug = 5 if logging.getLogger("imapclient.imaplib").isEnabledFor(
         logging.DEBUG) else 0
     try:
+        reader = _Reader.install(client, account.timeout)
+        reader.limit(account.timeout, _MAX_LITERAL)
         if account.security == "starttls":
             client.starttls(context)
+            reader = _Reader.install(client, account.timeout)
+            reader.limit(account.timeout, _MAX_LITERAL)
         if tokens is None:
-            client.login(account.username, account.secret.get_secret_value())
+            _login(client, account.username, account.secret.get_secret_value())
         else:
             _authenticate(client, account, tokens)
     except BaseException:
@@ -320,7 +434,16 @@ def _connect(account: Account, tokens: Tokens | None) -> IMAPClient:
         with contextlib.suppress(OSError, IMAPClientError):
             client.shutdown()
         raise
-    return client
+    return client, reader
+
+
+def _login(client: IMAPClient, username: str, password: str) -> None:
+    """LOGIN, or AUTHENTICATE PLAIN in UTF-8 (RFC 4616, RFC 6855) for a user name or
+    password that is not ASCII: LOGIN's strings are ASCII."""
+    if (username + password).isascii():
+        client.login(username, password)
+    else:
+        client.plain_login(username, password)
 
 
 def _authenticate(client: IMAPClient, account: Account, tokens: Tokens) -> None:

@@ -7,6 +7,8 @@ and RT's own MIME parsing depend on that), except for header edits a rule asks f
 from __future__ import annotations
 
 import email
+import email.message
+import email.parser
 import email.policy
 import functools
 import hashlib
@@ -20,7 +22,10 @@ from email.utils import getaddresses
 MAX_HEADER_BYTES = 256 * 1024
 MAX_BODY_PARSED = 4 * 1024 * 1024
 MAX_BODY_TEXT = 1024 * 1024
+# MIME nesting opened at most this deep, as Postfix's mime_nesting_limit.
+MAX_DEPTH = 100
 
+_HEADERS = email.parser.BytesParser(policy=email.policy.compat32)
 _END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 # Headers added on the way in, which differ between two deliveries of one message.
@@ -227,15 +232,63 @@ class Part:
 
 def leaf_parts(raw: bytes) -> Iterator[Part]:
     """Every non-multipart part, decoded from its transfer encoding; broken MIME is read
-    as best it can be, never raising."""
-    parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
-    for part in parsed.walk():
-        if part.is_multipart():
+    as best it can be, never raising. Parts nested deeper than MAX_DEPTH are not opened:
+    each comes whole, as one opaque part of its own type."""
+    # The stdlib parser recurses once per level (RecursionError near 1,000), so the tree is
+    # walked here with a stack; the stdlib only reads each part's header block.
+    stack: list[tuple[bytes, int, str]] = [(raw, 0, "text/plain")]
+    while stack:
+        data, depth, default = stack.pop()
+        part = _HEADERS.parsebytes(data, headersonly=True)
+        part.set_default_type(default)
+        children = _children(part, data, depth + 1) if depth < MAX_DEPTH else []
+        if children:
+            stack.extend(reversed(children))
             continue
         payload = part.get_payload(decode=True)
         filename = part.get_filename()
         yield Part(part.get_content_type(), _decode_words(filename) if filename else None,
                    payload if isinstance(payload, bytes) else b"", part.get_content_charset())
+
+
+def _body(data: bytes) -> bytes:
+    """What follows the header block: everything after its first empty line."""
+    if data[:1] == b"\n" or data[:2] == b"\r\n":
+        return data[data.index(b"\n") + 1:]  # no header fields at all
+    end = _END_OF_HEADER.search(data)
+    return data[end.end():] if end else b""
+
+
+def _children(part: email.message.Message, data: bytes, depth: int
+              ) -> list[tuple[bytes, int, str]]:
+    """The parts a multipart or an attached message holds, as (bytes, depth, default type);
+    none when it holds none (a leaf, or a multipart whose boundary never appears)."""
+    maintype = part.get_content_maintype()
+    if maintype == "message" and part.get_content_subtype() != "delivery-status":
+        return [(_body(data), depth, "text/plain")]
+    boundary = part.get_boundary() if maintype == "multipart" else None
+    if not boundary:
+        return []
+    default = "message/rfc822" if part.get_content_subtype() == "digest" else "text/plain"
+    delimiter = re.compile(rb"^--" + re.escape(boundary.encode("utf-8", "surrogateescape"))
+                           + rb"(--)?[ \t]*\r?$", re.MULTILINE)
+    body = _body(data)
+    children: list[tuple[bytes, int, str]] = []
+    start: int | None = None
+    for match in delimiter.finditer(body):
+        if start is not None:
+            # The line end before a delimiter belongs to the delimiter (RFC 2046 5.1.1).
+            children.append((_chomp(body[start:match.start()]), depth, default))
+        if match[1]:
+            return children
+        start = match.end() + 1
+    if start is not None:
+        children.append((_chomp(body[start:]), depth, default))  # no closing delimiter
+    return children
+
+
+def _chomp(data: bytes) -> bytes:
+    return data[:-2] if data.endswith(b"\r\n") else data.removesuffix(b"\n")
 
 
 def _body_text(raw: bytes) -> str:

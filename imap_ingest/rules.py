@@ -70,7 +70,7 @@ class RuleSet:
 
     def __init__(self, folder: Folder, named: Mapping[str, Rule] | None = None,
                  checks: Collection[str] = loops.NAMES, own: Collection[str] = (),
-                 loops_folder: str | None = None) -> None:
+                 loops_folder: str | None = None, where: str = "folder") -> None:
         self._defaults = folder.options()
         self._checks = frozenset(checks)
         self._own = frozenset(own)
@@ -78,7 +78,8 @@ class RuleSet:
         named = named or {}
         self._rules = tuple(
             _compile(rule.use or rule.name or f"rules[{index}]",
-                     named[rule.use] if rule.use else rule)
+                     named[rule.use] if rule.use else rule,
+                     f"rules.{rule.use}" if rule.use else f"{where}.rules[{index}]")
             for index, rule in enumerate(folder.rules))
 
     @property
@@ -89,7 +90,11 @@ class RuleSet:
     @classmethod
     def for_folder(cls, folder: Folder, config: Config) -> RuleSet:
         checks = [name for name in loops.NAMES if config.loop_checks.get(name, True)]
-        return cls(folder, config.rules, checks, config.own_addresses(), config.loops_folder)
+        where = next((f"accounts[{a}].folders[{f}]" for a, account in enumerate(config.accounts)
+                      for f, candidate in enumerate(account.folders) if candidate is folder),
+                     folder.name)
+        return cls(folder, config.rules, checks, config.own_addresses(), config.loops_folder,
+                   where)
 
     def evaluate(self, message: Message) -> Decision:
         """The decision for this message, with the trace of how it was reached."""
@@ -142,9 +147,11 @@ class RuleSet:
                         copies=tuple(copies), reason=reason, trace=tuple(trace))
 
 
-def _compile(name: str, rule: Rule) -> _Rule:
-    return _Rule(name, tuple(map(conditions.parse, rule.if_)), frozenset(rule.allow),
-                 rule.action)
+def _compile(name: str, rule: Rule, key: str) -> _Rule:
+    """The rule compiled; ``key`` is its place in the configuration, for the log."""
+    return _Rule(name, tuple(replace(conditions.parse(item), key=f"{key}.if[{index}]")
+                             for index, item in enumerate(rule.if_)),
+                 frozenset(rule.allow), rule.action)
 
 
 def _conditions_hold(rule: _Rule, message: Message) -> tuple[bool, str]:
