@@ -35,8 +35,8 @@ from imap_ingest.mailbox import Mailbox
 from imap_ingest.trackers import Envelope, open_tracker
 
 from .support.daemon import Daemon, free_port, get, get_quiet
-from .support.dovecot import Dovecot
-from .support.echo_imap import EchoImap
+from .support.dovecot import Dovecot, ImapAccount
+from .support.hostile_imap import HostileImap, Script
 from .support.ingest_env import ROOT, command
 from .support.mail import make
 from .support.process import wait_for
@@ -96,7 +96,7 @@ def _hostile_servers() -> dict[str, Any]:
             "slow": slow}
 
 
-def _config(tmp: Path, dovecot: Dovecot, username: str, echo: EchoImap,
+def _config(tmp: Path, dovecot: Dovecot, username: str, echo: HostileImap,
             servers: dict[str, Any], listen: int) -> dict[str, Any]:
     url_pass = quote(SECRETS["url password"], safe="")
     hook_path = f"/services/T0ABC/B0DEF/{SECRETS['webhook path']}"
@@ -198,55 +198,57 @@ def _in_process(path: Path) -> tuple[str, str]:
 def channels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Run every scenario once; what each output channel showed."""
     tmp = tmp_path_factory.mktemp("leaks")
-    dovecot = Dovecot(password=IMAP_PASSWORD)
-    dovecot.start()
-    echo = EchoImap()
-    servers = _hostile_servers()
-    account = dovecot.account()
-    for folder in FOLDERS:
-        account.create(folder)
-        account.append(folder, make(subject=f"to {folder}", message_id=f"<{folder}@leak>"))
-    port = free_port()
-    data = _config(tmp, dovecot, account.username, echo, servers, port)
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True))
-    seen: dict[str, str] = {}
-    try:
-        seen["run --once"] = _run(path, "run", "--once")
-        seen["run --once --debug --log-format json"] = _run(
-            path, "run", "--once", "--retry-now", "--debug", "--log-format", "json")
-        seen["check"] = _run(path, "check")
-        seen["check --debug --log-format json"] = _run(path, "check", "--debug",
-                                                       "--log-format", "json")
-        (tmp / "m.eml").write_bytes(make(subject="explain me"))
-        seen["explain"] = "\n".join(
-            _main(path, "explain", "--account", "main", "--folder", folder, str(tmp / "m.eml"))
-            for folder in FOLDERS)
-        seen["status"] = _main(path, "status")
-        seen["history"] = "\n".join(_main(path, "history", f"<{folder}@leak>")
-                                    for folder in FOLDERS)
-        for key, value in (("key_file", SECRETS["redmine key"]),
-                           ("key_env", SECRETS["redmine key"])):
-            pasted = yaml.safe_load(path.read_text())
-            del pasted["targets"]["down"]["key"]
-            pasted["targets"]["down"][key] = value
-            (tmp / f"pasted-{key}.yaml").write_text(yaml.safe_dump(pasted, allow_unicode=True))
-            seen[f"pasted {key}"] = _main(tmp / f"pasted-{key}.yaml", "check")
-        seen["outcomes"], seen["exceptions"] = _in_process(path)
-        seen["config repr"] = repr(load(path)) + str(load(path))
-        seen["daemon stderr"], seen["daemon after reload"], seen["metrics"] = _daemon(
-            path, port, account, servers["forbidden"])
-        seen["ledger"] = _ledger(tmp / "state")
-        seen["files"] = _files(tmp / "state", tmp / "out")
-        yield seen
-    finally:
+    with contextlib.ExitStack() as stack:
+        dovecot = stack.enter_context(Dovecot(password=IMAP_PASSWORD))
+        echo = stack.enter_context(HostileImap(Script(echo_logins=True)))
+        servers = _hostile_servers()
         for server in servers.values():
-            server.close()
-        echo.close()
-        dovecot.close()
+            stack.callback(server.close)
+        account = dovecot.account()
+        for folder in FOLDERS:
+            account.create(folder)
+            account.append(folder, make(subject=f"to {folder}", message_id=f"<{folder}@leak>"))
+        port = free_port()
+        path = tmp / "config.yaml"
+        path.write_text(yaml.safe_dump(_config(tmp, dovecot, account.username, echo, servers,
+                                               port), allow_unicode=True))
+        yield _scenarios(tmp, path, port, account, servers["forbidden"])
 
 
-def _daemon(path: Path, port: int, account: Any, forbidden: FakeRedmine
+def _scenarios(tmp: Path, path: Path, port: int, account: ImapAccount,
+               forbidden: FakeRedmine) -> dict[str, str]:
+    """Each command on the config at ``path``, then the service; what each channel showed."""
+    seen: dict[str, str] = {}
+    seen["run --once"] = _run(path, "run", "--once")
+    seen["run --once --debug --log-format json"] = _run(
+        path, "run", "--once", "--retry-now", "--debug", "--log-format", "json")
+    seen["check"] = _run(path, "check")
+    seen["check --debug --log-format json"] = _run(path, "check", "--debug",
+                                                   "--log-format", "json")
+    (tmp / "m.eml").write_bytes(make(subject="explain me"))
+    seen["explain"] = "\n".join(
+        _main(path, "explain", "--account", "main", "--folder", folder, str(tmp / "m.eml"))
+        for folder in FOLDERS)
+    seen["status"] = _main(path, "status")
+    seen["history"] = "\n".join(_main(path, "history", f"<{folder}@leak>")
+                                for folder in FOLDERS)
+    for key, value in (("key_file", SECRETS["redmine key"]),
+                       ("key_env", SECRETS["redmine key"])):
+        pasted = yaml.safe_load(path.read_text())
+        del pasted["targets"]["down"]["key"]
+        pasted["targets"]["down"][key] = value
+        (tmp / f"pasted-{key}.yaml").write_text(yaml.safe_dump(pasted, allow_unicode=True))
+        seen[f"pasted {key}"] = _main(tmp / f"pasted-{key}.yaml", "check")
+    seen["outcomes"], seen["exceptions"] = _in_process(path)
+    seen["config repr"] = repr(load(path)) + str(load(path))
+    seen["daemon stderr"], seen["daemon after reload"], seen["metrics"] = _daemon(
+        path, port, account, forbidden)
+    seen["ledger"] = _ledger(tmp / "state")
+    seen["files"] = _files(tmp / "state", tmp / "out")
+    return seen
+
+
+def _daemon(path: Path, port: int, account: ImapAccount, forbidden: FakeRedmine
             ) -> tuple[str, str, str]:
     """The service started, its /metrics, then SIGHUP with new secrets, echoed back."""
     daemon = Daemon(path)
