@@ -278,13 +278,10 @@ def _daemon(path: Path, port: int, account: ImapAccount, forbidden: FakeRedmine
 
 def test_every_scenario_ran(channels: dict[str, str]) -> None:
     """The scenarios happened: each failure shows up where it should, secrets masked."""
-    run = channels["run --once"]
-    assert "cannot connect to https://127.0.0.1:" in run
-    assert "Redmine refused the key (403)" in run
-    assert "the webhook is in trouble (500)" in run
-    assert "TLS failure talking to https://127.0.0.1:" in run
-    assert "redirected to http://10.1.2.3:8080" in run
-    assert "no answer from http://127.0.0.1:" in run
+    for reason in ("cannot connect to https://127.0.0.1:", "Redmine refused the key (403)",
+                   "the webhook is in trouble (500)", "TLS failure talking to https://127.0.0.1:",
+                   "redirected to http://10.1.2.3:8080", "no answer from http://127.0.0.1:"):
+        assert reason in channels["run --once"]
     assert "refused: LOGIN" in channels["exceptions"]
     assert "FAIL  target down: cannot connect to https://127.0.0.1:" in channels["check"]
     assert "FAIL  account echo: login refused" in channels["check"]
