@@ -13,13 +13,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .config import Config, Folder
+from .config import Config, Folder, SubmitOptions
 from .dispose import Disposal
-from .errors import EX_OK, EX_TEMPFAIL, TrackerRefused
+from .errors import EX_OK, EX_TEMPFAIL, IngestError, TrackerRefused
 from .inflight import InFlight
 from .ledger import Earlier, Key, Ledger, Record
 from .logs import event
@@ -36,6 +36,7 @@ from .verdict import (
     breaker_open,
     by_rule,
     copy_of,
+    crashed,
     raced,
     resume,
     target_down,
@@ -127,7 +128,7 @@ class _Pass:
                 if self.context.stop.is_set() or self.refused:
                     break
                 self.context.metrics.fetched.labels(*labels).inc()
-                self._one(fetched)
+                self._guarded(fetched)
                 self._record(self.inflight.finished())
                 if len(self.disposal) >= self.folder.batch_size:
                     self.disposal.flush()
@@ -158,6 +159,18 @@ class _Pass:
               + (f" ({counts})" if counts else ""), account=self.report.account,
               folder=self.folder.name, new=len(uids), **self.report.counts)
         return self.report
+
+    def _guarded(self, fetched: Fetched) -> None:
+        """One message; a bug of ours that it sets off fails that message, not the pass."""
+        try:
+            self._one(fetched)
+        except IngestError:
+            raise  # the session, the ledger or the config: not this message's doing
+        except Exception as exc:
+            log.exception("%s uid %d: internal error", self.where, fetched.uid)
+            key = Key(self.report.account, self.folder.name, self.mailbox.uidvalidity,
+                      fetched.uid)
+            self._decide(key, None, fetched.size, "-", crashed(_error(exc), self.policy))
 
     def _one(self, fetched: Fetched) -> None:
         """Rules, then submit: decide one fetched message, or send it on its way."""
@@ -206,8 +219,8 @@ class _Pass:
         envelope = Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid)
         self.inflight.start(target, ties, _Sent(key, message, decision.rule, record, arrived,
                                                 target, time.monotonic()), functools.partial(
-            self.context.trackers[target].submit, decision.submission(message.raw),
-            decision.options, envelope))
+            _sending, self.where, key.uid, self.context.trackers[target].submit,
+            decision.submission(message.raw), decision.options, envelope))
 
     def _begin(self, key: Key, message: Message, rule: str, target: str, digest: str,
                record: Record | None) -> Verdict | Record | None:
@@ -297,6 +310,23 @@ class _Pass:
               account=self.report.account, folder=self.folder.name, uid=uid,
               message_id=message.message_id if message else None, rule=rule, outcome=outcome,
               **fields)
+
+
+def _error(exc: Exception) -> str:
+    """An exception as a short reason: its type and the start of its text."""
+    return f"{type(exc).__name__}: {str(exc)[:200]}".rstrip(": ")
+
+
+def _sending(where: str, uid: int, submit: Callable[[bytes, SubmitOptions, Envelope], Outcome],
+             raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
+    """``submit``, with a bug of ours in the tracker client turned into a refusal in doubt
+    (the message may have gone out before it; the target is not to blame)."""
+    try:
+        return submit(raw, options, envelope)
+    except Exception as exc:
+        log.exception("%s uid %d: internal error while posting", where, uid)
+        return Outcome(Kind.PERMANENT, f"internal error while posting ({_error(exc)})",
+                       in_doubt=True)
 
 
 class _Progress:

@@ -25,6 +25,7 @@ from .backoff import Backoff
 from .config import Account, Config, Folder, load
 from .errors import (
     EX_OK,
+    EX_SOFTWARE,
     AuthFailed,
     ConnectionLost,
     IngestError,
@@ -134,6 +135,11 @@ def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context) 
             raise  # the session itself is gone: no other folder will work
         log.error("%s", exc)
         return exc.exit_code
+    except Exception:
+        # A bug of ours outside any one message: this folder's pass ends, the run goes on.
+        log.exception("account %s, folder %s: pass failed: internal error", account.name,
+                      folder.name)
+        return EX_SOFTWARE
 
 
 class FolderWorker:
@@ -151,11 +157,13 @@ class FolderWorker:
         self._running = False
         self._again = False
         self.auth_failed = False  # no usable token: not ready until a login works again
+        self._broken = False  # the last pass failed on a bug of ours
 
     @property
     def ready(self) -> bool:
-        """Connected, or backing off after a lost connection; never while auth_failed."""
-        return not self.auth_failed and (self._mailbox is not None or (
+        """Connected, or backing off after a lost connection; never while auth_failed, nor
+        after a pass that failed on a bug of ours until one completes again."""
+        return not self.auth_failed and not self._broken and (self._mailbox is not None or (
             self._failures > 0 and self._retry_at > time.time()))
 
     @property
@@ -163,7 +171,8 @@ class FolderWorker:
         """The folder's name with its state when it is not ready, else nothing."""
         if self.ready:
             return ""
-        return self.name + (" (auth_failed)" if self.auth_failed else "")
+        return self.name + (" (auth_failed)" if self.auth_failed else
+                            " (pass failed: internal error)" if self._broken else "")
 
     def poke(self) -> None:
         """New mail: run a pass now, or right after the one running."""
@@ -195,7 +204,9 @@ class FolderWorker:
         # A kept connection may have died since the last pass: then one fresh try at once.
         for kept in (self._mailbox is not None, False):
             try:
-                return _pass(self._connect(), self.account, self.folder, self.context)
+                code = _pass(self._connect(), self.account, self.folder, self.context)
+                self._broken = code == EX_SOFTWARE
+                return code
             except (ConnectionLost, LoginRefused) as exc:
                 self._drop()
                 if kept and isinstance(exc, ConnectionLost):

@@ -33,6 +33,7 @@ class Outcome:
     status: int | None = None
     partial: bool = False  # refused, but part of it may have been recorded (RT chains)
     retry_after: float | None = None  # seconds the tracker asked us to wait (429)
+    in_doubt: bool = False  # sent, but no answer came: the tracker may have taken it
 
     def __post_init__(self) -> None:
         # A reason may quote the tracker's answer, and a hostile one echoes what it was sent.

@@ -97,9 +97,12 @@ def unreachable(url: str, timeout: float, exc: Exception) -> Outcome:
     only, never a header value (a secret with a line break is refused by the HTTP layer
     with the value in its message)."""
     where = origin(url)
+    if isinstance(exc, requests.ConnectTimeout):
+        return Outcome(Kind.TEMPORARY, f"cannot connect to {where} within {timeout:g} s")
     if isinstance(exc, requests.Timeout):
+        # Sent, but no answer: the tracker may have the message (in doubt, not retried).
         return Outcome(Kind.TEMPORARY, f"no answer from {where} within {timeout:g} s; "
-                       "the tracker may still have taken the message")
+                       "the tracker may still have taken the message", in_doubt=True)
     if isinstance(exc, requests.exceptions.SSLError):
         return Outcome(Kind.TEMPORARY, f"TLS failure talking to {where}: certificate not "
                        "trusted or handshake refused (see ca_file, verify_tls)")
