@@ -64,8 +64,7 @@ def test_whitespace_around_secrets_from_files_and_the_environment_is_stripped(
                                    "header"])
 def test_a_control_character_in_a_secret_is_refused_naming_the_key_only(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
-    """A line break or ESC inside a secret is refused at load; the error names the key,
-    never the value."""
+    """A line break or ESC inside a secret is refused at load, naming the key, not the value."""
     value = "secret-\x1b[0m-part\nsecond-line"
     data = base()
     environ = {}
@@ -123,8 +122,7 @@ def test_plain_http_off_loopback_needs_allow_insecure(tmp_path: Path, url: str, 
 
 
 def test_url_userinfo_webhook_paths_and_header_values_are_secrets(tmp_path: Path) -> None:
-    """secrets() holds a URL's password (as written and decoded), its user:password, the
-    webhook URL's path and query, and every webhook header value."""
+    """secrets() holds URL userinfo, a webhook URL's path and query, and its header values."""
     data = base(url="https://proxy-user:p%40ss%2Fw0rd@redmine.example.org/redmine")
     data["targets"]["hook"] = {**WEBHOOK, "url": WEBHOOK["url"] + "?token=q-s3cret",
                                "headers": {"authorization": "Basic dXNlcjpwYXNz",
