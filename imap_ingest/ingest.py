@@ -27,6 +27,7 @@ from .mailbox import Fetched, Mailbox
 from .message import Message
 from .metrics import Metrics
 from .rules import Decision, RuleSet
+from .smime import Gate
 from .states import Result
 from .trackers import Envelope, Kind, Outcome, Tracker
 from .verdict import (
@@ -39,6 +40,7 @@ from .verdict import (
     crashed,
     raced,
     resume,
+    smime_failed,
     target_down,
     unreadable,
 )
@@ -83,6 +85,9 @@ class Context:
     metrics: Metrics
     retry_now: bool = False  # ignore the retry timers of messages and targets
     progress: bool = False  # show a progress line on a terminal for a large backlog
+    beat: Callable[[], None] = lambda: None  # called each time the pass gets on
+    # Told of every message dealt with (alerts gather those set aside into a digest).
+    observe: Callable[[str, Message | None, Verdict], None] | None = None
 
 
 def ingest(mailbox: Mailbox, folder: Folder, context: Context) -> PassReport:
@@ -101,6 +106,7 @@ class _Pass:
         self.context = context
         self.config, self.ledger = context.config, context.ledger
         self.rules = RuleSet.for_folder(folder, self.config)
+        self.smime = Gate.for_folder(self.config, mailbox.account, folder)
         self.policy = Policy.of(self.config, folder, context.retry_now)
         self.disposal = Disposal(mailbox, self.ledger)
         self.report = PassReport(mailbox.account.name, folder.name)
@@ -127,6 +133,7 @@ class _Pass:
                                               self.folder.max_message_size):
                 if self.context.stop.is_set() or self.refused:
                     break
+                self.context.beat()
                 self.context.metrics.fetched.labels(*labels).inc()
                 self._guarded(fetched)
                 self._record(self.inflight.finished())
@@ -187,6 +194,12 @@ class _Pass:
             self._decide(key, None, fetched.size, "-", unreadable(
                 fetched.size, self.folder.max_message_size, fetched.raw is None, self.policy))
             return
+        opened = self.smime.open(message)  # before the rules: they may match its verdict
+        if opened.failure is not None:
+            self._decide(key, message, fetched.size, "smime", smime_failed(opened.failure,
+                                                                           self.policy))
+            return
+        message = opened.message
         decision = self.rules.evaluate(message)
         self.disposal.copy_with(key, decision.copies)
         verdict = by_rule(decision, self.policy)
@@ -254,6 +267,7 @@ class _Pass:
 
     def _record(self, answers: list[tuple[_Sent, Outcome]]) -> None:
         for sent, outcome in answers:
+            self.context.beat()
             self._answer(sent, outcome)
 
     def _answer(self, sent: _Sent, outcome: Outcome) -> None:
@@ -304,6 +318,8 @@ class _Pass:
              **fields: object) -> None:
         outcome = verdict.result.value
         self.report.counts[outcome] += 1
+        if self.context.observe is not None:
+            self.context.observe(self.where, message, verdict)
         self.context.metrics.messages.labels(self.report.account, self.folder.name,
                                      fields.get("target") or "-", outcome).inc()
         event(log, verdict.level, f"{self.where} uid {uid}: {outcome}: {verdict.text}",

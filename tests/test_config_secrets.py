@@ -207,3 +207,13 @@ def test_explain_masks_webhook_headers_and_secret_paths(tmp_path: Path,
     assert "header X-Api-Key = ***" in out and "header authorization = ***" in out
     for secret in ("dXNlcjpwYXNz", "api-key-123", "bearer-token-1", "abcd1234efgh"):
         assert secret not in out
+
+
+def test_an_alert_webhook_url_and_password_are_secrets(tmp_path: Path) -> None:
+    """The alert's Slack-style webhook path and its SMTP password are redacted too."""
+    data = base()
+    data["alert"] = {"webhook": {"url": "https://hooks.example.org/services/T1/B1/alertSecret9"},
+                     "email": {"to": "ops@example.org", "username": "ops",
+                               "password": "smtp-password-1\n"}}
+    secrets = set(load_data(tmp_path, data).secrets())
+    assert {"/services/T1/B1/alertSecret9", "smtp-password-1"} <= secrets

@@ -139,6 +139,13 @@ def url_secrets(url: str) -> Iterator[str]:
         yield from (parts.netloc.rpartition("@")[0], parts.password, unquote(parts.password))
 
 
+def url_path_secrets(url: str) -> Iterator[str]:
+    """The path and query of a URL that is its own credential (Slack, Teams webhooks)."""
+    parts = urlsplit(url)
+    if (where := parts.path + (f"?{parts.query}" if parts.query else "")).strip("/"):
+        yield where
+
+
 def pick_secret(model: BaseModel, name: str) -> SecretStr | None:
     """The one of NAME, NAME_file, NAME_env that is set (the *_file and *_env forms hold
     the secret itself once validated); ValueError when several are."""

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from ..message import Message
 
 
+REASON_LIMIT = 500  # characters of a reason kept: what a tracker says may be megabytes
+
+
 class Kind(Enum):
     SUCCESS = "success"  # the tracker took it: dispose of the message
     PERMANENT = "permanent"  # refused for good: move it aside
@@ -36,8 +39,13 @@ class Outcome:
     in_doubt: bool = False  # sent, but no answer came: the tracker may have taken it
 
     def __post_init__(self) -> None:
-        # A reason may quote the tracker's answer, and a hostile one echoes what it was sent.
-        object.__setattr__(self, "reason", redact(self.reason))
+        # One place for every tracker: a reason may quote the tracker's answer, and a hostile
+        # one echoes what it was sent (redacted before cutting, which could halve a secret);
+        # RT's first line, say, goes into the reason whole.
+        reason = redact(self.reason)
+        if len(reason) > REASON_LIMIT:
+            reason = reason[:REASON_LIMIT - 1] + "…"
+        object.__setattr__(self, "reason", reason)
 
 
 @dataclass(frozen=True, slots=True)

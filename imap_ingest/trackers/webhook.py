@@ -28,6 +28,7 @@ from ..config import (
     SubmitOptions,
     parse_size,
     pick_secret,
+    url_path_secrets,
 )
 from ..message import Message, leaf_parts
 from ..urls import origin
@@ -72,9 +73,7 @@ class WebhookTarget(HttpTarget):
     def secrets(self) -> Iterator[str]:
         # A Slack- or Teams-style URL is its own credential: its path and query.
         yield from super().secrets()
-        parts = urlsplit(self.url)
-        if (where := parts.path + (f"?{parts.query}" if parts.query else "")).strip("/"):
-            yield where
+        yield from url_path_secrets(self.url)
         yield from self.headers.values()
 
 
