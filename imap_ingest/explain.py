@@ -51,6 +51,12 @@ def _trace(rules: RuleSet, decision: Decision) -> None:
         print(f"  {'HIT ' if step.matched else 'miss'}  {step.name}: {step.why}")
     for name in rules.names[len(steps):]:
         print(f"  ----  {name}: not reached")
+    values = [step for step in decision.trace if step.kind in ("capture", "value")]
+    if values:
+        print("values taken from the mail (captures, then each substitution):")
+    for step in values:
+        print(f"  {step.kind:<7}  {step.name} = {step.why}" if step.kind == "capture"
+              else f"  {'put' if step.matched else 'REFUSED'}      {step.why}")
     print(f"decision: {decision.act.value} (rule {decision.rule})"
           + (f": {decision.reason}" if decision.reason else ""))
     if decision.copies:
