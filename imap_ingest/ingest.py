@@ -21,7 +21,7 @@ from .config import Config, Folder
 from .dispose import Disposal
 from .errors import EX_OK, EX_TEMPFAIL, TrackerRefused
 from .inflight import InFlight
-from .ledger import Key, Ledger, Record
+from .ledger import Earlier, Key, Ledger, Record
 from .logs import event
 from .mailbox import Fetched, Mailbox
 from .message import Message
@@ -35,7 +35,8 @@ from .verdict import (
     answer,
     breaker_open,
     by_rule,
-    duplicate,
+    copy_of,
+    raced,
     resume,
     target_down,
     unreadable,
@@ -197,17 +198,46 @@ class _Pass:
         if target in self.down:
             self._decide(key, message, len(message.raw), decision.rule, target_down(target))
             return
-        earlier = self.ledger.begin_submit(key, message.message_id, len(message.raw), digest,
-                                           decision.rule, target, self.config.dedupe)
-        if earlier is not None:
-            self._decide(key, message, len(message.raw), decision.rule,
-                         duplicate(earlier, self.policy))
+        begun = self._begin(key, message, decision.rule, target, digest, record)
+        if isinstance(begun, Verdict):
+            self._decide(key, message, len(message.raw), decision.rule, begun, target)
             return
+        record = begun
         envelope = Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid)
         self.inflight.start(target, ties, _Sent(key, message, decision.rule, record, arrived,
                                                 target, time.monotonic()), functools.partial(
             self.context.trackers[target].submit, decision.submission(message.raw),
             decision.options, envelope))
+
+    def _begin(self, key: Key, message: Message, rule: str, target: str, digest: str,
+               record: Record | None) -> Verdict | Record | None:
+        """Record the message as being submitted, and return the record its answer follows
+        on; or the verdict an earlier copy of it makes (a duplicate, in doubt, or waiting
+        for a retry this copy takes over and that is not due yet)."""
+        size = len(message.raw)
+        found = self.ledger.begin_submit(key, message.message_id, size, digest, rule, target,
+                                         self.config.dedupe)
+        if isinstance(found, Earlier):
+            verdict = copy_of(found, self.policy)
+            if isinstance(verdict, Verdict):
+                return verdict
+            record = self.ledger.take_over(found, key, message.message_id, size, digest, rule,
+                                           target)
+            if record is None:
+                return raced(found.where)
+            log.info("%s uid %d: takes over the retry of %s", self.where, key.uid, found.where)
+            resumed = resume(record, self.policy, time.time())
+            if isinstance(resumed, Verdict):
+                return resumed
+            found = self.ledger.begin_submit(key, message.message_id, size, digest, rule, target,
+                                             self.config.dedupe)
+            if isinstance(found, Earlier):
+                return raced(found.where)
+        if found.reused:
+            log.warning("%s uid %d: %s is also the Message-ID of a different message (%s); "
+                        "submitting this one as a new message", self.where, key.uid,
+                        message.message_id, found.reused)
+        return record
 
     def _record(self, answers: list[tuple[_Sent, Outcome]]) -> None:
         for sent, outcome in answers:
@@ -245,14 +275,14 @@ class _Pass:
             self.failing[target] = (0, 0.0)
 
     def _decide(self, key: Key, message: Message | None, size: int, rule: str,
-                verdict: Verdict) -> None:
+                verdict: Verdict, target: str | None = None) -> None:
         """Carry out a verdict reached without the tracker: record, queue, log."""
         if verdict.state is not None:
             assert verdict.to is not None  # a decision always says where the message goes
             self.ledger.decided(key, message.message_id if message else None,
                                 len(message.raw) if message else size,
                                 message.digest() if message else "", rule, verdict.result,
-                                verdict.reason, verdict.to)
+                                verdict.reason, verdict.to, target)
         if verdict.to is not None:
             self.disposal.add(key, verdict.to)
         self._log(key.uid, message, rule, verdict)

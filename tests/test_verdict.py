@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from imap_ingest.backoff import Backoff
-from imap_ingest.ledger import Record
+from imap_ingest.ledger import Earlier, Record
 from imap_ingest.mailbox import FAILED, SKIPPED
 from imap_ingest.rules import Act, Decision
 from imap_ingest.states import Disposition, Result, State
@@ -15,11 +15,13 @@ from imap_ingest.trackers import Kind, Outcome
 from imap_ingest.verdict import (
     Policy,
     Resubmit,
+    TakeOver,
     Verdict,
     answer,
     breaker_open,
     by_rule,
-    duplicate,
+    copy_of,
+    raced,
     resume,
     target_down,
     unreadable,
@@ -216,10 +218,60 @@ def test_target_down_records_nothing() -> None:
     assert seen(target_down("redmine")) == (Result.DEFERRED, None, None, logging.INFO)
 
 
-def test_duplicate_is_disposed_of_as_submitted() -> None:
-    """A copy of a message already in the tracker goes where submitted mail goes."""
-    verdict = duplicate("acct/INBOX uid 1", Policy(Disposition("move", "Done"), MARK_FAILED,
-                                                   3, HOUR, Backoff(30, 3600)))
-    assert seen(verdict) == (Result.DUPLICATE, State.DECIDED, Disposition("move", "Done"),
-                             logging.INFO)
-    assert verdict.text == "already submitted as acct/INBOX uid 1; moved to Done"
+DONE = Policy(Disposition("move", "Done"), MARK_FAILED, 3, HOUR, Backoff(30, 3600))
+
+
+@pytest.mark.parametrize(("state", "outcome", "expected"), [
+    (State.SUBMITTED, Result.SUBMITTED,
+     (Result.DUPLICATE, State.DECIDED, Disposition("move", "Done"), logging.INFO)),
+    (State.DISPOSED, Result.SUBMITTED,
+     (Result.DUPLICATE, State.DECIDED, Disposition("move", "Done"), logging.INFO)),
+    (State.WAITING, Result.DEFERRED, TakeOver()),
+    (State.WAITING, Result.REFUSED_KEY, TakeOver()),
+    (State.SUBMITTING, None, (Result.QUARANTINED, State.DECIDED, QUARANTINE, logging.WARNING)),
+    (State.DISPOSED, Result.QUARANTINED,
+     (Result.QUARANTINED, State.DECIDED, QUARANTINE, logging.WARNING)),
+    (State.DISPOSED, Result.PARTIAL,
+     (Result.QUARANTINED, State.DECIDED, QUARANTINE, logging.WARNING)),
+], ids=["submitted", "submitted-disposed", "waiting", "waiting-refused-key", "submitting",
+        "quarantined", "partial"])
+def test_copy_of(state: State, outcome: Result | None, expected: Expected | TakeOver) -> None:
+    """Only a copy the tracker accepted makes this one a duplicate; a waiting one hands over
+    its retry; one in doubt sends this one to quarantine, never to deletion."""
+    verdict = copy_of(Earlier(1, "acct/INBOX uid 1", state, outcome, None), DONE)
+    assert (verdict if isinstance(verdict, TakeOver) else seen(verdict)) == expected
+
+
+def test_copy_reasons() -> None:
+    """A duplicate names the copy and its ticket; a quarantined copy says what to do."""
+    duplicate = copy_of(Earlier(1, "acct/INBOX uid 1", State.SUBMITTED, Result.SUBMITTED,
+                                "42"), DONE)
+    assert isinstance(duplicate, Verdict)
+    assert duplicate.text == "already submitted as acct/INBOX uid 1 (ticket 42); moved to Done"
+    doubt = copy_of(Earlier(1, "acct/INBOX uid 1", State.SUBMITTING, None, None), DONE)
+    assert isinstance(doubt, Verdict)
+    assert doubt.reason.startswith("a copy of acct/INBOX uid 1, which the tracker may or may "
+                                   "not have (submitting)")
+    assert "`imap-ingest retry Quarantine`" in doubt.reason
+
+
+def test_raced_records_nothing() -> None:
+    """A copy whose earlier one changed meanwhile stays, unrecorded, for the next pass."""
+    assert seen(raced("acct/INBOX uid 1")) == (Result.DEFERRED, None, None, logging.INFO)
+
+
+@pytest.mark.parametrize("retry_after", [1e300, float("inf"), float("nan"), -5.0, 7200.0],
+                         ids=["huge", "inf", "nan", "negative", "over-cap"])
+def test_retry_after_is_clamped_to_max_delay(retry_after: float) -> None:
+    """Whatever Retry-After a tracker sends, the message is due again within max_delay."""
+    verdict = answer(Outcome(Kind.TEMPORARY, "429", status=429, retry_after=retry_after),
+                     None, POLICY, NOW)
+    assert verdict.next_try is not None and NOW < verdict.next_try <= NOW + 3600
+
+
+@pytest.mark.parametrize("next_try", [1e300, float("inf")], ids=["huge", "inf"])
+def test_out_of_range_next_try_still_reads(next_try: float) -> None:
+    """A ledger's next try beyond the clock's range defers with "-", without raising."""
+    verdict = resume(record(State.WAITING, Result.DEFERRED, attempts=1, next_try=next_try),
+                     POLICY, NOW)
+    assert isinstance(verdict, Verdict) and verdict.reason == "next try at -"
