@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from . import flood
 from .config import Config, Folder
 from .dispose import Disposal
 from .errors import EX_OK, EX_TEMPFAIL, TrackerRefused
@@ -36,6 +37,7 @@ from .verdict import (
     breaker_open,
     by_rule,
     copy_of,
+    flooded,
     raced,
     resume,
     target_down,
@@ -110,6 +112,9 @@ class _Pass:
         self.inflight: InFlight[_Sent] = InFlight(
             {name: self.config.concurrency(name) for name in self.config.targets})
         self.refused: TrackerRefused | None = None  # a target refused our key: stop the pass
+        self.flood = folder.flood or self.config.flood
+        self.flood_folder = (folder.flood_folder or self.config.flood_folder
+                             or folder.loops_folder or self.config.loops_folder)
 
     def run(self) -> PassReport:
         if self.ledger.uidvalidity_changed(self.report.account, self.folder.name,
@@ -198,6 +203,9 @@ class _Pass:
         if target in self.down:
             self._decide(key, message, len(message.raw), decision.rule, target_down(target))
             return
+        if record is None and (held := self._flooded(message)) is not None:
+            self._decide(key, message, len(message.raw), "flood", held)
+            return
         begun = self._begin(key, message, decision.rule, target, digest, record)
         if isinstance(begun, Verdict):
             self._decide(key, message, len(message.raw), decision.rule, begun, target)
@@ -208,6 +216,17 @@ class _Pass:
                                                 target, time.monotonic()), functools.partial(
             self.context.trackers[target].submit, decision.submission(message.raw),
             decision.options, envelope))
+
+    def _flooded(self, message: Message) -> Verdict | None:
+        """Counted by the flood breaker: None while under its limits, else the hold."""
+        if self.flood is None:
+            return None
+        over = self.ledger.admit(flood.limits(message, self.flood), time.time())
+        if over is None:
+            return None
+        self.context.metrics.flood_held.labels(self.report.account, self.folder.name,
+                                               over[0].partition(":")[0]).inc()
+        return flooded(flood.describe(*over, self.flood), self.flood_folder)
 
     def _begin(self, key: Key, message: Message, rule: str, target: str, digest: str,
                record: Record | None) -> Verdict | Record | None:

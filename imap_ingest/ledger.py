@@ -23,7 +23,7 @@ from .errors import ConfigError, IngestError
 from .files import private_file
 from .states import Disposition, Result, State
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Dedupe = Literal["message-id", "content", "off"]
 
@@ -56,6 +56,13 @@ CREATE INDEX attempts_message ON attempts (message);
 CREATE TABLE targets (
     name TEXT PRIMARY KEY, failures INTEGER NOT NULL, next_try REAL,
     last_error TEXT, last_error_at REAL);
+CREATE TABLE flood (              -- schema 2: one row per message let through, per limit key
+    key TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX flood_key ON flood (key, at);
+CREATE TABLE starts (             -- schema 2: where a folder's first run started
+    account TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
+    first_uid INTEGER NOT NULL, at REAL NOT NULL, since REAL,
+    PRIMARY KEY (account, folder));
 """
 
 # Rows in these states stand for a message the tracker has, or may have, or will get;
@@ -162,10 +169,13 @@ class Ledger:
         # IF NOT EXISTS and one immediate transaction: two processes may start at once.
         schema = _SCHEMA.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS").replace(
             "CREATE INDEX", "CREATE INDEX IF NOT EXISTS")
+        # From schema 1, the step to 2 is the tables schema 2 added, which the script just
+        # created; so the version is bumped in the same transaction.
         with self._lock:
             self._db.executescript(
                 f"BEGIN IMMEDIATE; {schema} INSERT OR IGNORE INTO meta "
-                f"VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+                f"VALUES ('schema_version', '{SCHEMA_VERSION}'); UPDATE meta SET value = "
+                f"'{SCHEMA_VERSION}' WHERE key = 'schema_version' AND value = '1'; COMMIT;")
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if int(row[0]) > SCHEMA_VERSION:
             raise LedgerError(f"ledger {self.path}: written by a newer imap-ingest (schema "
@@ -374,6 +384,40 @@ class Ledger:
                         for row in rows]
             finally:
                 self._db.row_factory = None
+
+    # -- flood limits and first runs ------------------------------------------------------
+
+    def admit(self, limits: list[tuple[str, int, float]], now: float) -> tuple[str, int] | None:
+        """Count a message against each (key, limit, window in seconds): None when it is
+        under every limit (then it is counted under each key), else the first key that is at
+        its limit and how many it let through in the window. One transaction, so passes and
+        processes sharing the ledger share the count."""
+        with self._transaction() as db:
+            for key, limit, window in limits:
+                db.execute("DELETE FROM flood WHERE key = ? AND at <= ?", (key, now - window))
+                count = db.execute("SELECT count(*) FROM flood WHERE key = ?",
+                                   (key,)).fetchone()[0]
+                if count >= limit:
+                    return key, count
+            db.executemany("INSERT INTO flood VALUES (?, ?)", [(key, now) for key, *_ in limits])
+        return None
+
+    def start(self, account: str, folder: str, uidvalidity: int, first_uid: int,
+              since: float | None) -> tuple[int, int, float, float | None]:
+        """Where the folder's first run started (uidvalidity, first UID, when, and the time
+        before which mail is left alone), recorded now if this is that first run."""
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO starts VALUES (?, ?, ?, ?, ?, ?)",
+                       (account, folder, uidvalidity, first_uid, time.time(), since))
+            row = db.execute("SELECT uidvalidity, first_uid, at, since FROM starts WHERE "
+                             "account = ? AND folder = ?", (account, folder)).fetchone()
+        return row[0], row[1], row[2], row[3]
+
+    def known(self, account: str, folder: str) -> bool:
+        """Whether any message of the folder is in the ledger."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM messages WHERE account = ? AND folder = ? "
+                                    "LIMIT 1", (account, folder)).fetchone() is not None
 
     # -- targets ---------------------------------------------------------------------------
 
