@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from . import flood
+from . import firstrun, flood
 from .config import Config, Folder
 from .dispose import Disposal
 from .errors import EX_OK, EX_TEMPFAIL, TrackerRefused
@@ -41,6 +41,7 @@ from .verdict import (
     raced,
     resume,
     target_down,
+    too_old,
     unreadable,
 )
 
@@ -112,6 +113,7 @@ class _Pass:
         self.inflight: InFlight[_Sent] = InFlight(
             {name: self.config.concurrency(name) for name in self.config.targets})
         self.refused: TrackerRefused | None = None  # a target refused our key: stop the pass
+        self.plan = firstrun.Plan([])
         self.flood = folder.flood or self.config.flood
         self.flood_folder = (folder.flood_folder or self.config.flood_folder
                              or folder.loops_folder or self.config.loops_folder)
@@ -121,7 +123,7 @@ class _Pass:
                                            self.mailbox.uidvalidity):
             log.warning("%s: UIDVALIDITY changed: every UID is new, so messages are matched "
                         "to earlier ones by Message-ID and content", self.where)
-        uids = self.mailbox.new_uids()
+        uids = self._started(self.mailbox.new_uids())
         self.records = self.ledger.records(self.report.account, self.folder.name,
                                            self.mailbox.uidvalidity, uids)
         progress = _Progress(self.where, len(uids)) if self.context.progress else None
@@ -164,6 +166,27 @@ class _Pass:
               folder=self.folder.name, new=len(uids), **self.report.counts)
         return self.report
 
+    def _started(self, uids: list[int]) -> list[int]:
+        """The UIDs this pass takes under the folder's start: and max_age:, the first run
+        recorded (after a warning, and a question on a terminal, over a big backlog)."""
+        account, name, start = self.report.account, self.folder.name, self.folder.start
+        started, now = self.ledger.started(account, name), time.time()
+        if started is None:
+            warning = firstrun.backlog_warning(self.where, len(uids),
+                                               self.config.backlog_warning)
+            if start.mode == "all" and warning:
+                log.warning("%s", warning)
+                if self.context.progress and sys.stdin.isatty() and not _confirm(len(uids)):
+                    log.warning("%s: left alone for now, as asked", self.where)
+                    self.report.counts["left"] += len(uids)
+                    return []
+            started = self.ledger.start(account, name, firstrun.Started(
+                self.mailbox.uidvalidity, firstrun.first_uid(start, uids), now,
+                start.since_at(now)))
+        self.plan = firstrun.plan(start, started, self.mailbox.uidvalidity, uids,
+                                  self.folder.max_age, now)
+        return self.plan.uids
+
     def _one(self, fetched: Fetched) -> None:
         """Rules, then submit: decide one fetched message, or send it on its way."""
         key = Key(self.report.account, self.folder.name, self.mailbox.uidvalidity, fetched.uid)
@@ -175,6 +198,11 @@ class _Pass:
             return
         if earlier.warning:
             log.warning("%s uid %d: %s", self.where, key.uid, earlier.warning)
+        cutoff = self.plan.cutoff
+        if (record is None and cutoff is not None and fetched.internaldate is not None
+                and fetched.internaldate.timestamp() < cutoff):
+            self._decide(key, message, fetched.size, "-", too_old(self.plan.why))
+            return
         if message is None:
             self._decide(key, None, fetched.size, "-", unreadable(
                 fetched.size, self.folder.max_message_size, fetched.raw is None, self.policy))
@@ -316,6 +344,13 @@ class _Pass:
               account=self.report.account, folder=self.folder.name, uid=uid,
               message_id=message.message_id if message else None, rule=rule, outcome=outcome,
               **fields)
+
+
+def _confirm(count: int) -> bool:
+    """Ask on the terminal whether a first run may ingest ``count`` messages."""
+    sys.stderr.write(f"Ingest all {count} messages now (each may become a ticket)? [y/N] ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 class _Progress:

@@ -21,6 +21,7 @@ from typing import Literal
 from .backoff import Backoff
 from .errors import ConfigError, IngestError
 from .files import private_file
+from .firstrun import Started
 from .states import Disposition, Result, State
 
 SCHEMA_VERSION = 2
@@ -402,22 +403,28 @@ class Ledger:
             db.executemany("INSERT INTO flood VALUES (?, ?)", [(key, now) for key, *_ in limits])
         return None
 
-    def start(self, account: str, folder: str, uidvalidity: int, first_uid: int,
-              since: float | None) -> tuple[int, int, float, float | None]:
-        """Where the folder's first run started (uidvalidity, first UID, when, and the time
-        before which mail is left alone), recorded now if this is that first run."""
+    def started(self, account: str, folder: str) -> Started | None:
+        """Where the folder's first run started; None before it (and for a folder the ledger
+        knew before schema 2: then Started(..., 0, ...), see ``start``)."""
+        with self._lock:
+            row = self._db.execute("SELECT uidvalidity, first_uid, at, since FROM starts "
+                                   "WHERE account = ? AND folder = ?",
+                                   (account, folder)).fetchone()
+            if row is None and self._db.execute(
+                    "SELECT 1 FROM messages WHERE account = ? AND folder = ? LIMIT 1",
+                    (account, folder)).fetchone():
+                return Started(0, 0, 0.0, None)  # ingested before there were starts
+        return Started(*row) if row else None
+
+    def start(self, account: str, folder: str, started: Started) -> Started:
+        """Record the folder's first run, unless another process did first: what holds."""
         with self._transaction() as db:
             db.execute("INSERT OR IGNORE INTO starts VALUES (?, ?, ?, ?, ?, ?)",
-                       (account, folder, uidvalidity, first_uid, time.time(), since))
+                       (account, folder, started.uidvalidity, started.first_uid, started.at,
+                        started.since))
             row = db.execute("SELECT uidvalidity, first_uid, at, since FROM starts WHERE "
                              "account = ? AND folder = ?", (account, folder)).fetchone()
-        return row[0], row[1], row[2], row[3]
-
-    def known(self, account: str, folder: str) -> bool:
-        """Whether any message of the folder is in the ledger."""
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM messages WHERE account = ? AND folder = ? "
-                                    "LIMIT 1", (account, folder)).fetchone() is not None
+        return Started(*row)
 
     # -- targets ---------------------------------------------------------------------------
 

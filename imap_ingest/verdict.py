@@ -122,6 +122,12 @@ def by_rule(decision: Decision, policy: Policy) -> Verdict | None:
     return Verdict(result, decision.reason, State.DECIDED, to, level)
 
 
+def too_old(why: str) -> Verdict:
+    """Left alone by start: or max_age: marked, so no later pass looks at it again."""
+    return Verdict(Result.TOO_OLD, f"left alone: {why}", State.DECIDED,
+                   Disposition("mark", SKIPPED))
+
+
 def flooded(reason: str, folder: str | None) -> Verdict:
     """Held by the flood breaker: to ``folder`` (else marked and kept), loudly."""
     return Verdict(Result.HELD, reason, State.DECIDED,
