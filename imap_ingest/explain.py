@@ -56,7 +56,7 @@ def _trace(rules: RuleSet, decision: Decision) -> None:
         print("values taken from the mail (captures, then each substitution):")
     for step in values:
         print(f"  {step.kind:<7}  {step.name} = {step.why}" if step.kind == "capture"
-              else f"  {'put' if step.matched else 'REFUSED'}      {step.why}")
+              else f"  {'put' if step.matched else 'REFUSED':<8} {step.why}")
     print(f"decision: {decision.act.value} (rule {decision.rule})"
           + (f": {decision.reason}" if decision.reason else ""))
     if decision.copies:
