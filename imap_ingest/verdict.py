@@ -8,7 +8,7 @@ goes and how loudly to say so; ingest.py carries that out.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .backoff import Backoff
 from .config import Config, Folder
@@ -88,10 +88,7 @@ def resume(record: Record | None, policy: Policy, now: float) -> Verdict | Resub
         if policy.resubmit_in_doubt:
             return Resubmit("an earlier run stopped while posting it; submitting it again "
                             "(in_doubt: resubmit)")
-        return Verdict(Result.QUARANTINED, "an earlier run stopped while posting it, so the "
-                       "tracker may or may not have it; check, then "
-                       f"`imap-ingest retry {policy.quarantine}`", State.DECIDED,
-                       Disposition("move", policy.quarantine), logging.WARNING)
+        return in_doubt("an earlier run stopped while posting it", policy)
     if record.state is State.WAITING:
         if _given_up(record.attempts, record.first_seen, policy, now):
             return _failed(_give_up_reason(record.attempts, record.first_seen, record.reason,
@@ -162,10 +159,7 @@ def copy_of(earlier: Earlier, policy: Policy) -> Verdict | TakeOver:
     if earlier.state is State.WAITING:
         return TakeOver()
     # Submitting (a run stopped while posting it), quarantined or partial: in doubt.
-    return Verdict(Result.QUARANTINED, f"a copy of {earlier.where}, which the tracker may or "
-                   f"may not have ({earlier.outcome or earlier.state}); check, then "
-                   f"`imap-ingest retry {policy.quarantine}`", State.DECIDED,
-                   Disposition("move", policy.quarantine), logging.WARNING)
+    return in_doubt(f"a copy of {earlier.where} ({earlier.outcome or earlier.state})", policy)
 
 
 def raced(earlier: str) -> Verdict:
@@ -183,6 +177,8 @@ def answer(outcome: Outcome, record: Record | None, policy: Policy, now: float) 
     if outcome.kind is Kind.PERMANENT:
         return Verdict(Result.PARTIAL if outcome.partial else Result.FAILED, outcome.reason,
                        State.DECIDED, policy.failure_to, logging.ERROR, ticket=outcome.ticket)
+    if outcome.kind is Kind.TEMPORARY and outcome.in_doubt and not policy.resubmit_in_doubt:
+        return replace(in_doubt(outcome.reason, policy), target_ok=False)
     if outcome.kind is Kind.TEMPORARY:
         attempts = (record.attempts if record else 0) + 1
         first_seen = record.first_seen if record else now
@@ -197,6 +193,21 @@ def answer(outcome: Outcome, record: Record | None, policy: Policy, now: float) 
                        next_try=now + delay, target_ok=False)
     # Not the message's fault: it waits, with no attempt counted against it.
     return Verdict(Result.REFUSED_KEY, outcome.reason, State.WAITING, attempt=False, stop=True)
+
+
+def in_doubt(why: str, policy: Policy) -> Verdict:
+    """The tracker may or may not have the message: set aside for a person, never deleted
+    and never sent again on its own."""
+    return Verdict(Result.QUARANTINED, f"{why}, so the tracker may or may not have it; check, "
+                   f"then `imap-ingest retry {policy.quarantine}`", State.DECIDED,
+                   Disposition("move", policy.quarantine), logging.WARNING)
+
+
+def crashed(error: str, posting: bool, policy: Policy) -> Verdict:
+    """Our own bug while handling one message: that message is set aside, the pass goes on.
+    ``posting``: it happened while the message was being sent (it may have arrived)."""
+    why = f"internal error ({error})"
+    return in_doubt(f"{why} while posting it", policy) if posting else _failed(why, policy)
 
 
 def _failed(reason: str, policy: Policy) -> Verdict:

@@ -157,8 +157,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 def test_earlier_copy_says_its_standing(ledger: Ledger) -> None:
-    """begin_submit names the earlier copy with its state and outcome, so the verdict can
-    tell a copy the tracker accepted from one that waits or is in doubt."""
+    """begin_submit names the earlier copy with its state and outcome."""
     begin(ledger, A1)
     found = begin(ledger, B1)
     assert isinstance(found, Earlier)
@@ -187,8 +186,7 @@ def test_reused_message_id_is_a_new_message_named(ledger: Ledger) -> None:
 
 
 def test_take_over_inherits_the_retry(ledger: Ledger) -> None:
-    """A copy taking over a waiting message keeps its attempts, first sight and next try;
-    the earlier row stops counting, and only one copy can take it over."""
+    """A take-over keeps attempts, first sight and next try; only one copy can take it."""
     begin(ledger, A1)
     ledger.answered(A1, "redmine", State.WAITING, Result.DEFERRED, "503", next_try=5e9)
     earlier = begin(ledger, B1)

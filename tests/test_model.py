@@ -130,6 +130,7 @@ class SimMailbox:
         self.server, self.account, self.killer = server, account, killer
         self.folder = ""
         self.uidvalidity = 0
+        self.unfetched: list[int] = []  # the simulated server always answers with the body
 
     def _selected(self) -> SimFolder:
         return self.server.folder(self.folder)

@@ -128,8 +128,7 @@ def unavailable_once(redmine: FakeRedmine) -> None:
 def test_waiting_message_renumbered_is_retried_not_deleted(
         tmp_path: Path, imap: ImapAccount, dovecot: Dovecot, redmine: FakeRedmine,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """A message waiting for a retry (503) whose folder is renumbered is submitted on the
-    retry, not deleted as already submitted."""
+    """A waiting message whose folder is renumbered is retried, not deleted as a duplicate."""
     raw = make()
     imap.append("INBOX", raw)
     unavailable_once(redmine)
@@ -145,8 +144,7 @@ def test_waiting_message_renumbered_is_retried_not_deleted(
 
 def test_waiting_message_refiled_by_a_person_is_retried(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
-    """A person moves a waiting message into another watched folder: it is submitted from
-    there on the retry, with the attempts it already had."""
+    """A waiting message a person re-files is retried from there with its attempts."""
     raw = make()
     imap.append("INBOX", raw)
     imap.create("Copy")
@@ -167,8 +165,7 @@ def test_waiting_message_refiled_by_a_person_is_retried(
 
 def test_copy_of_a_message_in_doubt_is_quarantined(
         tmp_path: Path, imap: ImapAccount, dovecot: Dovecot, redmine: FakeRedmine) -> None:
-    """A run died while posting, then the folder was renumbered: the copy, which the
-    tracker may or may not have, goes to Quarantine, neither deleted nor posted."""
+    """A copy of a message in doubt goes to Quarantine, neither deleted nor posted."""
     raw = make()
     uid = imap.append("INBOX", raw)
     stage(tmp_path, Key("test", "INBOX", uidvalidity(imap), uid), raw, "submitting")
@@ -213,8 +210,7 @@ def test_reused_message_id_on_other_content_is_a_new_message(
 def test_huge_retry_after_is_bounded_and_status_still_reads(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """A Retry-After of 10^20 s holds the message and the target no longer than max_delay,
-    and later passes and `status` run."""
+    """A Retry-After of 10^20 s holds no longer than max_delay; passes and status run."""
     imap.append("INBOX", make())
     redmine.answer = lambda request: (429, b"", 0, {"Retry-After": "1" + "0" * 20})
     assert once(tmp_path, imap, redmine, retry={"max_delay": "1h"}) == 75

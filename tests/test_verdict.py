@@ -21,6 +21,7 @@ from imap_ingest.verdict import (
     breaker_open,
     by_rule,
     copy_of,
+    crashed,
     raced,
     resume,
     target_down,
@@ -110,12 +111,14 @@ PARTIAL = Outcome(Kind.PERMANENT, "comment refused", ticket="7", status=400, par
 TEMPORARY = Outcome(Kind.TEMPORARY, "unavailable", status=503)
 SLOW_DOWN = Outcome(Kind.TEMPORARY, "too many requests", status=429, retry_after=600)
 CONFIG = Outcome(Kind.CONFIG, "key refused", status=403)
+NO_ANSWER = Outcome(Kind.TEMPORARY, "no answer within 60 s", in_doubt=True)
 
 SUBMITTED = (Result.SUBMITTED, State.SUBMITTED, DELETE, logging.INFO, "42", True, False)
 FAILED_NOW = (Result.FAILED, State.DECIDED, MARK_FAILED, logging.ERROR, None, None, False)
 GAVE_UP = (Result.FAILED, State.DECIDED, MARK_FAILED, logging.ERROR, None, False, False)
 DEFERRED = (Result.DEFERRED, State.WAITING, None, logging.WARNING, None, False, False)
 STOPPED = (Result.REFUSED_KEY, State.WAITING, None, logging.INFO, None, None, True)
+IN_DOUBT = (Result.QUARANTINED, State.DECIDED, QUARANTINE, logging.WARNING, None, False, False)
 
 # Only records that resume() leaves to be submitted reach the tracker.
 EARLIER = {"none": None, "submitting": SUBMITTING, "waiting-due": WAITING_DUE,
@@ -139,6 +142,9 @@ EARLIER = {"none": None, "submitting": SUBMITTING, "waiting-due": WAITING_DUE,
     (TEMPORARY, "last-try", GAVE_UP),
     (TEMPORARY, "too-old", GAVE_UP),
     (SLOW_DOWN, "none", DEFERRED),
+    (NO_ANSWER, "none", IN_DOUBT),
+    (NO_ANSWER, "waiting-due", IN_DOUBT),
+    (NO_ANSWER, "last-try", IN_DOUBT),
     (CONFIG, "none", STOPPED),
     (CONFIG, "waiting-due", STOPPED),
     (CONFIG, "last-try", STOPPED),
@@ -148,9 +154,19 @@ def test_answer(outcome: Outcome, earlier: str, expected: tuple[object, ...]) ->
     verdict = answer(outcome, EARLIER[earlier], POLICY, NOW)
     assert (verdict.result, verdict.state, verdict.to, verdict.level, verdict.ticket,
             verdict.target_ok, verdict.stop) == expected
-    assert verdict.reason.startswith("gave up") if expected is GAVE_UP else (
-        verdict.reason == outcome.reason)
+    if expected is GAVE_UP:
+        assert verdict.reason.startswith("gave up")
+    elif expected is IN_DOUBT:
+        assert verdict.reason.startswith(outcome.reason) and "retry Quarantine" in verdict.reason
+    else:
+        assert verdict.reason == outcome.reason
     assert verdict.attempt is not (outcome.kind is Kind.CONFIG)
+
+
+def test_no_answer_is_retried_under_resubmit() -> None:
+    """With in_doubt: resubmit, a request that got no answer waits for a retry instead."""
+    verdict = answer(NO_ANSWER, None, RESUBMIT, NOW)
+    assert (verdict.result, verdict.state, verdict.to) == (Result.DEFERRED, State.WAITING, None)
 
 
 @pytest.mark.parametrize(("outcome", "earlier", "low", "high"), [
@@ -236,8 +252,7 @@ DONE = Policy(Disposition("move", "Done"), MARK_FAILED, 3, HOUR, Backoff(30, 360
 ], ids=["submitted", "submitted-disposed", "waiting", "waiting-refused-key", "submitting",
         "quarantined", "partial"])
 def test_copy_of(state: State, outcome: Result | None, expected: Expected | TakeOver) -> None:
-    """Only a copy the tracker accepted makes this one a duplicate; a waiting one hands over
-    its retry; one in doubt sends this one to quarantine, never to deletion."""
+    """An accepted copy makes a duplicate, a waiting one hands over, one in doubt quarantines."""
     verdict = copy_of(Earlier(1, "acct/INBOX uid 1", state, outcome, None), DONE)
     assert (verdict if isinstance(verdict, TakeOver) else seen(verdict)) == expected
 
@@ -250,9 +265,19 @@ def test_copy_reasons() -> None:
     assert duplicate.text == "already submitted as acct/INBOX uid 1 (ticket 42); moved to Done"
     doubt = copy_of(Earlier(1, "acct/INBOX uid 1", State.SUBMITTING, None, None), DONE)
     assert isinstance(doubt, Verdict)
-    assert doubt.reason.startswith("a copy of acct/INBOX uid 1, which the tracker may or may "
-                                   "not have (submitting)")
+    assert doubt.reason.startswith("a copy of acct/INBOX uid 1 (submitting), so the tracker "
+                                   "may or may not have it")
     assert "`imap-ingest retry Quarantine`" in doubt.reason
+
+
+@pytest.mark.parametrize(("posting", "expected"), [
+    (False, (Result.FAILED, State.DECIDED, MARK_FAILED, logging.ERROR)),
+    (True, (Result.QUARANTINED, State.DECIDED, QUARANTINE, logging.WARNING)),
+], ids=["before-posting", "while-posting"])
+def test_crashed(posting: bool, expected: Expected) -> None:
+    """Our bug fails that message, or quarantines it if it happened while it was sent."""
+    verdict = crashed("RecursionError", posting, POLICY)
+    assert seen(verdict) == expected and "internal error (RecursionError)" in verdict.reason
 
 
 def test_raced_records_nothing() -> None:

@@ -32,6 +32,7 @@ class Outcome:
     status: int | None = None
     partial: bool = False  # refused, but part of it may have been recorded (RT chains)
     retry_after: float | None = None  # seconds the tracker asked us to wait (429)
+    in_doubt: bool = False  # sent, but no answer came: the tracker may have taken it
 
 
 @dataclass(frozen=True, slots=True)
