@@ -68,8 +68,25 @@ class Test:
     gave_up: bool = False  # a regex ran out of time: never holds, negated or not
 
 
+class _Tested:
+    """``holds`` and ``check`` from a ``test`` method."""
+
+    __slots__ = ()
+
+    def test(self, message: Message) -> Test:
+        raise NotImplementedError
+
+    def holds(self, message: Message) -> bool:
+        return self.test(message).holds
+
+    def check(self, message: Message) -> tuple[bool, str]:
+        """Whether it holds and why."""
+        test = self.test(message)
+        return test.holds, test.why
+
+
 @dataclass(frozen=True, slots=True)
-class Condition:
+class Condition(_Tested):
     """One compiled condition; ``check`` says whether it holds and why."""
 
     source: str
@@ -85,13 +102,6 @@ class Condition:
         """The KIND.GROUP names this condition can capture."""
         groups = self.pattern.groupindex if self.pattern is not None else {}
         return frozenset(f"{self.name}.{group}" for group in groups)
-
-    def holds(self, message: Message) -> bool:
-        return self.test(message).holds
-
-    def check(self, message: Message) -> tuple[bool, str]:
-        test = self.test(message)
-        return test.holds, test.why
 
     def keyed(self, key: str) -> Condition:
         """This condition with its place in the configuration, for the log."""
@@ -132,7 +142,7 @@ class Condition:
 
 
 @dataclass(frozen=True, slots=True)
-class Group:
+class Group(_Tested):
     """``any:``, ``all:`` or ``not:`` over conditions (a ``not`` has one item)."""
 
     source: str
@@ -145,13 +155,6 @@ class Group:
         if self.mode == "not":
             return frozenset()
         return frozenset().union(*(item.captures for item in self.items))
-
-    def holds(self, message: Message) -> bool:
-        return self.test(message).holds
-
-    def check(self, message: Message) -> tuple[bool, str]:
-        test = self.test(message)
-        return test.holds, test.why
 
     def test(self, message: Message) -> Test:
         """all: every item holds (captures merged, the first of a name kept); any: the first
