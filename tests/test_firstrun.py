@@ -92,8 +92,7 @@ def test_start_since_date(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmin
 def test_big_first_backlog_is_warned_about(tmp_path: Path, imap: ImapAccount,
                                            redmine: FakeRedmine,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    """A first run with start: all over backlog_warning messages says so (and goes on
-    without a terminal); a later run does not."""
+    """A first run over backlog_warning messages warns, and goes on without a terminal."""
     for i in range(4):
         imap.append("INBOX", make(subject=f"m {i}"))
     path = write_config(tmp_path / "config.yaml", imap, redmine.url, backlog_warning=3)
