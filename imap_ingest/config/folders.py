@@ -11,6 +11,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     field_validator,
     model_validator,
 )
@@ -55,7 +56,9 @@ def parse_rate(value: object) -> Rate:
     return Rate(int(match[1]), parse_duration(window if window[0].isdigit() else "1" + window))
 
 
-RateValue = Annotated[Rate, BeforeValidator(parse_rate)]
+# Dumped as written, so that a dumped configuration validates again.
+RateValue = Annotated[Rate, BeforeValidator(parse_rate),
+                      PlainSerializer(lambda rate: f"{rate.limit}/{rate.seconds:g}s")]
 
 
 class Flood(Model):
@@ -136,7 +139,14 @@ def parse_start(value: object) -> Start:
                      "(7d)")
 
 
-StartValue = Annotated[Start, BeforeValidator(parse_start)]
+def _start_text(start: Start) -> str:
+    if start.mode != "since":
+        return start.mode
+    return f"since:{start.ago:g}s" if start.ago is not None else (
+        f"since:{datetime.fromtimestamp(start.since or 0).isoformat()}")
+
+
+StartValue = Annotated[Start, BeforeValidator(parse_start), PlainSerializer(_start_text)]
 
 
 class SubmitOptions(Model):
