@@ -26,6 +26,7 @@ EX_OK = 0
 EX_NOT_FOUND = 1  # history: the ledger has no record of it (as grep finding nothing)
 EX_USAGE = 64
 EX_NOINPUT = 66
+EX_NOUSER = 67  # deliver: no such route, as an MTA's unknown local user
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_CANTCREAT = 73

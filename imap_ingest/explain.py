@@ -9,6 +9,7 @@ from .config import Account, Config, SubmitOptions
 from .errors import EX_NOINPUT, EX_OK, EX_USAGE
 from .message import Message
 from .rules import Act, Decision, RuleSet
+from .smime import Gate
 from .trackers import Envelope, open_tracker
 
 
@@ -29,10 +30,17 @@ def explain(config: Config, file: str, folder_name: str, account_name: str | Non
         print(f"cannot read {file}: {exc.strerror}", file=sys.stderr)
         return EX_NOINPUT
     message = Message(raw)
-    rules = RuleSet.for_folder(folder, config)
-    decision = rules.evaluate(message)
     print(f"message {message.message_id or '(no Message-ID)'}, {len(raw)} bytes, subject "
           f"{message.subject!r}, in {account.name}/{folder.name}")
+    opened = Gate.for_folder(config, account, folder).open(message)
+    for step in opened.steps:
+        print(f"  smime: {step}")
+    if opened.failure is not None:
+        print(f"decision: failed before the rules (S/MIME: {opened.failure})")
+        return EX_OK
+    message = opened.message
+    rules = RuleSet.for_folder(folder, config)
+    decision = rules.evaluate(message)
     _trace(rules, decision)
     if decision.act is Act.SUBMIT and decision.options is not None:
         _preview(config, account, folder.name, message, decision, decision.options)
@@ -40,29 +48,32 @@ def explain(config: Config, file: str, folder_name: str, account_name: str | Non
 
 
 def _trace(rules: RuleSet, decision: Decision) -> None:
+    print("\n".join(trace_lines(rules, decision)))
+
+
+def trace_lines(rules: RuleSet, decision: Decision) -> list[str]:
     """Each built-in check and rule: hit, miss or not reached; then the decision."""
     checks = [step for step in decision.trace if step.kind == "check"]
     steps = [step for step in decision.trace if step.kind == "rule"]
-    print("built-in checks:")
-    for step in checks:
-        print(f"  {'HIT ' if step.matched else 'miss'}  {step.name}: {step.why}")
-    print("rules (first match wins):")
-    for step in steps:
-        print(f"  {'HIT ' if step.matched else 'miss'}  {step.name}: {step.why}")
-    for name in rules.names[len(steps):]:
-        print(f"  ----  {name}: not reached")
+    lines = ["built-in checks:"]
+    lines += [f"  {'HIT ' if step.matched else 'miss'}  {step.name}: {step.why}"
+              for step in checks]
+    lines.append("rules (first match wins):")
+    lines += [f"  {'HIT ' if step.matched else 'miss'}  {step.name}: {step.why}"
+              for step in steps]
+    lines += [f"  ----  {name}: not reached" for name in rules.names[len(steps):]]
     values = [step for step in decision.trace if step.kind in ("capture", "value")]
     if values:
-        print("values taken from the mail (captures, then each substitution):")
-    for step in values:
-        print(f"  {step.kind:<7}  {step.name} = {step.why}" if step.kind == "capture"
-              else f"  {'put' if step.matched else 'REFUSED':<8} {step.why}")
-    print(f"decision: {decision.act.value} (rule {decision.rule})"
-          + (f": {decision.reason}" if decision.reason else ""))
+        lines.append("values taken from the mail (captures, then each substitution):")
+    lines += [f"  {step.kind:<7}  {step.name} = {step.why}" if step.kind == "capture"
+              else f"  {'put' if step.matched else 'REFUSED':<8} {step.why}" for step in values]
+    lines.append(f"decision: {decision.act.value} (rule {decision.rule})"
+                 + (f": {decision.reason}" if decision.reason else ""))
     if decision.copies:
-        print(f"  copied first to: {', '.join(decision.copies)}")
+        lines.append(f"  copied first to: {', '.join(decision.copies)}")
     if decision.folder:
-        print(f"  goes to folder {decision.folder}")
+        lines.append(f"  goes to folder {decision.folder}")
+    return lines
 
 
 def _preview(config: Config, account: Account, folder: str, message: Message,

@@ -13,14 +13,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from . import firstrun, flood
-from .config import Config, Folder
+from .config import Config, Folder, SubmitOptions
 from .dispose import Disposal
-from .errors import EX_OK, EX_TEMPFAIL, TrackerRefused
+from .errors import EX_OK, EX_TEMPFAIL, IngestError, TrackerRefused
 from .inflight import InFlight
 from .ledger import Earlier, Key, Ledger, Record
 from .logs import event
@@ -28,6 +28,7 @@ from .mailbox import Fetched, Mailbox
 from .message import Message
 from .metrics import Metrics
 from .rules import Decision, RuleSet
+from .smime import Gate
 from .states import Result
 from .trackers import Envelope, Kind, Outcome, Tracker
 from .verdict import (
@@ -37,9 +38,11 @@ from .verdict import (
     breaker_open,
     by_rule,
     copy_of,
+    crashed,
     flooded,
     raced,
     resume,
+    smime_failed,
     target_down,
     too_old,
     unreadable,
@@ -85,6 +88,9 @@ class Context:
     metrics: Metrics
     retry_now: bool = False  # ignore the retry timers of messages and targets
     progress: bool = False  # show a progress line on a terminal for a large backlog
+    beat: Callable[[], None] = lambda: None  # called each time the pass gets on
+    # Told of every message dealt with (alerts gather those set aside into a digest).
+    observe: Callable[[str, Message | None, Verdict], None] | None = None
 
 
 def ingest(mailbox: Mailbox, folder: Folder, context: Context) -> PassReport:
@@ -103,6 +109,7 @@ class _Pass:
         self.context = context
         self.config, self.ledger = context.config, context.ledger
         self.rules = RuleSet.for_folder(folder, self.config)
+        self.smime = Gate.for_folder(self.config, mailbox.account, folder)
         self.policy = Policy.of(self.config, folder, context.retry_now)
         self.disposal = Disposal(mailbox, self.ledger)
         self.report = PassReport(mailbox.account.name, folder.name)
@@ -133,8 +140,9 @@ class _Pass:
                                               self.folder.max_message_size):
                 if self.context.stop.is_set() or self.refused:
                     break
+                self.context.beat()
                 self.context.metrics.fetched.labels(*labels).inc()
-                self._one(fetched)
+                self._guarded(fetched)
                 self._record(self.inflight.finished())
                 if len(self.disposal) >= self.folder.batch_size:
                     self.disposal.flush()
@@ -187,6 +195,18 @@ class _Pass:
                                   self.folder.max_age, now)
         return self.plan.uids
 
+    def _guarded(self, fetched: Fetched) -> None:
+        """One message; a bug of ours that it sets off fails that message, not the pass."""
+        try:
+            self._one(fetched)
+        except IngestError:
+            raise  # the session, the ledger or the config: not this message's doing
+        except Exception as exc:
+            log.exception("%s uid %d: internal error", self.where, fetched.uid)
+            key = Key(self.report.account, self.folder.name, self.mailbox.uidvalidity,
+                      fetched.uid)
+            self._decide(key, None, fetched.size, "-", crashed(_error(exc), self.policy))
+
     def _one(self, fetched: Fetched) -> None:
         """Rules, then submit: decide one fetched message, or send it on its way."""
         key = Key(self.report.account, self.folder.name, self.mailbox.uidvalidity, fetched.uid)
@@ -207,6 +227,12 @@ class _Pass:
             self._decide(key, None, fetched.size, "-", unreadable(
                 fetched.size, self.folder.max_message_size, fetched.raw is None, self.policy))
             return
+        opened = self.smime.open(message)  # before the rules: they may match its verdict
+        if opened.failure is not None:
+            self._decide(key, message, fetched.size, "smime", smime_failed(opened.failure,
+                                                                           self.policy))
+            return
+        message = opened.message
         decision = self.rules.evaluate(message)
         self.disposal.copy_with(key, decision.copies)
         verdict = by_rule(decision, self.policy)
@@ -242,8 +268,8 @@ class _Pass:
         envelope = Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid)
         self.inflight.start(target, ties, _Sent(key, message, decision.rule, record, arrived,
                                                 target, time.monotonic()), functools.partial(
-            self.context.trackers[target].submit, decision.submission(message.raw),
-            decision.options, envelope))
+            _sending, self.where, key.uid, self.context.trackers[target].submit,
+            decision.submission(message.raw), decision.options, envelope))
 
     def _flooded(self, message: Message) -> Verdict | None:
         """Counted by the flood breaker: None while under its limits, else the hold."""
@@ -288,6 +314,7 @@ class _Pass:
 
     def _record(self, answers: list[tuple[_Sent, Outcome]]) -> None:
         for sent, outcome in answers:
+            self.context.beat()
             self._answer(sent, outcome)
 
     def _answer(self, sent: _Sent, outcome: Outcome) -> None:
@@ -338,6 +365,8 @@ class _Pass:
              **fields: object) -> None:
         outcome = verdict.result.value
         self.report.counts[outcome] += 1
+        if self.context.observe is not None:
+            self.context.observe(self.where, message, verdict)
         self.context.metrics.messages.labels(self.report.account, self.folder.name,
                                      fields.get("target") or "-", outcome).inc()
         event(log, verdict.level, f"{self.where} uid {uid}: {outcome}: {verdict.text}",
@@ -351,6 +380,22 @@ def _confirm(count: int) -> bool:
     sys.stderr.write(f"Ingest all {count} messages now (each may become a ticket)? [y/N] ")
     sys.stderr.flush()
     return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+def _error(exc: Exception) -> str:
+    """An exception as a short reason: its type and the start of its text."""
+    return f"{type(exc).__name__}: {str(exc)[:200]}".rstrip(": ")
+
+
+def _sending(where: str, uid: int, submit: Callable[[bytes, SubmitOptions, Envelope], Outcome],
+             raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
+    """``submit``, with a bug of ours in the tracker client turned into a refusal in doubt
+    (the message may have gone out before it; the target is not to blame)."""
+    try:
+        return submit(raw, options, envelope)
+    except Exception as exc:
+        log.exception("%s uid %d: internal error while posting", where, uid)
+        return Outcome(Kind.PERMANENT, f"internal error while posting ({_error(exc)})",
+                       in_doubt=True)
 
 
 class _Progress:

@@ -426,6 +426,43 @@ class Ledger:
                              "account = ? AND folder = ?", (account, folder)).fetchone()
         return Started(*row)
 
+    def pending(self) -> list[tuple[str, str, float | None, int, int, int, int, str | None]]:
+        """Per folder: (account, folder, oldest first_seen still pending, waiting, held,
+        failed, quarantined, the latest error); pending is waiting or being posted."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT account, folder, "
+                f"min(CASE WHEN state IN ('{State.WAITING}', '{State.SUBMITTING}') "
+                "THEN first_seen END), "
+                f"sum(state = '{State.WAITING}'), sum(outcome = '{Result.HELD}'), "
+                f"sum(outcome IN ('{Result.FAILED}', '{Result.PARTIAL}')), "
+                f"sum(outcome = '{Result.QUARANTINED}'), "
+                f"(SELECT reason FROM messages AS m WHERE m.account = messages.account AND "
+                f"m.folder = messages.folder AND (m.state = '{State.WAITING}' OR m.outcome IN "
+                f"('{Result.FAILED}', '{Result.PARTIAL}', '{Result.QUARANTINED}')) "
+                "ORDER BY m.updated DESC LIMIT 1) "
+                "FROM messages GROUP BY account, folder").fetchall()
+
+    def latest(self, limit: int) -> list[dict[str, object]]:
+        """The ``limit`` messages dealt with last, newest first."""
+        with self._lock:
+            self._db.row_factory = sqlite3.Row
+            try:
+                return [dict(row) for row in self._db.execute(
+                    "SELECT account, folder, uid, message_id, rule, target, state, outcome, "
+                    "reason, ticket, dispose_to, updated FROM messages "
+                    "ORDER BY updated DESC LIMIT ?", (limit,))]
+            finally:
+                self._db.row_factory = None
+
+    def hourly(self, since: float) -> list[tuple[int, str, int]]:
+        """(hour as a timestamp, outcome, messages) of the attempts and decisions since then."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT CAST(updated / 3600 AS INTEGER) * 3600 AS hour, "
+                "coalesce(outcome, state), count(*) FROM messages WHERE updated >= ? "
+                "GROUP BY hour, 2 ORDER BY hour", (since,)).fetchall()
+
     # -- targets ---------------------------------------------------------------------------
 
     def target_state(self, name: str) -> tuple[int, float]:

@@ -105,6 +105,11 @@ def unreadable(size: int, limit: int, over_limit: bool, policy: Policy) -> Verdi
     return _failed(reason, policy)
 
 
+def smime_failed(reason: str, policy: Policy) -> Verdict:
+    """S/MIME mail that cannot be opened (Missing key, Bad data): never submitted as plain."""
+    return _failed(f"S/MIME: {reason}", policy)
+
+
 def by_rule(decision: Decision, policy: Policy) -> Verdict | None:
     """What a rule's decision makes of the message; None when it is to be submitted."""
     if decision.act is Act.SUBMIT:
@@ -174,11 +179,12 @@ def answer(outcome: Outcome, record: Record | None, policy: Policy, now: float) 
     if outcome.kind is Kind.SUCCESS:
         return Verdict(Result.SUBMITTED, outcome.reason, State.SUBMITTED, policy.success_to,
                        ticket=outcome.ticket, target_ok=True)
+    if outcome.in_doubt and not policy.resubmit_in_doubt:
+        return replace(in_doubt(outcome.reason, policy),
+                       target_ok=False if outcome.kind is Kind.TEMPORARY else None)
     if outcome.kind is Kind.PERMANENT:
         return Verdict(Result.PARTIAL if outcome.partial else Result.FAILED, outcome.reason,
                        State.DECIDED, policy.failure_to, logging.ERROR, ticket=outcome.ticket)
-    if outcome.kind is Kind.TEMPORARY and outcome.in_doubt and not policy.resubmit_in_doubt:
-        return replace(in_doubt(outcome.reason, policy), target_ok=False)
     if outcome.kind is Kind.TEMPORARY:
         attempts = (record.attempts if record else 0) + 1
         first_seen = record.first_seen if record else now
@@ -203,11 +209,10 @@ def in_doubt(why: str, policy: Policy) -> Verdict:
                    Disposition("move", policy.quarantine), logging.WARNING)
 
 
-def crashed(error: str, posting: bool, policy: Policy) -> Verdict:
-    """Our own bug while handling one message: that message is set aside, the pass goes on.
-    ``posting``: it happened while the message was being sent (it may have arrived)."""
-    why = f"internal error ({error})"
-    return in_doubt(f"{why} while posting it", policy) if posting else _failed(why, policy)
+def crashed(error: str, policy: Policy) -> Verdict:
+    """Our own bug, met while deciding one message: that message is set aside, the pass goes
+    on. (One met while sending it is an answer in doubt: see ``answer``.)"""
+    return _failed(f"internal error ({error})", policy)
 
 
 def _failed(reason: str, policy: Policy) -> Verdict:

@@ -2,8 +2,8 @@
 trackers, driven by hypothesis through arrivals, answers, kills, renumbering and people.
 
 After every step: no message was deleted unless its folder's target accepted it, none was
-posted twice to one target (but where the tracker took it and we could not know: a timeout
-after taking it, or a kill under ``in_doubt: resubmit``), and every message ingest has seen
+posted twice to one target (but under ``in_doubt: resubmit``, where the tracker took it and
+we could not know: a timeout after taking it, or a kill), and every message ingest has seen
 is in its target's tracker or still on the server. After ``settle`` (the trackers answer,
 time passes) nothing waits in a watched folder any more.
 """
@@ -189,8 +189,8 @@ class SimTracker:
         self.world.killer.tick()  # killed before it reached the tracker
         if answer in ("201", "timeout-after"):
             self.world.taken[self.name, letter] += 1
-            if answer == "timeout-after":
-                self.world.doubt[self.name, letter] += 1
+            if answer == "timeout-after" and self.world.resubmit:
+                self.world.doubt[self.name, letter] += 1  # resubmit may send it again
             self.world.posting = (self.name, letter)
             self.world.killer.tick()  # killed after the tracker took it
             self.world.posting = None
@@ -202,7 +202,8 @@ class SimTracker:
             return Outcome(Kind.TEMPORARY, "unavailable", status=503)
         if answer == "429":
             return Outcome(Kind.TEMPORARY, "slow down", status=429, retry_after=retry_after)
-        return Outcome(Kind.TEMPORARY, "no answer; the tracker may still have taken it")
+        return Outcome(Kind.TEMPORARY, "no answer; the tracker may still have taken it",
+                       in_doubt=True)
 
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:

@@ -112,6 +112,7 @@ TEMPORARY = Outcome(Kind.TEMPORARY, "unavailable", status=503)
 SLOW_DOWN = Outcome(Kind.TEMPORARY, "too many requests", status=429, retry_after=600)
 CONFIG = Outcome(Kind.CONFIG, "key refused", status=403)
 NO_ANSWER = Outcome(Kind.TEMPORARY, "no answer within 60 s", in_doubt=True)
+OUR_BUG = Outcome(Kind.PERMANENT, "internal error while posting", in_doubt=True)
 
 SUBMITTED = (Result.SUBMITTED, State.SUBMITTED, DELETE, logging.INFO, "42", True, False)
 FAILED_NOW = (Result.FAILED, State.DECIDED, MARK_FAILED, logging.ERROR, None, None, False)
@@ -145,6 +146,8 @@ EARLIER = {"none": None, "submitting": SUBMITTING, "waiting-due": WAITING_DUE,
     (NO_ANSWER, "none", IN_DOUBT),
     (NO_ANSWER, "waiting-due", IN_DOUBT),
     (NO_ANSWER, "last-try", IN_DOUBT),
+    (OUR_BUG, "none", (Result.QUARANTINED, State.DECIDED, QUARANTINE, logging.WARNING, None,
+                       None, False)),
     (CONFIG, "none", STOPPED),
     (CONFIG, "waiting-due", STOPPED),
     (CONFIG, "last-try", STOPPED),
@@ -156,7 +159,7 @@ def test_answer(outcome: Outcome, earlier: str, expected: tuple[object, ...]) ->
             verdict.target_ok, verdict.stop) == expected
     if expected is GAVE_UP:
         assert verdict.reason.startswith("gave up")
-    elif expected is IN_DOUBT:
+    elif outcome.in_doubt:
         assert verdict.reason.startswith(outcome.reason) and "retry Quarantine" in verdict.reason
     else:
         assert verdict.reason == outcome.reason
@@ -270,14 +273,11 @@ def test_copy_reasons() -> None:
     assert "`imap-ingest retry Quarantine`" in doubt.reason
 
 
-@pytest.mark.parametrize(("posting", "expected"), [
-    (False, (Result.FAILED, State.DECIDED, MARK_FAILED, logging.ERROR)),
-    (True, (Result.QUARANTINED, State.DECIDED, QUARANTINE, logging.WARNING)),
-], ids=["before-posting", "while-posting"])
-def test_crashed(posting: bool, expected: Expected) -> None:
-    """Our bug fails that message, or quarantines it if it happened while it was sent."""
-    verdict = crashed("RecursionError", posting, POLICY)
-    assert seen(verdict) == expected and "internal error (RecursionError)" in verdict.reason
+def test_crashed() -> None:
+    """Our bug while deciding a message fails that message alone, with the error named."""
+    verdict = crashed("RecursionError", POLICY)
+    assert seen(verdict) == (Result.FAILED, State.DECIDED, MARK_FAILED, logging.ERROR)
+    assert "internal error (RecursionError)" in verdict.reason
 
 
 def test_raced_records_nothing() -> None:

@@ -7,11 +7,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .accounts import Account, OAuth2
+from .alerting import Alert
 from .folders import AllowSenders, CheckName, Flood, Rule, SubmitOptions
+from .routes import Route
 from .targets import AnyTarget
 from .values import Duration, Model, parse_duration
 
@@ -35,6 +44,9 @@ class Http(Model):
     """The status listener: /healthz, /readyz, /metrics."""
 
     listen: str = "127.0.0.1:9464"
+    # /healthz fails for a folder whose pass made no progress for this long; unset: 4 times
+    # the longest of the account's and the targets' timeouts (service.stall_limit).
+    stuck_after: Duration | None = None
 
     @field_validator("listen")
     @classmethod
@@ -50,12 +62,20 @@ class Http(Model):
         return host.strip("[]"), int(port)
 
 
+class Console(Http):
+    """The operators' web page: off unless configured, behind the token in ``token_file``."""
+
+    listen: str = "127.0.0.1:9465"
+    token_file: Path
+
+
 class Config(BaseSettings):
     """The whole configuration file."""
 
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
-    accounts: Annotated[list[Account], Field(min_length=1)]
+    routes: dict[str, Route] = {}  # mail an MTA pipes in: `imap-ingest deliver --route NAME`
+    accounts: list[Account] = Field([], validate_default=True)  # after routes: it reads them
     targets: Annotated[dict[str, AnyTarget], Field(min_length=1)]
     rules: dict[str, Rule] = {}
     loops_folder: str | None = None
@@ -73,6 +93,8 @@ class Config(BaseSettings):
     quarantine_folder: str = "Quarantine"
     retry: Retry = Retry()
     http: Http | None = None
+    alert: Alert = Alert()
+    console: Console | None = None
     shutdown_grace: Duration = 30.0  # on SIGTERM, how long the message in hand may take
 
     @classmethod
@@ -84,15 +106,27 @@ class Config(BaseSettings):
         # which pydantic-settings' own env source cannot address.
         return (init_settings,)
 
+    @field_validator("accounts")
+    @classmethod
+    def _accounts_or_routes(cls, value: list[Account], info: ValidationInfo) -> list[Account]:
+        if not value and not info.data.get("routes"):
+            raise ValueError("List should have at least 1 item (or give routes: for mail "
+                             "an MTA delivers)")
+        return value
+
     def secrets(self) -> Iterator[str]:
         """Every secret value, so that logging can redact them."""
-        models: list[BaseModel] = [*self.accounts, *self.targets.values()]
+        models: list[BaseModel] = [*self.accounts, *self.targets.values(),
+                                   *filter(None, [self.alert.email])]
         while models:
             for value in models.pop().__dict__.values():
                 if isinstance(value, SecretStr):
                     yield value.get_secret_value()
                 elif isinstance(value, OAuth2):
                     models.append(value)
+        for account in self.accounts:
+            for folder in account.folders:
+                yield from folder.smime.secrets() if folder.smime else ()
 
     def own_addresses(self) -> set[str]:
         """Every target's own From addresses, lower-cased, for the own-address check."""
