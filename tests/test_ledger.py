@@ -212,3 +212,20 @@ def test_retry_after_is_bounded_by_the_cap(ledger: Ledger) -> None:
     for at_least in (1e300, float("inf"), float("nan")):
         next_try = ledger.target_failed("redmine", "429", backoff, at_least=at_least)
         assert next_try - time.time() <= 3600
+
+
+def test_schema_two_ledger_gains_the_uidls_table(tmp_path: Path) -> None:
+    """A ledger of schema 2 (no uidls table) opens, is brought to 3, and maps UIDLs."""
+    Ledger.open(tmp_path).close()
+    with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
+        db.executescript("DROP TABLE uidls; "
+                         "UPDATE meta SET value = '2' WHERE key = 'schema_version';")
+    ledger = Ledger.open(tmp_path)
+    try:
+        first = ledger.uids("pop", "INBOX", ["a", "b"])
+        again = ledger.uids("pop", "INBOX", ["b", "c"])
+        assert again == {"b": first["b"], "c": max(first.values()) + 1}
+    finally:
+        ledger.close()
+    with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
+        assert db.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION) == "3"
