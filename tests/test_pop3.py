@@ -107,8 +107,7 @@ def test_refused_message_is_kept_spooled_shown_and_retried(tmp_path: Path,
                                                            redmine: FakeRedmine,
                                                            capsys: pytest.CaptureFixture[str]
                                                            ) -> None:
-    """A refusal leaves the message on the server and a copy in failure_spool; status shows
-    it; after `retry` the next pass submits it and, with keep: false, deletes it."""
+    """A refusal is left on the server, spooled, shown by status, and retried by `retry`."""
     box.append("INBOX", make(subject="refused once"))
     redmine.answer = lambda r: (422, b"no such project", 0)
     spool = tmp_path / "refused"
@@ -132,8 +131,7 @@ def test_refused_message_is_kept_spooled_shown_and_retried(tmp_path: Path,
 def test_crash_between_retr_and_dele_neither_loses_nor_doubles(
         tmp_path: Path, dovecot_pop3: Dovecot, box: ImapAccount, redmine: FakeRedmine,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pass that dies after the tracker took a message, before DELE, never QUITs: the
-    message stays; the next pass deletes it by the ledger without sending it again."""
+    """A pass dying between RETR and DELE sends no QUIT; the next deletes it, unsent again."""
     box.append("INBOX", make(subject="once only"))
     path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url, keep=False)
 
@@ -149,11 +147,9 @@ def test_crash_between_retr_and_dele_neither_loses_nor_doubles(
     assert maildrop(dovecot_pop3, box) == []
 
 
-def test_sigkill_after_dele_before_quit_deletes_again(tmp_path: Path, dovecot_pop3: Dovecot,
-                                                      box: ImapAccount,
-                                                      redmine: FakeRedmine) -> None:
-    """A run SIGKILLed while the tracker answers leaves the message on the server (no
-    QUIT); the next run finds its record and submits nothing twice."""
+def test_sigkill_while_posting_leaves_the_message_and_sends_it_once(
+        tmp_path: Path, dovecot_pop3: Dovecot, box: ImapAccount, redmine: FakeRedmine) -> None:
+    """A run SIGKILLed mid-post leaves the message on the server; the next sends it not again."""
     box.append("INBOX", make(subject="killed"))
     answered = threading.Event()
 
@@ -215,8 +211,7 @@ def scripted_config(path: Path, server: ScriptedPop3, redmine_url: str, keep: bo
 
 def test_server_without_uidl(tmp_path: Path, redmine: FakeRedmine,
                              caplog: pytest.LogCaptureFixture) -> None:
-    """No UIDL: refused with a clear error under keep: true; with keep: false each message
-    is submitted once and deleted."""
+    """No UIDL: a clear error under keep: true; keep: false submits each once and deletes it."""
     server = ScriptedPop3([make(subject="a"), make(subject="b")])
     try:
         kept = scripted_config(tmp_path / "keep.yaml", server, redmine.url, keep=True)
@@ -265,8 +260,7 @@ def test_what_pop3_cannot_do_is_refused_in_the_config(
 
 def test_a_message_larger_than_listed_is_read_no_further_than_allowed(
         tmp_path: Path, redmine: FakeRedmine) -> None:
-    """LIST says 100 bytes, RETR sends 2 MB: read to max_message_size + 1, refused as too
-    large, never submitted cut short, and (keep: false) left on the server."""
+    """LIST understates a 2 MB message: it is refused as too large, never sent cut short."""
     big = make(subject="big", body="x" * 2_000_000)
     server = ScriptedPop3([big], listed_size=100)
     try:
@@ -284,8 +278,7 @@ def test_a_message_larger_than_listed_is_read_no_further_than_allowed(
 def test_the_service_polls_the_maildrop_every_interval(tmp_path: Path, dovecot_pop3: Dovecot,
                                                        box: ImapAccount, redmine: FakeRedmine,
                                                        daemon: list[Daemon]) -> None:
-    """`run` (no IDLE for POP3) picks up mail on the folder's interval, a session per pass,
-    and deletes it with keep: false."""
+    """`run` polls the maildrop on the folder's interval (no IDLE) and deletes what it took."""
     path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url, keep=False,
                        folder={"interval": "1s"})
     service = Daemon(path)

@@ -41,8 +41,7 @@ SEED_FOLDER = {
 
 def test_seed_desk_pop3_into_real_redmine(tmp_path: Path, dovecot_pop3: Dovecot,
                                           redmine_stock: RealRedmine) -> None:
-    """Form mail becomes one issue in the project and category; a Redmine notification and
-    other mail are left on the server (keep); a second pass creates nothing."""
+    """Form mail becomes one issue in project and category; the rest stays on the server."""
     redmine_stock.reset()
     box = dovecot_pop3.account()
     ids = {}
