@@ -7,6 +7,7 @@ without being sent again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -14,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from .config import Config, Folder, SubmitOptions
@@ -29,7 +30,7 @@ from .metrics import Metrics
 from .rules import Decision, RuleSet
 from .smime import Gate
 from .states import Result
-from .trackers import Envelope, Kind, Outcome, Tracker
+from .trackers import Envelope, Kind, Outcome, Paced, Tracker
 from .verdict import (
     Policy,
     Verdict,
@@ -72,6 +73,7 @@ class _Sent:
     arrived: datetime | None
     target: str
     started: float  # time.monotonic()
+    send: Callable[[], Outcome]
 
 
 @dataclass(frozen=True)
@@ -114,9 +116,19 @@ class _Pass:
         self.down: set[str] = set()  # targets not to contact again during this pass
         self.failing: dict[str, tuple[int, float]] = {}  # target: (failures, next try)
         self.records: dict[int, Record] = {}  # what the ledger knew of this pass's UIDs
+        self.paces = {name: tracker.pace for name, tracker in context.trackers.items()
+                      if isinstance(tracker, Paced)}
         self.inflight: InFlight[_Sent] = InFlight(
-            {name: self.config.concurrency(name) for name in self.config.targets})
+            {name: self._limit(name) for name in self.config.targets},
+            sum(self.config.concurrency(name) for name in self.config.targets))
+        self.lonely: list[_Sent] = []  # refused among others: to be sent again alone
         self.refused: TrackerRefused | None = None  # a target refused our key: stop the pass
+
+    def _limit(self, target: str) -> Callable[[], int]:
+        """How many may be in flight to ``target`` now: its pace's, or the fixed number."""
+        if (pace := self.paces.get(target)) is not None:
+            return lambda: pace.limit
+        return functools.partial(self.config.concurrency, target)
 
     def run(self) -> PassReport:
         if self.ledger.uidvalidity_changed(self.report.account, self.folder.name,
@@ -230,10 +242,11 @@ class _Pass:
             return
         record = begun
         envelope = Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid)
+        send = functools.partial(_sending, self.where, key.uid,
+                                 self.context.trackers[target].submit,
+                                 decision.submission(message.raw), decision.options, envelope)
         self.inflight.start(target, ties, _Sent(key, message, decision.rule, record, arrived,
-                                                target, time.monotonic()), functools.partial(
-            _sending, self.where, key.uid, self.context.trackers[target].submit,
-            decision.submission(message.raw), decision.options, envelope))
+                                                target, time.monotonic(), send), send)
 
     def _begin(self, key: Key, message: Message, rule: str, target: str, digest: str,
                record: Record | None) -> Verdict | Record | None:
@@ -269,11 +282,28 @@ class _Pass:
         for sent, outcome in answers:
             self.context.beat()
             self._answer(sent, outcome)
+        while self.lonely:
+            self._alone(self.lonely.pop(0))
+
+    def _alone(self, sent: _Sent) -> None:
+        """Send a message refused among others again, with nothing else in flight to its
+        target (from any folder), and take that answer as the tracker's word."""
+        self._record(self.inflight.drain(sent.target))
+        pace = self.paces.get(sent.target)
+        with pace.alone() if pace else contextlib.nullcontext():
+            outcome = replace(sent.send(), crowded=False)  # alone, whatever the Client saw
+        if pace and outcome.kind is Kind.SUCCESS:
+            pace.conflicted()  # the refusal was the crowd's doing: fewer at once
+        self._answer(sent, outcome)
 
     def _answer(self, sent: _Sent, outcome: Outcome) -> None:
         """Record what the tracker said of one message, and queue what becomes of it."""
         key, target = sent.key, sent.target
         verdict = answer(outcome, sent.record, self.policy, time.time())
+        if verdict.alone:
+            log.info("%s uid %d: %s", self.where, key.uid, verdict.reason)
+            self.lonely.append(sent)
+            return
         assert verdict.state is not None  # every answer is recorded
         if outcome.kind is Kind.SUCCESS:
             self.context.metrics.submitted(key.account, key.folder, target,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, FilePath, PlainValidator, SerializeAsAny
 from pydantic_core import PydanticCustomError
@@ -26,7 +26,7 @@ class Target(Model):
     addresses: list[str] = []  # the tracker's own From addresses, for the own-address check
 
     def max_in_flight(self) -> int:
-        """How many requests this target may have in flight at once."""
+        """How many requests this target may have in flight at once, at most."""
         return 1
 
 
@@ -37,12 +37,19 @@ class HttpTarget(Target):
     ca_file: FilePath | None = None
     verify_tls: bool = True
     timeout: Duration = 60.0
-    # Requests in flight at once, all folders together. One by default: Redmine and RT on
-    # SQLite answer concurrent writes with lock errors, which look like refusals.
-    concurrency: Annotated[int, Field(ge=1, le=64)] = 1
+    # Requests in flight at once, all folders together: a number, or auto (from one up to
+    # max_concurrency, as far as the tracker's latency says it keeps up; limiter.py).
+    # A refusal while others were in flight is taken back alone (verdict.py), so a
+    # tracker's lock errors under concurrency fail no mail.
+    concurrency: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
+    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 8
 
     def max_in_flight(self) -> int:
-        return self.concurrency
+        return self.max_concurrency if self.concurrency == "auto" else self.concurrency
+
+    def fixed_in_flight(self) -> int | None:
+        """The number set; None: found by the limiter (limiter.py)."""
+        return None if self.concurrency == "auto" else self.concurrency
 
 
 def _by_type(value: object) -> Target:
