@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from . import firstrun, flood
 from .config import Config, Folder, SubmitOptions
 from .dispose import Disposal
 from .errors import EX_OK, EX_TEMPFAIL, IngestError, TrackerRefused
@@ -39,10 +40,12 @@ from .verdict import (
     by_rule,
     copy_of,
     crashed,
+    flooded,
     raced,
     resume,
     smime_failed,
     target_down,
+    too_old,
     unreadable,
 )
 
@@ -123,6 +126,10 @@ class _Pass:
             sum(self.config.concurrency(name) for name in self.config.targets))
         self.lonely: list[_Sent] = []  # refused among others: to be sent again alone
         self.refused: TrackerRefused | None = None  # a target refused our key: stop the pass
+        self.plan = firstrun.Plan([])
+        self.flood = folder.flood or self.config.flood
+        self.flood_folder = (folder.flood_folder or self.config.flood_folder
+                             or folder.loops_folder or self.config.loops_folder)
 
     def _limit(self, target: str) -> Callable[[], int]:
         """How many may be in flight to ``target`` now: its pace's, or the fixed number."""
@@ -135,7 +142,7 @@ class _Pass:
                                            self.mailbox.uidvalidity):
             log.warning("%s: UIDVALIDITY changed: every UID is new, so messages are matched "
                         "to earlier ones by Message-ID and content", self.where)
-        uids = self.mailbox.new_uids()
+        uids = self._started(self.mailbox.new_uids())
         self.records = self.ledger.records(self.report.account, self.folder.name,
                                            self.mailbox.uidvalidity, uids)
         progress = _Progress(self.where, len(uids)) if self.context.progress else None
@@ -179,6 +186,27 @@ class _Pass:
               folder=self.folder.name, new=len(uids), **self.report.counts)
         return self.report
 
+    def _started(self, uids: list[int]) -> list[int]:
+        """The UIDs this pass takes under the folder's start: and max_age:, the first run
+        recorded (after a warning, and a question on a terminal, over a big backlog)."""
+        account, name, start = self.report.account, self.folder.name, self.folder.start
+        started, now = self.ledger.started(account, name), time.time()
+        if started is None:
+            warning = firstrun.backlog_warning(self.where, len(uids),
+                                               self.config.backlog_warning)
+            if start.mode == "all" and warning:
+                log.warning("%s", warning)
+                if self.context.progress and sys.stdin.isatty() and not _confirm(len(uids)):
+                    log.warning("%s: left alone for now, as asked", self.where)
+                    self.report.counts["left"] += len(uids)
+                    return []
+            started = self.ledger.start(account, name, firstrun.Started(
+                self.mailbox.uidvalidity, firstrun.first_uid(start, uids), now,
+                start.since_at(now)))
+        self.plan = firstrun.plan(start, started, self.mailbox.uidvalidity, uids,
+                                  self.folder.max_age, now)
+        return self.plan.uids
+
     def _guarded(self, fetched: Fetched) -> None:
         """One message; a bug of ours that it sets off fails that message, not the pass."""
         try:
@@ -202,6 +230,11 @@ class _Pass:
             return
         if earlier.warning:
             log.warning("%s uid %d: %s", self.where, key.uid, earlier.warning)
+        cutoff = self.plan.cutoff
+        if (record is None and cutoff is not None and fetched.internaldate is not None
+                and fetched.internaldate.timestamp() < cutoff):
+            self._decide(key, message, fetched.size, "-", too_old(self.plan.why))
+            return
         if message is None:
             self._decide(key, None, fetched.size, "-", unreadable(
                 fetched.size, self.folder.max_message_size, fetched.raw is None, self.policy))
@@ -236,6 +269,9 @@ class _Pass:
         if target in self.down:
             self._decide(key, message, len(message.raw), decision.rule, target_down(target))
             return
+        if record is None and (held := self._flooded(message)) is not None:
+            self._decide(key, message, len(message.raw), "flood", held)
+            return
         begun = self._begin(key, message, decision.rule, target, digest, record)
         if isinstance(begun, Verdict):
             self._decide(key, message, len(message.raw), decision.rule, begun, target)
@@ -247,6 +283,17 @@ class _Pass:
                                  decision.submission(message.raw), decision.options, envelope)
         self.inflight.start(target, ties, _Sent(key, message, decision.rule, record, arrived,
                                                 target, time.monotonic(), send), send)
+
+    def _flooded(self, message: Message) -> Verdict | None:
+        """Counted by the flood breaker: None while under its limits, else the hold."""
+        if self.flood is None:
+            return None
+        over = self.ledger.admit(flood.limits(message, self.flood), time.time())
+        if over is None:
+            return None
+        self.context.metrics.flood_held.labels(self.report.account, self.folder.name,
+                                               over[0].partition(":")[0]).inc()
+        return flooded(flood.describe(*over, self.flood), self.flood_folder)
 
     def _begin(self, key: Key, message: Message, rule: str, target: str, digest: str,
                record: Record | None) -> Verdict | Record | None:
@@ -357,6 +404,12 @@ class _Pass:
               message_id=message.message_id if message else None, rule=rule, outcome=outcome,
               **fields)
 
+
+def _confirm(count: int) -> bool:
+    """Ask on the terminal whether a first run may ingest ``count`` messages."""
+    sys.stderr.write(f"Ingest all {count} messages now (each may become a ticket)? [y/N] ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 def _error(exc: Exception) -> str:
     """An exception as a short reason: its type and the start of its text."""

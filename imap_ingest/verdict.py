@@ -125,6 +125,19 @@ def by_rule(decision: Decision, policy: Policy) -> Verdict | None:
     return Verdict(result, decision.reason, State.DECIDED, to, level)
 
 
+def too_old(why: str) -> Verdict:
+    """Left alone by start: or max_age: marked, so no later pass looks at it again."""
+    return Verdict(Result.TOO_OLD, f"left alone: {why}", State.DECIDED,
+                   Disposition("mark", SKIPPED))
+
+
+def flooded(reason: str, folder: str | None) -> Verdict:
+    """Held by the flood breaker: to ``folder`` (else marked and kept), loudly."""
+    return Verdict(Result.HELD, reason, State.DECIDED,
+                   Disposition("move", folder) if folder else Disposition("mark", SKIPPED),
+                   logging.WARNING)
+
+
 def breaker_open(failures: int, next_try: float, policy: Policy, now: float) -> bool:
     """Whether a target that failed ``failures`` times in a row is to be left alone."""
     return not policy.retry_now and failures > 0 and next_try > now
