@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from .. import conditions, loops
+from .archive import Archive
 from .smime import SMime
 from .values import Duration, Model, Size, parse_size
 
@@ -144,3 +145,4 @@ class Folder(SubmitOptions):
     idle: bool | None = None  # IMAP IDLE for mail within a second; unset: when the server has it
     rules: list[Rule] = []
     smime: SMime | None = None  # S/MIME decrypt and verify before the rules
+    archive: Archive | None = None  # unset: the top-level archive:, if any

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import SecretStr, field_validator
 
-from ..config import Duration, HttpTarget, SubmitOptions
+from ..config import Duration, HttpTarget, SecretFromEnv, SecretFromFile, SubmitOptions
 from ..urls import origin, shown
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
@@ -31,6 +31,11 @@ class RtTarget(HttpTarget):
     action: str = "correspond"
     extension: Literal["queue", "ticket", "action"] | None = None
     timeout: Duration = 180.0
+    # A read-only REST 2.0 token (RT 5: the user's Auth Tokens page): which ticket a message
+    # became, and export-training. Unset: no ticket ids, everything else works.
+    rest_token: SecretStr | None = None
+    rest_token_file: SecretFromFile | None = None
+    rest_token_env: SecretFromEnv | None = None
 
     @field_validator("action")
     @classmethod
