@@ -22,12 +22,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
-
-import requests
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import Config, HttpTarget, Target, pick_secret
 from .message import Message
+
+if TYPE_CHECKING:
+    import requests
 
 BATCH = 100  # Message-IDs or tickets per request
 _ANSWER_LIMIT = 32 * 1024 * 1024  # a hundred Redmine issues carry their descriptions
@@ -108,14 +109,18 @@ class _Rest:
     """GET and POST JSON under a timeout, answers bounded; errors as LookupFailed."""
 
     def __init__(self, target: HttpTarget, headers: dict[str, str]) -> None:
+        import requests  # the HTTP stack only when looking up: deliver starts fast
+
         self.requests = 0
         self._timeout = target.timeout
-        self._http = requests.Session()
+        self._http: requests.Session = requests.Session()
         self._http.headers.update(headers)
         self._http.verify = str(target.ca_file) if target.ca_file else target.verify_tls
 
     def call(self, method: str, url: str, params: dict[str, str],
              body: object | None = None) -> Any:
+        import requests
+
         self.requests += 1
         try:
             with self._http.request(method, url, params=params, json=body,
