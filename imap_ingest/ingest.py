@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from . import firstrun, flood
+from .archive import Keeper
 from .config import Config, Folder, SubmitOptions
 from .dispose import Disposal
 from .errors import EX_OK, EX_TEMPFAIL, IngestError, TrackerRefused
@@ -126,6 +127,7 @@ class _Pass:
             sum(self.config.concurrency(name) for name in self.config.targets))
         self.lonely: list[_Sent] = []  # refused among others: to be sent again alone
         self.refused: TrackerRefused | None = None  # a target refused our key: stop the pass
+        self.keeper = Keeper(self.config, self.ledger, self.config.archive_for(folder))
         self.plan = firstrun.Plan([])
         self.flood = folder.flood or self.config.flood
         self.flood_folder = (folder.flood_folder or self.config.flood_folder
@@ -168,6 +170,10 @@ class _Pass:
             self.disposal.flush()
             if progress:
                 progress.close()
+            for sent, ticket in self.keeper.tickets():
+                event(log, logging.INFO, f"{sent.where}: became ticket {ticket}",
+                      account=self.report.account, folder=self.folder.name,
+                      message_id=sent.message_id, ticket=ticket)
         # Answered without their bytes: left for the next pass, so --once exits 75.
         self.report.counts["left"] += len(self.mailbox.unfetched)
         if self.refused:
@@ -360,10 +366,13 @@ class _Pass:
             self.failing[target] = (self.failing[target][0] + 1, self.ledger.target_failed(
                 target, outcome.reason, self.policy.backoff,
                 at_least=outcome.retry_after or 0.0))
-        self.ledger.answered(key, target, verdict.state, verdict.result, verdict.reason,
-                             status=outcome.status, ticket=verdict.ticket,
-                             dispose_to=verdict.to, next_try=verdict.next_try,
-                             attempt=verdict.attempt)
+        record = self.ledger.answered(key, target, verdict.state, verdict.result,
+                                      verdict.reason, status=outcome.status,
+                                      ticket=verdict.ticket, dispose_to=verdict.to,
+                                      next_try=verdict.next_try, attempt=verdict.attempt)
+        if verdict.result is Result.SUBMITTED:
+            self.keeper.took(record, sent.message, target, verdict.ticket,
+                             f"{self.where} uid {key.uid}")
         if verdict.stop:
             self.refused = self.refused or TrackerRefused(
                 f"{self.where}: target {target}: {outcome.reason}; no message touched, "
