@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import regex
 
-from .config.values import parse_size
 from .message import Message
 
 log = logging.getLogger(__name__)
@@ -102,6 +101,8 @@ def parse(item: str | dict[str, str]) -> Condition:
 
 def _bytes(text: str) -> int | None:
     """The size ``text`` says as config sizes are written, or None: then it is a regex."""
+    from .config.values import parse_size  # the config package imports this module
+
     try:
         return parse_size(text)
     except ValueError:
