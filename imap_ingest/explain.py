@@ -79,13 +79,13 @@ def _preview(config: Config, account: Account, folder: str, message: Message,
     envelope = Envelope.of(account, message, folder)
     if envelope.subaddress:
         print(f"  sub-address: {envelope.subaddress}")
-    url, fields = tracker.preview(decision.submission(message.raw), options, envelope)
+    action, fields = tracker.preview(decision.submission(message.raw), options, envelope)
     tracker.close()
     if edits := decision.edits:
         done = [f"removed {', '.join(edits.remove_header)}" if edits.remove_header else "",
                 f"set {', '.join(edits.set_header)}" if edits.set_header else "",
                 f"From taken from {edits.from_header}" if edits.from_header else ""]
         print(f"  header edits: {'; '.join(filter(None, done))}")
-    print(f"  target {target}: POST {url}")
+    print(f"  target {target}: {action}")
     for name, value in fields:
         print(f"    {name} = {value}")
