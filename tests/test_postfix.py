@@ -104,8 +104,7 @@ def test_not_ok_is_spooled_delivered_and_shown_in_status(trackers: Trackers,
 
 def test_tracker_down_is_queued_by_postfix_then_delivered_once(trackers: Trackers,
                                                                mta: Postfix) -> None:
-    """RT down: exit 75 keeps the mail in Postfix's queue; once RT is up, a flush delivers
-    it, and a second flush finds nothing left to deliver."""
+    """RT down: 75 keeps it in Postfix's queue; RT up, a flush delivers it exactly once."""
     raw = make(subject="while RT was down")
     mta.send(raw, "later")
     mta.wait_for(r"to=<later@.*status=deferred")
