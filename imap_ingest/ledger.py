@@ -21,9 +21,10 @@ from typing import Literal
 from .backoff import Backoff
 from .errors import ConfigError, IngestError
 from .files import private_file
+from .firstrun import Started
 from .states import Disposition, Result, State
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Dedupe = Literal["message-id", "content", "off"]
 
@@ -56,6 +57,13 @@ CREATE INDEX attempts_message ON attempts (message);
 CREATE TABLE targets (
     name TEXT PRIMARY KEY, failures INTEGER NOT NULL, next_try REAL,
     last_error TEXT, last_error_at REAL);
+CREATE TABLE flood (              -- schema 2: one row per message let through, per limit key
+    key TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX flood_key ON flood (key, at);
+CREATE TABLE starts (             -- schema 2: where a folder's first run started
+    account TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
+    first_uid INTEGER NOT NULL, at REAL NOT NULL, since REAL,
+    PRIMARY KEY (account, folder));
 """
 
 # Rows in these states stand for a message the tracker has, or may have, or will get;
@@ -162,10 +170,13 @@ class Ledger:
         # IF NOT EXISTS and one immediate transaction: two processes may start at once.
         schema = _SCHEMA.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS").replace(
             "CREATE INDEX", "CREATE INDEX IF NOT EXISTS")
+        # From schema 1, the step to 2 is the tables schema 2 added, which the script just
+        # created; so the version is bumped in the same transaction.
         with self._lock:
             self._db.executescript(
                 f"BEGIN IMMEDIATE; {schema} INSERT OR IGNORE INTO meta "
-                f"VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+                f"VALUES ('schema_version', '{SCHEMA_VERSION}'); UPDATE meta SET value = "
+                f"'{SCHEMA_VERSION}' WHERE key = 'schema_version' AND value = '1'; COMMIT;")
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if int(row[0]) > SCHEMA_VERSION:
             raise LedgerError(f"ledger {self.path}: written by a newer imap-ingest (schema "
@@ -374,6 +385,46 @@ class Ledger:
                         for row in rows]
             finally:
                 self._db.row_factory = None
+
+    # -- flood limits and first runs ------------------------------------------------------
+
+    def admit(self, limits: list[tuple[str, int, float]], now: float) -> tuple[str, int] | None:
+        """Count a message against each (key, limit, window in seconds): None when it is
+        under every limit (then it is counted under each key), else the first key that is at
+        its limit and how many it let through in the window. One transaction, so passes and
+        processes sharing the ledger share the count."""
+        with self._transaction() as db:
+            for key, limit, window in limits:
+                db.execute("DELETE FROM flood WHERE key = ? AND at <= ?", (key, now - window))
+                count = db.execute("SELECT count(*) FROM flood WHERE key = ?",
+                                   (key,)).fetchone()[0]
+                if count >= limit:
+                    return key, count
+            db.executemany("INSERT INTO flood VALUES (?, ?)", [(key, now) for key, *_ in limits])
+        return None
+
+    def started(self, account: str, folder: str) -> Started | None:
+        """Where the folder's first run started; None before it (and for a folder the ledger
+        knew before schema 2: then Started(..., 0, ...), see ``start``)."""
+        with self._lock:
+            row = self._db.execute("SELECT uidvalidity, first_uid, at, since FROM starts "
+                                   "WHERE account = ? AND folder = ?",
+                                   (account, folder)).fetchone()
+            if row is None and self._db.execute(
+                    "SELECT 1 FROM messages WHERE account = ? AND folder = ? LIMIT 1",
+                    (account, folder)).fetchone():
+                return Started(0, 0, 0.0, None)  # ingested before there were starts
+        return Started(*row) if row else None
+
+    def start(self, account: str, folder: str, started: Started) -> Started:
+        """Record the folder's first run, unless another process did first: what holds."""
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO starts VALUES (?, ?, ?, ?, ?, ?)",
+                       (account, folder, started.uidvalidity, started.first_uid, started.at,
+                        started.since))
+            row = db.execute("SELECT uidvalidity, first_uid, at, since FROM starts WHERE "
+                             "account = ? AND folder = ?", (account, folder)).fetchone()
+        return Started(*row)
 
     def pending(self) -> list[tuple[str, str, float | None, int, int, int, int, str | None]]:
         """Per folder: (account, folder, oldest first_seen still pending, waiting, held,

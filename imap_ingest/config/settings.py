@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ..urls import origin
 from .accounts import Account
 from .alerting import Alert
-from .folders import CheckName, Rule, SubmitOptions
+from .folders import AllowSenders, CheckName, Flood, Rule, SubmitOptions
 from .routes import Route
 from .targets import AnyTarget, HttpTarget, in_clear_off_loopback
 from .values import Duration, Model, is_loopback, parse_duration
@@ -74,6 +74,10 @@ class Config(BaseSettings):
     rules: dict[str, Rule] = {}
     loops_folder: str | None = None
     loop_checks: dict[CheckName, bool] = {}
+    allow_senders: list[AllowSenders] = []  # for every folder, with each folder's own
+    flood: Flood | None = None  # for every folder without its own
+    flood_folder: str | None = None  # unset: loops_folder
+    backlog_warning: Annotated[int, Field(ge=0)] = 500  # a first run over more: warn, ask
     state_dir: Path = Field(default_factory=default_state_dir)
     # YAML 1.1 reads a bare `off` as false.
     dedupe: Annotated[Literal["message-id", "content", "off"],

@@ -8,6 +8,7 @@ ends) and the handler options. Redmine answers 201 (taken; the issue id is not r
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Literal
 
 from ..config import (
@@ -167,6 +168,7 @@ class Redmine:
         self._target = target
         self._url = f"{target.url}/mail_handler"
         self._http = Client(target)
+        self.pace = self._http.pace
 
     def submit(self, raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
         data = Form(form(raw, options, self._target))
@@ -174,8 +176,9 @@ class Redmine:
             "Content-Type": "application/x-www-form-urlencoded"})
         if isinstance(answer, Outcome):
             return answer
-        return classify(answer.status_code, answer.text,
-                        retry_after(answer.headers.get("Retry-After")), len(data))
+        return replace(classify(answer.status_code, answer.text,
+                                retry_after(answer.headers.get("Retry-After")), len(data)),
+                       crowded=answer.crowded)
 
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
