@@ -13,10 +13,9 @@ from dataclasses import dataclass, replace
 from .backoff import Backoff
 from .config import Config, Folder
 from .ledger import Earlier, Record
-from .mailbox import FAILED, SKIPPED
 from .rules import Act, Decision
 from .stamps import local
-from .states import Disposition, Result, State
+from .states import FAILED, SKIPPED, Disposition, Result, State
 from .trackers import Kind, Outcome
 
 
