@@ -7,6 +7,7 @@ without being sent again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -14,10 +15,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from . import firstrun, flood
+from .archive import Keeper
 from .config import Config, Folder, SubmitOptions
 from .dispose import Disposal
 from .errors import EX_OK, EX_TEMPFAIL, IngestError, TrackerRefused
@@ -30,7 +32,7 @@ from .rules import Decision, RuleSet
 from .smime import Gate
 from .source import Fetched, Source
 from .states import Result
-from .trackers import Envelope, Kind, Outcome, Tracker
+from .trackers import Envelope, Kind, Outcome, Paced, Tracker
 from .verdict import (
     Policy,
     Verdict,
@@ -75,6 +77,7 @@ class _Sent:
     arrived: datetime | None
     target: str
     started: float  # time.monotonic()
+    send: Callable[[], Outcome]
 
 
 @dataclass(frozen=True)
@@ -119,13 +122,24 @@ class _Pass:
         self.down: set[str] = set()  # targets not to contact again during this pass
         self.failing: dict[str, tuple[int, float]] = {}  # target: (failures, next try)
         self.records: dict[int, Record] = {}  # what the ledger knew of this pass's UIDs
+        self.paces = {name: tracker.pace for name, tracker in context.trackers.items()
+                      if isinstance(tracker, Paced)}
         self.inflight: InFlight[_Sent] = InFlight(
-            {name: self.config.concurrency(name) for name in self.config.targets})
+            {name: self._limit(name) for name in self.config.targets},
+            sum(self.config.concurrency(name) for name in self.config.targets))
+        self.lonely: list[_Sent] = []  # refused among others: to be sent again alone
         self.refused: TrackerRefused | None = None  # a target refused our key: stop the pass
+        self.keeper = Keeper(self.config, self.ledger, self.config.archive_for(folder))
         self.plan = firstrun.Plan([])
         self.flood = folder.flood or self.config.flood
         self.flood_folder = (folder.flood_folder or self.config.flood_folder
                              or folder.loops_folder or self.config.loops_folder)
+
+    def _limit(self, target: str) -> Callable[[], int]:
+        """How many may be in flight to ``target`` now: its pace's, or the fixed number."""
+        if (pace := self.paces.get(target)) is not None:
+            return lambda: pace.limit
+        return functools.partial(self.config.concurrency, target)
 
     def run(self) -> PassReport:
         if self.ledger.uidvalidity_changed(self.report.account, self.folder.name,
@@ -158,6 +172,10 @@ class _Pass:
             self.disposal.flush()
             if progress:
                 progress.close()
+            for sent, ticket in self.keeper.tickets():
+                event(log, logging.INFO, f"{sent.where}: became ticket {ticket}",
+                      account=self.report.account, folder=self.folder.name,
+                      message_id=sent.message_id, ticket=ticket)
         # Answered without their bytes: left for the next pass, so --once exits 75.
         self.report.counts["left"] += len(self.mailbox.unfetched)
         if self.refused:
@@ -267,11 +285,14 @@ class _Pass:
             self._decide(key, message, len(message.raw), decision.rule, begun, target)
             return
         record = begun
-        envelope = Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid)
+        envelope = replace(
+            Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid),
+            ticket=self.ledger.thread_ticket(target, message.replies_to()))
+        send = functools.partial(_sending, self.where, key.uid,
+                                 self.context.trackers[target].submit,
+                                 decision.submission(message.raw), decision.options, envelope)
         self.inflight.start(target, ties, _Sent(key, message, decision.rule, record, arrived,
-                                                target, time.monotonic()), functools.partial(
-            _sending, self.where, key.uid, self.context.trackers[target].submit,
-            decision.submission(message.raw), decision.options, envelope))
+                                                target, time.monotonic(), send), send)
 
     def _flooded(self, message: Message) -> Verdict | None:
         """Counted by the flood breaker: None while under its limits, else the hold."""
@@ -318,11 +339,28 @@ class _Pass:
         for sent, outcome in answers:
             self.context.beat()
             self._answer(sent, outcome)
+        while self.lonely:
+            self._alone(self.lonely.pop(0))
+
+    def _alone(self, sent: _Sent) -> None:
+        """Send a message refused among others again, with nothing else in flight to its
+        target (from any folder), and take that answer as the tracker's word."""
+        self._record(self.inflight.drain(sent.target))
+        pace = self.paces.get(sent.target)
+        with pace.alone() if pace else contextlib.nullcontext():
+            outcome = replace(sent.send(), crowded=False)  # alone, whatever the Client saw
+        if pace and outcome.kind is Kind.SUCCESS:
+            pace.conflicted()  # the refusal was the crowd's doing: fewer at once
+        self._answer(sent, outcome)
 
     def _answer(self, sent: _Sent, outcome: Outcome) -> None:
         """Record what the tracker said of one message, and queue what becomes of it."""
         key, target = sent.key, sent.target
         verdict = answer(outcome, sent.record, self.policy, time.time())
+        if verdict.alone:
+            log.info("%s uid %d: %s", self.where, key.uid, verdict.reason)
+            self.lonely.append(sent)
+            return
         assert verdict.state is not None  # every answer is recorded
         if outcome.kind is Kind.SUCCESS:
             self.context.metrics.submitted(key.account, key.folder, target,
@@ -332,10 +370,13 @@ class _Pass:
             self.failing[target] = (self.failing[target][0] + 1, self.ledger.target_failed(
                 target, outcome.reason, self.policy.backoff,
                 at_least=outcome.retry_after or 0.0))
-        self.ledger.answered(key, target, verdict.state, verdict.result, verdict.reason,
-                             status=outcome.status, ticket=verdict.ticket,
-                             dispose_to=verdict.to, next_try=verdict.next_try,
-                             attempt=verdict.attempt)
+        record = self.ledger.answered(key, target, verdict.state, verdict.result,
+                                      verdict.reason, status=outcome.status,
+                                      ticket=verdict.ticket, dispose_to=verdict.to,
+                                      next_try=verdict.next_try, attempt=verdict.attempt)
+        if verdict.result is Result.SUBMITTED:
+            self.keeper.took(record, sent.message, target, verdict.ticket,
+                             f"{self.where} uid {key.uid}")
         if verdict.stop:
             self.refused = self.refused or TrackerRefused(
                 f"{self.where}: target {target}: {outcome.reason}; no message touched, "

@@ -24,7 +24,7 @@ from .files import private_file
 from .firstrun import Started
 from .states import Disposition, Result, State
 
-SCHEMA_VERSION = 3  # 2: flood, starts; 3: uidls
+SCHEMA_VERSION = 2  # 2: the flood, starts, archived and uidls tables
 
 Dedupe = Literal["message-id", "content", "off"]
 
@@ -64,7 +64,12 @@ CREATE TABLE starts (             -- schema 2: where a folder's first run starte
     account TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
     first_uid INTEGER NOT NULL, at REAL NOT NULL, since REAL,
     PRIMARY KEY (account, folder));
-CREATE TABLE uidls (              -- schema 3: a POP3 message's UIDL, and the UID it stands under
+CREATE TABLE archived (
+    message INTEGER PRIMARY KEY REFERENCES messages (id),
+    path TEXT NOT NULL, at REAL NOT NULL,
+    exported TEXT, exported_at REAL);  -- spam | ham: written out for training, once
+CREATE INDEX archived_at ON archived (at);
+CREATE TABLE uidls (              -- schema 2: a POP3 message's UIDL, and the UID it stands under
     uid INTEGER PRIMARY KEY, account TEXT NOT NULL, folder TEXT NOT NULL, uidl TEXT NOT NULL,
     UNIQUE (account, folder, uidl));
 """
@@ -173,14 +178,13 @@ class Ledger:
         # IF NOT EXISTS and one immediate transaction: two processes may start at once.
         schema = _SCHEMA.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS").replace(
             "CREATE INDEX", "CREATE INDEX IF NOT EXISTS")
-        # From schema 1 or 2, each step up is only the tables it added, which the script
-        # just created; so the version is bumped in the same transaction.
+        # From schema 1, the step to 2 is the tables schema 2 added, which the script just
+        # created; so the version is bumped in the same transaction.
         with self._lock:
             self._db.executescript(
                 f"BEGIN IMMEDIATE; {schema} INSERT OR IGNORE INTO meta "
                 f"VALUES ('schema_version', '{SCHEMA_VERSION}'); UPDATE meta SET value = "
-                f"'{SCHEMA_VERSION}' WHERE key = 'schema_version' AND value IN ('1', '2'); "
-                "COMMIT;")
+                f"'{SCHEMA_VERSION}' WHERE key = 'schema_version' AND value = '1'; COMMIT;")
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if int(row[0]) > SCHEMA_VERSION:
             raise LedgerError(f"ledger {self.path}: written by a newer imap-ingest (schema "
@@ -314,9 +318,9 @@ class Ledger:
     def answered(self, key: Key, target: str, state: State, outcome: Result, reason: str, *,
                  status: int | None = None, ticket: str | None = None,
                  dispose_to: Disposition | None = None,
-                 next_try: float | None = None, attempt: bool = True) -> None:
+                 next_try: float | None = None, attempt: bool = True) -> int:
         """Record the tracker's answer and the message's new state; ``attempt`` counts it
-        against the message's max_attempts."""
+        against the message's max_attempts. Returns the message's record id."""
         now = time.time()
         with self._transaction() as db:
             row = db.execute(
@@ -327,6 +331,7 @@ class Ledger:
                  key.account, key.folder, key.uidvalidity, key.uid)).fetchone()
             db.execute("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (row[0], now, target, outcome, status, ticket, reason))
+        return int(row[0])
 
     def decided(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
                 outcome: Result, reason: str, dispose_to: Disposition,
@@ -370,6 +375,18 @@ class Ledger:
                 "SELECT id FROM messages WHERE account = ? AND folder = ? AND outcome IN "
                 f"('{Result.FAILED}', '{Result.QUARANTINED}')", (account, folder)).fetchall()
         return [id for id, in rows]
+
+    def thread_ticket(self, target: str, message_ids: list[str]) -> str | None:
+        """The ticket the latest of these messages became at ``target``, if known."""
+        if not message_ids:
+            return None
+        marks = ", ".join("?" * len(message_ids))
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT ticket FROM messages WHERE target = ? AND message_id IN ({marks}) "
+                "AND ticket IS NOT NULL ORDER BY updated DESC LIMIT 1",
+                (target, *message_ids)).fetchone()
+        return None if row is None else str(row[0])
 
     def release(self, ids: list[int]) -> None:
         """Forget that these records may be in the tracker: `retry` sends the message again."""
@@ -512,6 +529,67 @@ class Ledger:
         with self._transaction() as db:
             db.execute("UPDATE targets SET failures = 0, next_try = NULL WHERE name = ?",
                        (name,))
+
+    # -- the archive and the tickets messages became ---------------------------------------
+
+    def archived(self, message: int, path: Path) -> None:
+        """The message of record ``message`` is archived at ``path``."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO archived (message, path, at) VALUES (?, ?, ?)",
+                       (message, str(path), time.time()))
+
+    def tickets_found(self, found: dict[int, str]) -> None:
+        """The tickets these records became, as the tracker told us after the fact."""
+        with self._transaction() as db:
+            db.executemany("UPDATE messages SET ticket = ? WHERE id = ?",
+                           [(ticket, id) for id, ticket in found.items()])
+
+    def unexported(self, since: float) -> list[Archived]:
+        """What is archived since then and not yet exported for training, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT m.id, m.message_id, m.hash, m.target, m.ticket, a.path, a.at "
+                "FROM archived AS a JOIN messages AS m ON m.id = a.message "
+                "WHERE a.exported IS NULL AND a.at >= ? ORDER BY a.at", (since,)).fetchall()
+        return [Archived(id, message_id, digest, target, ticket, Path(path), at)
+                for id, message_id, digest, target, ticket, path, at in rows]
+
+    def exported(self, ids: list[int], kind: str) -> None:
+        """These archived messages are written out for training as ``kind``."""
+        with self._transaction() as db:
+            db.executemany("UPDATE archived SET exported = ?, exported_at = ? WHERE message = ?",
+                           [(kind, time.time(), id) for id in ids])
+
+    def unarchive(self, before: float, under: Path) -> list[Path]:
+        """Forget what was archived under that directory before then; the paths, for
+        their files to go too."""
+        prefix = f"{under}/"
+        with self._transaction() as db:
+            rows = db.execute("DELETE FROM archived WHERE at < ? AND substr(path, 1, ?) = ? "
+                              "RETURNING path", (before, len(prefix), prefix)).fetchall()
+        return [Path(path) for path, in rows]
+
+    def archive_summary(self) -> tuple[int, int, int, int]:
+        """(messages archived, of which with a known ticket, exported as spam, as ham)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT count(*), count(m.ticket), coalesce(sum(a.exported = 'spam'), 0), "
+                "coalesce(sum(a.exported = 'ham'), 0) FROM archived AS a "
+                "JOIN messages AS m ON m.id = a.message").fetchone()
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
+@dataclass(frozen=True, slots=True)
+class Archived:
+    """An archived message not yet exported for training."""
+
+    id: int  # its record
+    message_id: str | None
+    digest: str
+    target: str
+    ticket: str | None
+    path: Path
+    at: float
 
 
 @contextmanager

@@ -30,12 +30,10 @@ from .config import Account
 from .errors import AuthFailed, ConnectionLost, FolderMissing, LoginRefused, MailboxError
 from .oauth import Tokens
 from .source import Fetched
+from .states import FAILED, SKIPPED
 
 log = logging.getLogger(__name__)
 
-# Keywords that remember, on the server, a message we must not look at again.
-FAILED = "$ImapIngestFailed"
-SKIPPED = "$ImapIngestSkipped"
 SEEN = "\\Seen"
 _DELETED = "\\Deleted"
 

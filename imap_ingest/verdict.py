@@ -13,10 +13,9 @@ from dataclasses import dataclass, replace
 from .backoff import Backoff
 from .config import Config, Folder
 from .ledger import Earlier, Record
-from .mailbox import FAILED, SKIPPED
 from .rules import Act, Decision
 from .stamps import local
-from .states import Disposition, Result, State
+from .states import FAILED, SKIPPED, Disposition, Result, State
 from .trackers import Kind, Outcome
 
 
@@ -59,6 +58,7 @@ class Verdict:
     ticket: str | None = None
     target_ok: bool | None = None  # True: the target works again; False: it failed for now
     stop: bool = False  # the target refused our key: stop the folder, log nothing
+    alone: bool = False  # send it again now, with nothing else in flight to the target
 
     @property
     def text(self) -> str:
@@ -179,6 +179,14 @@ def answer(outcome: Outcome, record: Record | None, policy: Policy, now: float) 
     if outcome.kind is Kind.SUCCESS:
         return Verdict(Result.SUBMITTED, outcome.reason, State.SUBMITTED, policy.success_to,
                        ticket=outcome.ticket, target_ok=True)
+    if outcome.crowded and outcome.kind is Kind.PERMANENT and not (
+            outcome.partial or outcome.in_doubt):
+        # Refused while others were in flight: maybe their conflict, not the message (on
+        # SQLite, Redmine answers 422 to "database is locked"), so only a refusal alone
+        # counts. Sending it again doubles nothing: a refusal means the tracker kept
+        # nothing of it (docs/concurrency.md, for each tracker), a partial one is excluded.
+        return Verdict(Result.DEFERRED, f"{outcome.reason}, with others in flight: "
+                       "sending it again alone", alone=True)
     if outcome.in_doubt and not policy.resubmit_in_doubt:
         return replace(in_doubt(outcome.reason, policy),
                        target_ok=False if outcome.kind is Kind.TEMPORARY else None)

@@ -215,7 +215,7 @@ def test_retry_after_is_bounded_by_the_cap(ledger: Ledger) -> None:
 
 
 def test_schema_two_ledger_gains_the_uidls_table(tmp_path: Path) -> None:
-    """A ledger of schema 2 (no uidls table) opens, is brought to 3, and maps UIDLs."""
+    """A schema 2 ledger written before the uidls table opens, gains it, and maps UIDLs."""
     Ledger.open(tmp_path).close()
     with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
         db.executescript("DROP TABLE uidls; "
@@ -228,4 +228,20 @@ def test_schema_two_ledger_gains_the_uidls_table(tmp_path: Path) -> None:
     finally:
         ledger.close()
     with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
-        assert db.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION) == "3"
+        assert db.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION) == "2"
+
+
+def test_schema_1_ledger_is_migrated_to_2(tmp_path: Path) -> None:
+    """A ledger of schema 1 (no archived table) opens, gains the table and says version 2."""
+    path = tmp_path / "ledger.sqlite3"
+    Ledger(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE archived")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.close()
+    ledger = Ledger(path)
+    assert ledger.archive_summary() == (0, 0, 0, 0)
+    ledger.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta").fetchone() == ("2",)
+    db.close()

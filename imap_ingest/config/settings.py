@@ -13,7 +13,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ..urls import origin
 from .accounts import Account
 from .alerting import Alert
-from .folders import AllowSenders, CheckName, Flood, Rule, SubmitOptions
+from .archive import Archive
+from .folders import AllowSenders, CheckName, Flood, Folder, Rule, SubmitOptions
 from .routes import Route
 from .targets import AnyTarget, HttpTarget, in_clear_off_loopback
 from .values import Duration, Model, is_loopback, parse_duration
@@ -89,6 +90,7 @@ class Config(BaseSettings):
     http: Http | None = None
     alert: Alert = Alert()
     console: Console | None = None
+    archive: Archive | None = None  # every folder's and route's, unless it has its own
     shutdown_grace: Duration = 30.0  # on SIGTERM, how long the message in hand may take
 
     @classmethod
@@ -145,6 +147,10 @@ class Config(BaseSettings):
     def concurrency(self, target: str) -> int:
         """How many requests ``target`` may have in flight."""
         return self.targets[target].max_in_flight()
+
+    def archive_for(self, folder: Folder) -> Archive | None:
+        """Where what ``folder`` hands to a tracker is archived, if anywhere."""
+        return folder.archive or self.archive
 
     def target_for(self, options: SubmitOptions) -> str:
         """The target a message with these options goes to."""
