@@ -28,11 +28,11 @@ from . import spool
 from .config import Account
 from .errors import EX_CONFIG, AuthFailed, ConnectionLost, LoginRefused, MailboxError
 from .ledger import Ledger, Record
-from .mailbox import _SLOWEST, FAILED, _Reader, _text, _tls_context
+from .mailbox import _SLOWEST, _Reader, _text, _tls_context
 from .mailbox import _lost as lost
 from .oauth import Tokens
 from .source import Fetched
-from .states import Result, State
+from .states import FAILED, Result, State
 
 log = logging.getLogger(__name__)
 
