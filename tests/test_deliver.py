@@ -157,13 +157,14 @@ def failure_folder_config(path: Path, imap: ImapAccount, rt: RecordingServer,
 
 def test_refusal_goes_to_the_failure_folder_else_the_spool(rt: RecordingServer, imap: ImapAccount,
                                                            tmp_path: Path) -> None:
-    """`not ok` appends the mail to failure_folder (created); IMAP down: the spool; 0 both."""
+    """`not ok` appends to failure_folder (created, keyword set); IMAP down: spool; 0 both."""
     rt.answer = lambda request: NOT_OK
     config = failure_folder_config(tmp_path / "c.yaml", imap, rt)
     raw = make(subject="refused")
     done = pipe(raw, "deliver", "-c", str(config), "--route", "bugs")
     assert done.returncode == 0, done.stderr
-    assert [body for _, body in imap.messages("Refused").values()] == [raw]
+    [(flags, body)] = imap.messages("Refused").values()
+    assert body == raw and b"$ImapIngestFailed" in flags
     assert b"kept in IMAP folder Refused of account test" in done.stderr
     assert list(tmp_path.glob("spool/bugs/*")) == []
     status = subprocess.run(command("status", "-c", str(config)), cwd=ROOT, capture_output=True,
