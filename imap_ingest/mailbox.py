@@ -25,10 +25,18 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from imapclient import IMAPClient, SocketTimeout
-from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError, ProtocolError
 
 from .config import Account
-from .errors import AuthFailed, ConnectionLost, FolderMissing, LoginRefused, MailboxError
+from .errors import (
+    AuthFailed,
+    CommandRefused,
+    ConnectionLost,
+    FolderMissing,
+    LoginRefused,
+    MailboxError,
+)
+from .namespace import Namespace
 from .oauth import Tokens
 
 log = logging.getLogger(__name__)
@@ -84,14 +92,18 @@ class Mailbox:
         self._broken = False  # a command failed half-way: the session cannot go on
         if tokens is None and account.uses_token:
             tokens = Tokens(account)
-        with self._errors():
-            self._client, self._reader = _connect(account, tokens)
-        with self._errors():
-            caps = self._client.capabilities()
+        try:
+            with self._errors():
+                self._client, self._reader = _connect(account, tokens)
+            with self._errors():
+                caps = self._client.capabilities()
+        except CommandRefused as exc:  # STARTTLS or CAPABILITY refused: no session at all
+            raise ConnectionLost(exc.reason, account=account.name) from None
         self._has_move = b"MOVE" in caps
         self._has_uidplus = b"UIDPLUS" in caps
         self._has_idle = b"IDLE" in caps
         self._keywords = False
+        self._namespace: Namespace | None = None
         log.debug("account %s: moving with %s", account.name,
                   "MOVE" if self._has_move else "COPY + \\Deleted + UID EXPUNGE")
         if not self._has_uidplus:
@@ -120,6 +132,30 @@ class Mailbox:
     def has_idle(self) -> bool:
         return self._has_idle
 
+    @property
+    def namespace(self) -> Namespace:
+        """The server's personal namespace and separator, asked once per session."""
+        if self._namespace is None:
+            with self._errors():
+                if self._client.has_capability("NAMESPACE"):
+                    self._namespace = Namespace.of(*self._client.namespace())
+                else:
+                    # LIST "" "" answers with the separator alone (RFC 3501 6.3.8).
+                    listed = self._client.list_folders("", "")
+                    self._namespace = Namespace.of([("", listed[0][1] if listed else None)])
+            log.debug("account %s: namespace %r, separator %r", self.account.name,
+                      self._namespace.prefix, self._namespace.separator)
+        return self._namespace
+
+    def resolve(self, folder: str) -> str:
+        """The server's name for a configured folder name (see namespace.py)."""
+        return self.namespace.resolve(folder)
+
+    def exists(self, folder: str) -> bool:
+        """Whether the configured ``folder`` exists on the server."""
+        with self._errors(folder):
+            return bool(self._client.folder_exists(self.resolve(folder)))
+
     def select(self, folder: str, readonly: bool = False) -> None:
         """Open ``folder``, read-write unless ``readonly``. On a kept connection where it is
         already open, a NOOP brings its news instead: re-opening costs the server a scan of
@@ -132,11 +168,12 @@ class Mailbox:
                 # messages may be below what we have seen, so the next search covers all.
                 self._search_all = True
             return
+        name = self.resolve(folder)
         with self._errors(folder):
-            if not self._client.folder_exists(folder):
-                raise FolderMissing("the folder does not exist", account=self.account.name,
+            if not self._client.folder_exists(name):
+                raise FolderMissing(_missing(folder, name), account=self.account.name,
                                     folder=folder)
-            state = self._client.select_folder(folder, readonly=readonly)
+            state = self._client.select_folder(name, readonly=readonly)
         if b"UIDVALIDITY" not in state:
             # Without it no UID can be remembered safely; the other folders may still work.
             raise MailboxError("the server's SELECT answer has no UIDVALIDITY (RFC 3501 "
@@ -240,7 +277,7 @@ class Mailbox:
         if self._has_move:
             self._ensure(folder)
             with self._errors(self.folder):
-                self._client.move(uids, folder)
+                self._client.move(uids, self.resolve(folder))
             self._unsettled.difference_update(uids)
             return
         self.copy(uids, folder)
@@ -251,7 +288,7 @@ class Mailbox:
         if uids:
             self._ensure(folder)
             with self._errors(self.folder):
-                self._client.copy(uids, folder)
+                self._client.copy(uids, self.resolve(folder))
 
     def mark(self, uids: Sequence[int], keyword: str) -> None:
         """Remember on the server not to look at these again: a keyword, else \\Seen."""
@@ -298,10 +335,15 @@ class Mailbox:
     def _ensure(self, folder: str) -> None:
         if folder in self._known_folders:
             return
-        with self._errors(folder):
-            if not self._client.folder_exists(folder):
-                self._client.create_folder(folder)
-                log.info("account %s: created folder %s", self.account.name, folder)
+        name = self.resolve(folder)
+        try:
+            with self._errors(folder):
+                if not self._client.folder_exists(name):
+                    self._client.create_folder(name)
+                    log.info("account %s: created folder %s", self.account.name, name)
+        except CommandRefused as exc:
+            raise CommandRefused(f"cannot create folder {name}: {exc.reason}",
+                                 account=self.account.name, folder=folder) from None
         self._known_folders.add(folder)
 
     @contextmanager
@@ -319,13 +361,23 @@ class Mailbox:
             raise
         except LoginError as exc:
             raise LoginRefused(f"login refused: {_text(exc)}", account=name) from None
-        except (OSError, IMAPClientError) as exc:
+        except (OSError, IMAPClientAbortError, ProtocolError) as exc:
             # What the server sends next may be the rest of an answer: log out no more.
             self._broken = True
             raise ConnectionLost(_lost(exc), account=name, folder=folder) from None
+        except IMAPClientError as exc:
+            # A tagged NO or BAD ends its command, not the session.
+            raise CommandRefused(f"server said: {_text(exc)}", account=name,
+                                 folder=folder) from None
         finally:
             if self._reader is not None:
                 self._reader.limit(math.inf, _MAX_LITERAL)
+
+
+def _missing(folder: str, name: str) -> str:
+    if name == folder:
+        return "the folder does not exist"
+    return f"the folder does not exist (as {name} on this server)"
 
 
 def _lost(exc: OSError | IMAPClientError) -> str:
