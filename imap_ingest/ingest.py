@@ -51,10 +51,12 @@ class PassReport:
     account: str
     folder: str
     counts: Counter[str] = field(default_factory=Counter)
+    undisposed: int = 0  # decided, but the server refused to move or mark them
 
     @property
     def exit_code(self) -> int:
-        return EX_TEMPFAIL if self.counts[Result.DEFERRED] or self.counts["left"] else EX_OK
+        return (EX_TEMPFAIL if self.counts[Result.DEFERRED] or self.counts["left"]
+                or self.undisposed else EX_OK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,7 @@ class _Pass:
                 progress.close()
         # Answered without their bytes: left for the next pass, so --once exits 75.
         self.report.counts["left"] += len(self.mailbox.unfetched)
+        self.report.undisposed = self.disposal.refused
         if self.refused:
             raise self.refused
         if self.context.stop.is_set() and (left := len(uids) - self.report.counts.total()):
@@ -254,7 +257,7 @@ class _Pass:
                                 message.digest() if message else "", rule, verdict.result,
                                 verdict.reason, verdict.to)
         if verdict.to is not None:
-            self.disposal.add(key, verdict.to)
+            self.disposal.add(key, verdict.to, verdict.instead)
         self._log(key.uid, message, rule, verdict)
 
     def _log(self, uid: int, message: Message | None, rule: str, verdict: Verdict,

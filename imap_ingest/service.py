@@ -89,14 +89,37 @@ class Service:
         context = self.context(progress=True)
         with _signals(self.stop):
             for account in self.config.accounts:
+                codes += self._account_once(account, context)
+        return worst(*codes)
+
+    def _account_once(self, account: Account, context: Context) -> list[int]:
+        """Each folder of ``account`` once. A connection lost during a folder's pass is made
+        again for the next folder; one that cannot be made, or a refused login, ends the
+        account."""
+        codes: list[int] = []
+        mailbox: Mailbox | None = None
+        try:
+            for folder in account.folders:
+                if self.stop.is_set():
+                    break
                 try:
-                    with Mailbox(account, self.tokens.get(account.name)) as mailbox:
-                        codes += [_pass(mailbox, account, folder, context)
-                                  for folder in account.folders if not self.stop.is_set()]
+                    mailbox = mailbox or Mailbox(account, self.tokens.get(account.name))
                 except MailboxError as exc:
                     log_failure(exc)
+                    return [*codes, exc.exit_code]
+                try:
+                    codes.append(_pass(mailbox, account, folder, context))
+                except MailboxError as exc:  # the session is gone (_pass keeps the rest)
+                    log_failure(exc)
                     codes.append(exc.exit_code)
-        return worst(*codes)
+                    mailbox.close()
+                    mailbox = None
+                    if isinstance(exc, LoginRefused):
+                        return codes
+        finally:
+            if mailbox is not None:
+                mailbox.close()
+        return codes
 
     def start(self, scheduler: BackgroundScheduler) -> None:
         """Add a worker per folder to the scheduler, and an IDLE watcher where wanted."""

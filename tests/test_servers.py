@@ -1,0 +1,73 @@
+"""Folder names, destinations and failures as servers lay them out differently: dovecot
+as configured by default (folders at the top, ``.`` between levels) and as Cyrus and
+Courier are (``NAMESPACE (("INBOX." "."))``: nothing can be created outside INBOX.)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imap_ingest.cli import main
+
+from .support.dovecot import ImapAccount
+from .support.ingest_env import write_config
+from .support.mail import make
+from .support.redmine_server import FakeRedmine
+
+
+def once(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, **config: Any) -> int:
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url, **config)
+    return main(["run", "--once", "-c", str(path)])
+
+
+def bodies(imap: ImapAccount, folder: str) -> list[bytes]:
+    return [body for _, body in imap.messages(folder).values()]
+
+
+def test_readme_names_work_under_an_inbox_prefix(tmp_path: Path, imap_prefixed: ImapAccount,
+                                                 redmine: FakeRedmine) -> None:
+    """Done, redmine/failed, a rule's move and a second folder land under INBOX. there."""
+    done, failed, listed, plain = (make(subject=s) for s in ("done", "fail", "list", "plain"))
+    imap_prefixed.append("INBOX", done)
+    imap_prefixed.append("INBOX", failed)
+    imap_prefixed.append("INBOX", listed)
+    imap_prefixed.append("INBOX.Plain", plain)
+    redmine.answer = lambda request: (422 if b"Subject: fail" in request.field("email")
+                                      else 201, b"", 0)
+    rules = [{"if": ["subject: list"], "then": {"move": "Lists"}}, {"then": "submit"}]
+    folders = [{"name": "INBOX", "project": "support", "move_on_success": "Done",
+                "move_on_failure": "redmine/failed", "rules": rules},
+               {"name": "Plain", "project": "support", "move_on_success": "INBOX.Done"}]
+    assert once(tmp_path, imap_prefixed, redmine, folders=folders) == 0
+    assert bodies(imap_prefixed, "INBOX") == bodies(imap_prefixed, "INBOX.Plain") == []
+    assert sorted(bodies(imap_prefixed, "INBOX.Done")) == sorted([done, plain])
+    assert bodies(imap_prefixed, "INBOX.redmine.failed") == [failed]
+    assert bodies(imap_prefixed, "INBOX.Lists") == [listed]
+    assert "Done" not in imap_prefixed.folders()
+
+
+def test_a_folder_the_server_refuses_is_that_folders_failure(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A destination the server will not create fails its folder only (75, the message kept
+    and said so); once the configuration names another, the next run moves it there."""
+    first, second = make(subject="first"), make(subject="second")
+    imap.append("INBOX", first)
+    imap.append("Plain", second)
+    folders = [{"name": "INBOX", "project": "support", "move_on_success": "~Done"},
+               {"name": "Plain", "project": "support"}]
+    assert once(tmp_path, imap, redmine, folders=folders) == 75
+    assert len(redmine.requests) == 2  # the second folder's mail was posted all the same
+    assert bodies(imap, "INBOX") == [first] and bodies(imap, "Plain") == []
+    err = capsys.readouterr().err
+    assert "INBOX uid 1: not moved to ~Done: cannot create folder ~Done: server said:" in err
+    assert "left in place for the next pass" in err
+    folders[0]["move_on_success"] = "Done"
+    assert once(tmp_path, imap, redmine, folders=folders) == 0
+    assert len(redmine.requests) == 2  # not posted again
+    assert bodies(imap, "INBOX") == [] and bodies(imap, "Done") == [first]
+    err = capsys.readouterr().err
+    assert "not moved to ~Done" in err and "moved to Done instead, as configured now" in err
+    assert once(tmp_path, imap, redmine, folders=folders) == 0
