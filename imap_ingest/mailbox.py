@@ -332,6 +332,15 @@ class Mailbox:
                     started = time.monotonic()
             self._client.idle_done()
 
+    def try_create(self, folder: str) -> None:
+        """Create the configured ``folder`` and delete it again at once (if it is still
+        empty): the only sure way to know the server allows it. CommandRefused if not."""
+        name = self.resolve(folder)
+        with self._errors(folder):
+            self._client.create_folder(name)
+            if self._client.folder_status(name, ["MESSAGES"]).get(b"MESSAGES") == 0:
+                self._client.delete_folder(name)
+
     def _ensure(self, folder: str) -> None:
         if folder in self._known_folders:
             return

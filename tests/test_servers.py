@@ -71,3 +71,39 @@ def test_a_folder_the_server_refuses_is_that_folders_failure(
     err = capsys.readouterr().err
     assert "not moved to ~Done" in err and "moved to Done instead, as configured now" in err
     assert once(tmp_path, imap, redmine, folders=folders) == 0
+
+
+def test_check_resolves_and_verifies_every_destination(
+        tmp_path: Path, imap_prefixed: ImapAccount, redmine: FakeRedmine,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """check prints each destination's server name and whether it exists or may be
+    created, leaving none behind."""
+    imap_prefixed.create("INBOX.Plain")
+    imap_prefixed.create("INBOX.Failed")
+    folders = [{"name": "Plain", "project": "support", "move_on_success": "Done",
+                "move_on_failure": "Failed",
+                "rules": [{"if": ["subject: x"], "then": {"copy": "Archive/2024"}}]}]
+    path = write_config(tmp_path / "c.yaml", imap_prefixed, redmine.url, folders=folders)
+    assert main(["check", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "OK    account test folder Plain: 0 new message(s), as INBOX.Plain" in out
+    assert ("OK    account test folder Done (Plain move_on_success, as INBOX.Done): does not "
+            "exist yet; the server lets us create it (created on first use)") in out
+    assert "OK    account test folder Failed (Plain move_on_failure, as INBOX.Failed): exists" \
+        in out
+    assert "folder Archive/2024 (Plain rules[0] copy, as INBOX.Archive.2024)" in out
+    assert "folder Quarantine (quarantine_folder, as INBOX.Quarantine)" in out
+    assert imap_prefixed.folders() == ["INBOX", "INBOX.Failed", "INBOX.Plain"]
+
+
+def test_check_fails_a_destination_the_server_refuses(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A destination the server will not create is a FAIL line with the server's reason."""
+    path = write_config(tmp_path / "c.yaml", imap, redmine.url,
+                        folder={"move_on_success": "~Done"})
+    assert main(["check", "-c", str(path)]) == 75
+    out = capsys.readouterr().out
+    assert ("FAIL  account test folder ~Done (INBOX move_on_success): does not exist, and "
+            "cannot be created: server said: create failed: [CANNOT] Invalid mailbox name")\
+        in out
