@@ -27,7 +27,7 @@ from .mailbox import Fetched, Mailbox
 from .message import Message
 from .metrics import Metrics
 from .rules import Decision, RuleSet
-from .states import Result
+from .states import Result, State
 from .trackers import Envelope, Kind, Outcome, Tracker
 from .verdict import (
     Policy,
@@ -120,6 +120,9 @@ class _Pass:
         uids = self.mailbox.new_uids()
         self.records = self.ledger.records(self.report.account, self.folder.name,
                                            self.mailbox.uidvalidity, uids)
+        if not self.mailbox.keywords:
+            # No keyword on the server says a message was set aside: the ledger does.
+            uids = [uid for uid in uids if not _set_aside(self.records.get(uid))]
         progress = _Progress(self.where, len(uids)) if self.context.progress else None
         labels = (self.report.account, self.folder.name)
         try:
@@ -270,6 +273,12 @@ class _Pass:
               account=self.report.account, folder=self.folder.name, uid=uid,
               message_id=message.message_id if message else None, rule=rule, outcome=outcome,
               **fields)
+
+
+def _set_aside(record: Record | None) -> bool:
+    """Left in place, marked failed or skipped, by an earlier pass."""
+    return (record is not None and record.state is State.DISPOSED
+            and record.dispose_to is not None and record.dispose_to.verb == "mark")
 
 
 class _Progress:

@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 # Keywords that remember, on the server, a message we must not look at again.
 FAILED = "$ImapIngestFailed"
 SKIPPED = "$ImapIngestSkipped"
-SEEN = "\\Seen"
 _DELETED = "\\Deleted"
 
 # RFC 2177: servers may drop an IDLE after 29 minutes; renew well before.
@@ -133,6 +132,12 @@ class Mailbox:
         return self._has_idle
 
     @property
+    def keywords(self) -> bool:
+        """Whether the selected folder keeps our keywords (``\\*`` in PERMANENTFLAGS);
+        without them only the ledger remembers what was set aside."""
+        return self._keywords
+
+    @property
     def namespace(self) -> Namespace:
         """The server's personal namespace and separator, asked once per session."""
         if self._namespace is None:
@@ -188,11 +193,13 @@ class Mailbox:
         self._keywords = b"\\*" in state.get(b"PERMANENTFLAGS", ())
 
     def new_uids(self) -> list[int]:
-        """UIDs not deleted and not marked failed or skipped, found by one UID SEARCH. On a
-        kept connection it covers only what the last one left unsettled and the UIDs above
-        it: the server does not look at every message of a big folder for each poll."""
+        """UIDs not deleted and not marked failed or skipped (on a server without keywords:
+        not deleted; the ledger says which of them were set aside), found by one UID SEARCH.
+        On a kept connection it covers only what the last one left unsettled and the UIDs
+        above it: the server does not look at every message of a big folder for each poll.
+        \\Seen means nothing here: mail a person has read is still new."""
         criteria = (["UNDELETED", "UNKEYWORD", FAILED, "UNKEYWORD", SKIPPED]
-                    if self._keywords else ["UNDELETED", "UNSEEN"])
+                    if self._keywords else ["UNDELETED"])
         unsettled = _uid_set(self._unsettled)
         # Past a few hundred runs the set would outgrow the server's command line (dovecot
         # takes 64 KB): search the whole folder instead.
@@ -291,15 +298,16 @@ class Mailbox:
                 self._client.copy(uids, self.resolve(folder))
 
     def mark(self, uids: Sequence[int], keyword: str) -> None:
-        """Remember on the server not to look at these again: a keyword, else \\Seen."""
-        if uids:
+        """Remember on the server not to look at these again, where it keeps keywords (else
+        the ledger's record is the mark)."""
+        if uids and self._keywords:
             with self._errors(self.folder):
-                self._client.add_flags(uids, [keyword if self._keywords else SEEN], silent=True)
-            self._unsettled.difference_update(uids)
+                self._client.add_flags(uids, [keyword], silent=True)
+        self._unsettled.difference_update(uids)
 
     def unmark(self, uids: Sequence[int], keyword: str) -> None:
         """Take a keyword set by ``mark`` off again."""
-        if uids:
+        if uids and self._keywords:
             with self._errors(self.folder):
                 self._client.remove_flags(uids, [keyword], silent=True)
 

@@ -4,12 +4,14 @@ Courier are (``NAMESPACE (("INBOX." "."))``: nothing can be created outside INBO
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from imap_ingest.cli import main
+from imap_ingest.demo import PASSWORD, USER, pymap_server
 
 from .support.dovecot import ImapAccount
 from .support.ingest_env import write_config
@@ -107,3 +109,36 @@ def test_check_fails_a_destination_the_server_refuses(
     assert ("FAIL  account test folder ~Done (INBOX move_on_success): does not exist, and "
             "cannot be created: server said: create failed: [CANNOT] Invalid mailbox name")\
         in out
+
+
+@pytest.fixture
+def pymap() -> Iterator[ImapAccount]:
+    """pymap's in-memory server (the demo's): PERMANENTFLAGS without \\*, so no keywords."""
+    with pymap_server() as port:
+        yield ImapAccount("127.0.0.1", port, 0, USER, PASSWORD, "")
+
+
+def test_without_keywords_the_ledger_says_what_is_new(
+        tmp_path: Path, pymap: ImapAccount, redmine: FakeRedmine,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """On a server without keywords, read mail is ingested, a failed message is not tried
+    again (no flag set), and `retry INBOX` finds it by the ledger."""
+    read, refused = make(subject="read"), make(subject="refused")
+    pymap.append("INBOX", read, flags=[b"\\Seen"])
+    pymap.append("INBOX", refused)
+    redmine.answer = lambda request: (422 if b"Subject: refused" in request.field("email")
+                                      else 201, b"", 0)
+    path = write_config(tmp_path / "c.yaml", pymap, redmine.url)
+    assert main(["run", "--once", "-c", str(path)]) == 0
+    assert [r.field("email") for r in redmine.requests] == [read, refused]
+    [(kept_flags, body)] = pymap.messages("INBOX").values()
+    assert body == refused and kept_flags == ()
+    assert main(["run", "--once", "-c", str(path)]) == 0
+    assert len(redmine.requests) == 2  # set aside: the ledger remembers it
+    capsys.readouterr()
+    assert main(["retry", "INBOX", "-c", str(path)]) == 0
+    assert "unmarked 1 message(s) in INBOX" in capsys.readouterr().out
+    redmine.answer = lambda request: (201, b"", 0)
+    assert main(["run", "--once", "-c", str(path)]) == 0
+    assert [r.field("email") for r in redmine.requests][2:] == [refused]
+    assert pymap.messages("INBOX") == {}
