@@ -147,7 +147,9 @@ class Mailbox:
                 else:
                     # LIST "" "" answers with the separator alone (RFC 3501 6.3.8).
                     listed = self._client.list_folders("", "")
-                    self._namespace = Namespace.of([("", listed[0][1] if listed else None)])
+                    separator = listed[0][1] if listed else None
+                    self._namespace = Namespace.of([("", separator.decode() if isinstance(
+                        separator, bytes) else separator)])
             log.debug("account %s: namespace %r, separator %r", self.account.name,
                       self._namespace.prefix, self._namespace.separator)
         return self._namespace

@@ -142,3 +142,8 @@ def test_without_keywords_the_ledger_says_what_is_new(
     assert main(["run", "--once", "-c", str(path)]) == 0
     assert [r.field("email") for r in redmine.requests][2:] == [refused]
     assert pymap.messages("INBOX") == {}
+    pymap.append("INBOX", make(subject="moved"))  # no NAMESPACE: LIST "" "" gives "/"
+    path = write_config(tmp_path / "c.yaml", pymap, redmine.url,
+                        folder={"move_on_success": "Done/Redmine"})
+    assert main(["run", "--once", "-c", str(path)]) == 0
+    assert len(pymap.messages("Done/Redmine")) == 1
