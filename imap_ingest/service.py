@@ -22,6 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .backoff import Backoff
+from .budget import budget_of, plan
 from .config import Account, Config, Folder, load
 from .errors import (
     EX_OK,
@@ -122,11 +123,20 @@ class Service:
         return codes
 
     def start(self, scheduler: BackgroundScheduler) -> None:
-        """Add a worker per folder to the scheduler, and an IDLE watcher where wanted."""
+        """Add a worker per folder to the scheduler, and an IDLE watcher where wanted and
+        the account's connection budget allows."""
         context = self.context()
         for account in self.config.accounts:
+            tokens = self.tokens.get(account.name)
+            fitted = plan(account.folders, budget_of(account))
+            if fitted.polled:
+                log.info("account %s: %d connection(s) at most: IDLE on %s; polling %s",
+                         account.name, budget_of(account), ", ".join(fitted.pushed) or "none",
+                         ", ".join(fitted.polled))
+            shared = Connection() if fitted.shared else None
             for folder in account.folders:
-                worker = FolderWorker(account, folder, context, self.tokens.get(account.name))
+                worker = FolderWorker(account, folder, context, tokens,
+                                      shared or Connection())
                 worker.job = scheduler.add_job(
                     worker.run, IntervalTrigger(seconds=folder.interval),
                     id=worker.name, name=worker.name, max_instances=1, coalesce=True,
@@ -134,7 +144,7 @@ class Service:
                     misfire_grace_time=max(1, int(folder.interval)),
                     next_run_time=datetime.now(UTC))
                 self.workers.append(worker)
-                if folder.idle is not False:
+                if folder.name in fitted.pushed:
                     threading.Thread(target=worker.watch, name=f"idle {worker.name}",
                                      daemon=True).start()
 
@@ -157,15 +167,29 @@ def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context) 
         return exc.exit_code
 
 
+class Connection:
+    """A kept IMAP connection for passes, and the lock that lets one pass use it at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.mailbox: Mailbox | None = None
+
+    def drop(self) -> None:
+        if self.mailbox is not None:
+            self.mailbox.close()
+            self.mailbox = None
+
+
 class FolderWorker:
     """One folder as a service: its passes, its kept connection, its IDLE watcher."""
 
     def __init__(self, account: Account, folder: Folder, context: Context,
-                 tokens: Tokens | None = None) -> None:
+                 tokens: Tokens | None = None, connection: Connection | None = None) -> None:
         self.account, self.folder, self.context, self.tokens = account, folder, context, tokens
         self.name = f"{account.name}/{folder.name}"
         self.job: Job | None = None
-        self._mailbox: Mailbox | None = None
+        # The passes' connection: the folder's own, or one all the account's folders share.
+        self.connection = connection or Connection()
         self._failures = 0
         self._retry_at = 0.0
         self._state = threading.Lock()
@@ -176,7 +200,7 @@ class FolderWorker:
     @property
     def ready(self) -> bool:
         """Connected, or backing off after a lost connection; never while auth_failed."""
-        return not self.auth_failed and (self._mailbox is not None or (
+        return not self.auth_failed and (self.connection.mailbox is not None or (
             self._failures > 0 and self._retry_at > time.time()))
 
     @property
@@ -213,8 +237,12 @@ class FolderWorker:
     def _pass(self) -> int:
         if time.time() < self._retry_at:
             return EX_OK  # waiting out a reconnect backoff
+        with self.connection.lock:
+            return self._pass_on_connection()
+
+    def _pass_on_connection(self) -> int:
         # A kept connection may have died since the last pass: then one fresh try at once.
-        for kept in (self._mailbox is not None, False):
+        for kept in (self.connection.mailbox is not None, False):
             try:
                 return _pass(self._connect(), self.account, self.folder, self.context)
             except (ConnectionLost, LoginRefused) as exc:
@@ -230,26 +258,25 @@ class FolderWorker:
         raise AssertionError("unreachable")
 
     def _connect(self) -> Mailbox:
-        if self._mailbox is None:
-            self._mailbox = Mailbox(self.account, self.tokens)
+        if self.connection.mailbox is None:
+            self.connection.mailbox = Mailbox(self.account, self.tokens)
             if self._failures:
                 self.context.metrics.reconnects.labels(self.account.name).inc()
                 log.info("%s: connected again", self.name)
             self._failures, self._retry_at = 0, 0.0
             self._set_auth_failed(False)
-        return self._mailbox
+        return self.connection.mailbox
 
     def _set_auth_failed(self, failed: bool) -> None:
         self.auth_failed = failed
         self.context.metrics.auth_failed.labels(self.account.name).set(int(failed))
 
     def _drop(self) -> None:
-        if self._mailbox is not None:
-            self._mailbox.close()
-            self._mailbox = None
+        self.connection.drop()
 
     def close(self) -> None:
-        self._drop()
+        with self.connection.lock:
+            self._drop()
 
     def watch(self) -> None:
         """The IDLE watcher, on a connection of its own, until the service stops."""

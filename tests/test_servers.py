@@ -4,6 +4,7 @@ Courier are (``NAMESPACE (("INBOX." "."))``: nothing can be created outside INBO
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ import pytest
 from imap_ingest.cli import main
 from imap_ingest.demo import PASSWORD, USER, pymap_server
 
+from .support.daemon import Daemon, start
 from .support.dovecot import ImapAccount
 from .support.ingest_env import write_config
 from .support.mail import make
+from .support.process import wait_for
 from .support.redmine_server import FakeRedmine
 
 
@@ -147,3 +150,25 @@ def test_without_keywords_the_ledger_says_what_is_new(
                         folder={"move_on_success": "Done/Redmine"})
     assert main(["run", "--once", "-c", str(path)]) == 0
     assert len(pymap.messages("Done/Redmine")) == 1
+
+
+def test_a_connection_budget_pushes_what_fits_and_polls_the_rest(
+        daemon: list[Daemon], tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Three folders in three connections: passes share one, two folders IDLE, the third is
+    polled; status says which, and mail in each is posted."""
+    folders = [{"name": name, "project": "support", "interval": interval}
+               for name, interval in (("INBOX", "60s"), ("A", "60s"), ("B", "1s"))]
+    for name in ("A", "B"):
+        imap.create(name)
+    one, _ = start(daemon, tmp_path, imap, redmine, folders=folders,
+                   account={"max_connections": 3})
+    assert main(["status", "-c", str(tmp_path / "config.yaml")]) == 0
+    assert ("account test: 3 of 3 connection(s) as a service; pushed (IDLE, where the server "
+            "has it): INBOX, A; polled: B") in capsys.readouterr().out
+    time.sleep(0.5)  # the first passes are done; the watchers are in IDLE
+    raws = {name: make(subject=name) for name in ("INBOX", "A", "B")}
+    for name, raw in raws.items():
+        imap.append(name, raw)
+    wait_for(lambda: sorted(redmine.emails) == sorted(raws.values()), timeout=10)
+    assert "3 connection(s) at most: IDLE on INBOX, A; polling B" in one.stop()
