@@ -129,7 +129,7 @@ class Service:
         for account in self.config.accounts:
             tokens = self.tokens.get(account.name)
             fitted = plan(account.folders, budget_of(account))
-            if fitted.polled:
+            if fitted.shared:  # not every folder has a connection of its own
                 log.info("account %s: %d connection(s) at most: IDLE on %s; polling %s",
                          account.name, budget_of(account), ", ".join(fitted.pushed) or "none",
                          ", ".join(fitted.polled))
