@@ -52,6 +52,7 @@ class PassReport:
     folder: str
     counts: Counter[str] = field(default_factory=Counter)
     undisposed: int = 0  # decided, but the server refused to move or mark them
+    fresh: int = 0  # new UIDs the ledger had never seen
 
     @property
     def exit_code(self) -> int:
@@ -123,6 +124,7 @@ class _Pass:
         if not self.mailbox.keywords:
             # No keyword on the server says a message was set aside: the ledger does.
             uids = [uid for uid in uids if not _set_aside(self.records.get(uid))]
+        self.report.fresh = sum(uid not in self.records for uid in uids)
         progress = _Progress(self.where, len(uids)) if self.context.progress else None
         labels = (self.report.account, self.folder.name)
         try:

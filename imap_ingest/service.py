@@ -8,12 +8,13 @@ arrives. SIGTERM/SIGINT finish the message in hand; SIGHUP reloads the configura
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -34,7 +35,7 @@ from .errors import (
     worst,
 )
 from .health import StatusServer
-from .ingest import Context, ingest
+from .ingest import Context, PassReport, ingest
 from .ledger import Ledger
 from .locks import folder_lock
 from .logs import event, hide
@@ -155,11 +156,16 @@ def log_failure(exc: MailboxError, then: str = "") -> None:
           state=exc.state if isinstance(exc, AuthFailed) else None)
 
 
-def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context) -> int:
-    """One locked pass over one folder; an error in it ends that folder only."""
+def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context,
+          done: Callable[[PassReport], None] | None = None) -> int:
+    """One locked pass over one folder, its report given to ``done``; an error in it ends
+    that folder only."""
     try:
         with folder_lock(context.config.state_dir, account.name, folder.name):
-            return ingest(mailbox, folder, context).exit_code
+            report = ingest(mailbox, folder, context)
+            if done is not None:
+                done(report)
+            return report.exit_code
     except IngestError as exc:
         if isinstance(exc, ConnectionLost | LoginRefused):
             raise  # the session itself is gone: no other folder will work
@@ -196,6 +202,11 @@ class FolderWorker:
         self._running = False
         self._again = False
         self.auth_failed = False  # no usable token: not ready until a login works again
+        # Whether the server's IDLE reports new mail: when the watcher went into IDLE, whether
+        # it announced mail since the last pass, how often a poll found mail it did not.
+        self._idling_since: float | None = None
+        self._announced = False
+        self._unannounced = 0
 
     @property
     def ready(self) -> bool:
@@ -214,6 +225,7 @@ class FolderWorker:
         """New mail: run a pass now, or right after the one running."""
         with self._state:
             self._again = True
+            self._announced = True
             if not self._running and self.job is not None:
                 self.job.modify(next_run_time=datetime.now(UTC))
 
@@ -241,10 +253,14 @@ class FolderWorker:
             return self._pass_on_connection()
 
     def _pass_on_connection(self) -> int:
+        with self._state:
+            announced, self._announced = self._announced, False
+        heard = functools.partial(self._heard, idle_missed(announced, self._idling_since,
+                                                           time.monotonic()))
         # A kept connection may have died since the last pass: then one fresh try at once.
         for kept in (self.connection.mailbox is not None, False):
             try:
-                return _pass(self._connect(), self.account, self.folder, self.context)
+                return _pass(self._connect(), self.account, self.folder, self.context, heard)
             except (ConnectionLost, LoginRefused) as exc:
                 self._drop()
                 if kept and isinstance(exc, ConnectionLost):
@@ -256,6 +272,22 @@ class FolderWorker:
                 log_failure(exc, f"; trying again in {delay:.0f} s")
                 return exc.exit_code
         raise AssertionError("unreachable")
+
+    def _heard(self, missed: bool, report: PassReport) -> None:
+        """Count a poll that found mail IDLE did not announce (``missed``, if it found any);
+        say so once, at the second."""
+        if not report.fresh:
+            return
+        if not missed:
+            self._unannounced = 0
+            return
+        self._unannounced += 1
+        if self._unannounced == _UNANNOUNCED:
+            log.warning("%s: the server's IDLE did not announce new mail that a poll then "
+                        "found (%d times): mail waits for the poll every %.0f s. On Cyrus run "
+                        "idled (cyrus.conf START); on Courier set IMAP_ENHANCEDIDLE=1 (imapd); "
+                        "a lower interval polls sooner", self.name, _UNANNOUNCED,
+                        self.folder.interval)
 
     def _connect(self) -> Mailbox:
         if self.connection.mailbox is None:
@@ -294,12 +326,27 @@ class FolderWorker:
                         self.context.metrics.reconnects.labels(self.account.name).inc()
                         self.poke()
                     failures = 0
-                    mailbox.idle(stop, self.poke)
+                    self._idling_since = time.monotonic()
+                    try:
+                        mailbox.idle(stop, self.poke)
+                    finally:
+                        self._idling_since = None
             except MailboxError as exc:
                 failures += 1
                 delay = RECONNECT.delay(failures)
                 log.warning("%s: IDLE: %s; again in %.0f s", self.name, exc.reason, delay)
                 stop.wait(delay)
+
+
+# IDLE in place this long before a poll: mail it found should have been announced.
+IDLE_SETTLED = 5.0
+# Polls that found unannounced mail before saying so: one may be mail arriving just then.
+_UNANNOUNCED = 2
+
+
+def idle_missed(announced: bool, idling_since: float | None, now: float) -> bool:
+    """Whether a pass that found new mail shows the server's IDLE did not announce it."""
+    return not announced and idling_since is not None and now - idling_since > IDLE_SETTLED
 
 
 def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False) -> int:
