@@ -40,23 +40,27 @@ def explain(config: Config, file: str, folder_name: str, account_name: str | Non
 
 
 def _trace(rules: RuleSet, decision: Decision) -> None:
+    print("\n".join(trace_lines(rules, decision)))
+
+
+def trace_lines(rules: RuleSet, decision: Decision) -> list[str]:
     """Each built-in check and rule: hit, miss or not reached; then the decision."""
     checks = [step for step in decision.trace if step.kind == "check"]
     steps = [step for step in decision.trace if step.kind == "rule"]
-    print("built-in checks:")
-    for step in checks:
-        print(f"  {'HIT ' if step.matched else 'miss'}  {step.name}: {step.why}")
-    print("rules (first match wins):")
-    for step in steps:
-        print(f"  {'HIT ' if step.matched else 'miss'}  {step.name}: {step.why}")
-    for name in rules.names[len(steps):]:
-        print(f"  ----  {name}: not reached")
-    print(f"decision: {decision.act.value} (rule {decision.rule})"
-          + (f": {decision.reason}" if decision.reason else ""))
+    lines = ["built-in checks:"]
+    lines += [f"  {'HIT ' if step.matched else 'miss'}  {step.name}: {step.why}"
+              for step in checks]
+    lines.append("rules (first match wins):")
+    lines += [f"  {'HIT ' if step.matched else 'miss'}  {step.name}: {step.why}"
+              for step in steps]
+    lines += [f"  ----  {name}: not reached" for name in rules.names[len(steps):]]
+    lines.append(f"decision: {decision.act.value} (rule {decision.rule})"
+                 + (f": {decision.reason}" if decision.reason else ""))
     if decision.copies:
-        print(f"  copied first to: {', '.join(decision.copies)}")
+        lines.append(f"  copied first to: {', '.join(decision.copies)}")
     if decision.folder:
-        print(f"  goes to folder {decision.folder}")
+        lines.append(f"  goes to folder {decision.folder}")
+    return lines
 
 
 def _preview(config: Config, account: Account, folder: str, message: Message,

@@ -1,8 +1,15 @@
-"""The status listener: /healthz (alive), /readyz (every folder connected or backing off, and
-no account in auth_failed), /metrics (Prometheus). It follows the running service across reloads."""
+"""The status listener: /healthz (alive: no folder's pass stuck), /readyz (every folder
+connected or backing off, and no account in auth_failed), /metrics (Prometheus). It follows
+the running service across reloads.
+
+/readyz answers in JSON with every folder's flow (flow.py) when asked for it
+(``Accept: application/json`` or ``?format=json``); a stalled folder is named there and on
+the plain line, but does not make the service unready: restarting it would not help.
+"""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .config import Http
 from .errors import ConfigError
+from .flow import Flow
 
 PATHS = ("/healthz", "/readyz", "/metrics")
 # A probe is answered in milliseconds: a client slower than this is dropped, and no more
@@ -50,8 +58,14 @@ class Observed(Protocol):
     def not_ready(self) -> list[str]:
         """The folders that are not ready, each named with its state where it has one."""
 
+    def stuck(self) -> list[str]:
+        """The folders whose pass is stuck, each named with how long it has been."""
+
     def metrics_text(self) -> bytes:
         """The metrics in Prometheus' text format."""
+
+    def flow(self) -> Flow:
+        """Every folder's flow now."""
 
 
 class StatusServer:
@@ -74,16 +88,25 @@ class StatusServer:
         self._server.shutdown()
         self._server.server_close()
 
-    def _answer(self, path: str) -> tuple[int, str, bytes]:
+    def _answer(self, path: str, want_json: bool = False) -> tuple[int, str, bytes]:
         service = self.service
         if path == "/healthz":
+            if service is not None and (stuck := service.stuck()):
+                return 503, "text/plain", ("stuck: " + ", ".join(stuck) + "\n").encode()
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
             if service is None:
                 return 503, "text/plain", b"starting\n"
-            if waiting := service.not_ready():
-                return 503, "text/plain", ("not connected: " + ", ".join(waiting) + "\n").encode()
-            return 200, "text/plain", b"ready\n"
+            waiting = service.not_ready()
+            flow = service.flow()
+            code = 503 if waiting else 200
+            if want_json:
+                body = {"ready": not waiting, "not_ready": waiting, **flow.json()}
+                return code, "application/json", json.dumps(body).encode()
+            line = "not connected: " + ", ".join(waiting) if waiting else "ready"
+            stalled = "; ".join(f"{f.name} {f.stalled}" for f in flow.folders if f.stalled)
+            return code, "text/plain", (line + (f"; stalled: {stalled}" if stalled else "")
+                                        + "\n").encode()
         if path == "/metrics" and service is not None:
             return 200, CONTENT_TYPE_LATEST, service.metrics_text()
         return 404, "text/plain", b"not found: try /healthz, /readyz or /metrics\n"
@@ -98,7 +121,10 @@ class StatusServer:
                 pass  # probes every few seconds would drown the log
 
             def do_GET(self) -> None:
-                code, kind, body = status._answer(self.path.partition("?")[0])
+                path, _, query = self.path.partition("?")
+                want_json = ("format=json" in query.split("&")
+                             or "application/json" in self.headers.get("Accept", ""))
+                code, kind, body = status._answer(path, want_json)
                 self.send_response(code)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))

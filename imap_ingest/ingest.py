@@ -13,15 +13,15 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .config import Config, Folder
+from .config import Config, Folder, SubmitOptions
 from .dispose import Disposal
-from .errors import EX_OK, EX_TEMPFAIL, TrackerRefused
+from .errors import EX_OK, EX_TEMPFAIL, IngestError, TrackerRefused
 from .inflight import InFlight
-from .ledger import Key, Ledger, Record
+from .ledger import Earlier, Key, Ledger, Record
 from .logs import event
 from .mailbox import Fetched, Mailbox
 from .message import Message
@@ -35,7 +35,9 @@ from .verdict import (
     answer,
     breaker_open,
     by_rule,
-    duplicate,
+    copy_of,
+    crashed,
+    raced,
     resume,
     target_down,
     unreadable,
@@ -84,6 +86,9 @@ class Context:
     metrics: Metrics
     retry_now: bool = False  # ignore the retry timers of messages and targets
     progress: bool = False  # show a progress line on a terminal for a large backlog
+    beat: Callable[[], None] = lambda: None  # called each time the pass gets on
+    # Told of every message dealt with (alerts gather those set aside into a digest).
+    observe: Callable[[str, Message | None, Verdict], None] | None = None
 
 
 def ingest(mailbox: Mailbox, folder: Folder, context: Context) -> PassReport:
@@ -132,8 +137,9 @@ class _Pass:
                                               self.folder.max_message_size):
                 if self.context.stop.is_set() or self.refused:
                     break
+                self.context.beat()
                 self.context.metrics.fetched.labels(*labels).inc()
-                self._one(fetched)
+                self._guarded(fetched)
                 self._record(self.inflight.finished())
                 if len(self.disposal) >= self.folder.batch_size:
                     self.disposal.flush()
@@ -165,6 +171,18 @@ class _Pass:
               + (f" ({counts})" if counts else ""), account=self.report.account,
               folder=self.folder.name, new=len(uids), **self.report.counts)
         return self.report
+
+    def _guarded(self, fetched: Fetched) -> None:
+        """One message; a bug of ours that it sets off fails that message, not the pass."""
+        try:
+            self._one(fetched)
+        except IngestError:
+            raise  # the session, the ledger or the config: not this message's doing
+        except Exception as exc:
+            log.exception("%s uid %d: internal error", self.where, fetched.uid)
+            key = Key(self.report.account, self.folder.name, self.mailbox.uidvalidity,
+                      fetched.uid)
+            self._decide(key, None, fetched.size, "-", crashed(_error(exc), self.policy))
 
     def _one(self, fetched: Fetched) -> None:
         """Rules, then submit: decide one fetched message, or send it on its way."""
@@ -205,20 +223,50 @@ class _Pass:
         if target in self.down:
             self._decide(key, message, len(message.raw), decision.rule, target_down(target))
             return
-        earlier = self.ledger.begin_submit(key, message.message_id, len(message.raw), digest,
-                                           decision.rule, target, self.config.dedupe)
-        if earlier is not None:
-            self._decide(key, message, len(message.raw), decision.rule,
-                         duplicate(earlier, self.policy))
+        begun = self._begin(key, message, decision.rule, target, digest, record)
+        if isinstance(begun, Verdict):
+            self._decide(key, message, len(message.raw), decision.rule, begun, target)
             return
+        record = begun
         envelope = Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid)
         self.inflight.start(target, ties, _Sent(key, message, decision.rule, record, arrived,
                                                 target, time.monotonic()), functools.partial(
-            self.context.trackers[target].submit, decision.submission(message.raw),
-            decision.options, envelope))
+            _sending, self.where, key.uid, self.context.trackers[target].submit,
+            decision.submission(message.raw), decision.options, envelope))
+
+    def _begin(self, key: Key, message: Message, rule: str, target: str, digest: str,
+               record: Record | None) -> Verdict | Record | None:
+        """Record the message as being submitted, and return the record its answer follows
+        on; or the verdict an earlier copy of it makes (a duplicate, in doubt, or waiting
+        for a retry this copy takes over and that is not due yet)."""
+        size = len(message.raw)
+        found = self.ledger.begin_submit(key, message.message_id, size, digest, rule, target,
+                                         self.config.dedupe)
+        if isinstance(found, Earlier):
+            verdict = copy_of(found, self.policy)
+            if isinstance(verdict, Verdict):
+                return verdict
+            record = self.ledger.take_over(found, key, message.message_id, size, digest, rule,
+                                           target)
+            if record is None:
+                return raced(found.where)
+            log.info("%s uid %d: takes over the retry of %s", self.where, key.uid, found.where)
+            resumed = resume(record, self.policy, time.time())
+            if isinstance(resumed, Verdict):
+                return resumed
+            found = self.ledger.begin_submit(key, message.message_id, size, digest, rule, target,
+                                             self.config.dedupe)
+            if isinstance(found, Earlier):
+                return raced(found.where)
+        if found.reused:
+            log.warning("%s uid %d: %s is also the Message-ID of a different message (%s); "
+                        "submitting this one as a new message", self.where, key.uid,
+                        message.message_id, found.reused)
+        return record
 
     def _record(self, answers: list[tuple[_Sent, Outcome]]) -> None:
         for sent, outcome in answers:
+            self.context.beat()
             self._answer(sent, outcome)
 
     def _answer(self, sent: _Sent, outcome: Outcome) -> None:
@@ -253,14 +301,14 @@ class _Pass:
             self.failing[target] = (0, 0.0)
 
     def _decide(self, key: Key, message: Message | None, size: int, rule: str,
-                verdict: Verdict) -> None:
+                verdict: Verdict, target: str | None = None) -> None:
         """Carry out a verdict reached without the tracker: record, queue, log."""
         if verdict.state is not None:
             assert verdict.to is not None  # a decision always says where the message goes
             self.ledger.decided(key, message.message_id if message else None,
                                 len(message.raw) if message else size,
                                 message.digest() if message else "", rule, verdict.result,
-                                verdict.reason, verdict.to)
+                                verdict.reason, verdict.to, target)
         if verdict.to is not None:
             self.disposal.add(key, verdict.to, verdict.instead)
         self._log(key.uid, message, rule, verdict)
@@ -269,6 +317,8 @@ class _Pass:
              **fields: object) -> None:
         outcome = verdict.result.value
         self.report.counts[outcome] += 1
+        if self.context.observe is not None:
+            self.context.observe(self.where, message, verdict)
         self.context.metrics.messages.labels(self.report.account, self.folder.name,
                                      fields.get("target") or "-", outcome).inc()
         event(log, verdict.level, f"{self.where} uid {uid}: {outcome}: {verdict.text}",
@@ -281,6 +331,23 @@ def _set_aside(record: Record | None) -> bool:
     """Left in place, marked failed or skipped, by an earlier pass."""
     return (record is not None and record.state is State.DISPOSED
             and record.dispose_to is not None and record.dispose_to.verb == "mark")
+
+
+def _error(exc: Exception) -> str:
+    """An exception as a short reason: its type and the start of its text."""
+    return f"{type(exc).__name__}: {str(exc)[:200]}".rstrip(": ")
+
+
+def _sending(where: str, uid: int, submit: Callable[[bytes, SubmitOptions, Envelope], Outcome],
+             raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
+    """``submit``, with a bug of ours in the tracker client turned into a refusal in doubt
+    (the message may have gone out before it; the target is not to blame)."""
+    try:
+        return submit(raw, options, envelope)
+    except Exception as exc:
+        log.exception("%s uid %d: internal error while posting", where, uid)
+        return Outcome(Kind.PERMANENT, f"internal error while posting ({_error(exc)})",
+                       in_doubt=True)
 
 
 class _Progress:

@@ -40,7 +40,7 @@ CREATE TABLE messages (
     rule TEXT, target TEXT,
     state TEXT NOT NULL,          -- submitting | submitted | decided | waiting | disposed
     outcome TEXT,                 -- submitted | failed | partial | skipped | moved | ...
-                                  -- duplicate | held | quarantined | retried
+                                  -- duplicate | held | quarantined | retried | superseded
     ticket TEXT, reason TEXT,
     dispose_to TEXT,              -- delete | move:FOLDER | mark:KEYWORD
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -58,12 +58,16 @@ CREATE TABLE targets (
     last_error TEXT, last_error_at REAL);
 """
 
-# Rows in these states stand for a message the tracker has, or may have, or will get.
-# A quarantined message may have reached the tracker: it counts until `retry` releases it.
-# So does a partial one (RT recorded part of a chained action before refusing the rest).
+# Rows in these states stand for a message the tracker has, or may have, or will get;
+# verdict.copy_of says what each makes of another copy. A quarantined message may have
+# reached the tracker: it counts until `retry` releases it. So does a partial one (RT
+# recorded part of a chained action before refusing the rest).
 _COUNTS_AS_SENT = (f"(state IN ('{State.SUBMITTING}', '{State.SUBMITTED}', '{State.WAITING}') "
                    f"OR outcome IN ('{Result.SUBMITTED}', '{Result.QUARANTINED}', "
                    f"'{Result.PARTIAL}'))")
+# Another row than this key's, for the same target: one mail to two desks is two tickets.
+_OTHER_COPY = ("NOT (account = ? AND folder = ? AND uidvalidity = ? AND uid = ?) "
+               "AND target IS ?")
 
 
 class LedgerError(IngestError):
@@ -93,6 +97,25 @@ class Record:
     next_try: float | None
     reason: str | None
     ticket: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Earlier:
+    """An earlier copy of a message, for the same target, that the tracker has, may have or
+    is to get; its state and outcome say which."""
+
+    id: int
+    where: str  # "account/folder uid N", for the log
+    state: State
+    outcome: Result | None
+    ticket: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """No earlier copy stands for the message: it is recorded as submitting."""
+
+    reused: str | None = None  # where a different message with its Message-ID was seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,24 +223,34 @@ class Ledger:
         return [uid for (uid,) in rows]
 
     def begin_submit(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
-                     target: str, dedupe: Dedupe) -> str | None:
-        """Record the message as ``submitting`` unless it is already sent from elsewhere.
+                     target: str, dedupe: Dedupe) -> Begun | Earlier:
+        """Record the message as ``submitting`` unless an earlier copy of it, for the same
+        target, stands for it (sent, waiting or in doubt): then that copy, nothing recorded.
 
-        Returns a description of the earlier copy when it is a duplicate (nothing recorded
-        as submitting then). Check and insert are one transaction, so two folders or two
-        processes holding copies of one message never both submit it.
+        Check and insert are one transaction, so two folders or two processes holding copies
+        of one message never both submit it.
         """
         now = time.time()
+        same = _same_message(dedupe)
+        args = (key.account, key.folder, key.uidvalidity, key.uid, target)
         with self._transaction() as db:
-            earlier = db.execute(
-                f"SELECT account, folder, uid, ticket FROM messages WHERE {_COUNTS_AS_SENT} "
-                f"AND NOT (account = ? AND folder = ? AND uidvalidity = ? AND uid = ?) "
-                f"AND {_same_message(dedupe)} LIMIT 1",
-                (key.account, key.folder, key.uidvalidity, key.uid,
-                 *_same_message_args(dedupe, key, message_id, digest))).fetchone()
-            if earlier is not None:
-                account, folder, uid, ticket = earlier
-                return f"{account}/{folder} uid {uid}" + (f" (ticket {ticket})" if ticket else "")
+            row = db.execute(
+                f"SELECT id, account, folder, uid, state, outcome, ticket FROM messages "
+                f"WHERE {_COUNTS_AS_SENT} AND {_OTHER_COPY} AND {same} "
+                # What the tracker accepted first (a plain duplicate), then what is in doubt
+                # (the safer reading), then what waits.
+                f"ORDER BY CASE WHEN outcome IS '{Result.SUBMITTED}' THEN 0 "
+                f"WHEN state = '{State.WAITING}' THEN 2 ELSE 1 END LIMIT 1",
+                (*args, *_same_message_args(dedupe, key, message_id, digest))).fetchone()
+            if row is not None:
+                id, account, folder, uid, state, outcome, ticket = row
+                return Earlier(id, f"{account}/{folder} uid {uid}", State(state),
+                               _result(outcome), ticket)
+            # A different message with this Message-ID: worth a warning, not a dedupe.
+            reused = db.execute(
+                f"SELECT account, folder, uid FROM messages WHERE {_COUNTS_AS_SENT} AND "
+                f"{_OTHER_COPY} AND message_id = ? AND hash IS NOT ? LIMIT 1",
+                (*args, message_id, digest)).fetchone() if dedupe == "message-id" else None
             db.execute(
                 "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
                 "rule, target, state, first_seen, updated) "
@@ -227,7 +260,40 @@ class Ledger:
                 "updated = excluded.updated",
                 (key.account, key.folder, key.uidvalidity, key.uid, message_id, size, digest,
                  rule, target, now, now))
-        return None
+        return Begun(f"{reused[0]}/{reused[1]} uid {reused[2]}" if reused else None)
+
+    def take_over(self, earlier: Earlier, key: Key, message_id: str | None, size: int,
+                  digest: str, rule: str, target: str) -> Record | None:
+        """Make this copy the one that waits for the retry ``earlier`` was waiting for, with
+        its attempts, first sight and next try; None when ``earlier`` waits no more (another
+        pass or process got there first)."""
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT outcome, reason, attempts, first_seen, next_try FROM messages "
+                f"WHERE id = ? AND state = '{State.WAITING}'", (earlier.id,)).fetchone()
+            if row is None:
+                return None
+            outcome, reason, attempts, first_seen, next_try = row
+            db.execute(
+                f"UPDATE messages SET state = '{State.DISPOSED}', "
+                f"outcome = '{Result.SUPERSEDED}', reason = ?, updated = ? WHERE id = ?",
+                (f"its retry taken over by {key.account}/{key.folder} uid {key.uid}", now,
+                 earlier.id))
+            new = db.execute(
+                "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
+                "rule, target, state, outcome, reason, attempts, first_seen, next_try, updated) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{State.WAITING}', ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET "
+                f"state = '{State.WAITING}', outcome = excluded.outcome, "
+                "reason = excluded.reason, rule = excluded.rule, target = excluded.target, "
+                "attempts = excluded.attempts, first_seen = excluded.first_seen, "
+                "next_try = excluded.next_try, dispose_to = NULL, updated = excluded.updated "
+                "RETURNING id",
+                (key.account, key.folder, key.uidvalidity, key.uid, message_id, size, digest,
+                 rule, target, outcome, reason, attempts, first_seen, next_try, now)).fetchone()
+        return Record(new[0], State.WAITING, _result(outcome), None, attempts, first_seen,
+                      next_try, reason, None)
 
     def answered(self, key: Key, target: str, state: State, outcome: Result, reason: str, *,
                  status: int | None = None, ticket: str | None = None,
@@ -247,19 +313,20 @@ class Ledger:
                        (row[0], now, target, outcome, status, ticket, reason))
 
     def decided(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
-                outcome: Result, reason: str, dispose_to: Disposition) -> None:
+                outcome: Result, reason: str, dispose_to: Disposition,
+                target: str | None = None) -> None:
         """Record a decision made without the tracker (skip, move, duplicate, too large …)."""
         now = time.time()
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
-                "rule, state, outcome, reason, dispose_to, first_seen, updated) "
-                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, '{State.DECIDED}', ?, ?, ?, ?, ?) "
+                "rule, target, state, outcome, reason, dispose_to, first_seen, updated) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{State.DECIDED}', ?, ?, ?, ?, ?) "
                 "ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET "
                 f"state = '{State.DECIDED}', outcome = excluded.outcome, reason = excluded.reason, "
                 "dispose_to = excluded.dispose_to, updated = excluded.updated",
                 (key.account, key.folder, key.uidvalidity, key.uid, message_id, size, digest,
-                 rule, outcome, reason, str(dispose_to), now, now))
+                 rule, target, outcome, reason, str(dispose_to), now, now))
 
     def disposed(self, keys: list[Key]) -> None:
         """These messages are gone from their folder (or marked): one transaction."""
@@ -318,6 +385,43 @@ class Ledger:
             finally:
                 self._db.row_factory = None
 
+    def pending(self) -> list[tuple[str, str, float | None, int, int, int, int, str | None]]:
+        """Per folder: (account, folder, oldest first_seen still pending, waiting, held,
+        failed, quarantined, the latest error); pending is waiting or being posted."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT account, folder, "
+                f"min(CASE WHEN state IN ('{State.WAITING}', '{State.SUBMITTING}') "
+                "THEN first_seen END), "
+                f"sum(state = '{State.WAITING}'), sum(outcome = '{Result.HELD}'), "
+                f"sum(outcome IN ('{Result.FAILED}', '{Result.PARTIAL}')), "
+                f"sum(outcome = '{Result.QUARANTINED}'), "
+                f"(SELECT reason FROM messages AS m WHERE m.account = messages.account AND "
+                f"m.folder = messages.folder AND (m.state = '{State.WAITING}' OR m.outcome IN "
+                f"('{Result.FAILED}', '{Result.PARTIAL}', '{Result.QUARANTINED}')) "
+                "ORDER BY m.updated DESC LIMIT 1) "
+                "FROM messages GROUP BY account, folder").fetchall()
+
+    def latest(self, limit: int) -> list[dict[str, object]]:
+        """The ``limit`` messages dealt with last, newest first."""
+        with self._lock:
+            self._db.row_factory = sqlite3.Row
+            try:
+                return [dict(row) for row in self._db.execute(
+                    "SELECT account, folder, uid, message_id, rule, target, state, outcome, "
+                    "reason, ticket, dispose_to, updated FROM messages "
+                    "ORDER BY updated DESC LIMIT ?", (limit,))]
+            finally:
+                self._db.row_factory = None
+
+    def hourly(self, since: float) -> list[tuple[int, str, int]]:
+        """(hour as a timestamp, outcome, messages) of the attempts and decisions since then."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT CAST(updated / 3600 AS INTEGER) * 3600 AS hour, "
+                "coalesce(outcome, state), count(*) FROM messages WHERE updated >= ? "
+                "GROUP BY hour, 2 ORDER BY hour", (since,)).fetchall()
+
     # -- targets ---------------------------------------------------------------------------
 
     def target_state(self, name: str) -> tuple[int, float]:
@@ -335,7 +439,7 @@ class Ledger:
         with self._transaction() as db:
             row = db.execute("SELECT failures FROM targets WHERE name = ?", (name,)).fetchone()
             failures = (row[0] if row else 0) + 1
-            next_try = now + max(backoff.delay(failures), at_least)
+            next_try = now + max(backoff.delay(failures), backoff.bounded(at_least))
             db.execute("INSERT OR REPLACE INTO targets VALUES (?, ?, ?, ?, ?)",
                        (name, failures, next_try, reason, now))
         return next_try
@@ -363,7 +467,8 @@ def _disk_full(path: Path) -> Iterator[None]:
 def _same_message(dedupe: Dedupe) -> str:
     """The SQL condition that makes another row the same message under this policy."""
     if dedupe == "message-id":
-        return "(message_id = ? OR (? IS NULL AND hash = ?))"
+        # The same Message-ID on other content is another message (IDs do get reused).
+        return "(hash = ? AND (message_id = ? OR ? IS NULL))"
     if dedupe == "content":
         return "hash = ?"
     # Even with dedupe off, the same message back in the same folder (a UIDVALIDITY
@@ -374,7 +479,7 @@ def _same_message(dedupe: Dedupe) -> str:
 def _same_message_args(dedupe: Dedupe, key: Key, message_id: str | None,
                        digest: str) -> tuple[object, ...]:
     if dedupe == "message-id":
-        return (message_id, message_id, digest)
+        return (digest, message_id, message_id)
     if dedupe == "content":
         return (digest,)
     return (key.account, key.folder, message_id, digest)

@@ -16,6 +16,8 @@ import regex
 from .conditions import MATCH_SECONDS, gave_up
 from .message import Message
 
+ALERT_HEADER = "X-Imap-Ingest-Alert"  # on every alert mail we send (alerts.py)
+
 
 @dataclass(frozen=True, slots=True)
 class Check:
@@ -88,6 +90,8 @@ CHECKS: tuple[Check, ...] = (
           _either(_header("X-RT-Loop-Prevention"), _header("X-RT-Ticket"),
                   _header("RT-Ticket"))),
     Check("own-address", "mail From one of the targets' own addresses", _own_address),
+    Check("imap-ingest-alert", "imap-ingest's own alert mail (X-Imap-Ingest-Alert)",
+          _header(ALERT_HEADER)),
 )
 NAMES = tuple(check.name for check in CHECKS)
 

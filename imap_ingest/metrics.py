@@ -35,6 +35,12 @@ class Metrics:
         self.backlog = Gauge("imap_ingest_backlog_messages", "New messages the last pass left "
                              "in the folder (deferred, or cut short)", ["account", "folder"],
                              registry=r)
+        self.stalled = Gauge("imap_ingest_pass_stalled_seconds", "Seconds since the running "
+                             "pass over the folder last got on (0 between passes)",
+                             ["account", "folder"], registry=r)
+        self.stuck_workers = Gauge("imap_ingest_stuck_workers", "Folders whose pass made no "
+                                   "progress within its limit (http.stuck_after); /healthz "
+                                   "fails while this is not 0", registry=r)
         self.last_success = Gauge("imap_ingest_last_success_timestamp_seconds", "When a pass "
                                   "over the folder last completed", ["account", "folder"],
                                   registry=r)

@@ -19,8 +19,10 @@ from .states import Result
 _ANY_SIZE = 2**62
 
 
-def retry(mailbox: Mailbox, ledger: Ledger, account: Account, folder: str) -> Iterator[str]:
-    """Move or unmark the messages of ``folder``; yields one line per decision."""
+def retry(mailbox: Mailbox, ledger: Ledger, account: Account, folder: str,
+          only: list[int] | None = None) -> Iterator[str]:
+    """Move or unmark the messages of ``folder`` (``only`` these UIDs, when given); yields
+    one line per decision."""
     sources = {f.name for f in account.folders}
     failing_into = {f.move_on_failure: f.name for f in account.folders if f.move_on_failure}
     in_place = folder in sources
@@ -31,6 +33,8 @@ def retry(mailbox: Mailbox, ledger: Ledger, account: Account, folder: str) -> It
         uids = [uid for uid in mailbox.search(["UNDELETED"]) if uid in marked]
     else:
         uids = mailbox.search(["KEYWORD", FAILED] if in_place else ["UNDELETED"])
+    if only is not None:
+        uids = [uid for uid in uids if uid in only]
     back: dict[str, list[int]] = {}
     for fetched in mailbox.fetch(uids, 100, _ANY_SIZE):
         message = Message(fetched.raw or b"")

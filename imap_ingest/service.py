@@ -4,6 +4,10 @@ As a service, each folder has a worker: one APScheduler interval job (never two 
 folder at once, missed runs coalesced) over a connection kept between passes, and, where
 the server has IDLE, a watcher on a second connection that starts a pass as soon as mail
 arrives. SIGTERM/SIGINT finish the message in hand; SIGHUP reloads the configuration.
+
+Every step of a pass is bounded (IMAP commands and HTTP requests by their timeouts); a
+pass that still makes no progress for longer than ``stall_limit`` is a bug or a hang no
+bound foresaw, and /healthz reports it so that the pod is restarted.
 """
 
 from __future__ import annotations
@@ -16,17 +20,22 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .alerts import Alerter
 from .backoff import Backoff
 from .budget import budget_of, plan
-from .config import Account, Config, Folder, load
+from .config import Account, Config, Folder, HttpTarget, load
+from .console import ConsoleServer
 from .errors import (
     EX_OK,
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
     AuthFailed,
     ConnectionLost,
     IngestError,
@@ -34,6 +43,7 @@ from .errors import (
     MailboxError,
     worst,
 )
+from .flow import Flow, FlowCollector, Worker, assess
 from .health import StatusServer
 from .ingest import Context, PassReport, ingest
 from .ledger import Ledger
@@ -48,6 +58,20 @@ log = logging.getLogger(__name__)
 
 # Reconnecting after a lost or refused connection: 1 s, doubling, at most 5 minutes.
 RECONNECT = Backoff(first=1.0, cap=300.0)
+# Between two signs of progress a pass does at most a few IMAP commands (a FETCH, then the
+# COPY, STORE and EXPUNGE of a disposal) or waits for one tracker answer.
+STALL_FACTOR = 4
+
+
+def stall_limit(config: Config, account: Account) -> float:
+    """How long a pass over one of ``account``'s folders may go without progress before
+    it counts as stuck: ``http.stuck_after``, else STALL_FACTOR times the longest of the
+    account's and the HTTP targets' timeouts."""
+    if config.http is not None and config.http.stuck_after is not None:
+        return config.http.stuck_after
+    timeouts = [target.timeout for target in config.targets.values()
+                if isinstance(target, HttpTarget)]
+    return STALL_FACTOR * max([account.timeout, *timeouts])
 
 
 class Service:
@@ -66,14 +90,29 @@ class Service:
         # One token cache per account: its folders' connections log in with the same token.
         self.tokens = {account.name: Tokens(account) for account in config.accounts
                        if account.uses_token}
+        self.metrics.stuck_workers.set_function(lambda: len(self.stuck()))
+        self.started = time.time()
+        self.alerter = Alerter(config.alert, self.flow, self.stop)
+        self.metrics.registry.register(FlowCollector(self.flow))
 
     def context(self, progress: bool = False) -> Context:
         return Context(self.config, self.trackers, self.ledger, self.stop, self.metrics,
-                       self.retry_now, progress)
+                       self.retry_now, progress, observe=self.alerter.observe)
+
+    def flow(self) -> Flow:
+        """Every folder's flow now, from the ledger and the workers."""
+        workers = [Worker(w.account.name, w.folder.name, w.ready, w.auth_failed, w.last_pass)
+                   for w in self.workers]
+        return assess(workers, self.ledger.pending(), self.ledger.targets(),
+                      self.config.alert.stalled_after, time.time(), self.started)
 
     def not_ready(self) -> list[str]:
         """The folders not ready for /readyz, each with its state where it has one."""
         return [state for worker in self.workers if (state := worker.unready)]
+
+    def stuck(self) -> list[str]:
+        """The folders whose pass made no progress within its limit, for /healthz."""
+        return [state for worker in self.workers if (state := worker.stuck)]
 
     def metrics_text(self) -> bytes:
         return self.metrics.text()
@@ -148,6 +187,7 @@ class Service:
                 if folder.name in fitted.pushed:
                     threading.Thread(target=worker.watch, name=f"idle {worker.name}",
                                      daemon=True).start()
+        self.alerter.start()
 
 
 def log_failure(exc: MailboxError, then: str = "") -> None:
@@ -171,6 +211,11 @@ def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context,
             raise  # the session itself is gone: no other folder will work
         log.error("%s", exc)
         return exc.exit_code
+    except Exception:
+        # A bug of ours outside any one message: this folder's pass ends, the run goes on.
+        log.exception("account %s, folder %s: pass failed: internal error", account.name,
+                      folder.name)
+        return EX_SOFTWARE
 
 
 class Connection:
@@ -191,8 +236,13 @@ class FolderWorker:
 
     def __init__(self, account: Account, folder: Folder, context: Context,
                  tokens: Tokens | None = None, connection: Connection | None = None) -> None:
-        self.account, self.folder, self.context, self.tokens = account, folder, context, tokens
+        self.account, self.folder, self.tokens = account, folder, tokens
+        self.context = replace(context, beat=self._beat)
         self.name = f"{account.name}/{folder.name}"
+        self.limit = stall_limit(context.config, account)
+        self._progress_at: float | None = None  # time.monotonic() while a pass runs
+        context.metrics.stalled.labels(account.name, folder.name).set_function(
+            lambda: self.stalled)
         self.job: Job | None = None
         # The passes' connection: the folder's own, or one all the account's folders share.
         self.connection = connection or Connection()
@@ -202,6 +252,8 @@ class FolderWorker:
         self._running = False
         self._again = False
         self.auth_failed = False  # no usable token: not ready until a login works again
+        self._broken = False  # the last pass failed on a bug of ours
+        self.last_pass: float | None = None  # when a pass last completed
         # Whether the server's IDLE reports new mail: when the watcher went into IDLE, whether
         # it announced mail since the last pass, how often a poll found mail it did not.
         self._idling_since: float | None = None
@@ -210,8 +262,10 @@ class FolderWorker:
 
     @property
     def ready(self) -> bool:
-        """Connected, or backing off after a lost connection; never while auth_failed."""
-        return not self.auth_failed and (self.connection.mailbox is not None or (
+        """Connected, or backing off after a lost connection; never while auth_failed, nor
+        after a pass that failed on a bug of ours until one completes again."""
+        return not self.auth_failed and not self._broken and (
+            self.connection.mailbox is not None or (
             self._failures > 0 and self._retry_at > time.time()))
 
     @property
@@ -219,7 +273,23 @@ class FolderWorker:
         """The folder's name with its state when it is not ready, else nothing."""
         if self.ready:
             return ""
-        return self.name + (" (auth_failed)" if self.auth_failed else "")
+        return self.name + (" (auth_failed)" if self.auth_failed else
+                            " (pass failed: internal error)" if self._broken else "")
+
+    @property
+    def stalled(self) -> float:
+        """Seconds since the running pass last got on; 0 between passes."""
+        at = self._progress_at
+        return 0.0 if at is None else time.monotonic() - at
+
+    @property
+    def stuck(self) -> str:
+        """The folder's name and how long it has stalled, when over its limit; else nothing."""
+        stalled = self.stalled
+        return f"{self.name} (no progress for {stalled:.0f} s)" if stalled > self.limit else ""
+
+    def _beat(self) -> None:
+        self._progress_at = time.monotonic()
 
     def poke(self) -> None:
         """New mail: run a pass now, or right after the one running."""
@@ -237,12 +307,14 @@ class FolderWorker:
             while True:
                 with self._state:
                     self._again = False
+                self._beat()
                 code = self._pass()
                 with self._state:
                     if not self._again or self.context.stop.is_set():
                         self._running = False
                         return code
         finally:
+            self._progress_at = None
             with self._state:
                 self._running = False
 
@@ -260,7 +332,11 @@ class FolderWorker:
         # A kept connection may have died since the last pass: then one fresh try at once.
         for kept in (self.connection.mailbox is not None, False):
             try:
-                return _pass(self._connect(), self.account, self.folder, self.context, heard)
+                code = _pass(self._connect(), self.account, self.folder, self.context, heard)
+                self._broken = code == EX_SOFTWARE
+                if code in (EX_OK, EX_TEMPFAIL):  # done, or done with some messages deferred
+                    self.last_pass = time.time()
+                return code
             except (ConnectionLost, LoginRefused) as exc:
                 self._drop()
                 if kept and isinstance(exc, ConnectionLost):
@@ -353,6 +429,7 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
     """Run as a service until SIGTERM or SIGINT; SIGHUP reloads ``path``."""
     stop, reload = threading.Event(), threading.Event()
     status = StatusServer(config.http) if config.http else None
+    console = ConsoleServer(config.console) if config.console else None
     with _signals(stop, reload):
         while True:
             service = Service(config, retry_now)
@@ -361,6 +438,8 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
             scheduler.start()
             if status:
                 status.serve(service)
+            if console:
+                console.serve(service)
             log.info("watching %d folder(s); SIGTERM or Ctrl-C stops, SIGHUP reloads",
                      len(service.workers))
             config = _wait(path, config, stop, reload)
@@ -370,6 +449,8 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
             if stop.is_set():
                 if status:
                     status.close()
+                if console:
+                    console.close()
                 return EX_OK
             log.info("configuration reloaded from %s", path)
 

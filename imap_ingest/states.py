@@ -37,6 +37,7 @@ class Result(StrEnum):
     REFUSED_KEY = "refused-key"
     RETRIED = "retried"  # released by `imap-ingest retry`
     RESUMED = "resumed"  # finished from an earlier pass's record that had no outcome
+    SUPERSEDED = "superseded"  # its retry taken over by another copy of the message
 
 
 Verb = Literal["delete", "move", "mark", "copy"]

@@ -8,14 +8,14 @@ goes and how loudly to say so; ingest.py carries that out.
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .backoff import Backoff
 from .config import Config, Folder
-from .ledger import Record
+from .ledger import Earlier, Record
 from .mailbox import FAILED, SKIPPED
 from .rules import Act, Decision
+from .stamps import local
 from .states import Disposition, Result, State
 from .trackers import Kind, Outcome
 
@@ -93,17 +93,13 @@ def resume(record: Record | None, policy: Policy, now: float) -> Verdict | Resub
         if policy.resubmit_in_doubt:
             return Resubmit("an earlier run stopped while posting it; submitting it again "
                             "(in_doubt: resubmit)")
-        return Verdict(Result.QUARANTINED, "an earlier run stopped while posting it, so the "
-                       "tracker may or may not have it; check, then "
-                       f"`imap-ingest retry {policy.quarantine}`", State.DECIDED,
-                       Disposition("move", policy.quarantine), logging.WARNING)
+        return in_doubt("an earlier run stopped while posting it", policy)
     if record.state is State.WAITING:
         if _given_up(record.attempts, record.first_seen, policy, now):
             return _failed(_give_up_reason(record.attempts, record.first_seen, record.reason,
                                            now), policy)
         if record.next_try and record.next_try > now and not policy.retry_now:
-            return Verdict(Result.DEFERRED, "next try at "
-                           + time.strftime("%H:%M:%S", time.localtime(record.next_try)))
+            return Verdict(Result.DEFERRED, f"next try at {local(record.next_try, '%H:%M:%S')}")
     return Resubmit()
 
 
@@ -139,10 +135,29 @@ def target_down(target: str) -> Verdict:
                    f"target {target} is failing; not contacted until it is due again")
 
 
-def duplicate(earlier: str, policy: Policy) -> Verdict:
-    """The message is already in the tracker from ``earlier``: disposed of as submitted."""
-    return Verdict(Result.DUPLICATE, f"already submitted as {earlier}", State.DECIDED,
-                   policy.success_to)
+@dataclass(frozen=True, slots=True)
+class TakeOver:
+    """An earlier copy waits for a retry: this copy carries it on (its attempts, first sight
+    and next try), and the earlier one no longer counts."""
+
+
+def copy_of(earlier: Earlier, policy: Policy) -> Verdict | TakeOver:
+    """What an earlier copy of the message, for the same target, makes of this one: only a
+    copy the tracker accepted makes it a duplicate; nothing else may delete it."""
+    if earlier.outcome is Result.SUBMITTED or earlier.state is State.SUBMITTED:
+        ticket = f" (ticket {earlier.ticket})" if earlier.ticket else ""
+        return Verdict(Result.DUPLICATE, f"already submitted as {earlier.where}{ticket}",
+                       State.DECIDED, policy.success_to)
+    if earlier.state is State.WAITING:
+        return TakeOver()
+    # Submitting (a run stopped while posting it), quarantined or partial: in doubt.
+    return in_doubt(f"a copy of {earlier.where} ({earlier.outcome or earlier.state})", policy)
+
+
+def raced(earlier: str) -> Verdict:
+    """Another pass or process changed what ``earlier`` stands for while this one looked:
+    the message waits, untouched and unrecorded, for the next pass to look again."""
+    return Verdict(Result.DEFERRED, f"{earlier} changed meanwhile; looked at again next pass")
 
 
 def answer(outcome: Outcome, record: Record | None, policy: Policy, now: float) -> Verdict:
@@ -151,6 +166,9 @@ def answer(outcome: Outcome, record: Record | None, policy: Policy, now: float) 
     if outcome.kind is Kind.SUCCESS:
         return Verdict(Result.SUBMITTED, outcome.reason, State.SUBMITTED, policy.success_to,
                        ticket=outcome.ticket, target_ok=True)
+    if outcome.in_doubt and not policy.resubmit_in_doubt:
+        return replace(in_doubt(outcome.reason, policy),
+                       target_ok=False if outcome.kind is Kind.TEMPORARY else None)
     if outcome.kind is Kind.PERMANENT:
         return Verdict(Result.PARTIAL if outcome.partial else Result.FAILED, outcome.reason,
                        State.DECIDED, policy.failure_to, logging.ERROR, ticket=outcome.ticket)
@@ -162,7 +180,8 @@ def answer(outcome: Outcome, record: Record | None, policy: Policy, now: float) 
                                                           now),
                            State.DECIDED, policy.failure_to, logging.ERROR,
                            ticket=outcome.ticket, target_ok=False)
-        delay = max(policy.backoff.delay(attempts), outcome.retry_after or 0.0)
+        delay = max(policy.backoff.delay(attempts),
+                    policy.backoff.bounded(outcome.retry_after or 0.0))
         return Verdict(Result.DEFERRED, outcome.reason, State.WAITING, level=logging.WARNING,
                        next_try=now + delay, target_ok=False)
     # Not the message's fault: it waits, with no attempt counted against it.
@@ -179,6 +198,20 @@ def _configured(outcome: Result | None, policy: Policy) -> Disposition | None:
     if outcome is Result.QUARANTINED:
         return Disposition("move", policy.quarantine)
     return None
+
+
+def in_doubt(why: str, policy: Policy) -> Verdict:
+    """The tracker may or may not have the message: set aside for a person, never deleted
+    and never sent again on its own."""
+    return Verdict(Result.QUARANTINED, f"{why}, so the tracker may or may not have it; check, "
+                   f"then `imap-ingest retry {policy.quarantine}`", State.DECIDED,
+                   Disposition("move", policy.quarantine), logging.WARNING)
+
+
+def crashed(error: str, policy: Policy) -> Verdict:
+    """Our own bug, met while deciding one message: that message is set aside, the pass goes
+    on. (One met while sending it is an answer in doubt: see ``answer``.)"""
+    return _failed(f"internal error ({error})", policy)
 
 
 def _failed(reason: str, policy: Policy) -> Verdict:

@@ -3,6 +3,7 @@ never a hang, a MemoryError or a traceback."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,9 +175,12 @@ def test_idle_that_announces_nothing_is_said_once_and_the_poll_goes_on(
         for uid, raw in ((1, MESSAGE), (2, SECOND), (3, make(subject="third"))):
             time.sleep(IDLE_SETTLED + 1)  # the watcher is settled in IDLE
             script.messages[uid] = raw
-            wait_for(lambda uid=uid: len(list((tmp_path / "out").glob("*.eml"))) == uid,
-                     timeout=10)
+            wait_for(functools.partial(_written, tmp_path / "out", uid), timeout=10)
         err = one.stop()
     assert err.count("the server's IDLE did not announce new mail that a poll then found") \
         == 1
     assert "On Cyrus run idled" in err and "IMAP_ENHANCEDIDLE=1" in err
+
+
+def _written(directory: Path, count: int) -> bool:
+    return len(list(directory.glob("*.eml"))) == count

@@ -9,8 +9,12 @@ from typing import Any
 import pytest
 
 from imap_ingest.cli import main
+from imap_ingest.config import SubmitOptions
 from imap_ingest.mailbox import FAILED, SKIPPED
-from imap_ingest.trackers.redmine import crlf
+from imap_ingest.message import Message
+from imap_ingest.rules import Decision, RuleSet
+from imap_ingest.trackers import Envelope, Outcome
+from imap_ingest.trackers.redmine import Redmine, crlf
 
 from .support.dovecot import Dovecot, ImapAccount
 from .support.ingest_env import backlog, write_config
@@ -129,12 +133,23 @@ def test_tracker_unreachable_leaves_mail(tmp_path: Path, imap: ImapAccount) -> N
     assert flags(imap) == [set()]
 
 
-def test_timeout_leaves_mail(run: Run, imap: ImapAccount, redmine: FakeRedmine) -> None:
-    """A tracker timeout leaves the message unflagged and exits 75."""
+def test_timeout_leaves_mail_under_resubmit(run: Run, imap: ImapAccount,
+                                            redmine: FakeRedmine) -> None:
+    """With in_doubt: resubmit, a tracker timeout leaves the message unflagged and exits 75."""
     redmine.answer = answer(201, delay=2)
     imap.append("INBOX", make())
-    assert run(target={"timeout": "0.5s"}) == 75
+    assert run(target={"timeout": "0.5s"}, in_doubt="resubmit") == 75
     assert flags(imap) == [set()]
+
+
+def test_timeout_quarantines_mail(run: Run, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """A tracker that took the message but answered too late: quarantined, never sent twice."""
+    redmine.answer = answer(201, delay=2)
+    imap.append("INBOX", make())
+    assert run(target={"timeout": "0.5s"}) == 0
+    assert run("--retry-now", target={"timeout": "0.5s"}) == 0
+    assert len(redmine.requests) == 1
+    assert imap.messages("INBOX") == {} and len(imap.messages("Quarantine")) == 1
 
 
 def test_wrong_key_touches_nothing_and_exits_77(run: Run, imap: ImapAccount,
@@ -417,3 +432,44 @@ def test_mail_another_client_takes_during_a_pass_is_not_counted_left(
     assert run(folder={"batch_size": 1}) == 0
     assert len(redmine.requests) == 1
     assert imap.messages("INBOX") == {}
+
+
+def test_a_message_our_code_chokes_on_fails_alone(
+        run: Run, imap: ImapAccount, redmine: FakeRedmine, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Our bug on one message fails that message (with a traceback); the next is submitted."""
+    evaluate = RuleSet.evaluate
+
+    def choke(self: RuleSet, message: Message) -> Decision:
+        if message.subject == "poison":
+            raise RuntimeError("a bug of ours")
+        return evaluate(self, message)
+
+    monkeypatch.setattr(RuleSet, "evaluate", choke)
+    imap.append("INBOX", make(subject="poison"))
+    imap.append("INBOX", make(subject="fine"))
+    assert run(folder={"move_on_failure": "Failed"}) == 0
+    assert len(redmine.requests) == 1 and imap.messages("INBOX") == {}
+    assert len(imap.messages("Failed")) == 1
+    assert "internal error (RuntimeError: a bug of ours)" in caplog.text
+    assert "Traceback" in caplog.text
+
+
+def test_a_tracker_client_that_raises_quarantines_that_message(
+        run: Run, imap: ImapAccount, redmine: FakeRedmine,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tracker client that raises mid-send leaves its message in doubt: quarantined."""
+    submit = Redmine.submit
+
+    def explode(self: Redmine, raw: bytes, options: SubmitOptions,
+                envelope: Envelope) -> Outcome:
+        if b"Subject: poison" in raw:
+            raise RuntimeError("a bug of ours")
+        return submit(self, raw, options, envelope)
+
+    monkeypatch.setattr(Redmine, "submit", explode)
+    imap.append("INBOX", make(subject="poison"))
+    imap.append("INBOX", make(subject="fine"))
+    assert run() == 0
+    assert len(redmine.requests) == 1 and imap.messages("INBOX") == {}
+    assert len(imap.messages("Quarantine")) == 1

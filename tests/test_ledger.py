@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from imap_ingest.backoff import Backoff
-from imap_ingest.ledger import SCHEMA_VERSION, Key, Ledger, LedgerError, Record
+from imap_ingest.ledger import SCHEMA_VERSION, Begun, Earlier, Key, Ledger, LedgerError, Record
 from imap_ingest.states import Disposition, Result, State
 
 
@@ -26,10 +27,17 @@ def find(ledger: Ledger, key: Key) -> Record | None:
     return ledger.records(key.account, key.folder, key.uidvalidity, [key.uid]).get(key.uid)
 
 
+def begin(ledger: Ledger, key: Key, message_id: str | None = "<m@x>", digest: str = "h1",
+          dedupe: str = "message-id", target: str = "redmine") -> Begun | Earlier:
+    return ledger.begin_submit(key, message_id, 10, digest, "default", target,
+                               dedupe)  # type: ignore[arg-type]
+
+
 def submit(ledger: Ledger, key: Key, message_id: str | None = "<m@x>", digest: str = "h1",
            dedupe: str = "message-id") -> str | None:
-    return ledger.begin_submit(key, message_id, 10, digest, "default", "redmine",
-                               dedupe)  # type: ignore[arg-type]
+    """Where the earlier copy is, or None when this one was recorded as submitting."""
+    found = begin(ledger, key, message_id, digest, dedupe)
+    return found.where if isinstance(found, Earlier) else None
 
 
 def test_states_move_forward(ledger: Ledger) -> None:
@@ -48,7 +56,7 @@ def test_states_move_forward(ledger: Ledger) -> None:
 
 
 @pytest.mark.parametrize(("dedupe", "message_id", "digest", "duplicate"), [
-    ("message-id", "<m@x>", "other", True),
+    ("message-id", "<m@x>", "other", False),  # another message reusing the Message-ID
     ("message-id", "<n@x>", "h1", False),
     ("content", "<n@x>", "h1", True),
     ("content", "<m@x>", "other", False),
@@ -146,3 +154,61 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(LedgerError, match="newer imap-ingest"):
         Ledger(path)
+
+
+def test_earlier_copy_says_its_standing(ledger: Ledger) -> None:
+    """begin_submit names the earlier copy with its state and outcome."""
+    begin(ledger, A1)
+    found = begin(ledger, B1)
+    assert isinstance(found, Earlier)
+    assert (found.where, found.state, found.outcome) == ("acct/INBOX uid 1", State.SUBMITTING,
+                                                         None)
+    ledger.answered(A1, "redmine", State.SUBMITTED, Result.SUBMITTED, "ok", ticket="42",
+                    dispose_to=Disposition("delete"))
+    ledger.disposed([A1])
+    found = begin(ledger, B1)
+    assert isinstance(found, Earlier)
+    assert (found.state, found.outcome, found.ticket) == (State.DISPOSED, Result.SUBMITTED, "42")
+
+
+def test_dedupe_is_per_target(ledger: Ledger) -> None:
+    """One mail for two targets is two submissions, one per target."""
+    assert isinstance(begin(ledger, A1, target="redmine"), Begun)
+    assert isinstance(begin(ledger, B1, target="security"), Begun)
+    assert isinstance(begin(ledger, Key("acct", "Third", 1, 1), target="security"), Earlier)
+
+
+def test_reused_message_id_is_a_new_message_named(ledger: Ledger) -> None:
+    """Under message-id, other content with a seen Message-ID is submitted, naming the other."""
+    begin(ledger, A1)
+    assert begin(ledger, B1, digest="other") == Begun(reused="acct/INBOX uid 1")
+    assert begin(ledger, Key("acct", "C", 1, 1), message_id="<n@x>") == Begun()
+
+
+def test_take_over_inherits_the_retry(ledger: Ledger) -> None:
+    """A take-over keeps attempts, first sight and next try; only one copy can take it."""
+    begin(ledger, A1)
+    ledger.answered(A1, "redmine", State.WAITING, Result.DEFERRED, "503", next_try=5e9)
+    earlier = begin(ledger, B1)
+    assert isinstance(earlier, Earlier) and earlier.state is State.WAITING
+    old = find(ledger, A1)
+    record = ledger.take_over(earlier, B1, "<m@x>", 10, "h1", "default", "redmine")
+    assert record is not None and old is not None
+    assert (record.state, record.outcome, record.attempts, record.first_seen,
+            record.next_try, record.reason) == (State.WAITING, Result.DEFERRED, 1,
+                                                old.first_seen, 5e9, "503")
+    assert find(ledger, B1) == record
+    assert (find(ledger, A1).state, find(ledger, A1).outcome) == (  # type: ignore[union-attr]
+        State.DISPOSED, Result.SUPERSEDED)
+    assert ledger.take_over(earlier, Key("acct", "C", 1, 1), "<m@x>", 10, "h1", "default",
+                            "redmine") is None
+    assert isinstance(begin(ledger, B1), Begun)  # the copy now submits on its own record
+    assert find(ledger, B1).attempts == 1  # type: ignore[union-attr]
+
+
+def test_retry_after_is_bounded_by_the_cap(ledger: Ledger) -> None:
+    """A huge Retry-After holds a target back no longer than the backoff's cap."""
+    backoff = Backoff(first=30, cap=3600)
+    for at_least in (1e300, float("inf"), float("nan")):
+        next_try = ledger.target_failed("redmine", "429", backoff, at_least=at_least)
+        assert next_try - time.time() <= 3600

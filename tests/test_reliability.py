@@ -109,17 +109,121 @@ def test_uidvalidity_change_does_not_resubmit(tmp_path: Path, imap: ImapAccount,
     uid = imap.append("INBOX", raw)
     old = uidvalidity(imap)
     stage(tmp_path, Key("test", "INBOX", old, uid), raw, "submitted")
-    maildir = dovecot.directory / "home" / imap.username / "Maildir"
-    time.sleep(1.1)  # dovecot's new UIDVALIDITY is the current second
-    (maildir / "dovecot-uidlist").unlink()
-    for index in maildir.glob("dovecot.index*"):
-        index.unlink()
+    dovecot.renumber(imap)
     imap.append("INBOX", fresh)
     assert uidvalidity(imap) != old
     assert once(tmp_path, imap, redmine, dedupe=dedupe) == 0
     assert redmine.emails == [fresh]
     assert imap.messages("INBOX") == {}
     assert "UIDVALIDITY changed" in capsys.readouterr().err
+
+
+def unavailable_once(redmine: FakeRedmine) -> None:
+    """The tracker answers 503 to the first request, then 201 as usual."""
+    default = redmine.answer
+    redmine.answer = lambda request: (503, b"", 0) if len(redmine.requests) == 1 else (
+        default(request))
+
+
+def test_waiting_message_renumbered_is_retried_not_deleted(
+        tmp_path: Path, imap: ImapAccount, dovecot: Dovecot, redmine: FakeRedmine,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A waiting message whose folder is renumbered is retried, not deleted as a duplicate."""
+    raw = make()
+    imap.append("INBOX", raw)
+    unavailable_once(redmine)
+    assert once(tmp_path, imap, redmine) == 75
+    dovecot.renumber(imap)
+    assert once(tmp_path, imap, redmine) == 75  # the retry it took over is not due yet
+    assert len(redmine.requests) == 1 and len(imap.messages("INBOX")) == 1
+    assert once(tmp_path, imap, redmine, "--retry-now") == 0
+    assert redmine.emails == [raw, raw] and imap.messages("INBOX") == {}
+    err = capsys.readouterr().err
+    assert "takes over the retry of test/INBOX uid 1" in err and "already submitted" not in err
+
+
+def test_waiting_message_refiled_by_a_person_is_retried(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """A waiting message a person re-files is retried from there with its attempts."""
+    raw = make()
+    imap.append("INBOX", raw)
+    imap.create("Copy")
+    unavailable_once(redmine)
+    assert once(tmp_path, imap, redmine, folders=TWO) == 75
+    with imap.client() as person:
+        person.select_folder("INBOX")
+        person.move(person.search(["ALL"]), "Copy")
+    assert once(tmp_path, imap, redmine, "--retry-now", folders=TWO) == 0
+    assert redmine.emails == [raw, raw]
+    assert imap.messages("INBOX") == imap.messages("Copy") == {}
+    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    (old, _), (new, _) = ledger.history(Message(raw).message_id or "")
+    ledger.close()
+    assert (old["folder"], old["outcome"]) == ("INBOX", Result.SUPERSEDED)
+    assert (new["folder"], new["outcome"], new["attempts"]) == ("Copy", Result.SUBMITTED, 2)
+
+
+def test_copy_of_a_message_in_doubt_is_quarantined(
+        tmp_path: Path, imap: ImapAccount, dovecot: Dovecot, redmine: FakeRedmine) -> None:
+    """A copy of a message in doubt goes to Quarantine, neither deleted nor posted."""
+    raw = make()
+    uid = imap.append("INBOX", raw)
+    stage(tmp_path, Key("test", "INBOX", uidvalidity(imap), uid), raw, "submitting")
+    dovecot.renumber(imap)
+    assert once(tmp_path, imap, redmine) == 0
+    assert redmine.requests == [] and imap.messages("INBOX") == {}
+    assert [body for _, body in imap.messages("Quarantine").values()] == [raw]
+
+
+def test_one_mail_to_two_desks_reaches_both(tmp_path: Path, imap: ImapAccount,
+                                            redmine: FakeRedmine) -> None:
+    """One mail Cc'd to two watched mailboxes, each with its own target, reaches both."""
+    security = FakeRedmine()
+    try:
+        raw = make()
+        imap.append("INBOX", raw)
+        imap.append("Security", raw)
+        targets = {name: {"type": "redmine", "url": url, "key": "s3cret-key", "timeout": "5s"}
+                   for name, url in (("redmine", redmine.url), ("security", security.url))}
+        assert once(tmp_path, imap, redmine, targets=targets, folders=[
+            {"name": "INBOX", "target": "redmine"},
+            {"name": "Security", "target": "security"}]) == 0
+        assert redmine.emails == [raw] and security.emails == [raw]
+    finally:
+        security.close()
+
+
+def test_reused_message_id_on_other_content_is_a_new_message(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Two different messages with one Message-ID are both submitted, with a warning."""
+    first = make(subject="first", message_id="<reused@example.org>")
+    second = make(subject="second", message_id="<reused@example.org>")
+    imap.append("INBOX", first)
+    imap.append("INBOX", second)
+    assert once(tmp_path, imap, redmine) == 0
+    assert redmine.emails == [first, second]
+    assert ("uid 2: <reused@example.org> is also the Message-ID of a different message "
+            "(test/INBOX uid 1)") in capsys.readouterr().err
+
+
+def test_huge_retry_after_is_bounded_and_status_still_reads(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A Retry-After of 10^20 s holds no longer than max_delay; passes and status run."""
+    imap.append("INBOX", make())
+    redmine.answer = lambda request: (429, b"", 0, {"Retry-After": "1" + "0" * 20})
+    assert once(tmp_path, imap, redmine, retry={"max_delay": "1h"}) == 75
+    assert once(tmp_path, imap, redmine, retry={"max_delay": "1h"}) == 75
+    assert main(["status", "-c", str(tmp_path / "config.yaml")]) == 0
+    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    (_, next_try), = [(name, at) for name, _, at, _, _ in ledger.targets()]
+    record, = ledger.records("test", "INBOX", uidvalidity(imap), [1]).values()
+    ledger.close()
+    assert next_try is not None and next_try <= time.time() + 3600
+    assert record.next_try is not None and record.next_try <= time.time() + 3600
+    assert len(redmine.requests) == 1 and len(imap.messages("INBOX")) == 1
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize("policy", ["quarantine", "resubmit"])

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from imap_ingest.backoff import Backoff
-from imap_ingest.ledger import Record
+from imap_ingest.ledger import Earlier, Record
 from imap_ingest.mailbox import FAILED, SKIPPED
 from imap_ingest.rules import Act, Decision
 from imap_ingest.states import Disposition, Result, State
@@ -15,11 +15,14 @@ from imap_ingest.trackers import Kind, Outcome
 from imap_ingest.verdict import (
     Policy,
     Resubmit,
+    TakeOver,
     Verdict,
     answer,
     breaker_open,
     by_rule,
-    duplicate,
+    copy_of,
+    crashed,
+    raced,
     resume,
     target_down,
     unreadable,
@@ -108,12 +111,15 @@ PARTIAL = Outcome(Kind.PERMANENT, "comment refused", ticket="7", status=400, par
 TEMPORARY = Outcome(Kind.TEMPORARY, "unavailable", status=503)
 SLOW_DOWN = Outcome(Kind.TEMPORARY, "too many requests", status=429, retry_after=600)
 CONFIG = Outcome(Kind.CONFIG, "key refused", status=403)
+NO_ANSWER = Outcome(Kind.TEMPORARY, "no answer within 60 s", in_doubt=True)
+OUR_BUG = Outcome(Kind.PERMANENT, "internal error while posting", in_doubt=True)
 
 SUBMITTED = (Result.SUBMITTED, State.SUBMITTED, DELETE, logging.INFO, "42", True, False)
 FAILED_NOW = (Result.FAILED, State.DECIDED, MARK_FAILED, logging.ERROR, None, None, False)
 GAVE_UP = (Result.FAILED, State.DECIDED, MARK_FAILED, logging.ERROR, None, False, False)
 DEFERRED = (Result.DEFERRED, State.WAITING, None, logging.WARNING, None, False, False)
 STOPPED = (Result.REFUSED_KEY, State.WAITING, None, logging.INFO, None, None, True)
+IN_DOUBT = (Result.QUARANTINED, State.DECIDED, QUARANTINE, logging.WARNING, None, False, False)
 
 # Only records that resume() leaves to be submitted reach the tracker.
 EARLIER = {"none": None, "submitting": SUBMITTING, "waiting-due": WAITING_DUE,
@@ -137,6 +143,11 @@ EARLIER = {"none": None, "submitting": SUBMITTING, "waiting-due": WAITING_DUE,
     (TEMPORARY, "last-try", GAVE_UP),
     (TEMPORARY, "too-old", GAVE_UP),
     (SLOW_DOWN, "none", DEFERRED),
+    (NO_ANSWER, "none", IN_DOUBT),
+    (NO_ANSWER, "waiting-due", IN_DOUBT),
+    (NO_ANSWER, "last-try", IN_DOUBT),
+    (OUR_BUG, "none", (Result.QUARANTINED, State.DECIDED, QUARANTINE, logging.WARNING, None,
+                       None, False)),
     (CONFIG, "none", STOPPED),
     (CONFIG, "waiting-due", STOPPED),
     (CONFIG, "last-try", STOPPED),
@@ -146,9 +157,19 @@ def test_answer(outcome: Outcome, earlier: str, expected: tuple[object, ...]) ->
     verdict = answer(outcome, EARLIER[earlier], POLICY, NOW)
     assert (verdict.result, verdict.state, verdict.to, verdict.level, verdict.ticket,
             verdict.target_ok, verdict.stop) == expected
-    assert verdict.reason.startswith("gave up") if expected is GAVE_UP else (
-        verdict.reason == outcome.reason)
+    if expected is GAVE_UP:
+        assert verdict.reason.startswith("gave up")
+    elif outcome.in_doubt:
+        assert verdict.reason.startswith(outcome.reason) and "retry Quarantine" in verdict.reason
+    else:
+        assert verdict.reason == outcome.reason
     assert verdict.attempt is not (outcome.kind is Kind.CONFIG)
+
+
+def test_no_answer_is_retried_under_resubmit() -> None:
+    """With in_doubt: resubmit, a request that got no answer waits for a retry instead."""
+    verdict = answer(NO_ANSWER, None, RESUBMIT, NOW)
+    assert (verdict.result, verdict.state, verdict.to) == (Result.DEFERRED, State.WAITING, None)
 
 
 @pytest.mark.parametrize(("outcome", "earlier", "low", "high"), [
@@ -216,10 +237,66 @@ def test_target_down_records_nothing() -> None:
     assert seen(target_down("redmine")) == (Result.DEFERRED, None, None, logging.INFO)
 
 
-def test_duplicate_is_disposed_of_as_submitted() -> None:
-    """A copy of a message already in the tracker goes where submitted mail goes."""
-    verdict = duplicate("acct/INBOX uid 1", Policy(Disposition("move", "Done"), MARK_FAILED,
-                                                   3, HOUR, Backoff(30, 3600)))
-    assert seen(verdict) == (Result.DUPLICATE, State.DECIDED, Disposition("move", "Done"),
-                             logging.INFO)
-    assert verdict.text == "already submitted as acct/INBOX uid 1; moved to Done"
+DONE = Policy(Disposition("move", "Done"), MARK_FAILED, 3, HOUR, Backoff(30, 3600))
+
+
+@pytest.mark.parametrize(("state", "outcome", "expected"), [
+    (State.SUBMITTED, Result.SUBMITTED,
+     (Result.DUPLICATE, State.DECIDED, Disposition("move", "Done"), logging.INFO)),
+    (State.DISPOSED, Result.SUBMITTED,
+     (Result.DUPLICATE, State.DECIDED, Disposition("move", "Done"), logging.INFO)),
+    (State.WAITING, Result.DEFERRED, TakeOver()),
+    (State.WAITING, Result.REFUSED_KEY, TakeOver()),
+    (State.SUBMITTING, None, (Result.QUARANTINED, State.DECIDED, QUARANTINE, logging.WARNING)),
+    (State.DISPOSED, Result.QUARANTINED,
+     (Result.QUARANTINED, State.DECIDED, QUARANTINE, logging.WARNING)),
+    (State.DISPOSED, Result.PARTIAL,
+     (Result.QUARANTINED, State.DECIDED, QUARANTINE, logging.WARNING)),
+], ids=["submitted", "submitted-disposed", "waiting", "waiting-refused-key", "submitting",
+        "quarantined", "partial"])
+def test_copy_of(state: State, outcome: Result | None, expected: Expected | TakeOver) -> None:
+    """An accepted copy makes a duplicate, a waiting one hands over, one in doubt quarantines."""
+    verdict = copy_of(Earlier(1, "acct/INBOX uid 1", state, outcome, None), DONE)
+    assert (verdict if isinstance(verdict, TakeOver) else seen(verdict)) == expected
+
+
+def test_copy_reasons() -> None:
+    """A duplicate names the copy and its ticket; a quarantined copy says what to do."""
+    duplicate = copy_of(Earlier(1, "acct/INBOX uid 1", State.SUBMITTED, Result.SUBMITTED,
+                                "42"), DONE)
+    assert isinstance(duplicate, Verdict)
+    assert duplicate.text == "already submitted as acct/INBOX uid 1 (ticket 42); moved to Done"
+    doubt = copy_of(Earlier(1, "acct/INBOX uid 1", State.SUBMITTING, None, None), DONE)
+    assert isinstance(doubt, Verdict)
+    assert doubt.reason.startswith("a copy of acct/INBOX uid 1 (submitting), so the tracker "
+                                   "may or may not have it")
+    assert "`imap-ingest retry Quarantine`" in doubt.reason
+
+
+def test_crashed() -> None:
+    """Our bug while deciding a message fails that message alone, with the error named."""
+    verdict = crashed("RecursionError", POLICY)
+    assert seen(verdict) == (Result.FAILED, State.DECIDED, MARK_FAILED, logging.ERROR)
+    assert "internal error (RecursionError)" in verdict.reason
+
+
+def test_raced_records_nothing() -> None:
+    """A copy whose earlier one changed meanwhile stays, unrecorded, for the next pass."""
+    assert seen(raced("acct/INBOX uid 1")) == (Result.DEFERRED, None, None, logging.INFO)
+
+
+@pytest.mark.parametrize("retry_after", [1e300, float("inf"), float("nan"), -5.0, 7200.0],
+                         ids=["huge", "inf", "nan", "negative", "over-cap"])
+def test_retry_after_is_clamped_to_max_delay(retry_after: float) -> None:
+    """Whatever Retry-After a tracker sends, the message is due again within max_delay."""
+    verdict = answer(Outcome(Kind.TEMPORARY, "429", status=429, retry_after=retry_after),
+                     None, POLICY, NOW)
+    assert verdict.next_try is not None and NOW < verdict.next_try <= NOW + 3600
+
+
+@pytest.mark.parametrize("next_try", [1e300, float("inf")], ids=["huge", "inf"])
+def test_out_of_range_next_try_still_reads(next_try: float) -> None:
+    """A ledger's next try beyond the clock's range defers with "-", without raising."""
+    verdict = resume(record(State.WAITING, Result.DEFERRED, attempts=1, next_try=next_try),
+                     POLICY, NOW)
+    assert isinstance(verdict, Verdict) and verdict.reason == "next try at -"

@@ -13,9 +13,10 @@ share; each model lives with its tracker), ``settings`` (the whole file), ``load
 """
 
 from .accounts import Account, OAuth2
+from .alerting import Alert, EmailAlert, WebhookAlert
 from .folders import Action, CheckName, Condition, Folder, Rule, SubmitOptions
 from .loader import CONFIG_VARIABLE, ENV_PREFIX, load
-from .settings import Config, Http, Retry, default_state_dir
+from .settings import Config, Console, Http, Retry, default_state_dir
 from .targets import AnyTarget, HttpTarget, Target, target_types, templates
 from .values import (
     Duration,
@@ -33,9 +34,10 @@ from .values import (
 )
 
 __all__ = [
-    "CONFIG_VARIABLE", "ENV_PREFIX", "Account", "Action", "AnyTarget", "CheckName", "Condition",
-    "Config", "Duration", "Folder", "Http", "HttpTarget", "HttpUrl", "HttpsUrl", "Model",
-    "OAuth2", "Retry", "Rule", "SecretFromEnv", "SecretFromFile", "Size", "SubmitOptions",
-    "Target", "WithSecret", "default_state_dir", "is_loopback", "load", "parse_duration",
-    "parse_size", "pick_secret", "target_types", "templates",
+    "CONFIG_VARIABLE", "ENV_PREFIX", "Account", "Action", "Alert", "AnyTarget", "CheckName",
+    "Condition", "Config", "Console", "Duration", "EmailAlert", "Folder", "Http", "HttpTarget",
+    "HttpUrl", "HttpsUrl", "Model", "OAuth2", "Retry", "Rule", "SecretFromEnv", "SecretFromFile",
+    "Size", "SubmitOptions", "Target", "WebhookAlert", "WithSecret", "default_state_dir",
+    "is_loopback", "load", "parse_duration", "parse_size", "pick_secret", "target_types",
+    "templates",
 ]

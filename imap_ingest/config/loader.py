@@ -31,7 +31,21 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     except ValidationError as exc:
         raise ConfigError(_describe(exc), file=path) from None
     _check_references(config, path)
+    _check_alert_address(config, path)
     return config
+
+
+def _check_alert_address(config: Config, path: str | os.PathLike[str]) -> None:
+    """Alerts go to a person: to a tracker or a watched mailbox they would loop back in."""
+    if config.alert.email is None:
+        return
+    to = config.alert.email.to.lower()
+    watched = {a.lower() for account in config.accounts
+               for a in [*account.addresses, account.username] if "@" in a}
+    if to in config.own_addresses() | watched:
+        what = "a tracker's own address" if to in config.own_addresses() else "a watched mailbox"
+        raise ConfigError(f"alerts must go to a person, not to {what}", file=path,
+                          key="alert.email.to")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

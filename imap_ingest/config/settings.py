@@ -11,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validat
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .accounts import Account, OAuth2
+from .alerting import Alert
 from .folders import CheckName, Rule, SubmitOptions
 from .targets import AnyTarget
 from .values import Duration, Model, parse_duration
@@ -35,6 +36,9 @@ class Http(Model):
     """The status listener: /healthz, /readyz, /metrics."""
 
     listen: str = "127.0.0.1:9464"
+    # /healthz fails for a folder whose pass made no progress for this long; unset: 4 times
+    # the longest of the account's and the targets' timeouts (service.stall_limit).
+    stuck_after: Duration | None = None
 
     @field_validator("listen")
     @classmethod
@@ -48,6 +52,13 @@ class Http(Model):
     def address(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
+
+
+class Console(Http):
+    """The operators' web page: off unless configured, behind the token in ``token_file``."""
+
+    listen: str = "127.0.0.1:9465"
+    token_file: Path
 
 
 class Config(BaseSettings):
@@ -69,6 +80,8 @@ class Config(BaseSettings):
     quarantine_folder: str = "Quarantine"
     retry: Retry = Retry()
     http: Http | None = None
+    alert: Alert = Alert()
+    console: Console | None = None
     shutdown_grace: Duration = 30.0  # on SIGTERM, how long the message in hand may take
 
     @classmethod
@@ -82,7 +95,8 @@ class Config(BaseSettings):
 
     def secrets(self) -> Iterator[str]:
         """Every secret value, so that logging can redact them."""
-        models: list[BaseModel] = [*self.accounts, *self.targets.values()]
+        models: list[BaseModel] = [*self.accounts, *self.targets.values(),
+                                   *filter(None, [self.alert.email])]
         while models:
             for value in models.pop().__dict__.values():
                 if isinstance(value, SecretStr):

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from ..message import Message
 
 
+REASON_LIMIT = 500  # characters of a reason kept: what a tracker says may be megabytes
+
+
 class Kind(Enum):
     SUCCESS = "success"  # the tracker took it: dispose of the message
     PERMANENT = "permanent"  # refused for good: move it aside
@@ -32,6 +35,12 @@ class Outcome:
     status: int | None = None
     partial: bool = False  # refused, but part of it may have been recorded (RT chains)
     retry_after: float | None = None  # seconds the tracker asked us to wait (429)
+    in_doubt: bool = False  # sent, but no answer came: the tracker may have taken it
+
+    def __post_init__(self) -> None:
+        # One place for every tracker: RT's first line, say, goes into the reason whole.
+        if len(self.reason) > REASON_LIMIT:
+            object.__setattr__(self, "reason", self.reason[:REASON_LIMIT - 1] + "…")
 
 
 @dataclass(frozen=True, slots=True)

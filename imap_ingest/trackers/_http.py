@@ -1,16 +1,26 @@
-"""The HTTP boundary shared by trackers: one keep-alive session, errors turned into Outcomes."""
+"""The HTTP boundary shared by trackers: one keep-alive session, errors turned into Outcomes.
+
+Every request has a total deadline (the target's ``timeout``), and every answer is read as
+a bounded prefix: requests and urllib3 bound each read only, so a tracker that drips its
+answer a byte a second would hold the folder for ever, and they buffer the whole body.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
+from requests.structures import CaseInsensitiveDict
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .. import __version__
 from ..config import HttpTarget
@@ -19,6 +29,95 @@ from . import Kind, Outcome
 
 USER_AGENT = f"imap-ingest/{__version__}"
 _REDIRECTS = (301, 302, 303, 307, 308)
+# Bytes of an answer read: Redmine's, RT's and a webhook's JSON are a few hundred; the rest
+# of a longer answer is not read (and its connection not reused).
+ANSWER_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A tracker's answer: its status, headers and the first ANSWER_LIMIT bytes of its body."""
+
+    status_code: int
+    headers: CaseInsensitiveDict[str]
+    content: bytes
+    encoding: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(self.encoding or "utf-8", errors="replace")
+
+
+class _Deadline:
+    """Shuts the connection in use down when a request's time is up, which wakes the read
+    (or write) blocked on it; the request then ends as "no answer within N s"."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._lock = threading.Lock()
+        self._connection: object | None = None
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, connection: object | None) -> None:
+        """The connection the request uses from now on (None: back in the pool)."""
+        with self._lock:
+            self._connection = connection
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        self.watch(None)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sock = getattr(self._connection, "sock", None)
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):  # already closed
+                    # socket.socket's own shutdown, also for TLS: SSLSocket's would tear
+                    # the TLS state down under the thread reading it.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_current = threading.local()  # the _Deadline of the request this thread is making
+
+
+class _WatchedPool(HTTPConnectionPool):
+    """A pool that tells the current request's deadline which connection it uses, until
+    the connection is back in the pool (and possibly in another thread's hands)."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        connection = super()._get_conn(timeout)
+        if (deadline := getattr(_current, "deadline", None)) is not None:
+            deadline.watch(connection)
+        return connection
+
+    def _put_conn(self, conn: Any) -> None:
+        if (deadline := getattr(_current, "deadline", None)) is not None:
+            deadline.watch(None)
+        super()._put_conn(conn)
+
+
+class _WatchedHttpsPool(_WatchedPool, HTTPSConnectionPool):
+    pass
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter over watched pools, direct or through an HTTP proxy."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, urllib3.ProxyManager):  # not SOCKS: its pools are its own
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
+_POOLS = {"http": _WatchedPool, "https": _WatchedHttpsPool}
 
 
 class Client:
@@ -35,8 +134,7 @@ class Client:
         # ~/.netrc) again for every request, half a millisecond each time.
         self._http.proxies = requests.utils.get_environ_proxies(target.url)
         self._http.trust_env = False
-        pool = requests.adapters.HTTPAdapter(pool_connections=1,
-                                             pool_maxsize=target.concurrency)
+        pool = _Adapter(pool_connections=1, pool_maxsize=target.concurrency)
         self._http.mount("http://", pool)
         self._http.mount("https://", pool)
         self._slots = threading.BoundedSemaphore(target.concurrency)
@@ -44,28 +142,47 @@ class Client:
 
     def request(self, method: str, url: str, *, data: bytes | Iterable[bytes] | None = None,
                 files: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
-                repost: int = 0) -> requests.Response | Outcome:
-        """The answer, or a TEMPORARY Outcome when there was none. Redirects are not
-        followed (requests would turn a POST into a GET), except ``repost`` times by
-        sending the same request to the new location, as rt-mailgate does."""
+                repost: int = 0) -> Answer | Outcome:
+        """The answer, or a TEMPORARY Outcome when there was none within the timeout.
+        Redirects are not followed (requests would turn a POST into a GET), except
+        ``repost`` times by sending the same request to the new location, as rt-mailgate
+        does; the timeout covers them all."""
         with self._slots:
-            for _ in range(repost + 1):
-                request = self._prepare(method, url)
-                request.headers.update(headers or {})
-                request.prepare_body(data, files)
-                try:
-                    answer = self._http.send(request, timeout=self.timeout,
-                                             allow_redirects=False)
-                except (requests.RequestException, urllib3.exceptions.HTTPError,
-                        ValueError) as exc:
-                    return unreachable(url, self.timeout, exc)
-                if answer.status_code not in _REDIRECTS or "Location" not in answer.headers:
-                    break
-                location = urljoin(url, answer.headers["Location"])
-                if (refused := _not_followed(url, location)) is not None:
-                    return refused
-                url = location
-            return answer
+            _current.deadline = deadline = _Deadline(self.timeout)
+            try:
+                for _ in range(repost + 1):
+                    answer = self._send(method, url, data, files, headers, deadline)
+                    if isinstance(answer, Outcome) or answer.status_code not in _REDIRECTS or (
+                            "Location" not in answer.headers):
+                        return answer
+                    location = urljoin(url, answer.headers["Location"])
+                    if (refused := _not_followed(url, location)) is not None:
+                        return refused
+                    url = location
+                return answer
+            finally:
+                deadline.cancel()
+                _current.deadline = None
+
+    def _send(self, method: str, url: str, data: bytes | Iterable[bytes] | None,
+              files: Mapping[str, Any] | None, headers: Mapping[str, str] | None,
+              deadline: _Deadline) -> Answer | Outcome:
+        request = self._prepare(method, url)
+        request.headers.update(headers or {})
+        try:
+            request.prepare_body(data, files)
+            if deadline.expired:
+                raise requests.Timeout
+            with self._http.send(request, timeout=self.timeout, allow_redirects=False,
+                                 stream=True) as answer:
+                # Read to its end, the connection goes back to the pool; else leaving the
+                # with closes it.
+                body = answer.raw.read(ANSWER_LIMIT + 1, decode_content=True)[:ANSWER_LIMIT]
+                return Answer(answer.status_code, answer.headers, body,
+                              requests.utils.get_encoding_from_headers(answer.headers))
+        except (requests.RequestException, urllib3.exceptions.HTTPError, ValueError) as exc:
+            return unreachable(url, self.timeout, requests.Timeout() if deadline.expired
+                               else exc)
 
     def _prepare(self, method: str, url: str) -> requests.PreparedRequest:
         """A copy of the request prepared once per method and URL: requests would merge the
@@ -97,9 +214,12 @@ def unreachable(url: str, timeout: float, exc: Exception) -> Outcome:
     only, never a header value (a secret with a line break is refused by the HTTP layer
     with the value in its message)."""
     where = origin(url)
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, requests.ConnectTimeout):
+        return Outcome(Kind.TEMPORARY, f"cannot connect to {where} within {timeout:g} s")
+    if isinstance(exc, requests.Timeout | urllib3.exceptions.TimeoutError):
+        # Sent, but no answer: the tracker may have the message (in doubt, not retried).
         return Outcome(Kind.TEMPORARY, f"no answer from {where} within {timeout:g} s; "
-                       "the tracker may still have taken the message")
+                       "the tracker may still have taken the message", in_doubt=True)
     if isinstance(exc, requests.exceptions.SSLError):
         return Outcome(Kind.TEMPORARY, f"TLS failure talking to {where}: certificate not "
                        "trusted or handshake refused (see ca_file, verify_tls)")

@@ -267,6 +267,17 @@ class Dovecot(Lifecycle):
             ca_file=self.ca_file,
         )
 
+    def renumber(self, account: ImapAccount, folder: str = "INBOX") -> None:
+        """Make dovecot give ``folder`` a new UIDVALIDITY, as after a lost uidlist or a
+        migration: its uidlist and indexes are removed, so every message gets a new UID."""
+        maildir = self.directory / "home" / account.username / "Maildir"
+        if folder != "INBOX":
+            maildir = maildir / f".{folder}"
+        time.sleep(1.1)  # dovecot's new UIDVALIDITY is the current second
+        (maildir / "dovecot-uidlist").unlink()
+        for index in maildir.glob("dovecot.index*"):
+            index.unlink()
+
     def start(self) -> None:
         """Start the server and wait until it greets on the plain port.
 

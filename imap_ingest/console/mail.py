@@ -1,0 +1,153 @@
+"""The console's IMAP side: the messages set aside (held, failed, quarantined), one message
+with its trace, and the Retry / Release actions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import Account, Config
+from ..errors import MailboxError
+from ..explain import trace_lines
+from ..ledger import Key, Ledger
+from ..mailbox import FAILED, Mailbox
+from ..message import Message
+from ..oauth import Tokens
+from ..retry import retry
+from ..rules import RuleSet
+from ..states import Result, State
+from ..trackers import Envelope, Kind, Tracker
+
+SHOWN = 30  # messages listed per folder, newest first
+
+
+@dataclass(frozen=True, slots=True)
+class Aside:
+    """A message in a failure, quarantine or loops folder (or marked failed in place)."""
+
+    account: str
+    folder: str  # where it is now
+    uid: int
+    subject: str
+    sender: str
+    kind: str  # held | failed | quarantined
+    reason: str
+
+
+def aside_folders(config: Config, account: Account) -> dict[str, str]:
+    """The folders where this account's messages are set aside: name → kind."""
+    found = {name: "held" for name in [config.loops_folder,
+                                       *(f.loops_folder for f in account.folders)] if name}
+    found |= {f.move_on_failure: "failed" for f in account.folders if f.move_on_failure}
+    found[config.quarantine_folder] = "quarantined"
+    return found
+
+
+def set_aside(config: Config, ledger: Ledger, tokens: dict[str, Tokens]) -> list[Aside]:
+    """Every message set aside, with what the ledger says of why; a folder that cannot be
+    read (not created yet) lists nothing."""
+    found: list[Aside] = []
+    for account in config.accounts:
+        try:
+            with Mailbox(account, tokens.get(account.name)) as mailbox:
+                places = [(name, kind, ["UNDELETED"])
+                          for name, kind in aside_folders(config, account).items()]
+                places += [(f.name, "failed", ["KEYWORD", FAILED]) for f in account.folders
+                           if not f.move_on_failure]
+                for name, kind, criteria in places:
+                    found += _listed(mailbox, ledger, account, name, kind, criteria)
+        except MailboxError:
+            continue
+    return found
+
+
+def _listed(mailbox: Mailbox, ledger: Ledger, account: Account, folder: str, kind: str,
+            criteria: list[str]) -> list[Aside]:
+    try:
+        mailbox.select(folder, readonly=True)
+        uids = mailbox.search(criteria)[-SHOWN:]
+        fetched = list(mailbox.fetch(uids, SHOWN, account.folders[0].max_message_size))
+    except MailboxError:
+        return []
+    listed = []
+    for one in reversed(fetched):
+        message = Message(one.raw or b"")
+        reasons = _reasons(ledger, message)
+        listed.append(Aside(account.name, folder, one.uid, message.subject or "(no subject)",
+                            message.sender, kind, reasons[0] if reasons else ""))
+    return listed
+
+
+def _reasons(ledger: Ledger, message: Message) -> list[str]:
+    if message.message_id is None:
+        return []
+    return [str(row["reason"]) for row, _ in reversed(ledger.history(message.message_id))
+            if row["reason"]]
+
+
+def raw(config: Config, tokens: dict[str, Tokens], account_name: str, folder: str,
+        uid: int) -> bytes | None:
+    """The message's bytes as the server has them, or None when it is not there."""
+    account = _account(config, account_name)
+    with Mailbox(account, tokens.get(account.name)) as mailbox:
+        mailbox.select(folder, readonly=True)
+        for one in mailbox.fetch([uid], 1, 2**62):
+            return one.raw
+    return None
+
+
+def trace(config: Config, account_name: str, folder: str, raw_bytes: bytes) -> list[str]:
+    """What `imap-ingest explain` says of the message, as read by its source folder."""
+    account = _account(config, account_name)
+    source = next((f for f in account.folders if f.name == folder), account.folders[0])
+    rules = RuleSet.for_folder(source, config)
+    return [f"(rules of {account.name}/{source.name})", *trace_lines(
+        rules, rules.evaluate(Message(raw_bytes)))]
+
+
+def do_retry(config: Config, ledger: Ledger, tokens: dict[str, Tokens], account_name: str,
+             folder: str, uid: int) -> list[str]:
+    """`imap-ingest retry FOLDER` for this one message."""
+    account = _account(config, account_name)
+    with Mailbox(account, tokens.get(account.name)) as mailbox:
+        return list(retry(mailbox, ledger, account, folder, [uid]))
+
+
+def do_release(config: Config, ledger: Ledger, trackers: dict[str, Tracker],
+               tokens: dict[str, Tokens], account_name: str, folder: str, uid: int) -> str:
+    """Submit a held message despite the check that held it, as its source folder would;
+    recorded as submitted, then disposed of as the source folder says."""
+    account = _account(config, account_name)
+    with Mailbox(account, tokens.get(account.name)) as mailbox:
+        mailbox.select(folder)
+        fetched = next(iter(mailbox.fetch([uid], 1, 2**62)), None)
+        if fetched is None or not fetched.raw:
+            return f"uid {uid} is no longer in {folder}"
+        message = Message(fetched.raw)
+        rows = ledger.history(message.message_id) if message.message_id else []
+        row = next((r for r, _ in reversed(rows) if r["account"] == account.name
+                    and r["outcome"] == Result.HELD), None)
+        if row is None:
+            return f"uid {uid}: no record of where it was held from; not released"
+        source = next(f for f in account.folders if f.name == row["folder"])
+        key = Key(account.name, source.name, int(str(row["uidvalidity"])), int(str(row["uid"])))
+        target = config.target_for(source.options())
+        outcome = trackers[target].submit(message.raw, source.options(),
+                                          Envelope.of(account, message, source.name))
+        if outcome.kind is not Kind.SUCCESS:
+            return f"uid {uid}: {target} did not take it: {outcome.reason}"
+        ledger.answered(key, target, State.SUBMITTED, Result.SUBMITTED,
+                        "released from " + folder, status=outcome.status, ticket=outcome.ticket)
+        if source.move_on_success:
+            mailbox.move([uid], source.move_on_success)
+        else:
+            mailbox.delete([uid])
+        ledger.disposed([key])
+        return (f"uid {uid} released: submitted to {target}"
+                + (f" as {outcome.ticket}" if outcome.ticket else ""))
+
+
+def _account(config: Config, name: str) -> Account:
+    account = next((a for a in config.accounts if a.name == name), None)
+    if account is None:
+        raise LookupError(f"no account {name}")
+    return account
