@@ -19,13 +19,16 @@ _PROVIDERS = (
     (("outlook.office365.com", "outlook.office.com"), 20),  # Exchange Online
 )
 # dovecot's default mail_max_userip_connections, and a modest guess for any other server.
-DEFAULT = 10
+LIMIT = 10
+# Left for the account's other clients (a person's mail program, `imap-ingest check`): a
+# budget that fills the limit locks them out.
+ROOM = 2
 
 
 def default_budget(host: str) -> int:
-    """The connection limit a provider is known for, else dovecot's default."""
+    """The connection limit a provider is known for (else dovecot's default), less ROOM."""
     host = host.lower().rstrip(".")
-    return next((limit for hosts, limit in _PROVIDERS if host in hosts), DEFAULT)
+    return next((limit for hosts, limit in _PROVIDERS if host in hosts), LIMIT) - ROOM
 
 
 def budget_of(account: Account) -> int:
