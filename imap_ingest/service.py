@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -94,6 +95,13 @@ class Service:
         self.started = time.time()
         self.alerter = Alerter(config.alert, self.flow, self.stop)
         self.metrics.registry.register(FlowCollector(self.flow))
+
+    @property
+    def pass_connections(self) -> int:
+        """How many connections the service's passes hold at most."""
+        plans = [plan(account.folders, budget_of(account)) for account in self.config.accounts]
+        return sum(1 if fitted.shared else len(fitted.pushed) + len(fitted.polled)
+                   for fitted in plans)
 
     def context(self, progress: bool = False) -> Context:
         return Context(self.config, self.trackers, self.ledger, self.stop, self.metrics,
@@ -433,7 +441,10 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
     with _signals(stop, reload):
         while True:
             service = Service(config, retry_now)
-            scheduler = BackgroundScheduler()
+            # A thread per pass connection: a pass waiting for its account's shared
+            # connection must not hold up the other accounts' (or a pushed folder's) passes.
+            scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(
+                max(10, service.pass_connections))})
             service.start(scheduler)
             scheduler.start()
             if status:
