@@ -227,11 +227,33 @@ def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context,
 
 
 class Connection:
-    """A kept IMAP connection for passes, and the lock that lets one pass use it at once."""
+    """A kept IMAP connection for passes, used by one pass at once. A pass that finds it
+    busy is queued, and run by the thread that holds it: no scheduler thread waits for a
+    connection while another account's passes could run."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.mailbox: Mailbox | None = None
+        self._guard = threading.Lock()
+        self._queued: dict[FolderWorker, None] = {}  # in order, each once
+
+    def take(self, worker: FolderWorker) -> bool:
+        """The connection for ``worker``'s pass now, or False: queued for the holder."""
+        with self._guard:
+            if self.lock.acquire(blocking=False):
+                return True
+            self._queued[worker] = None
+            return False
+
+    def next_or_release(self) -> FolderWorker | None:
+        """The next queued worker, still holding the connection; else let it go."""
+        with self._guard:
+            if self._queued:
+                worker = next(iter(self._queued))
+                del self._queued[worker]
+                return worker
+            self.lock.release()
+            return None
 
     def drop(self) -> None:
         if self.mailbox is not None:
@@ -327,12 +349,22 @@ class FolderWorker:
                 self._running = False
 
     def _pass(self) -> int:
-        if time.time() < self._retry_at:
-            return EX_OK  # waiting out a reconnect backoff
-        with self.connection.lock:
-            return self._pass_on_connection()
+        if not self.connection.take(self):
+            return EX_OK  # the pass holding the connection runs ours next
+        held = True
+        try:
+            code = self._pass_on_connection()
+            while (queued := self.connection.next_or_release()) is not None:
+                queued._pass_on_connection()
+            held = False
+            return code
+        finally:
+            if held:
+                self.connection.lock.release()
 
     def _pass_on_connection(self) -> int:
+        if time.time() < self._retry_at:
+            return EX_OK  # waiting out a reconnect backoff
         with self._state:
             announced, self._announced = self._announced, False
         heard = functools.partial(self._heard, idle_missed(announced, self._idling_since,
