@@ -29,6 +29,8 @@ def check(config: Config, path: str | os.PathLike[str]) -> int:
         codes.append(code)
 
     report(True, "config", f"{os.fspath(path)} is valid")
+    for key, caution in config.cautions():
+        print(f"WARN  {key}: {caution}", flush=True)
     for account in config.accounts:
         what = f"account {account.name}"
         try:

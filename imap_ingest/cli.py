@@ -10,7 +10,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, authorize, demo, logs
+from . import __version__, authorize, compat, deliver, demo, logs
 from .check import check
 from .config import CONFIG_VARIABLE, Config, load, templates
 from .errors import EX_CANTCREAT, EX_OK, EX_USAGE, IngestError
@@ -137,6 +137,11 @@ def _history(config: Config, args: argparse.Namespace) -> int:
 
 
 def _retry(config: Config, args: argparse.Namespace) -> int:
+    route = args.folder.removeprefix("spool/")
+    if route != args.folder and route in config.routes:
+        for line in deliver.retry(config, route):
+            print(line)
+        return EX_OK
     candidates = [a for a in config.accounts if args.account in (None, a.name)]
     if args.account is None and len(candidates) > 1:
         candidates = [a for a in candidates if any(
@@ -282,6 +287,7 @@ def _parser() -> argparse.ArgumentParser:
                         "failed in place), so that the next pass submits them again. A message "
                         "the ledger shows as already in the tracker is left where it is.",
             epilog="examples:\n  imap-ingest retry -c config.yaml redmine.failed\n"
+                   "  imap-ingest retry -c config.yaml spool/ROUTE   # a route's spool\n"
                    "  imap-ingest retry -c config.yaml Quarantine   # after checking the tracker:\n"
                    "      quarantined mail may already be there; delete those copies first")
     again.add_argument("folder", metavar="FOLDER", help="the folder to take messages from")
@@ -342,4 +348,5 @@ def _parser() -> argparse.ArgumentParser:
                "> config.yaml")
     rake.add_argument("options", nargs="+", metavar="KEY=VALUE",
                       help="the rake line, or just its key=value options")
+    compat.add_commands(commands, DEFAULT_CONFIG)
     return parser

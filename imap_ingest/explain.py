@@ -9,6 +9,7 @@ from .config import Account, Config, SubmitOptions
 from .errors import EX_NOINPUT, EX_OK, EX_USAGE
 from .message import Message
 from .rules import Act, Decision, RuleSet
+from .smime import Gate
 from .trackers import Envelope, open_tracker
 
 
@@ -29,10 +30,17 @@ def explain(config: Config, file: str, folder_name: str, account_name: str | Non
         print(f"cannot read {file}: {exc.strerror}", file=sys.stderr)
         return EX_NOINPUT
     message = Message(raw)
-    rules = RuleSet.for_folder(folder, config)
-    decision = rules.evaluate(message)
     print(f"message {message.message_id or '(no Message-ID)'}, {len(raw)} bytes, subject "
           f"{message.subject!r}, in {account.name}/{folder.name}")
+    opened = Gate.for_folder(config, account, folder).open(message)
+    for step in opened.steps:
+        print(f"  smime: {step}")
+    if opened.failure is not None:
+        print(f"decision: failed before the rules (S/MIME: {opened.failure})")
+        return EX_OK
+    message = opened.message
+    rules = RuleSet.for_folder(folder, config)
+    decision = rules.evaluate(message)
     _trace(rules, decision)
     if decision.act is Act.SUBMIT and decision.options is not None:
         _preview(config, account, folder.name, message, decision, decision.options)
@@ -71,13 +79,13 @@ def _preview(config: Config, account: Account, folder: str, message: Message,
     envelope = Envelope.of(account, message, folder)
     if envelope.subaddress:
         print(f"  sub-address: {envelope.subaddress}")
-    url, fields = tracker.preview(decision.submission(message.raw), options, envelope)
+    action, fields = tracker.preview(decision.submission(message.raw), options, envelope)
     tracker.close()
     if edits := decision.edits:
         done = [f"removed {', '.join(edits.remove_header)}" if edits.remove_header else "",
                 f"set {', '.join(edits.set_header)}" if edits.set_header else "",
                 f"From taken from {edits.from_header}" if edits.from_header else ""]
         print(f"  header edits: {'; '.join(filter(None, done))}")
-    print(f"  target {target}: POST {url}")
+    print(f"  target {target}: {action}")
     for name, value in fields:
         print(f"    {name} = {value}")

@@ -27,6 +27,7 @@ from .mailbox import Fetched, Mailbox
 from .message import Message
 from .metrics import Metrics
 from .rules import Decision, RuleSet
+from .smime import Gate
 from .states import Result, State
 from .trackers import Envelope, Kind, Outcome, Tracker
 from .verdict import (
@@ -39,6 +40,7 @@ from .verdict import (
     crashed,
     raced,
     resume,
+    smime_failed,
     target_down,
     unreadable,
 )
@@ -107,6 +109,7 @@ class _Pass:
         self.context = context
         self.config, self.ledger = context.config, context.ledger
         self.rules = RuleSet.for_folder(folder, self.config)
+        self.smime = Gate.for_folder(self.config, mailbox.account, folder)
         self.policy = Policy.of(self.config, folder, context.retry_now)
         self.disposal = Disposal(mailbox, self.ledger)
         self.report = PassReport(mailbox.account.name, folder.name)
@@ -199,6 +202,12 @@ class _Pass:
             self._decide(key, None, fetched.size, "-", unreadable(
                 fetched.size, self.folder.max_message_size, fetched.raw is None, self.policy))
             return
+        opened = self.smime.open(message)  # before the rules: they may match its verdict
+        if opened.failure is not None:
+            self._decide(key, message, fetched.size, "smime", smime_failed(opened.failure,
+                                                                           self.policy))
+            return
+        message = opened.message
         decision = self.rules.evaluate(message)
         self.disposal.copy_with(key, decision.copies)
         verdict = by_rule(decision, self.policy)

@@ -7,6 +7,7 @@ import time
 
 from .budget import budget_of, plan
 from .config import Config
+from .deliver import report as spooled
 from .errors import EX_NOT_FOUND, EX_OK
 from .ledger import Ledger
 from .states import State
@@ -32,6 +33,8 @@ def status(config: Config) -> int:
                  else "ok")
         last = f"; last error {_time(when)}: {error}" if error else ""
         print(f"target {name}: {state}{last}")
+    for line in spooled(config):
+        print(line)
     if not folders:
         print(f"no messages recorded yet in {config.state_dir}")
     for each in config.accounts:

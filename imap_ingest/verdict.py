@@ -110,6 +110,11 @@ def unreadable(size: int, limit: int, over_limit: bool, policy: Policy) -> Verdi
     return _failed(reason, policy)
 
 
+def smime_failed(reason: str, policy: Policy) -> Verdict:
+    """S/MIME mail that cannot be opened (Missing key, Bad data): never submitted as plain."""
+    return _failed(f"S/MIME: {reason}", policy)
+
+
 def by_rule(decision: Decision, policy: Policy) -> Verdict | None:
     """What a rule's decision makes of the message; None when it is to be submitted."""
     if decision.act is Act.SUBMIT:

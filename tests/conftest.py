@@ -9,6 +9,7 @@ import pytest
 
 from .support.daemon import Daemon
 from .support.dovecot import Dovecot, DovecotNotInstalled, ImapAccount, find_dovecot
+from .support.pki import pki  # noqa: F401  (the session-scoped PKI fixture)
 from .support.redmine_server import FakeRedmine, FakeRT, RecordingServer
 from .support.token_service import TokenService
 

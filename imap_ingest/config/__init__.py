@@ -16,6 +16,7 @@ from .accounts import Account, OAuth2
 from .alerting import Alert, EmailAlert, WebhookAlert
 from .folders import Action, CheckName, Condition, Folder, Rule, SubmitOptions
 from .loader import CONFIG_VARIABLE, ENV_PREFIX, load
+from .routes import Route
 from .settings import Config, Console, Http, Retry, default_state_dir
 from .targets import AnyTarget, HttpTarget, Target, target_types, templates
 from .values import (
@@ -23,21 +24,25 @@ from .values import (
     HttpsUrl,
     HttpUrl,
     Model,
+    Secret,
     SecretFromEnv,
     SecretFromFile,
+    SecretText,
     Size,
     WithSecret,
     is_loopback,
     parse_duration,
     parse_size,
     pick_secret,
+    url_path_secrets,
+    url_secrets,
 )
 
 __all__ = [
     "CONFIG_VARIABLE", "ENV_PREFIX", "Account", "Action", "Alert", "AnyTarget", "CheckName",
     "Condition", "Config", "Console", "Duration", "EmailAlert", "Folder", "Http", "HttpTarget",
-    "HttpUrl", "HttpsUrl", "Model", "OAuth2", "Retry", "Rule", "SecretFromEnv", "SecretFromFile",
-    "Size", "SubmitOptions", "Target", "WebhookAlert", "WithSecret", "default_state_dir",
-    "is_loopback", "load", "parse_duration", "parse_size", "pick_secret", "target_types",
-    "templates",
+    "HttpUrl", "HttpsUrl", "Model", "OAuth2", "Retry", "Route", "Rule", "Secret",
+    "SecretFromEnv", "SecretFromFile", "SecretText", "Size", "SubmitOptions", "Target",
+    "WebhookAlert", "WithSecret", "default_state_dir", "is_loopback", "load", "parse_duration",
+    "parse_size", "pick_secret", "target_types", "templates", "url_path_secrets", "url_secrets",
 ]

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from .. import conditions, loops
+from .smime import SMime
 from .values import Duration, Model, Size, parse_size
 
 
@@ -142,3 +143,4 @@ class Folder(SubmitOptions):
     loops_folder: str | None = None
     idle: bool | None = None  # IMAP IDLE for mail within a second; unset: when the server has it
     rules: list[Rule] = []
+    smime: SMime | None = None  # S/MIME decrypt and verify before the rules

@@ -7,14 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .accounts import Account, OAuth2
+from ..urls import origin
+from .accounts import Account
 from .alerting import Alert
 from .folders import CheckName, Rule, SubmitOptions
-from .targets import AnyTarget
-from .values import Duration, Model, parse_duration
+from .routes import Route
+from .targets import AnyTarget, HttpTarget, in_clear_off_loopback
+from .values import Duration, Model, is_loopback, parse_duration
 
 
 def default_state_dir() -> Path:
@@ -66,7 +68,8 @@ class Config(BaseSettings):
 
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
-    accounts: Annotated[list[Account], Field(min_length=1)]
+    routes: dict[str, Route] = {}  # mail an MTA pipes in: `imap-ingest deliver --route NAME`
+    accounts: list[Account] = Field([], validate_default=True)  # after routes: it reads them
     targets: Annotated[dict[str, AnyTarget], Field(min_length=1)]
     rules: dict[str, Rule] = {}
     loops_folder: str | None = None
@@ -93,16 +96,43 @@ class Config(BaseSettings):
         # which pydantic-settings' own env source cannot address.
         return (init_settings,)
 
+    @field_validator("accounts")
+    @classmethod
+    def _accounts_or_routes(cls, value: list[Account], info: ValidationInfo) -> list[Account]:
+        if not value and not info.data.get("routes"):
+            raise ValueError("List should have at least 1 item (or give routes: for mail "
+                             "an MTA delivers)")
+        return value
+
     def secrets(self) -> Iterator[str]:
         """Every secret value, so that logging can redact them."""
-        models: list[BaseModel] = [*self.accounts, *self.targets.values(),
-                                   *filter(None, [self.alert.email])]
-        while models:
-            for value in models.pop().__dict__.values():
-                if isinstance(value, SecretStr):
-                    yield value.get_secret_value()
-                elif isinstance(value, OAuth2):
-                    models.append(value)
+        for model in (*self.accounts, *self.targets.values(), self.alert):
+            yield from model.secrets()
+        for account in self.accounts:
+            for folder in account.folders:
+                yield from folder.smime.secrets() if folder.smime else ()
+
+    def cautions(self) -> list[tuple[str, str]]:
+        """What the owner allowed that crosses the network unprotected, by key path: for
+        `check` to print and the service to log at start."""
+        off = "certificate checks are off: whoever is on the path can read and change it all"
+        found = []
+        for a, account in enumerate(self.accounts):
+            if account.security == "none" and not is_loopback(account.host):
+                found.append((f"accounts[{a}].security", f"security: none: the password and "
+                              f"the mail cross the network to {account.host} in clear"))
+            if not account.verify_tls:
+                found.append((f"accounts[{a}].verify_tls", off))
+        for name, target in self.targets.items():
+            if not isinstance(target, HttpTarget):
+                continue
+            if in_clear_off_loopback(target.url):
+                found.append((f"targets.{name}.url", f"{origin(target.url)} is plain http "
+                              "(allow_insecure: true): the key and the mail cross the network "
+                              "in clear"))
+            if not target.verify_tls:
+                found.append((f"targets.{name}.verify_tls", off))
+        return found
 
     def own_addresses(self) -> set[str]:
         """Every target's own From addresses, lower-cased, for the own-address check."""

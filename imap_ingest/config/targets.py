@@ -6,15 +6,24 @@ module has what they all share and the dispatch by ``type``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import Field, FilePath, PlainValidator, SerializeAsAny
+from pydantic import (
+    Field,
+    FilePath,
+    PlainValidator,
+    SerializeAsAny,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from ..trackers import registry
-from .values import Duration, HttpUrl, Model
+from .values import Duration, HttpUrl, Model, is_loopback, url_secrets
 
 TEMPLATES = resources.files("imap_ingest") / "templates"
 
@@ -33,7 +42,8 @@ class Target(Model):
 class HttpTarget(Target):
     """What every HTTP target has."""
 
-    url: HttpUrl
+    allow_insecure: bool = False  # before url: its check reads it
+    url: HttpUrl = Field(repr=False)  # may hold a password or a secret path
     ca_file: FilePath | None = None
     verify_tls: bool = True
     timeout: Duration = 60.0
@@ -41,8 +51,25 @@ class HttpTarget(Target):
     # SQLite answer concurrent writes with lock errors, which look like refusals.
     concurrency: Annotated[int, Field(ge=1, le=64)] = 1
 
+    @field_validator("url")
+    @classmethod
+    def _no_clear_text_off_loopback(cls, value: str, info: ValidationInfo) -> str:
+        if in_clear_off_loopback(value) and not info.data.get("allow_insecure"):
+            raise ValueError("http:// would send the key and the mail in clear text across "
+                             "the network; use https://, or set allow_insecure: true")
+        return value
+
     def max_in_flight(self) -> int:
         return self.concurrency
+
+    def secrets(self) -> Iterator[str]:
+        yield from super().secrets()
+        yield from url_secrets(self.url)
+
+
+def in_clear_off_loopback(url: str) -> bool:
+    """Whether ``url`` is plain http to a host other than this one."""
+    return url.startswith("http://") and not is_loopback(urlsplit(url).hostname or "")
 
 
 def _by_type(value: object) -> Target:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
+from ..logs import redact
 from . import registry
 
 if TYPE_CHECKING:
@@ -38,9 +39,13 @@ class Outcome:
     in_doubt: bool = False  # sent, but no answer came: the tracker may have taken it
 
     def __post_init__(self) -> None:
-        # One place for every tracker: RT's first line, say, goes into the reason whole.
-        if len(self.reason) > REASON_LIMIT:
-            object.__setattr__(self, "reason", self.reason[:REASON_LIMIT - 1] + "…")
+        # One place for every tracker: a reason may quote the tracker's answer, and a hostile
+        # one echoes what it was sent (redacted before cutting, which could halve a secret);
+        # RT's first line, say, goes into the reason whole.
+        reason = redact(self.reason)
+        if len(reason) > REASON_LIMIT:
+            reason = reason[:REASON_LIMIT - 1] + "…"
+        object.__setattr__(self, "reason", reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +72,8 @@ class Tracker(Protocol):
 
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
-        """The URL and fields ``submit`` would send, secrets masked; sends nothing."""
+        """What ``submit`` would do (``POST URL``) and the fields it would send, secrets
+        masked; sends nothing."""
 
     def check(self) -> Outcome:
         """Reach the tracker and test the credentials, creating nothing."""

@@ -10,9 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Literal
 
-from pydantic import SecretStr
-
-from ..config import HttpTarget, SecretFromEnv, SecretFromFile, SubmitOptions, WithSecret
+from ..config import (
+    HttpTarget,
+    Secret,
+    SecretFromEnv,
+    SecretFromFile,
+    SubmitOptions,
+    WithSecret,
+)
 from ..urls import origin, shown
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
@@ -29,7 +34,7 @@ class RedmineTarget(HttpTarget, WithSecret):
     secret_name = "key"
 
     type: Literal["redmine"]
-    key: SecretStr | None = None
+    key: Secret | None = None
     key_file: SecretFromFile | None = None
     key_env: SecretFromEnv | None = None
     unknown_user: Literal["ignore", "accept", "create"] | None = None
@@ -176,7 +181,7 @@ class Redmine:
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
         fields = form(raw, options, self._target)
         masked = {"key": "***", "email": f"<the message, {len(fields['email'])} bytes>"}
-        return shown(self._url), [(name, masked.get(name) or str(value))
+        return f"POST {shown(self._url)}", [(name, masked.get(name) or str(value))
                                   for name, value in fields.items()]
 
     def check(self) -> Outcome:

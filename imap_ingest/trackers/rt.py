@@ -119,7 +119,8 @@ class RequestTracker:
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
         message = as_piped(raw, envelope.subaddress)
         sent = list(fields(raw, options, self._target, envelope.subaddress).items())
-        return shown(self._url), [*sent, ("message", f"<the message, {len(message)} bytes>")]
+        return f"POST {shown(self._url)}", [*sent, ("message",
+                                                     f"<the message, {len(message)} bytes>")]
 
     def check(self) -> Outcome:
         # REST 1.0's root answers "RT/x.y.z 401 Credentials required" without touching mail;

@@ -1,0 +1,90 @@
+"""Mail an MTA pipes in: one process per message, as Postfix's pipe(8) runs them.
+
+  - start-up cost: N messages through `imap-ingest rdm-mailhandler` into the zero-cost sink
+    (bench/sink.py answers 201 at once), beside N runs of a bare `python3 -c pass`, so that
+    what is imap-ingest's own (imports, config, ledger) stands out; wall and CPU per message
+  - side by side into one real RT 5.0.3 (tests/e2e/rt.py, reset before each run): N messages
+    through the real /usr/bin/rt-mailgate and N through `imap-ingest rt-mailgate` with the
+    same flags, one after the other; each message must end as exactly one ticket
+
+Run: python -m bench.deliver [N] [--no-rt]      (default N: 50)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.common import message, sink
+from tests.support.ingest_env import ROOT
+
+
+def per_message(argvs: list[list[str]], messages: list[bytes],
+                env: dict[str, str] | None = None) -> tuple[float, float, list[int]]:
+    """(wall s, CPU s) per message for one process per message, and the exit codes."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    codes = []
+    started = time.perf_counter()
+    for argv, raw in zip(argvs, messages, strict=True):
+        codes.append(subprocess.run(argv, input=raw, capture_output=True, env=env,
+                                    check=False).returncode)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall / len(messages), cpu / len(messages), codes
+
+
+def ours(*args: str) -> list[str]:
+    return [sys.executable, "-m", "imap_ingest", *args]
+
+
+def startup(count: int, messages: list[bytes]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    wall, cpu, _ = per_message([[sys.executable, "-c", "pass"]] * count, messages, env)
+    print(f"python3 -c pass:                      {wall * 1000:6.0f} ms wall, "
+          f"{cpu * 1000:6.0f} ms CPU per process")
+    with sink() as (url, answered), tempfile.TemporaryDirectory() as state:
+        argv = ours("rdm-mailhandler", "--url", url, "--key", "k", "--state-dir", state)
+        wall, cpu, codes = per_message([argv] * count, messages, env)
+    print(f"imap-ingest rdm-mailhandler -> sink:  {wall * 1000:6.0f} ms wall, "
+          f"{cpu * 1000:6.0f} ms CPU per message; exits {sorted(set(codes))}, "
+          f"{answered[0]} requests for {count} messages")
+
+
+def side_by_side(count: int, messages: list[bytes]) -> None:
+    from bench.rt_tools import ACTION, MAILGATE, QUEUE, Run, verify  # needs matplotlib
+    from tests.e2e.rt import RealRT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with RealRT() as rt:
+        flags = ["--queue", QUEUE, "--action", ACTION, "--url", rt.url]
+        for name, argv in (("rt-mailgate", [MAILGATE, *flags]),
+                           ("imap-ingest rt-mailgate", None)):
+            rt.reset()
+            with tempfile.TemporaryDirectory() as state:
+                command = argv or ours("rt-mailgate", *flags, "--state-dir", state)
+                wall, cpu, codes = per_message([command] * count, messages, env)
+            run = Run(name, 1, wall * count, count)
+            verify(rt, messages, run)
+            print(f"{name:<24} {wall * 1000:6.0f} ms wall, {cpu * 1000:6.0f} ms CPU of the "
+                  f"client per message; exits {sorted(set(codes))}; problems "
+                  f"{dict(run.problems) or 'none'}")
+
+
+def main() -> None:
+    count = int(next((a for a in sys.argv[1:] if a.isdigit()), "50"))
+    rng = random.Random(18)
+    messages = [message(i, rng) for i in range(count)]
+    print(f"{count} messages, one process each; load average {os.getloadavg()[0]:.1f}")
+    startup(count, messages)
+    if "--no-rt" not in sys.argv:
+        side_by_side(count, messages)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""`imap-ingest deliver`, `rt-mailgate` and `rdm-mailhandler` as an MTA runs them: one
+process per message, the message on stdin, the exit code read; trackers are recording
+servers on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.support.ingest_env import ROOT, command
+from tests.support.mail import make
+from tests.support.redmine_server import RecordingServer, Request
+
+OK = (200, b"ok\n", 0)
+NOT_OK = (200, b"not ok - operation unsuccessful\n", 0)
+
+
+@pytest.fixture
+def rt() -> Iterator[RecordingServer]:
+    server = RecordingServer()
+    server.answer = lambda request: OK
+    yield server
+    server.close()
+
+
+def pipe(raw: bytes, *args: str, extension: str | None = None,
+         timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    """Run ``imap-ingest ARGS`` as Postfix's pipe would: the message on stdin, $EXTENSION."""
+    env = {k: v for k, v in os.environ.items() if k != "EXTENSION"}
+    env["PYTHONPATH"] = str(ROOT)
+    if extension is not None:
+        env["EXTENSION"] = extension
+    return subprocess.run(command(*args), input=raw, cwd=ROOT, env=env, capture_output=True,
+                          timeout=timeout)
+
+
+def mailgate(rt: RecordingServer, state: Path, *more: str) -> list[str]:
+    return ["rt-mailgate", "--url", rt.url, "--queue", "General", "--action", "correspond",
+            "--state-dir", str(state), *more]
+
+
+def messages(rt: RecordingServer) -> list[bytes]:
+    return [r.field("message") for r in rt.requests if r.path.endswith("/mail-gateway")]
+
+
+def test_rt_not_ok_is_spooled_and_exits_0(rt: RecordingServer, tmp_path: Path) -> None:
+    """RT's `not ok` keeps the message in the spool (.eml + .json, 0600) and exits 0."""
+    rt.answer = lambda request: NOT_OK
+    raw = make(subject="refused")
+    done = pipe(raw, *mailgate(rt, tmp_path))
+    assert done.returncode == 0, done.stderr
+    spool = tmp_path / "spool" / "rt-mailgate"
+    [eml] = list(spool.glob("*.eml"))
+    assert eml.read_bytes() == raw
+    about = json.loads(eml.with_suffix(".json").read_text())
+    assert about["result"] == "failed" and "RT refused the message" in about["reason"]
+    assert stat.S_IMODE(eml.stat().st_mode) == stat.S_IMODE(
+        eml.with_suffix(".json").stat().st_mode) == 0o600
+    assert b"kept in" in done.stderr
+
+
+def test_tracker_down_exits_75_then_delivers_once(tmp_path: Path) -> None:
+    """An unreachable tracker gives 75; the retry delivers it, a third try sends nothing."""
+    raw = make(subject="later")
+    down = RecordingServer()
+    url = down.url
+    down.close()
+    args = ["rt-mailgate", "--url", url, "--queue", "General", "--state-dir", str(tmp_path)]
+    assert pipe(raw, *args).returncode == 75
+    rt = RecordingServer()  # RT is back (the alias line's URL, in the test a new port)
+    try:
+        rt.answer = lambda request: OK
+        args[2] = rt.url
+        assert pipe(raw, *args).returncode == 0
+        assert pipe(raw, *args).returncode == 0
+        assert messages(rt) == [raw.replace(b"\r\n", b"\n")]
+    finally:
+        rt.close()
+
+
+def test_extension_files_into_its_queue(rt: RecordingServer, tmp_path: Path) -> None:
+    """$EXTENSION=Billing with --extension queue posts queue=Billing and the extension header."""
+    done = pipe(make(), *mailgate(rt, tmp_path, "--extension", "queue"), extension="Billing")
+    assert done.returncode == 0, done.stderr
+    [request] = rt.requests
+    assert request.field("queue") == b"Billing"
+    assert request.field("message").startswith(b"X-RT-Mail-Extension: Billing\n")
+
+
+def test_extension_without_the_option_only_adds_the_header(rt: RecordingServer,
+                                                            tmp_path: Path) -> None:
+    """$EXTENSION without --extension leaves the queue alone but adds the header."""
+    assert pipe(make(), *mailgate(rt, tmp_path), extension="x").returncode == 0
+    [request] = rt.requests
+    assert request.field("queue") == b"General"
+    assert request.field("message").startswith(b"X-RT-Mail-Extension: x\n")
+
+
+def test_auto_reply_is_held_unless_loop_checks_are_off(rt: RecordingServer,
+                                                       tmp_path: Path) -> None:
+    """An auto-reply is spooled as held, nothing posted; --no-loop-checks posts it."""
+    raw = make(headers={"Auto-Submitted": "auto-replied"})
+    assert pipe(raw, *mailgate(rt, tmp_path)).returncode == 0
+    assert rt.requests == []
+    [about] = (tmp_path / "spool" / "rt-mailgate").glob("*.json")
+    assert json.loads(about.read_text())["result"] == "held"
+    other = tmp_path / "other"
+    assert pipe(raw, *mailgate(rt, other, "--no-loop-checks")).returncode == 0
+    assert len(rt.requests) == 1
+
+
+def test_status_shows_and_retry_delivers_the_spool(rt: RecordingServer, tmp_path: Path) -> None:
+    """`status` counts the spool; `retry spool/ROUTE` delivers it and empties it."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"state_dir: {tmp_path}\ntargets:\n  rt: {{type: rt, url: '{rt.url}'}}\n"
+                      "routes:\n  bugs: {queue: General}\n")
+    rt.answer = lambda request: NOT_OK
+    raw = make(subject="retry me")
+    assert pipe(raw, "deliver", "-c", str(config), "--route", "bugs").returncode == 0
+    status = subprocess.run(command("status", "-c", str(config)), cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "spool/bugs: 1 kept in" in status.stdout and "1 failed" in status.stdout
+    assert "mta/bugs: 1 failed" in status.stdout
+    rt.answer = lambda request: OK
+    again = subprocess.run(command("retry", "-c", str(config), "spool/bugs"), cwd=ROOT,
+                           capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert again.returncode == 0, again.stderr
+    assert "delivered" in again.stdout
+    assert list((tmp_path / "spool" / "bugs").glob("*.eml")) == []
+    assert len(messages(rt)) == 2
+
+
+def test_route_rules_apply(rt: RecordingServer, tmp_path: Path) -> None:
+    """A route's rule that skips a message keeps it in the route's spool_on_failure."""
+    spool = tmp_path / "kept"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path}\ntargets:\n  rt: {{type: rt, url: '{rt.url}'}}\n"
+        f"routes:\n  bugs:\n    spool_on_failure: {spool}\n    rules:\n"
+        "      - {name: no-spam, if: ['Subject: SPAM'], then: skip}\n")
+    assert pipe(make(subject="SPAM now"), "deliver", "-c", str(config),
+                "--route", "bugs").returncode == 0
+    [about] = spool.glob("*.json")
+    assert json.loads(about.read_text())["reason"] == "skipped by rule no-spam"
+    assert pipe(make(), "deliver", "-c", str(config), "--route", "nope").returncode == 67
+    assert rt.requests == []
+
+
+def test_timeout_exits_75_and_the_retry_follows_in_doubt(rt: RecordingServer,
+                                                         tmp_path: Path) -> None:
+    """Past --timeout: 75; the next try finds the post in doubt and spools it."""
+    rt.answer = lambda request: (200, b"ok\n", 5)
+    raw = make()
+    started = time.monotonic()
+    assert pipe(raw, *mailgate(rt, tmp_path, "--timeout", "1")).returncode == 75
+    assert time.monotonic() - started < 4
+    rt.answer = lambda request: OK
+    assert pipe(raw, *mailgate(rt, tmp_path)).returncode == 0
+    assert len(rt.requests) == 1
+    [about] = (tmp_path / "spool" / "rt-mailgate").glob("*.json")
+    assert json.loads(about.read_text())["result"] == "quarantined"
+
+
+@pytest.mark.timeout(600)
+def test_fifty_concurrent_deliveries_submit_each_message_once(rt: RecordingServer,
+                                                              tmp_path: Path) -> None:
+    """50 processes at once, 25 messages each twice: each reaches RT once."""
+    raws = [make(subject=f"concurrent {i}") for i in range(25)]
+    with ThreadPoolExecutor(50) as pool:
+        codes = list(pool.map(lambda raw: pipe(raw, *mailgate(rt, tmp_path, "--timeout", "400"),
+                                               timeout=500).returncode, raws + raws))
+    assert codes == [0] * 50
+    got = sorted(messages(rt))
+    assert got == sorted(raw.replace(b"\r\n", b"\n") for raw in raws)
+
+
+def test_rdm_mailhandler_flags_become_the_form(tmp_path: Path) -> None:
+    """Every rdm-mailhandler option reaches Redmine's form as rdm-mailhandler sends it."""
+    redmine = RecordingServer()
+    redmine.answer = lambda request: (201, b"", 0)
+    key = tmp_path / "key"
+    key.write_text("s3cret\n")
+    try:
+        done = pipe(make(), "rdm-mailhandler", "--url", redmine.url, "--key-file", str(key),
+                    "--project", "support", "--status", "New", "--tracker", "Bug",
+                    "--category", "Printers", "--priority", "High", "--assigned-to", "bob",
+                    "--fixed-version", "1.0", "--private", "--allow-override", "all",
+                    "--unknown-user", "create", "--default-group", "customers",
+                    "--no-permission-check", "--no-account-notice", "--no-notification",
+                    "--project-from-subaddress", "support@example.org", "--timeout", "30",
+                    "--no-check-certificate", "-v", "--state-dir", str(tmp_path))
+        assert done.returncode == 0, done.stderr
+        request: Request = redmine.requests[0]
+        assert {name: values[0].decode() for name, values in request.form.items()
+                if name != "email"} == {
+            "key": "s3cret", "unknown_user": "create", "default_group": "customers",
+            "project_from_subaddress": "support@example.org", "no_permission_check": "1",
+            "no_account_notice": "1", "no_notification": "1", "allow_override": "all",
+            "issue[project]": "support", "issue[status]": "New", "issue[tracker]": "Bug",
+            "issue[category]": "Printers", "issue[priority]": "High",
+            "issue[assigned_to]": "bob", "issue[fixed_version]": "1.0",
+            "issue[is_private]": "1"}
+        assert b"s3cret" not in done.stderr
+    finally:
+        redmine.close()
