@@ -11,8 +11,7 @@ def folders(count: int, **settings: object) -> list[Folder]:
 
 
 def test_provider_defaults() -> None:
-    """Gmail's 15, Exchange Online's 20, anything else dovecot's 10, each less two for the
-    account's other clients."""
+    """Gmail's 15, Exchange Online's 20, else dovecot's 10, each less two for other clients."""
     assert default_budget("imap.gmail.com") == 13
     assert default_budget("Outlook.Office365.com") == 18
     assert default_budget("mail.example.org") == 8

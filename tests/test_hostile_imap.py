@@ -158,8 +158,7 @@ def test_once_with_a_body_left_out_exits_75(server: HostileImap, script: Script,
 
 def test_idle_that_announces_nothing_is_said_once_and_the_poll_goes_on(
         script: Script, tmp_path: Path, daemon: list[Daemon]) -> None:
-    """A server whose IDLE never announces mail: the polls bring it in, and the log says
-    once, with the fix, that IDLE did not announce it."""
+    """A silent IDLE: the polls bring the mail in, and the log says so once, with the fix."""
     script.messages, script.idle = {}, True
     with HostileImap(script) as server:
         path = tmp_path / "config.yaml"

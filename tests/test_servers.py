@@ -56,8 +56,7 @@ def test_readme_names_work_under_an_inbox_prefix(tmp_path: Path, imap_prefixed: 
 def test_a_folder_the_server_refuses_is_that_folders_failure(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """A destination the server will not create fails its folder only (75, the message kept
-    and said so); once the configuration names another, the next run moves it there."""
+    """A refused destination fails its folder only (75, said); a config fix then takes."""
     first, second = make(subject="first"), make(subject="second")
     imap.append("INBOX", first)
     imap.append("Plain", second)
@@ -81,8 +80,7 @@ def test_a_folder_the_server_refuses_is_that_folders_failure(
 def test_check_resolves_and_verifies_every_destination(
         tmp_path: Path, imap_prefixed: ImapAccount, redmine: FakeRedmine,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """check prints each destination's server name and whether it exists or may be
-    created, leaving none behind."""
+    """check prints each destination's server name, and whether it exists or may be created."""
     imap_prefixed.create("INBOX.Plain")
     imap_prefixed.create("INBOX.Failed")
     folders = [{"name": "Plain", "project": "support", "move_on_success": "Done",
@@ -124,8 +122,7 @@ def pymap() -> Iterator[ImapAccount]:
 def test_without_keywords_the_ledger_says_what_is_new(
         tmp_path: Path, pymap: ImapAccount, redmine: FakeRedmine,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """On a server without keywords, read mail is ingested, a failed message is not tried
-    again (no flag set), and `retry INBOX` finds it by the ledger."""
+    """Without keywords: read mail is new, a failure is not retried, `retry` finds it anyway."""
     read, refused = make(subject="read"), make(subject="refused")
     pymap.append("INBOX", read, flags=[b"\\Seen"])
     pymap.append("INBOX", refused)
@@ -155,8 +152,7 @@ def test_without_keywords_the_ledger_says_what_is_new(
 def test_a_connection_budget_pushes_what_fits_and_polls_the_rest(
         daemon: list[Daemon], tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """Three folders in three connections: passes share one, two folders IDLE, the third is
-    polled; status says which, and mail in each is posted."""
+    """Three folders in three connections: two IDLE, one polled, status says so, all posted."""
     folders = [{"name": name, "project": "support", "interval": interval}
                for name, interval in (("INBOX", "60s"), ("A", "60s"), ("B", "1s"))]
     for name in ("A", "B"):
