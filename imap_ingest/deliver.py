@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import spool
+from .archive import Keeper
 from .errors import EX_OK, EX_TEMPFAIL
 from .files import private_dir
 from .ledger import Earlier, Key, Ledger, Record
@@ -140,10 +141,17 @@ class _Delivery:
             self.ledger.target_ok(self.target)
         assert verdict.state is not None  # every answer is recorded
         kept = self._keep(verdict) if verdict.to == self.spool else None
-        self.ledger.answered(self.key, self.target, verdict.state, verdict.result,
-                             verdict.reason, status=outcome.status, ticket=verdict.ticket,
-                             dispose_to=verdict.to, next_try=verdict.next_try,
-                             attempt=verdict.attempt)
+        recorded = self.ledger.answered(self.key, self.target, verdict.state, verdict.result,
+                                      verdict.reason, status=outcome.status,
+                                      ticket=verdict.ticket, dispose_to=verdict.to,
+                                      next_try=verdict.next_try, attempt=verdict.attempt)
+        if verdict.result is Result.SUBMITTED:
+            keeper = Keeper(self.config, self.ledger, self.config.archive_for(
+                self.route.as_folder(self.name)))
+            keeper.took(recorded, self.message, self.target, verdict.ticket, f"route {self.name}")
+            for _, ticket in keeper.tickets():
+                verdict = replace(verdict, ticket=ticket, reason=f"{verdict.reason} "
+                                  f"(ticket {ticket})")
         if verdict.to is None:  # the tracker cannot take it now, or refused our key
             return self._done(EX_TEMPFAIL, verdict, "left to the MTA to try again")
         self.ledger.disposed([self.key])
@@ -184,7 +192,7 @@ class _Delivery:
             f"{verdict.result}; {where}"
         event(log, verdict.level, f"route {self.name}: {text}", route=self.name,
               message_id=self.message.message_id, rule=self.rule, outcome=str(verdict.result),
-              target=self.target, exit_code=code)
+              target=self.target, ticket=verdict.ticket, exit_code=code)
         return Delivery(code, text, kept)
 
 

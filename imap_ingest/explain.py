@@ -62,6 +62,11 @@ def trace_lines(rules: RuleSet, decision: Decision) -> list[str]:
     lines += [f"  {'HIT ' if step.matched else 'miss'}  {step.name}: {step.why}"
               for step in steps]
     lines += [f"  ----  {name}: not reached" for name in rules.names[len(steps):]]
+    values = [step for step in decision.trace if step.kind in ("capture", "value")]
+    if values:
+        lines.append("values taken from the mail (captures, then each substitution):")
+    lines += [f"  {step.kind:<7}  {step.name} = {step.why}" if step.kind == "capture"
+              else f"  {'put' if step.matched else 'REFUSED':<8} {step.why}" for step in values]
     lines.append(f"decision: {decision.act.value} (rule {decision.rule})"
                  + (f": {decision.reason}" if decision.reason else ""))
     if decision.copies:

@@ -21,9 +21,10 @@ from typing import Literal
 from .backoff import Backoff
 from .errors import ConfigError, IngestError
 from .files import private_file
+from .firstrun import Started
 from .states import Disposition, Result, State
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the flood, starts and archived tables
 
 Dedupe = Literal["message-id", "content", "off"]
 
@@ -56,6 +57,18 @@ CREATE INDEX attempts_message ON attempts (message);
 CREATE TABLE targets (
     name TEXT PRIMARY KEY, failures INTEGER NOT NULL, next_try REAL,
     last_error TEXT, last_error_at REAL);
+CREATE TABLE flood (              -- schema 2: one row per message let through, per limit key
+    key TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX flood_key ON flood (key, at);
+CREATE TABLE starts (             -- schema 2: where a folder's first run started
+    account TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
+    first_uid INTEGER NOT NULL, at REAL NOT NULL, since REAL,
+    PRIMARY KEY (account, folder));
+CREATE TABLE archived (
+    message INTEGER PRIMARY KEY REFERENCES messages (id),
+    path TEXT NOT NULL, at REAL NOT NULL,
+    exported TEXT, exported_at REAL);  -- spam | ham: written out for training, once
+CREATE INDEX archived_at ON archived (at);
 """
 
 # Rows in these states stand for a message the tracker has, or may have, or will get;
@@ -162,10 +175,13 @@ class Ledger:
         # IF NOT EXISTS and one immediate transaction: two processes may start at once.
         schema = _SCHEMA.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS").replace(
             "CREATE INDEX", "CREATE INDEX IF NOT EXISTS")
+        # From schema 1, the step to 2 is the tables schema 2 added, which the script just
+        # created; so the version is bumped in the same transaction.
         with self._lock:
             self._db.executescript(
                 f"BEGIN IMMEDIATE; {schema} INSERT OR IGNORE INTO meta "
-                f"VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
+                f"VALUES ('schema_version', '{SCHEMA_VERSION}'); UPDATE meta SET value = "
+                f"'{SCHEMA_VERSION}' WHERE key = 'schema_version' AND value = '1'; COMMIT;")
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if int(row[0]) > SCHEMA_VERSION:
             raise LedgerError(f"ledger {self.path}: written by a newer imap-ingest (schema "
@@ -298,9 +314,9 @@ class Ledger:
     def answered(self, key: Key, target: str, state: State, outcome: Result, reason: str, *,
                  status: int | None = None, ticket: str | None = None,
                  dispose_to: Disposition | None = None,
-                 next_try: float | None = None, attempt: bool = True) -> None:
+                 next_try: float | None = None, attempt: bool = True) -> int:
         """Record the tracker's answer and the message's new state; ``attempt`` counts it
-        against the message's max_attempts."""
+        against the message's max_attempts. Returns the message's record id."""
         now = time.time()
         with self._transaction() as db:
             row = db.execute(
@@ -311,6 +327,7 @@ class Ledger:
                  key.account, key.folder, key.uidvalidity, key.uid)).fetchone()
             db.execute("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (row[0], now, target, outcome, status, ticket, reason))
+        return int(row[0])
 
     def decided(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
                 outcome: Result, reason: str, dispose_to: Disposition,
@@ -385,6 +402,46 @@ class Ledger:
             finally:
                 self._db.row_factory = None
 
+    # -- flood limits and first runs ------------------------------------------------------
+
+    def admit(self, limits: list[tuple[str, int, float]], now: float) -> tuple[str, int] | None:
+        """Count a message against each (key, limit, window in seconds): None when it is
+        under every limit (then it is counted under each key), else the first key that is at
+        its limit and how many it let through in the window. One transaction, so passes and
+        processes sharing the ledger share the count."""
+        with self._transaction() as db:
+            for key, limit, window in limits:
+                db.execute("DELETE FROM flood WHERE key = ? AND at <= ?", (key, now - window))
+                count = db.execute("SELECT count(*) FROM flood WHERE key = ?",
+                                   (key,)).fetchone()[0]
+                if count >= limit:
+                    return key, count
+            db.executemany("INSERT INTO flood VALUES (?, ?)", [(key, now) for key, *_ in limits])
+        return None
+
+    def started(self, account: str, folder: str) -> Started | None:
+        """Where the folder's first run started; None before it (and for a folder the ledger
+        knew before schema 2: then Started(..., 0, ...), see ``start``)."""
+        with self._lock:
+            row = self._db.execute("SELECT uidvalidity, first_uid, at, since FROM starts "
+                                   "WHERE account = ? AND folder = ?",
+                                   (account, folder)).fetchone()
+            if row is None and self._db.execute(
+                    "SELECT 1 FROM messages WHERE account = ? AND folder = ? LIMIT 1",
+                    (account, folder)).fetchone():
+                return Started(0, 0, 0.0, None)  # ingested before there were starts
+        return Started(*row) if row else None
+
+    def start(self, account: str, folder: str, started: Started) -> Started:
+        """Record the folder's first run, unless another process did first: what holds."""
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO starts VALUES (?, ?, ?, ?, ?, ?)",
+                       (account, folder, started.uidvalidity, started.first_uid, started.at,
+                        started.since))
+            row = db.execute("SELECT uidvalidity, first_uid, at, since FROM starts WHERE "
+                             "account = ? AND folder = ?", (account, folder)).fetchone()
+        return Started(*row)
+
     def pending(self) -> list[tuple[str, str, float | None, int, int, int, int, str | None]]:
         """Per folder: (account, folder, oldest first_seen still pending, waiting, held,
         failed, quarantined, the latest error); pending is waiting or being posted."""
@@ -448,6 +505,67 @@ class Ledger:
         with self._transaction() as db:
             db.execute("UPDATE targets SET failures = 0, next_try = NULL WHERE name = ?",
                        (name,))
+
+    # -- the archive and the tickets messages became ---------------------------------------
+
+    def archived(self, message: int, path: Path) -> None:
+        """The message of record ``message`` is archived at ``path``."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO archived (message, path, at) VALUES (?, ?, ?)",
+                       (message, str(path), time.time()))
+
+    def tickets_found(self, found: dict[int, str]) -> None:
+        """The tickets these records became, as the tracker told us after the fact."""
+        with self._transaction() as db:
+            db.executemany("UPDATE messages SET ticket = ? WHERE id = ?",
+                           [(ticket, id) for id, ticket in found.items()])
+
+    def unexported(self, since: float) -> list[Archived]:
+        """What is archived since then and not yet exported for training, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT m.id, m.message_id, m.hash, m.target, m.ticket, a.path, a.at "
+                "FROM archived AS a JOIN messages AS m ON m.id = a.message "
+                "WHERE a.exported IS NULL AND a.at >= ? ORDER BY a.at", (since,)).fetchall()
+        return [Archived(id, message_id, digest, target, ticket, Path(path), at)
+                for id, message_id, digest, target, ticket, path, at in rows]
+
+    def exported(self, ids: list[int], kind: str) -> None:
+        """These archived messages are written out for training as ``kind``."""
+        with self._transaction() as db:
+            db.executemany("UPDATE archived SET exported = ?, exported_at = ? WHERE message = ?",
+                           [(kind, time.time(), id) for id in ids])
+
+    def unarchive(self, before: float, under: Path) -> list[Path]:
+        """Forget what was archived under that directory before then; the paths, for
+        their files to go too."""
+        prefix = f"{under}/"
+        with self._transaction() as db:
+            rows = db.execute("DELETE FROM archived WHERE at < ? AND substr(path, 1, ?) = ? "
+                              "RETURNING path", (before, len(prefix), prefix)).fetchall()
+        return [Path(path) for path, in rows]
+
+    def archive_summary(self) -> tuple[int, int, int, int]:
+        """(messages archived, of which with a known ticket, exported as spam, as ham)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT count(*), count(m.ticket), coalesce(sum(a.exported = 'spam'), 0), "
+                "coalesce(sum(a.exported = 'ham'), 0) FROM archived AS a "
+                "JOIN messages AS m ON m.id = a.message").fetchone()
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
+@dataclass(frozen=True, slots=True)
+class Archived:
+    """An archived message not yet exported for training."""
+
+    id: int  # its record
+    message_id: str | None
+    digest: str
+    target: str
+    ticket: str | None
+    path: Path
+    at: float
 
 
 @contextmanager

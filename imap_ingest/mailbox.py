@@ -41,12 +41,10 @@ from .errors import (
 )
 from .namespace import Namespace
 from .oauth import Tokens
+from .states import FAILED, SKIPPED
 
 log = logging.getLogger(__name__)
 
-# Keywords that remember, on the server, a message we must not look at again.
-FAILED = "$ImapIngestFailed"
-SKIPPED = "$ImapIngestSkipped"
 _DELETED = "\\Deleted"
 
 # RFC 2177: servers may drop an IDLE after 29 minutes; renew well before.

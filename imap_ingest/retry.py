@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 from .config import Account
 from .ledger import Ledger
-from .mailbox import FAILED, Mailbox
+from .mailbox import Mailbox
 from .message import Message
-from .states import Result
+from .states import FAILED, Result
 
 _ANY_SIZE = 2**62
 

@@ -17,7 +17,7 @@ def status(config: Config) -> int:
     """Print per folder the messages by state, and per target whether it is failing."""
     ledger = Ledger.open(config.state_dir)
     try:
-        rows, targets = ledger.summary(), ledger.targets()
+        rows, targets, archive = ledger.summary(), ledger.targets(), ledger.archive_summary()
     finally:
         ledger.close()
     folders: dict[str, list[str]] = {}
@@ -33,6 +33,10 @@ def status(config: Config) -> int:
                  else "ok")
         last = f"; last error {_time(when)}: {error}" if error else ""
         print(f"target {name}: {state}{last}")
+    archived, known, spam, ham = archive
+    if archived:
+        print(f"archive: {archived} messages, {known} with a known ticket; exported for "
+              f"training: {spam} spam, {ham} ham")
     for line in spooled(config):
         print(line)
     if not folders:

@@ -232,3 +232,23 @@ def test_example_config_loads_and_reproduces_the_seed_rule(monkeypatch: pytest.M
                   headers={"Auto-Submitted": "auto-generated", "X-Mailer": "Redmine"})
     assert rules.evaluate(Message(form)).act is Act.SUBMIT
     assert rules.evaluate(Message(notice)).act is Act.SKIP
+
+
+@pytest.mark.parametrize("line", ["申請者: taro@example.org", "Requester: taro@example.org"])
+def test_example_config_takes_the_requester_from_the_form_body(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, line: str) -> None:
+    """config.example.yaml's form rule makes the requester in the body the From."""
+    from imap_ingest.message import Message
+    from imap_ingest.rules import Act, RuleSet
+
+    from .support.mail import make
+
+    (tmp_path / "pw").write_text("pw")
+    monkeypatch.setenv("REDMINE_MAIL_KEY", "k")
+    example = Path(__file__).parent.parent / "config.example.yaml"
+    config = load(example, {"IMAP_INGEST_ACCOUNTS__SUPPORT__PASSWORD_FILE": str(tmp_path / "pw")})
+    form = make(sender="request@example.org", headers={"Auto-Submitted": "auto-generated"},
+                body=f"New laptop\n{line}\n")
+    decision = RuleSet.for_folder(config.accounts[0].folders[0], config).evaluate(Message(form))
+    assert (decision.act, decision.rule) == (Act.SUBMIT, "request-form-requester")
+    assert Message(decision.submission(form)).sender == "taro@example.org"

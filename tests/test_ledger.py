@@ -212,3 +212,19 @@ def test_retry_after_is_bounded_by_the_cap(ledger: Ledger) -> None:
     for at_least in (1e300, float("inf"), float("nan")):
         next_try = ledger.target_failed("redmine", "429", backoff, at_least=at_least)
         assert next_try - time.time() <= 3600
+
+
+def test_schema_1_ledger_is_migrated_to_2(tmp_path: Path) -> None:
+    """A ledger of schema 1 (no archived table) opens, gains the table and says version 2."""
+    path = tmp_path / "ledger.sqlite3"
+    Ledger(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE archived")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.close()
+    ledger = Ledger(path)
+    assert ledger.archive_summary() == (0, 0, 0, 0)
+    ledger.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta").fetchone() == ("2",)
+    db.close()

@@ -29,8 +29,9 @@ from imap_ingest import ledger as ledger_module
 from imap_ingest.config import Account, SubmitOptions, load
 from imap_ingest.ingest import Context, ingest
 from imap_ingest.ledger import Ledger
-from imap_ingest.mailbox import FAILED, SKIPPED, Fetched
+from imap_ingest.mailbox import Fetched
 from imap_ingest.metrics import Metrics
+from imap_ingest.states import FAILED, SKIPPED
 from imap_ingest.trackers import Envelope, Kind, Outcome
 
 from .support.mail import make

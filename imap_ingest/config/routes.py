@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .archive import Archive
 from .folders import Folder, Rule, SubmitOptions
 from .values import Size, parse_size
 
@@ -17,6 +18,7 @@ class Route(SubmitOptions):
     loops_folder: str | None = None  # named in the spooled record; there is no IMAP here
     max_message_size: Size = parse_size("25M")
     spool_on_failure: Path | None = None  # unset: STATE_DIR/spool/ROUTE
+    archive: Archive | None = None  # unset: the top-level archive:, if any
 
     def as_folder(self, name: str) -> Folder:
         """The route as the folder the rules and policy are compiled for."""

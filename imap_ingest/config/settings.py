@@ -13,7 +13,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ..urls import origin
 from .accounts import Account
 from .alerting import Alert
-from .folders import CheckName, Rule, SubmitOptions
+from .archive import Archive
+from .folders import AllowSenders, CheckName, Flood, Folder, Rule, SubmitOptions
 from .routes import Route
 from .targets import AnyTarget, HttpTarget, in_clear_off_loopback
 from .values import Duration, Model, is_loopback, parse_duration
@@ -74,6 +75,10 @@ class Config(BaseSettings):
     rules: dict[str, Rule] = {}
     loops_folder: str | None = None
     loop_checks: dict[CheckName, bool] = {}
+    allow_senders: list[AllowSenders] = []  # for every folder, with each folder's own
+    flood: Flood | None = None  # for every folder without its own
+    flood_folder: str | None = None  # unset: loops_folder
+    backlog_warning: Annotated[int, Field(ge=0)] = 500  # a first run over more: warn, ask
     state_dir: Path = Field(default_factory=default_state_dir)
     # YAML 1.1 reads a bare `off` as false.
     dedupe: Annotated[Literal["message-id", "content", "off"],
@@ -85,6 +90,7 @@ class Config(BaseSettings):
     http: Http | None = None
     alert: Alert = Alert()
     console: Console | None = None
+    archive: Archive | None = None  # every folder's and route's, unless it has its own
     shutdown_grace: Duration = 30.0  # on SIGTERM, how long the message in hand may take
 
     @classmethod
@@ -141,6 +147,10 @@ class Config(BaseSettings):
     def concurrency(self, target: str) -> int:
         """How many requests ``target`` may have in flight."""
         return self.targets[target].max_in_flight()
+
+    def archive_for(self, folder: Folder) -> Archive | None:
+        """Where what ``folder`` hands to a tracker is archived, if anywhere."""
+        return folder.archive or self.archive
 
     def target_for(self, options: SubmitOptions) -> str:
         """The target a message with these options goes to."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -35,7 +35,7 @@ class Target(Model):
     addresses: list[str] = []  # the tracker's own From addresses, for the own-address check
 
     def max_in_flight(self) -> int:
-        """How many requests this target may have in flight at once."""
+        """How many requests this target may have in flight at once, at most."""
         return 1
 
 
@@ -47,9 +47,12 @@ class HttpTarget(Target):
     ca_file: FilePath | None = None
     verify_tls: bool = True
     timeout: Duration = 60.0
-    # Requests in flight at once, all folders together. One by default: Redmine and RT on
-    # SQLite answer concurrent writes with lock errors, which look like refusals.
-    concurrency: Annotated[int, Field(ge=1, le=64)] = 1
+    # Requests in flight at once, all folders together: a number, or auto (from one up to
+    # max_concurrency, as far as the tracker's latency says it keeps up; limiter.py).
+    # A refusal while others were in flight is taken back alone (verdict.py), so a
+    # tracker's lock errors under concurrency fail no mail.
+    concurrency: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
+    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 8
 
     @field_validator("url")
     @classmethod
@@ -60,7 +63,11 @@ class HttpTarget(Target):
         return value
 
     def max_in_flight(self) -> int:
-        return self.concurrency
+        return self.max_concurrency if self.concurrency == "auto" else self.concurrency
+
+    def fixed_in_flight(self) -> int | None:
+        """The number set; None: found by the limiter (limiter.py)."""
+        return None if self.concurrency == "auto" else self.concurrency
 
     def secrets(self) -> Iterator[str]:
         yield from super().secrets()

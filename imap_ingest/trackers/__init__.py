@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..logs import redact
 from . import registry
 
 if TYPE_CHECKING:
     from ..config import Account, SubmitOptions, Target
+    from ..limiter import Pace
     from ..message import Message
 
 
@@ -37,6 +38,9 @@ class Outcome:
     partial: bool = False  # refused, but part of it may have been recorded (RT chains)
     retry_after: float | None = None  # seconds the tracker asked us to wait (429)
     in_doubt: bool = False  # sent, but no answer came: the tracker may have taken it
+    # Other requests to the target were in flight meanwhile: a refusal may be a conflict
+    # between them (Redmine's 422 for SQLite's "database is locked"), see verdict.answer.
+    crowded: bool = False
 
     def __post_init__(self) -> None:
         # One place for every tracker: a reason may quote the tracker's answer, and a hostile
@@ -80,6 +84,13 @@ class Tracker(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+@runtime_checkable
+class Paced(Protocol):
+    """A tracker over HTTP: its slots, shared by every folder, say how many may be in flight."""
+
+    pace: Pace
 
 
 def open_tracker(target: Target) -> Tracker:

@@ -8,6 +8,7 @@ ends) and the handler options. Redmine answers 201 (taken; the issue id is not r
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Literal
 
 from ..config import (
@@ -43,6 +44,11 @@ class RedmineTarget(HttpTarget, WithSecret):
     no_notification: bool = False
     default_group: str | None = None
     project_from_subaddress: str | None = None
+    # A REST API key (My account → API access key), read only: which issue a message became,
+    # and export-training. Unset: no issue ids, everything else works.
+    api_key: Secret | None = None
+    api_key_file: SecretFromFile | None = None
+    api_key_env: SecretFromEnv | None = None
 
 
 def crlf(raw: bytes) -> bytes:
@@ -167,6 +173,7 @@ class Redmine:
         self._target = target
         self._url = f"{target.url}/mail_handler"
         self._http = Client(target)
+        self.pace = self._http.pace
 
     def submit(self, raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
         data = Form(form(raw, options, self._target))
@@ -174,8 +181,9 @@ class Redmine:
             "Content-Type": "application/x-www-form-urlencoded"})
         if isinstance(answer, Outcome):
             return answer
-        return classify(answer.status_code, answer.text,
-                        retry_after(answer.headers.get("Retry-After")), len(data))
+        return replace(classify(answer.status_code, answer.text,
+                                retry_after(answer.headers.get("Retry-After")), len(data)),
+                       crowded=answer.crowded)
 
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:

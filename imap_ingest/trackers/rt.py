@@ -9,11 +9,12 @@ filename as the mail and the message is lost). RT answers 200 with ``ok``, ``not
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import field_validator
 
-from ..config import Duration, HttpTarget, SubmitOptions
+from ..config import Duration, HttpTarget, Secret, SecretFromEnv, SecretFromFile, SubmitOptions
 from ..urls import origin, shown
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
@@ -31,6 +32,11 @@ class RtTarget(HttpTarget):
     action: str = "correspond"
     extension: Literal["queue", "ticket", "action"] | None = None
     timeout: Duration = 180.0
+    # A read-only REST 2.0 token (RT 5: the user's Auth Tokens page): which ticket a message
+    # became, and export-training. Unset: no ticket ids, everything else works.
+    rest_token: Secret | None = None
+    rest_token_file: SecretFromFile | None = None
+    rest_token_env: SecretFromEnv | None = None
 
     @field_validator("action")
     @classmethod
@@ -100,6 +106,7 @@ class RequestTracker:
         self._target = target
         self._url = f"{target.url}{GATEWAY}"
         self._http = Client(target)
+        self.pace = self._http.pace
 
     def submit(self, raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
         sent = fields(raw, options, self._target, envelope.subaddress)
@@ -112,8 +119,9 @@ class RequestTracker:
         answer = self._http.request("POST", self._url, files=parts, repost=3)
         if isinstance(answer, Outcome):
             return answer
-        return classify(answer.status_code, answer.text, sent["action"],
-                        retry_after(answer.headers.get("Retry-After")))
+        return replace(classify(answer.status_code, answer.text, sent["action"],
+                                retry_after(answer.headers.get("Retry-After"))),
+                       crowded=answer.crowded)
 
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -154,6 +155,7 @@ class Webhook:
     def __init__(self, target: WebhookTarget) -> None:
         self._target = target
         self._http = Client(target)
+        self.pace = self._http.pace
         self._token = pick_secret(target, "token")
         self._signing_secret = pick_secret(target, "signing_secret")
 
@@ -181,8 +183,9 @@ class Webhook:
                                     headers=headers)
         if isinstance(answer, Outcome):
             return answer
-        return classify(answer.status_code, answer.content, self._target.id_pointer,
-                        retry_after(answer.headers.get("Retry-After")))
+        return replace(classify(answer.status_code, answer.content, self._target.id_pointer,
+                                retry_after(answer.headers.get("Retry-After"))),
+                       crowded=answer.crowded)
 
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
