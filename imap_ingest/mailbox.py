@@ -1,7 +1,8 @@
 """One IMAP session: connect, find new mail, fetch it in batches, move or delete it.
 
 Every imapclient, socket and TLS error is turned into a MailboxError here; none leaves
-this module. Nothing here marks a message seen: bodies are read with BODY.PEEK[].
+this module (imap_connect.py makes the connection). Nothing here marks a message seen:
+bodies are read with BODY.PEEK[].
 
 The server is not trusted to end what it starts: each command has a total deadline (a
 server that drips its answer or floods untagged lines loses the connection), a literal
@@ -11,34 +12,26 @@ larger than the command can need is refused, and a message is never read past
 
 from __future__ import annotations
 
-import ast
-import contextlib
-import functools
-import io
 import logging
 import math
-import os
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError, ProtocolError
 
 from .config import Account
 from .errors import (
-    AuthFailed,
     CommandRefused,
     ConnectionLost,
     FolderMissing,
     LoginRefused,
     MailboxError,
 )
+from .imap_connect import MAX_LITERAL, Reader, connect, lost, server_text
 from .namespace import Namespace
 from .oauth import Tokens
 from .states import FAILED, SKIPPED
@@ -56,8 +49,6 @@ _BATCH_BYTES = 64 * 1024 * 1024
 # A body FETCH may take its account's timeout plus the time its bytes need at this rate
 # (about a 1 Mbit/s line); every other command just the timeout.
 _SLOWEST = 100 * 1024
-# No answer but a message's needs a literal this large (folder names, mostly).
-_MAX_LITERAL = 1024 * 1024
 # IMAP numbers are 32-bit (RFC 3501): the largest partial FETCH one can ask for.
 _LARGEST = 2**32 - 2
 
@@ -90,13 +81,13 @@ class Mailbox:
         self._unsettled: set[int] = set()
         # UIDs the last fetch() found but the server answered without their body.
         self.unfetched: list[int] = []
-        self._reader: _Reader | None = None
+        self._reader: Reader | None = None
         self._broken = False  # a command failed half-way: the session cannot go on
         if tokens is None and account.uses_token:
             tokens = Tokens(account)
         try:
             with self._errors():
-                self._client, self._reader = _connect(account, tokens)
+                self._client, self._reader = connect(account, tokens)
             with self._errors():
                 caps = self._client.capabilities()
         except CommandRefused as exc:  # STARTTLS or CAPABILITY refused: no session at all
@@ -334,11 +325,11 @@ class Mailbox:
             while not stop.is_set():
                 waited = time.monotonic()
                 # Waiting in IDLE takes as long as it likes; the commands around it do not.
-                self._reader.limit(math.inf, _MAX_LITERAL)
+                self._reader.limit(math.inf, MAX_LITERAL)
                 # A short wait keeps the thread responsive to stop; not too short, for a
                 # thousand watchers waking each time cost a core's tenth (bench/folders.py).
                 responses = self._client.idle_check(timeout=IDLE_WAKE)
-                self._reader.limit(self.account.timeout, _MAX_LITERAL)
+                self._reader.limit(self.account.timeout, MAX_LITERAL)
                 if any(response[:1] == (b"BYE",) for response in responses):
                     raise ConnectionLost("the server ended the session (BYE)",
                                          account=self.account.name, folder=self.folder)
@@ -378,7 +369,7 @@ class Mailbox:
 
     @contextmanager
     def _errors(self, folder: str | None = None, seconds: float | None = None,
-                literal: int = _MAX_LITERAL) -> Iterator[None]:
+                literal: int = MAX_LITERAL) -> Iterator[None]:
         """Translate library errors into MailboxError, naming account and folder; what is
         inside must be done within ``seconds`` (default: the account's timeout) and read
         no literal over ``literal`` bytes."""
@@ -390,87 +381,24 @@ class Mailbox:
         except MailboxError:
             raise
         except LoginError as exc:
-            raise LoginRefused(f"login refused: {_text(exc)}", account=name) from None
+            raise LoginRefused(f"login refused: {server_text(exc)}", account=name) from None
         except (OSError, IMAPClientAbortError, ProtocolError) as exc:
             # What the server sends next may be the rest of an answer: log out no more.
             self._broken = True
-            raise ConnectionLost(_lost(exc), account=name, folder=folder) from None
+            raise ConnectionLost(lost(exc), account=name, folder=folder) from None
         except IMAPClientError as exc:
             # A tagged NO or BAD ends its command, not the session.
-            raise CommandRefused(f"server said: {_text(exc)}", account=name,
+            raise CommandRefused(f"server said: {server_text(exc)}", account=name,
                                  folder=folder) from None
         finally:
             if self._reader is not None:
-                self._reader.limit(math.inf, _MAX_LITERAL)
+                self._reader.limit(math.inf, MAX_LITERAL)
 
 
 def _missing(folder: str, name: str) -> str:
     if name == folder:
         return "the folder does not exist"
     return f"the folder does not exist (as {name} on this server)"
-
-
-def _lost(exc: OSError | IMAPClientError) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return (f"TLS failure: the server's certificate is not trusted ({exc.verify_message}; "
-                "see ca_file, verify_tls)")
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS failure: {exc.reason or exc}"
-    if isinstance(exc, OSError):  # socket timeouts included
-        return f"connection failed: {exc.strerror or exc}"
-    return f"server said: {_text(exc)}"
-
-
-class _Reader(socket.SocketIO):
-    """The connection as imaplib reads it: each read waits no longer than what is left
-    of the running command's deadline, and a literal over the command's limit is refused
-    before anything is allocated for it (a server announcing 50 GB would be a MemoryError)."""
-
-    def __init__(self, sock: socket.socket, read_timeout: float) -> None:
-        super().__init__(sock, "rb")
-        self._socket = sock
-        self._read_timeout = read_timeout
-        self._deadline = math.inf
-        self._literal = _MAX_LITERAL
-        self.file = io.BufferedReader(self)
-
-    @classmethod
-    def install(cls, client: IMAPClient, read_timeout: float) -> _Reader:
-        """Read ``client``'s connection through a new reader (again after STARTTLS)."""
-        imap = client._imap
-        reader = cls(imap.sock, read_timeout)
-        imap.file = reader.file
-        # imaplib reads a literal with read(size), before which the size can be refused.
-        imap.read = reader.read_literal
-        return reader
-
-    def limit(self, seconds: float, literal: int) -> None:
-        """From now on, be done within ``seconds`` and refuse literals over ``literal``."""
-        self._deadline = time.monotonic() + seconds
-        self._literal = literal
-        # A read after the deadline's end must not keep the short timeout of its last read.
-        with suppress(OSError):  # closed already
-            self._socket.settimeout(self._read_timeout)
-
-    def readinto(self, buffer: memoryview) -> int | None:  # type: ignore[override]
-        if self._deadline != math.inf:
-            left = self._deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the server did not finish its answer in time")
-            self._socket.settimeout(min(left, self._read_timeout))
-        try:
-            return super().readinto(buffer)
-        except TimeoutError:
-            if time.monotonic() >= self._deadline:
-                raise TimeoutError("the server did not finish its answer in time") from None
-            raise
-
-    def read_literal(self, size: int) -> bytes:
-        if size > self._literal:
-            raise OSError(f"the server announced a {size}-byte literal, more than the "
-                          f"{self._literal} bytes asked for")
-        data: bytes = self.file.read(size)
-        return data
 
 
 _MAX_RUNS = 500
@@ -486,96 +414,4 @@ def _uid_set(uids: Iterable[int]) -> str:
             runs.append([uid, uid])
     return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
 
-
-def _connect(account: Account, tokens: Tokens | None) -> tuple[IMAPClient, _Reader]:
-    """A logged-in client, and the reader that bounds its commands."""
-    timeout = SocketTimeout(connect=min(account.timeout, 30.0), read=account.timeout)
-    context = _tls_context(account)
-    client = IMAPClient(account.host, port=account.effective_port,
-                        ssl=account.security == "ssl", ssl_context=context, timeout=timeout)
-    # imapclient sets imaplib's trace level to 5 and routes it to logging, so imaplib formats
-    # every response as text, each fetched message whole, before logging drops it. Trace
-    # only when someone reads it (--debug).
-    client._imap.debug = 5 if logging.getLogger("imapclient.imaplib").isEnabledFor(
-        logging.DEBUG) else 0
-    try:
-        reader = _Reader.install(client, account.timeout)
-        reader.limit(account.timeout, _MAX_LITERAL)
-        if account.security == "starttls":
-            client.starttls(context)
-            reader = _Reader.install(client, account.timeout)
-            reader.limit(account.timeout, _MAX_LITERAL)
-        if tokens is None:
-            _login(client, account.username, account.secret.get_secret_value())
-        else:
-            _authenticate(client, account, tokens)
-    except BaseException:
-        # A failed STARTTLS handshake leaves a closed socket: shutting it down raises
-        # "Bad file descriptor", which must not hide the certificate error.
-        with contextlib.suppress(OSError, IMAPClientError):
-            client.shutdown()
-        raise
-    return client, reader
-
-
-def _login(client: IMAPClient, username: str, password: str) -> None:
-    """LOGIN, or AUTHENTICATE PLAIN in UTF-8 (RFC 4616, RFC 6855) for a user name or
-    password that is not ASCII: LOGIN's strings are ASCII."""
-    if (username + password).isascii():
-        client.login(username, password)
-    else:
-        client.plain_login(username, password)
-
-
-def _authenticate(client: IMAPClient, account: Account, tokens: Tokens) -> None:
-    """AUTHENTICATE with the account's token; a refused one is refreshed once and tried
-    again (it may have been revoked, or have expired early)."""
-    token = tokens.get()
-    try:
-        _present(client, account, token)
-    except LoginError:
-        log.info("account %s: the server refused the token; getting a new one", account.name)
-        try:
-            _present(client, account, tokens.refresh(token))
-        except LoginError as exc:
-            raise AuthFailed(f"the server refused a token just obtained: {_text(exc)} (is "
-                             f"{account.username} the mailbox the token is for?)",
-                             account=account.name) from None
-
-
-def _present(client: IMAPClient, account: Account, token: str) -> None:
-    if account.auth == "oauthbearer":
-        client.oauthbearer_login(account.username, token)
-    else:
-        client.oauth2_login(account.username, token)
-
-
-def _tls_context(account: Account) -> ssl.SSLContext:
-    """One context per CA file and verification setting, shared by every connection: each
-    holds the CA store (most of a megabyte), and a thousand folders hold 800 connections."""
-    ca_file = str(account.ca_file) if account.ca_file else None
-    changed = os.stat(ca_file).st_mtime if ca_file else 0.0
-    return _shared_context(ca_file, account.verify_tls, changed)
-
-
-@functools.lru_cache(maxsize=32)
-def _shared_context(ca_file: str | None, verify: bool, _changed: float) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=ca_file)
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def _text(exc: BaseException) -> str:
-    """The server's words: imaplib puts them in its errors as the repr of bytes, whose
-    doubled backslashes would hide a credential the server echoed from the redactor."""
-    text = str(exc)
-    if text.startswith(("b'", 'b"')):
-        try:
-            words = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return text[2:-1]
-        return words.decode("utf-8", "replace") if isinstance(words, bytes) else text
-    return text
 
