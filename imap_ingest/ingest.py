@@ -283,7 +283,9 @@ class _Pass:
             self._decide(key, message, len(message.raw), decision.rule, begun, target)
             return
         record = begun
-        envelope = Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid)
+        envelope = replace(
+            Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid),
+            ticket=self.ledger.thread_ticket(target, message.replies_to()))
         send = functools.partial(_sending, self.where, key.uid,
                                  self.context.trackers[target].submit,
                                  decision.submission(message.raw), decision.options, envelope)

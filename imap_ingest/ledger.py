@@ -354,6 +354,18 @@ class Ledger:
         return [Source(id, folder, _result(outcome), ticket)
                 for id, folder, outcome, ticket in rows]
 
+    def thread_ticket(self, target: str, message_ids: list[str]) -> str | None:
+        """The ticket the latest of these messages became at ``target``, if known."""
+        if not message_ids:
+            return None
+        marks = ", ".join("?" * len(message_ids))
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT ticket FROM messages WHERE target = ? AND message_id IN ({marks}) "
+                "AND ticket IS NOT NULL ORDER BY updated DESC LIMIT 1",
+                (target, *message_ids)).fetchone()
+        return None if row is None else str(row[0])
+
     def release(self, ids: list[int]) -> None:
         """Forget that these records may be in the tracker: `retry` sends the message again."""
         with self._transaction() as db:

@@ -252,6 +252,13 @@ class Mailbox:
             with self._errors(self.folder):
                 self._client.copy(uids, folder)
 
+    def append(self, folder: str, raw: bytes, flags: Sequence[str] = ()) -> None:
+        """Add ``raw`` to ``folder`` with ``flags``, creating the folder if missing."""
+        self._ensure(folder)
+        # Sending the bytes gets the time a body FETCH of them would.
+        with self._errors(folder, seconds=self.account.timeout + len(raw) / _SLOWEST):
+            self._client.append(folder, raw, flags=tuple(flags))
+
     def mark(self, uids: Sequence[int], keyword: str) -> None:
         """Remember on the server not to look at these again: a keyword, else \\Seen."""
         if uids:

@@ -108,6 +108,11 @@ class Config(BaseSettings):
         if not value and not info.data.get("routes"):
             raise ValueError("List should have at least 1 item (or give routes: for mail "
                              "an MTA delivers)")
+        names = {account.name for account in value}
+        for name, route in info.data.get("routes", {}).items():
+            if route.failure_folder and route.failure_folder.account not in names:
+                raise ValueError(f"routes.{name}.failure_folder names account "
+                                 f"{route.failure_folder.account}, which is not in accounts")
         return value
 
     def secrets(self) -> Iterator[str]:
