@@ -10,7 +10,7 @@ from selenium.webdriver.common.by import By
 
 from imap_ingest.states import SKIPPED
 
-from .support.browser import log_in, screenshot
+from .support.browser import body_text, log_in, reload_until, screenshot
 from .support.daemon import Daemon, free_port, start
 from .support.dovecot import ImapAccount
 from .support.mail import make
@@ -38,10 +38,7 @@ def test_release_a_held_message_from_the_console(
     browser.find_element(By.NAME, "token").send_keys(TOKEN)
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
-    def held_row() -> bool:
-        browser.get(url)
-        return "Out of office" in browser.find_element(By.TAG_NAME, "body").text
-    wait_for(held_row, timeout=30)
+    reload_until(browser, url, "Out of office", timeout=30)
     assert "<img src=x onerror=alert(1)>" in browser.find_element(By.TAG_NAME, "body").text
     assert not browser.find_elements(By.CSS_SELECTOR, "img")
     assert browser.find_elements(By.CSS_SELECTOR, "svg rect")
@@ -53,7 +50,7 @@ def test_release_a_held_message_from_the_console(
     assert "HIT   auto-submitted: Auto-Submitted: auto-replied" in trace
     assert "decision: hold" in trace
     browser.find_element(By.CSS_SELECTOR, "button[value=release]").click()
-    wait_for(lambda: "released" in browser.find_element(By.TAG_NAME, "body").text)
+    wait_for(lambda: "released" in body_text(browser))
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "released: submitted to redmine" in body, body
     assert len(redmine.emails) == 2 and b"Out of office" in redmine.emails[1]
@@ -85,14 +82,11 @@ def test_release_a_message_held_in_place(
     url = f"http://127.0.0.1:{port}/"
     log_in(browser, url, TOKEN)
 
-    def held_row() -> bool:
-        browser.get(url)
-        return "Vacation reply" in browser.find_element(By.TAG_NAME, "body").text
-    wait_for(held_row, timeout=30)
+    reload_until(browser, url, "Vacation reply", timeout=30)
     aside = browser.find_element(By.XPATH, "//h2[.='Set aside']/following-sibling::div[1]").text
     assert "held test/INBOX" in aside and "skipped by a rule" not in aside, aside
     browser.find_element(By.CSS_SELECTOR, "button[value=release]").click()
-    wait_for(lambda: "released" in browser.find_element(By.TAG_NAME, "body").text)
+    wait_for(lambda: "released" in body_text(browser))
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "released: submitted to redmine" in body, body
     assert len(redmine.emails) == 1 and b"Vacation reply" in redmine.emails[0]

@@ -8,7 +8,7 @@ from pathlib import Path
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
-from ..support.browser import log_in, screenshot
+from ..support.browser import body_text, log_in, reload_until, screenshot
 from ..support.daemon import Daemon, free_port, start
 from ..support.dovecot import ImapAccount
 from ..support.mail import make
@@ -34,14 +34,11 @@ def test_a_held_message_released_from_the_console_becomes_a_redmine_issue(
     url = f"http://127.0.0.1:{port}/"
     log_in(browser, url, TOKEN)
 
-    def held_row() -> bool:
-        browser.get(url)
-        return "Newsletter" in browser.find_element(By.TAG_NAME, "body").text
-    wait_for(held_row, timeout=60)
+    reload_until(browser, url, "Newsletter", timeout=60)
     assert redmine_stock.issues() == []
     screenshot(browser, "console-e2e-held.png")
     browser.find_element(By.CSS_SELECTOR, "button[value=release]").click()
-    wait_for(lambda: bool(browser.find_elements(By.CSS_SELECTOR, "p.ok")), timeout=60)
+    wait_for(lambda: "released" in body_text(browser), timeout=60)
     notice = browser.find_element(By.CSS_SELECTOR, "p.ok").text
     assert "released: submitted to redmine" in notice, notice
     screenshot(browser, "console-e2e-released.png")

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+
+from .process import wait_for
 
 ARTIFACTS = Path(__file__).parents[2] / "artifacts"  # the test run's screenshots
 
@@ -41,6 +44,22 @@ def log_in(driver: webdriver.Chrome, url: str, token: str) -> None:
     driver.get(url)
     driver.find_element(By.NAME, "token").send_keys(token)
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+
+def reload_until(driver: webdriver.Chrome, url: str, text: str, timeout: float = 30) -> None:
+    """Reload ``url`` until its page shows ``text`` (the service lists it after a pass)."""
+    def shown() -> bool:
+        driver.get(url)
+        return text in body_text(driver)
+    wait_for(shown, timeout=timeout)
+
+
+def body_text(driver: webdriver.Chrome) -> str:
+    """The page's text; empty while a form's answer is still replacing the page."""
+    try:
+        return str(driver.find_element(By.TAG_NAME, "body").text)
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
 
 
 def screenshot(driver: webdriver.Chrome, name: str) -> Path:
