@@ -228,6 +228,16 @@ class Ledger:
         return {uid: Record(id, State(state), _result(outcome), _disposition(dispose_to), *rest)
                 for uid, id, state, outcome, dispose_to, *rest in rows if uid in wanted}
 
+    def marked(self, account: str, folder: str, uidvalidity: int, keyword: str) -> list[int]:
+        """The UIDs of one folder left in place with ``keyword``, as the ledger remembers
+        them (the mark itself, on a server without keywords, is nowhere else)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT uid FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ? "
+                "AND state = ? AND dispose_to = ? ORDER BY uid",
+                (account, folder, uidvalidity, State.DISPOSED, f"mark:{keyword}")).fetchall()
+        return [uid for (uid,) in rows]
+
     def begin_submit(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
                      target: str, dedupe: Dedupe) -> Begun | Earlier:
         """Record the message as ``submitting`` unless an earlier copy of it, for the same

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
+from .budget import budget_of, plan
 from .config import Config
 from .deliver import report as spooled
 from .errors import EX_NOT_FOUND, EX_OK
@@ -40,6 +41,11 @@ def status(config: Config) -> int:
         print(line)
     if not folders:
         print(f"no messages recorded yet in {config.state_dir}")
+    for each in config.accounts:
+        fitted = plan(each.folders, budget_of(each))
+        print(f"account {each.name}: {fitted.connections} of {budget_of(each)} "
+              f"connection(s) as a service; pushed (IDLE, where the server has it): "
+              f"{', '.join(fitted.pushed) or 'none'}; polled: {', '.join(fitted.polled) or 'none'}")
     return EX_OK
 
 

@@ -4,6 +4,7 @@ servers on loopback."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import stat
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from imap_ingest.compat import add_commands, redmine_target, rt_target
+from imap_ingest.trackers import registry
 from tests.support.dovecot import ImapAccount, free_ports
 from tests.support.ingest_env import ROOT, command
 from tests.support.mail import make
@@ -257,3 +260,20 @@ def test_rdm_mailhandler_flags_become_the_form(tmp_path: Path) -> None:
         assert b"s3cret" not in done.stderr
     finally:
         redmine.close()
+
+
+def test_a_plain_http_url_is_taken_as_rt_mailgate_takes_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """--url http://… off loopback is the alias line's choice: allowed, with a warning."""
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(), "config.yaml")
+    rt = parser.parse_args(["rt-mailgate", "--url", "http://rt.example/", "--queue", "bugs"])
+    rdm = parser.parse_args(["rdm-mailhandler", "--url", "http://redmine.example",
+                             "--key", "k3y-k3y-k3y"])
+    secure = parser.parse_args(["rt-mailgate", "--url", "https://rt.example/"])
+    assert rt_target(rt)["allow_insecure"] is True
+    assert redmine_target(rdm)["allow_insecure"] is True
+    assert rt_target(secure)["allow_insecure"] is False
+    assert "plain http" in caplog.text
+    for target in (rt_target(rt), redmine_target(rdm)):
+        registry.registered()[str(target["type"])].model.model_validate(target)

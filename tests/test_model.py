@@ -132,6 +132,7 @@ class SimMailbox:
         self.folder = ""
         self.uidvalidity = 0
         self.unfetched: list[int] = []  # the simulated server always answers with the body
+        self.keywords = True  # the simulated server keeps our keywords
 
     def _selected(self) -> SimFolder:
         return self.server.folder(self.folder)
