@@ -6,7 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
 
+from .support.browser import chromium
 from .support.daemon import Daemon
 from .support.dovecot import Dovecot, DovecotNotInstalled, ImapAccount, find_dovecot
 from .support.pki import pki  # noqa: F401  (the session-scoped PKI fixture)
@@ -141,6 +143,13 @@ def hook() -> Iterator[RecordingServer]:
     server = RecordingServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    """A real headless Chromium with a fresh profile (tests/support/browser.py)."""
+    with chromium(tmp_path / "profile") as driver:
+        yield driver
 
 
 @pytest.fixture
