@@ -97,6 +97,7 @@ class Context:
     beat: Callable[[], None] = lambda: None  # called each time the pass gets on
     # Told of every message dealt with (alerts gather those set aside into a digest).
     observe: Callable[[str, Message | None, Verdict], None] | None = None
+    tripped: Callable[[str, str], None] | None = None  # the flood breaker held one (alerts)
 
 
 def ingest(mailbox: Mailbox, folder: Folder, context: Context) -> PassReport:
@@ -309,7 +310,10 @@ class _Pass:
             return None
         self.context.metrics.flood_held.labels(self.report.account, self.folder.name,
                                                over[0].partition(":")[0]).inc()
-        return flooded(flood.describe(*over, self.flood), self.flood_folder)
+        reason = flood.describe(*over, self.flood)
+        if self.context.tripped is not None:
+            self.context.tripped(over[0], reason)
+        return flooded(reason, self.flood_folder)
 
     def _begin(self, key: Key, message: Message, rule: str, target: str, digest: str,
                record: Record | None) -> Verdict | Record | None:

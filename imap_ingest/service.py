@@ -107,7 +107,8 @@ class Service:
 
     def context(self, progress: bool = False) -> Context:
         return Context(self.config, self.trackers, self.ledger, self.stop, self.metrics,
-                       self.retry_now, progress, observe=self.alerter.observe)
+                       self.retry_now, progress, observe=self.alerter.observe,
+                       tripped=self.alerter.tripped)
 
     def flow(self) -> Flow:
         """Every folder's flow now, from the ledger and the workers."""
