@@ -44,7 +44,7 @@ from .errors import (
 from .flow import Flow, FlowCollector, Worker, assess
 from .health import StatusServer
 from .ingest import Context, ingest
-from .ledger import Ledger
+from .ledger import open_ledger
 from .locks import folder_lock
 from .logs import event, hide
 from .mailbox import Mailbox
@@ -79,7 +79,7 @@ class Service:
         self.config = config
         self.stop = threading.Event()
         self.metrics = Metrics()
-        self.ledger = Ledger.open(config.state_dir)
+        self.ledger = open_ledger(config)
         self.trackers: dict[str, Tracker] = {
             name: open_tracker(target) for name, target in config.targets.items()
         }

@@ -8,13 +8,13 @@ import time
 from .config import Config
 from .deliver import report as spooled
 from .errors import EX_NOT_FOUND, EX_OK
-from .ledger import Ledger
+from .ledger import open_ledger
 from .states import State
 
 
 def status(config: Config) -> int:
     """Print per folder the messages by state, and per target whether it is failing."""
-    ledger = Ledger.open(config.state_dir)
+    ledger = open_ledger(config)
     try:
         rows, targets = ledger.summary(), ledger.targets()
     finally:
@@ -41,7 +41,7 @@ def status(config: Config) -> int:
 
 def history(config: Config, message_id: str) -> int:
     """Print every record and attempt for ``message_id``; EX_NOT_FOUND when there is none."""
-    ledger = Ledger.open(config.state_dir)
+    ledger = open_ledger(config)
     try:
         records = ledger.history(message_id)
     finally:

@@ -10,13 +10,22 @@ from pathlib import Path
 import pytest
 
 from imap_ingest.backoff import Backoff
-from imap_ingest.ledger import SCHEMA_VERSION, Begun, Earlier, Key, Ledger, LedgerError, Record
+from imap_ingest.ledger import (
+    SCHEMA_VERSION,
+    Begun,
+    Earlier,
+    Key,
+    Ledger,
+    LedgerError,
+    Record,
+    SqliteLedger,
+)
 from imap_ingest.states import Disposition, Result, State
 
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(tmp_path / "state" / "ledger.sqlite3")
+    return SqliteLedger(tmp_path / "state" / "ledger.sqlite3")
 
 
 A1 = Key("acct", "INBOX", 7, 1)
@@ -96,7 +105,7 @@ def test_refused_messages_do_not_block_a_copy(ledger: Ledger) -> None:
 
 def test_check_and_insert_is_atomic_across_threads(ledger: Ledger, tmp_path: Path) -> None:
     """Ten threads with ten copies, two connections: exactly one may submit."""
-    other = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    other = SqliteLedger(tmp_path / "state" / "ledger.sqlite3")
     results: list[str | None] = []
     keys = [Key("acct", f"F{i}", 1, 1) for i in range(10)]
     threads = [threading.Thread(target=lambda k=k, i=i: results.append(
@@ -140,20 +149,20 @@ def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     path.write_bytes(b"this is not a database at all" * 100)
     with pytest.raises(LedgerError, match="cannot be used") as info:
-        Ledger(path)
+        SqliteLedger(path)
     assert info.value.exit_code == 78
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     """A ledger with a newer schema version is refused."""
     path = tmp_path / "ledger.sqlite3"
-    Ledger(path).close()
+    SqliteLedger(path).close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                    (str(SCHEMA_VERSION + 1),))
     db.close()
     with pytest.raises(LedgerError, match="newer imap-ingest"):
-        Ledger(path)
+        SqliteLedger(path)
 
 
 def test_earlier_copy_says_its_standing(ledger: Ledger) -> None:

@@ -1,33 +1,37 @@
-"""The ledger: what happened to every message, in SQLite; the only module with SQL.
+"""The ledger's API, the same over every backend: what happened to every message.
 
 A message to submit moves ``submitting`` → ``submitted`` (or ``decided``: refused, given
 up; or ``waiting`` for a retry) → ``disposed``, each step committed before the next side
 effect (the POST, the MOVE), so a run that dies anywhere leaves a record the next run can
 finish from. A message a rule skips or moves is ``decided`` at once, then ``disposed``.
+
+The SQL here is the one both dialects speak (SQLite ≥ 3.39 and PostgreSQL ≥ 13): ``?``
+placeholders, ``IS [NOT] DISTINCT FROM``, ``ON CONFLICT``, ``RETURNING``, ``FILTER``. A
+backend (sqlite.py, postgres.py) brings the connection, the transactions and the
+migrations; it runs each transaction's function again when its connection was lost.
 """
 
 from __future__ import annotations
 
-import errno
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol, TypeVar
 
-from .backoff import Backoff
-from .errors import ConfigError, IngestError
-from .files import private_file
-from .states import Disposition, Result, State
+from ..backoff import Backoff
+from ..errors import ConfigError, IngestError
+from ..states import Disposition, Result, State
 
 SCHEMA_VERSION = 1
 
 Dedupe = Literal["message-id", "content", "off"]
+T = TypeVar("T")
+Row = tuple[Any, ...]
 
-_SCHEMA = """
+# Version N's step takes a ledger at N - 1 to N; step 1 makes a new one. Both backends
+# apply the same steps (postgres.py rewrites the column types it spells differently).
+MIGRATIONS: dict[int, str] = {1: """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE folders (
     account TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
@@ -56,7 +60,7 @@ CREATE INDEX attempts_message ON attempts (message);
 CREATE TABLE targets (
     name TEXT PRIMARY KEY, failures INTEGER NOT NULL, next_try REAL,
     last_error TEXT, last_error_at REAL);
-"""
+"""}
 
 # Rows in these states stand for a message the tracker has, or may have, or will get;
 # verdict.copy_of says what each makes of another copy. A quarantined message may have
@@ -67,7 +71,8 @@ _COUNTS_AS_SENT = (f"(state IN ('{State.SUBMITTING}', '{State.SUBMITTED}', '{Sta
                    f"'{Result.PARTIAL}'))")
 # Another row than this key's, for the same target: one mail to two desks is two tickets.
 _OTHER_COPY = ("NOT (account = ? AND folder = ? AND uidvalidity = ? AND uid = ?) "
-               "AND target IS ?")
+               "AND target IS NOT DISTINCT FROM ?")
+_KEY = "account = ? AND folder = ? AND uidvalidity = ? AND uid = ?"
 
 
 class LedgerError(IngestError):
@@ -128,71 +133,71 @@ class Source:
     ticket: str | None
 
 
-class Ledger:
-    """One SQLite file shared by every folder, thread and process using the same state_dir."""
+class Tx(Protocol):
+    """One transaction of a backend, as the shared SQL uses it."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        try:
-            private_file(path)  # SQLite gives its -wal and -shm files the same mode
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None,
-                                       check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # WAL with synchronous=NORMAL survives a killed process (the case that matters
-            # here); only a power cut can lose the last transactions.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"ledger {path}: cannot be used ({exc}); move it aside to start "
-                              "a new one (the history in it will be lost)") from None
-        except OSError as exc:
-            raise LedgerError(f"ledger {path}: {exc.strerror}") from None
+    def one(self, sql: str, args: Sequence[object] = ()) -> Row | None: ...
+    def all(self, sql: str, args: Sequence[object] = ()) -> list[Row]: ...
+    def dicts(self, sql: str, args: Sequence[object] = ()) -> list[dict[str, Any]]: ...
+    def many(self, sql: str, rows: Sequence[Sequence[object]]) -> None: ...
 
-    @classmethod
-    def open(cls, state_dir: Path) -> Ledger:
-        """The ledger of a state_dir (its file ledger.sqlite3)."""
-        return cls(state_dir / "ledger.sqlite3")
 
-    def close(self) -> None:
-        self._db.close()
+Folder = tuple[str, str]  # (account, folder): what a lease covers
 
-    def _migrate(self) -> None:
-        # IF NOT EXISTS and one immediate transaction: two processes may start at once.
-        schema = _SCHEMA.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS").replace(
-            "CREATE INDEX", "CREATE INDEX IF NOT EXISTS")
-        with self._lock:
-            self._db.executescript(
-                f"BEGIN IMMEDIATE; {schema} INSERT OR IGNORE INTO meta "
-                f"VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if int(row[0]) > SCHEMA_VERSION:
-            raise LedgerError(f"ledger {self.path}: written by a newer imap-ingest (schema "
-                              f"{row[0]}, this one knows {SCHEMA_VERSION}); upgrade imap-ingest")
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken at once so that check-then-insert is atomic."""
-        with self._lock, _disk_full(self.path):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                if self._db.in_transaction:  # SQLite rolls back by itself on a full disk
-                    self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+class LeaseLost(IngestError):
+    """Another replica holds this folder now (our lease ran out): the pass stops, writing
+    and disposing nothing more."""
+
+    exit_code = 75
+
+
+class LedgerUnavailable(IngestError):
+    """The ledger's server cannot be reached (for longer than ``ledger.wait``)."""
+
+    exit_code = 75
+
+
+class Ledger(ABC):
+    """The ledger of one configuration, shared by every folder, thread and process using
+    it; a backend subclass brings the database."""
+
+    # hourly(): the hour an ``updated`` time falls in, as an integer timestamp.
+    _hour = "CAST(updated / 3600 AS INTEGER) * 3600"
+
+    @abstractmethod
+    def _write(self, fn: Callable[[Tx], T], fence: Folder | None = None) -> T:
+        """``fn`` in one write transaction, taken at once so that check-then-insert is
+        atomic; with ``fence``, only while this process holds that folder's lease."""
+
+    @abstractmethod
+    def _read(self, fn: Callable[[Tx], T]) -> T:
+        """``fn`` over a consistent view."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def check_lease(self, account: str, folder: str) -> None:
+        """Raise LeaseLost unless this process may still work the folder (before an IMAP
+        disposition, which no transaction can fence); a backend without leases always may."""
+
+    @abstractmethod
+    def holders(self) -> list[tuple[str, str, str, float]]:
+        """(account, folder, replica, seconds left) of every live lease; none without."""
 
     # -- folders ---------------------------------------------------------------------------
 
     def uidvalidity_changed(self, account: str, folder: str, uidvalidity: int) -> bool:
         """Remember the folder's UIDVALIDITY; True when it differs from the one seen before."""
-        with self._transaction() as db:
-            row = db.execute("SELECT uidvalidity FROM folders WHERE account = ? AND folder = ?",
-                             (account, folder)).fetchone()
-            db.execute("INSERT OR REPLACE INTO folders VALUES (?, ?, ?)",
-                       (account, folder, uidvalidity))
+        def fn(db: Tx) -> Row | None:
+            row = db.one("SELECT uidvalidity FROM folders WHERE account = ? AND folder = ?",
+                         (account, folder))
+            db.one("INSERT INTO folders VALUES (?, ?, ?) ON CONFLICT (account, folder) "
+                   "DO UPDATE SET uidvalidity = excluded.uidvalidity",
+                   (account, folder, uidvalidity))
+            return row
+        row = self._write(fn, (account, folder))
         return row is not None and row[0] != uidvalidity
 
     # -- messages --------------------------------------------------------------------------
@@ -202,12 +207,11 @@ class Ledger:
         """The records of these UIDs of one folder, by UID: one query for a whole pass."""
         if not uids:
             return {}
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT uid, id, state, outcome, dispose_to, attempts, first_seen, next_try, "
-                "reason, ticket FROM messages WHERE account = ? AND folder = ? AND "
-                "uidvalidity = ? AND uid BETWEEN ? AND ?",
-                (account, folder, uidvalidity, min(uids), max(uids))).fetchall()
+        rows = self._read(lambda db: db.all(
+            "SELECT uid, id, state, outcome, dispose_to, attempts, first_seen, next_try, "
+            "reason, ticket FROM messages WHERE account = ? AND folder = ? AND "
+            "uidvalidity = ? AND uid BETWEEN ? AND ?",
+            (account, folder, uidvalidity, min(uids), max(uids))))
         wanted = set(uids)
         return {uid: Record(id, State(state), _result(outcome), _disposition(dispose_to), *rest)
                 for uid, id, state, outcome, dispose_to, *rest in rows if uid in wanted}
@@ -223,25 +227,26 @@ class Ledger:
         now = time.time()
         same = _same_message(dedupe)
         args = (key.account, key.folder, key.uidvalidity, key.uid, target)
-        with self._transaction() as db:
-            row = db.execute(
+
+        def fn(db: Tx) -> Begun | Earlier:
+            row = db.one(
                 f"SELECT id, account, folder, uid, state, outcome, ticket FROM messages "
                 f"WHERE {_COUNTS_AS_SENT} AND {_OTHER_COPY} AND {same} "
                 # What the tracker accepted first (a plain duplicate), then what is in doubt
                 # (the safer reading), then what waits.
-                f"ORDER BY CASE WHEN outcome IS '{Result.SUBMITTED}' THEN 0 "
+                f"ORDER BY CASE WHEN outcome IS NOT DISTINCT FROM '{Result.SUBMITTED}' THEN 0 "
                 f"WHEN state = '{State.WAITING}' THEN 2 ELSE 1 END LIMIT 1",
-                (*args, *_same_message_args(dedupe, key, message_id, digest))).fetchone()
+                (*args, *_same_message_args(dedupe, key, message_id, digest)))
             if row is not None:
                 id, account, folder, uid, state, outcome, ticket = row
                 return Earlier(id, f"{account}/{folder} uid {uid}", State(state),
                                _result(outcome), ticket)
             # A different message with this Message-ID: worth a warning, not a dedupe.
-            reused = db.execute(
+            reused = db.one(
                 f"SELECT account, folder, uid FROM messages WHERE {_COUNTS_AS_SENT} AND "
-                f"{_OTHER_COPY} AND message_id = ? AND hash IS NOT ? LIMIT 1",
-                (*args, message_id, digest)).fetchone() if dedupe == "message-id" else None
-            db.execute(
+                f"{_OTHER_COPY} AND message_id = ? AND hash IS DISTINCT FROM ? LIMIT 1",
+                (*args, message_id, digest)) if dedupe == "message-id" else None
+            db.one(
                 "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
                 "rule, target, state, first_seen, updated) "
                 f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{State.SUBMITTING}', ?, ?) "
@@ -250,7 +255,8 @@ class Ledger:
                 "updated = excluded.updated",
                 (key.account, key.folder, key.uidvalidity, key.uid, message_id, size, digest,
                  rule, target, now, now))
-        return Begun(f"{reused[0]}/{reused[1]} uid {reused[2]}" if reused else None)
+            return Begun(f"{reused[0]}/{reused[1]} uid {reused[2]}" if reused else None)
+        return self._write(fn, (key.account, key.folder))
 
     def take_over(self, earlier: Earlier, key: Key, message_id: str | None, size: int,
                   digest: str, rule: str, target: str) -> Record | None:
@@ -258,19 +264,20 @@ class Ledger:
         its attempts, first sight and next try; None when ``earlier`` waits no more (another
         pass or process got there first)."""
         now = time.time()
-        with self._transaction() as db:
-            row = db.execute(
+
+        def fn(db: Tx) -> Record | None:
+            row = db.one(
                 "SELECT outcome, reason, attempts, first_seen, next_try FROM messages "
-                f"WHERE id = ? AND state = '{State.WAITING}'", (earlier.id,)).fetchone()
+                f"WHERE id = ? AND state = '{State.WAITING}'", (earlier.id,))
             if row is None:
                 return None
             outcome, reason, attempts, first_seen, next_try = row
-            db.execute(
+            db.one(
                 f"UPDATE messages SET state = '{State.DISPOSED}', "
                 f"outcome = '{Result.SUPERSEDED}', reason = ?, updated = ? WHERE id = ?",
                 (f"its retry taken over by {key.account}/{key.folder} uid {key.uid}", now,
                  earlier.id))
-            new = db.execute(
+            new = db.one(
                 "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
                 "rule, target, state, outcome, reason, attempts, first_seen, next_try, updated) "
                 f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{State.WAITING}', ?, ?, ?, ?, ?, ?) "
@@ -281,9 +288,11 @@ class Ledger:
                 "next_try = excluded.next_try, dispose_to = NULL, updated = excluded.updated "
                 "RETURNING id",
                 (key.account, key.folder, key.uidvalidity, key.uid, message_id, size, digest,
-                 rule, target, outcome, reason, attempts, first_seen, next_try, now)).fetchone()
-        return Record(new[0], State.WAITING, _result(outcome), None, attempts, first_seen,
-                      next_try, reason, None)
+                 rule, target, outcome, reason, attempts, first_seen, next_try, now))
+            assert new is not None
+            return Record(new[0], State.WAITING, _result(outcome), None, attempts, first_seen,
+                          next_try, reason, None)
+        return self._write(fn, (key.account, key.folder))
 
     def answered(self, key: Key, target: str, state: State, outcome: Result, reason: str, *,
                  status: int | None = None, ticket: str | None = None,
@@ -292,133 +301,120 @@ class Ledger:
         """Record the tracker's answer and the message's new state; ``attempt`` counts it
         against the message's max_attempts."""
         now = time.time()
-        with self._transaction() as db:
-            row = db.execute(
+
+        def fn(db: Tx) -> None:
+            row = db.one(
                 "UPDATE messages SET state = ?, outcome = ?, reason = ?, ticket = ?, "
                 "dispose_to = ?, next_try = ?, attempts = attempts + ?, updated = ? "
-                "WHERE account = ? AND folder = ? AND uidvalidity = ? AND uid = ? RETURNING id",
+                f"WHERE {_KEY} RETURNING id",
                 (state, outcome, reason, ticket, _text(dispose_to), next_try, int(attempt), now,
-                 key.account, key.folder, key.uidvalidity, key.uid)).fetchone()
-            db.execute("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (row[0], now, target, outcome, status, ticket, reason))
+                 key.account, key.folder, key.uidvalidity, key.uid))
+            assert row is not None
+            db.one("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (row[0], now, target, outcome, status, ticket, reason))
+        self._write(fn, (key.account, key.folder))
 
     def decided(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
                 outcome: Result, reason: str, dispose_to: Disposition,
                 target: str | None = None) -> None:
         """Record a decision made without the tracker (skip, move, duplicate, too large …)."""
         now = time.time()
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
-                "rule, target, state, outcome, reason, dispose_to, first_seen, updated) "
-                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{State.DECIDED}', ?, ?, ?, ?, ?) "
-                "ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET "
-                f"state = '{State.DECIDED}', outcome = excluded.outcome, reason = excluded.reason, "
-                "dispose_to = excluded.dispose_to, updated = excluded.updated",
-                (key.account, key.folder, key.uidvalidity, key.uid, message_id, size, digest,
-                 rule, target, outcome, reason, str(dispose_to), now, now))
+        self._write(lambda db: db.one(
+            "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
+            "rule, target, state, outcome, reason, dispose_to, first_seen, updated) "
+            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{State.DECIDED}', ?, ?, ?, ?, ?) "
+            "ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET "
+            f"state = '{State.DECIDED}', outcome = excluded.outcome, reason = excluded.reason, "
+            "dispose_to = excluded.dispose_to, updated = excluded.updated",
+            (key.account, key.folder, key.uidvalidity, key.uid, message_id, size, digest,
+             rule, target, outcome, reason, str(dispose_to), now, now)),
+            (key.account, key.folder))
 
     def disposed(self, keys: list[Key]) -> None:
-        """These messages are gone from their folder (or marked): one transaction."""
+        """These messages, all of one folder, are gone from it (or marked): one transaction."""
+        if not keys:
+            return
         now = time.time()
-        with self._transaction() as db:
-            db.executemany(
-                f"UPDATE messages SET state = '{State.DISPOSED}', updated = ? "
-                "WHERE account = ? AND folder = ? AND uidvalidity = ? AND uid = ?",
-                [(now, k.account, k.folder, k.uidvalidity, k.uid) for k in keys])
+        self._write(lambda db: db.many(
+            f"UPDATE messages SET state = '{State.DISPOSED}', updated = ? WHERE {_KEY}",
+            [(now, k.account, k.folder, k.uidvalidity, k.uid) for k in keys]),
+            (keys[0].account, keys[0].folder))
 
     def sources(self, account: str, message_id: str | None, digest: str) -> list[Source]:
         """Every record of this message (same Message-ID and content) in this account."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, folder, outcome, ticket FROM messages WHERE account = ? AND "
-                "message_id IS ? AND hash = ? ORDER BY updated DESC",
-                (account, message_id, digest)).fetchall()
+        rows = self._read(lambda db: db.all(
+            "SELECT id, folder, outcome, ticket FROM messages WHERE account = ? AND "
+            "message_id IS NOT DISTINCT FROM ? AND hash = ? ORDER BY updated DESC",
+            (account, message_id, digest)))
         return [Source(id, folder, _result(outcome), ticket)
                 for id, folder, outcome, ticket in rows]
 
     def release(self, ids: list[int]) -> None:
         """Forget that these records may be in the tracker: `retry` sends the message again."""
-        with self._transaction() as db:
-            db.executemany(f"UPDATE messages SET state = '{State.DISPOSED}', "
-                           f"outcome = '{Result.RETRIED}', "
-                           "dispose_to = NULL, updated = ? WHERE id = ?",
-                           [(time.time(), i) for i in ids])
+        self._write(lambda db: db.many(
+            f"UPDATE messages SET state = '{State.DISPOSED}', outcome = '{Result.RETRIED}', "
+            "dispose_to = NULL, updated = ? WHERE id = ?", [(time.time(), i) for i in ids]))
 
     # -- reports ---------------------------------------------------------------------------
 
     def summary(self) -> list[tuple[str, str, str, int, float]]:
         """Per account and folder: (account, folder, state or outcome, count, oldest)."""
-        with self._lock:
-            return self._db.execute(
-                f"SELECT account, folder, CASE WHEN state = '{State.DISPOSED}' THEN outcome "
-                "ELSE state END AS what, count(*), min(first_seen) FROM messages "
-                "GROUP BY account, folder, what ORDER BY account, folder, what").fetchall()
+        return self._read(lambda db: db.all(
+            f"SELECT account, folder, CASE WHEN state = '{State.DISPOSED}' THEN outcome "
+            "ELSE state END AS what, count(*), min(first_seen) FROM messages "
+            "GROUP BY account, folder, what ORDER BY account, folder, what"))
 
     def targets(self) -> list[tuple[str, int, float | None, str | None, float | None]]:
         """(name, consecutive failures, next try, last error, when) for every target seen."""
-        with self._lock:
-            return self._db.execute("SELECT * FROM targets ORDER BY name").fetchall()
+        return self._read(lambda db: db.all("SELECT * FROM targets ORDER BY name"))
 
     def history(self, message_id: str) -> list[tuple[dict[str, object], list[dict[str, object]]]]:
         """Every record of the message, each with its attempts, oldest first."""
-        with self._lock:
-            self._db.row_factory = sqlite3.Row
-            try:
-                rows = self._db.execute("SELECT * FROM messages WHERE message_id = ? "
-                                        "ORDER BY first_seen", (message_id,)).fetchall()
-                return [({**dict(row), "dispose_to": _disposition(row["dispose_to"])},
-                         [dict(attempt) for attempt in self._db.execute(
-                             "SELECT * FROM attempts WHERE message = ? ORDER BY at",
-                             (row["id"],))])
-                        for row in rows]
-            finally:
-                self._db.row_factory = None
+        def fn(db: Tx) -> list[tuple[dict[str, object], list[dict[str, object]]]]:
+            rows = db.dicts("SELECT * FROM messages WHERE message_id = ? ORDER BY first_seen",
+                            (message_id,))
+            return [({**row, "dispose_to": _disposition(row["dispose_to"])},
+                     db.dicts("SELECT * FROM attempts WHERE message = ? ORDER BY at",
+                              (row["id"],)))
+                    for row in rows]
+        return self._read(fn)
 
     def pending(self) -> list[tuple[str, str, float | None, int, int, int, int, str | None]]:
         """Per folder: (account, folder, oldest first_seen still pending, waiting, held,
         failed, quarantined, the latest error); pending is waiting or being posted."""
-        with self._lock:
-            return self._db.execute(
-                "SELECT account, folder, "
-                f"min(CASE WHEN state IN ('{State.WAITING}', '{State.SUBMITTING}') "
-                "THEN first_seen END), "
-                f"sum(state = '{State.WAITING}'), sum(outcome = '{Result.HELD}'), "
-                f"sum(outcome IN ('{Result.FAILED}', '{Result.PARTIAL}')), "
-                f"sum(outcome = '{Result.QUARANTINED}'), "
-                f"(SELECT reason FROM messages AS m WHERE m.account = messages.account AND "
-                f"m.folder = messages.folder AND (m.state = '{State.WAITING}' OR m.outcome IN "
-                f"('{Result.FAILED}', '{Result.PARTIAL}', '{Result.QUARANTINED}')) "
-                "ORDER BY m.updated DESC LIMIT 1) "
-                "FROM messages GROUP BY account, folder").fetchall()
+        return self._read(lambda db: db.all(
+            "SELECT account, folder, "
+            f"min(CASE WHEN state IN ('{State.WAITING}', '{State.SUBMITTING}') "
+            "THEN first_seen END), "
+            f"count(*) FILTER (WHERE state = '{State.WAITING}'), "
+            f"count(*) FILTER (WHERE outcome = '{Result.HELD}'), "
+            f"count(*) FILTER (WHERE outcome IN ('{Result.FAILED}', '{Result.PARTIAL}')), "
+            f"count(*) FILTER (WHERE outcome = '{Result.QUARANTINED}'), "
+            f"(SELECT reason FROM messages AS m WHERE m.account = messages.account AND "
+            f"m.folder = messages.folder AND (m.state = '{State.WAITING}' OR m.outcome IN "
+            f"('{Result.FAILED}', '{Result.PARTIAL}', '{Result.QUARANTINED}')) "
+            "ORDER BY m.updated DESC LIMIT 1) "
+            "FROM messages GROUP BY account, folder"))
 
     def latest(self, limit: int) -> list[dict[str, object]]:
         """The ``limit`` messages dealt with last, newest first."""
-        with self._lock:
-            self._db.row_factory = sqlite3.Row
-            try:
-                return [dict(row) for row in self._db.execute(
-                    "SELECT account, folder, uid, message_id, rule, target, state, outcome, "
-                    "reason, ticket, dispose_to, updated FROM messages "
-                    "ORDER BY updated DESC LIMIT ?", (limit,))]
-            finally:
-                self._db.row_factory = None
+        return self._read(lambda db: db.dicts(
+            "SELECT account, folder, uid, message_id, rule, target, state, outcome, "
+            "reason, ticket, dispose_to, updated FROM messages "
+            "ORDER BY updated DESC LIMIT ?", (limit,)))
 
     def hourly(self, since: float) -> list[tuple[int, str, int]]:
         """(hour as a timestamp, outcome, messages) of the attempts and decisions since then."""
-        with self._lock:
-            return self._db.execute(
-                "SELECT CAST(updated / 3600 AS INTEGER) * 3600 AS hour, "
-                "coalesce(outcome, state), count(*) FROM messages WHERE updated >= ? "
-                "GROUP BY hour, 2 ORDER BY hour", (since,)).fetchall()
+        return self._read(lambda db: db.all(
+            f"SELECT {self._hour} AS hour, coalesce(outcome, state), count(*) FROM messages "
+            "WHERE updated >= ? GROUP BY hour, 2 ORDER BY hour", (since,)))
 
     # -- targets ---------------------------------------------------------------------------
 
     def target_state(self, name: str) -> tuple[int, float]:
         """The target's consecutive temporary failures, and when it may be tried again."""
-        with self._lock:
-            row = self._db.execute("SELECT failures, next_try FROM targets WHERE name = ?",
-                                   (name,)).fetchone()
+        row = self._read(lambda db: db.one(
+            "SELECT failures, next_try FROM targets WHERE name = ?", (name,)))
         return (row[0], row[1] or 0.0) if row else (0, 0.0)
 
     def target_failed(self, name: str, reason: str, backoff: Backoff,
@@ -426,44 +422,34 @@ class Ledger:
         """Count a temporary failure of the target; returns when to try it next (no sooner
         than ``at_least`` seconds, e.g. a Retry-After)."""
         now = time.time()
-        with self._transaction() as db:
-            row = db.execute("SELECT failures FROM targets WHERE name = ?", (name,)).fetchone()
+
+        def fn(db: Tx) -> float:
+            row = db.one("SELECT failures FROM targets WHERE name = ?", (name,))
             failures = (row[0] if row else 0) + 1
             next_try = now + max(backoff.delay(failures), backoff.bounded(at_least))
-            db.execute("INSERT OR REPLACE INTO targets VALUES (?, ?, ?, ?, ?)",
-                       (name, failures, next_try, reason, now))
-        return next_try
+            db.one("INSERT INTO targets VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                   "SET failures = excluded.failures, next_try = excluded.next_try, "
+                   "last_error = excluded.last_error, last_error_at = excluded.last_error_at",
+                   (name, failures, next_try, reason, now))
+            return next_try
+        return self._write(fn)
 
     def target_ok(self, name: str) -> None:
-        with self._transaction() as db:
-            db.execute("UPDATE targets SET failures = 0, next_try = NULL WHERE name = ?",
-                       (name,))
-
-
-@contextmanager
-def _disk_full(path: Path) -> Iterator[None]:
-    """A full disk is a LedgerError that says so, not a traceback."""
-    try:
-        yield
-    except (sqlite3.OperationalError, OSError) as exc:
-        full = (exc.sqlite_errorcode == sqlite3.SQLITE_FULL
-                if isinstance(exc, sqlite3.OperationalError) else exc.errno == errno.ENOSPC)
-        if not full:
-            raise
-        raise LedgerError(f"ledger {path}: the disk is full; nothing more can be recorded "
-                          "until there is space again") from None
+        self._write(lambda db: db.one(
+            "UPDATE targets SET failures = 0, next_try = NULL WHERE name = ?", (name,)))
 
 
 def _same_message(dedupe: Dedupe) -> str:
     """The SQL condition that makes another row the same message under this policy."""
     if dedupe == "message-id":
         # The same Message-ID on other content is another message (IDs do get reused).
-        return "(hash = ? AND (message_id = ? OR ? IS NULL))"
+        return "(hash = ? AND (message_id = ? OR CAST(? AS TEXT) IS NULL))"
     if dedupe == "content":
         return "hash = ?"
     # Even with dedupe off, the same message back in the same folder (a UIDVALIDITY
     # change, or `retry`) is recognised by Message-ID and content together.
-    return "(account = ? AND folder = ? AND message_id IS ? AND hash = ?)"
+    return ("(account = ? AND folder = ? AND message_id IS NOT DISTINCT FROM ? "
+            "AND hash = ?)")
 
 
 def _same_message_args(dedupe: Dedupe, key: Key, message_id: str | None,
@@ -473,7 +459,6 @@ def _same_message_args(dedupe: Dedupe, key: Key, message_id: str | None,
     if dedupe == "content":
         return (digest,)
     return (key.account, key.folder, message_id, digest)
-
 
 
 # Conversions at the SQL boundary, and only there.
