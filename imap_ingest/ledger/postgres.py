@@ -92,7 +92,11 @@ class PostgresLedger(Ledger):
         self._lock = threading.Lock()
         self.leases: Leases | None = None
         self._conn = self.connect()
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
 
     def __str__(self) -> str:
         return f"ledger postgresql {self.where}"
