@@ -33,6 +33,12 @@ class Disposal:
         self._pending.setdefault(to, []).append(key)
 
     def flush(self) -> None:
+        if not self._pending:
+            self._copies = {}
+            return
+        # IMAP has no fence: a replica that lost the folder must not touch its messages.
+        first = next(iter(self._pending.values()))[0]
+        self._ledger.check_lease(first.account, first.folder)
         # Copies first: a message may be copied and then moved or deleted.
         for to in sorted(self._pending, key=lambda to: to.verb != "copy"):
             uids = [key.uid for key in self._pending[to]]

@@ -21,7 +21,7 @@ from .config import Config, Folder, SubmitOptions
 from .dispose import Disposal
 from .errors import EX_OK, EX_TEMPFAIL, IngestError, TrackerRefused
 from .inflight import InFlight
-from .ledger import Earlier, Key, Ledger, Record
+from .ledger import Earlier, Key, LeaseLost, Ledger, Record
 from .logs import event
 from .mailbox import Fetched, Mailbox
 from .message import Message
@@ -229,6 +229,9 @@ class _Pass:
             self._decide(key, message, len(message.raw), decision.rule, begun, target)
             return
         record = begun
+        if (leases := self.ledger.leases) and not leases.holds((key.account, key.folder)):
+            # Paused past the lease (the fence refuses the answer): never post it then.
+            raise LeaseLost(f"{self.where}: lease ran out before uid {key.uid} was posted")
         envelope = Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid)
         self.inflight.start(target, ties, _Sent(key, message, decision.rule, record, arrived,
                                                 target, time.monotonic()), functools.partial(

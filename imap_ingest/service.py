@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -52,6 +54,9 @@ from .metrics import Metrics
 from .oauth import Tokens
 from .trackers import Tracker, open_tracker
 
+if TYPE_CHECKING:
+    from .ledger.leases import Leases
+
 log = logging.getLogger(__name__)
 
 # Reconnecting after a lost or refused connection: 1 s, doubling, at most 5 minutes.
@@ -80,6 +85,7 @@ class Service:
         self.stop = threading.Event()
         self.metrics = Metrics()
         self.ledger = open_ledger(config)
+        self.replica = replica_id(config)
         self.trackers: dict[str, Tracker] = {
             name: open_tracker(target) for name, target in config.targets.items()
         }
@@ -99,10 +105,15 @@ class Service:
 
     def flow(self) -> Flow:
         """Every folder's flow now, from the ledger and the workers."""
+        # Another replica's folders are its to report (and to alert on).
         workers = [Worker(w.account.name, w.folder.name, w.ready, w.auth_failed, w.last_pass)
-                   for w in self.workers]
-        return assess(workers, self.ledger.pending(), self.ledger.targets(),
+                   for w in self.workers if not w.away.is_set()]
+        flow = assess(workers, self.ledger.pending(), self.ledger.targets(),
                       self.config.alert.stalled_after, time.time(), self.started)
+        if self.ledger.leases is None:
+            return flow
+        return replace(flow, replica=self.replica, leases={
+            f"{account}/{folder}": holder for account, folder, holder, _ in self.ledger.holders()})
 
     def not_ready(self) -> list[str]:
         """The folders not ready for /readyz, each with its state where it has one."""
@@ -115,7 +126,13 @@ class Service:
     def metrics_text(self) -> bytes:
         return self.metrics.text()
 
+    def folders(self) -> list[tuple[str, str]]:
+        return [(account.name, folder.name) for account in self.config.accounts
+                for folder in account.folders]
+
     def close(self) -> None:
+        if self.ledger.leases is not None:
+            self.ledger.leases.close()  # first: the other replicas take over at once
         for worker in self.workers:
             worker.close()
         for tracker in self.trackers.values():
@@ -126,20 +143,30 @@ class Service:
         """One pass over every folder of every account, one connection per account."""
         codes = [EX_OK]
         context = self.context(progress=True)
+        # Several hosts may run --once at the same time: each folder goes to the one that
+        # takes its lease first, kept (renewed) only for its pass.
+        leases = self.ledger.lease(self.replica, self.folders(), self.config.ledger.lease_ttl,
+                                   balance=False)
+        if leases is not None:
+            leases.start()
         with _signals(self.stop):
             for account in self.config.accounts:
                 try:
                     with Mailbox(account, self.tokens.get(account.name)) as mailbox:
                         codes += [_pass(mailbox, account, folder, context)
-                                  for folder in account.folders if not self.stop.is_set()]
+                                  for folder in account.folders if not self.stop.is_set()
+                                  and _taken(leases, account, folder)]
                 except MailboxError as exc:
                     log_failure(exc)
                     codes.append(exc.exit_code)
         return worst(*codes)
 
     def start(self, scheduler: BackgroundScheduler) -> None:
-        """Add a worker per folder to the scheduler, and an IDLE watcher where wanted."""
+        """Add a worker per folder to the scheduler, and an IDLE watcher where wanted; with
+        leases, each works only while this replica holds its folder."""
         context = self.context()
+        leases = self.ledger.lease(self.replica, self.folders(), self.config.ledger.lease_ttl,
+                                   balance=True)
         for account in self.config.accounts:
             for folder in account.folders:
                 worker = FolderWorker(account, folder, context, self.tokens.get(account.name))
@@ -153,6 +180,14 @@ class Service:
                 if folder.idle is not False:
                     threading.Thread(target=worker.watch, name=f"idle {worker.name}",
                                      daemon=True).start()
+        if leases is not None:
+            by_folder = {(w.account.name, w.folder.name): w for w in self.workers}
+            for worker in self.workers:
+                self.metrics.leased.labels(worker.account.name, worker.folder.name,
+                                           self.replica).set_function(worker.leased)
+            leases.on_gain = lambda folder: by_folder[folder].gained()
+            leases.on_loss = lambda folder: by_folder[folder].lost()
+            leases.start()
         self.alerter.start()
 
 
@@ -162,10 +197,29 @@ def log_failure(exc: MailboxError, then: str = "") -> None:
           state=exc.state if isinstance(exc, AuthFailed) else None)
 
 
+def replica_id(config: Config) -> str:
+    """This process's name among the replicas: ledger.replica or the host name, and the pid."""
+    return f"{config.ledger.replica or socket.gethostname()}:{os.getpid()}"
+
+
+def _taken(leases: Leases | None, account: Account, folder: Folder) -> bool:
+    """For --once: whether this process got the folder (always, without leases)."""
+    if leases is None or leases.acquire((account.name, folder.name)):
+        return True
+    log.info("%s/%s: another replica is working it; leaving it alone", account.name,
+             folder.name)
+    return False
+
+
 def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context) -> int:
-    """One locked pass over one folder; an error in it ends that folder only."""
+    """One pass over one folder, under its lease or else its lock file; an error in it
+    ends that folder only."""
+    leases = context.ledger.leases
     try:
-        with folder_lock(context.config.state_dir, account.name, folder.name):
+        if leases is None:
+            with folder_lock(context.config.state_dir, account.name, folder.name):
+                return ingest(mailbox, folder, context).exit_code
+        with leases.busy((account.name, folder.name)):
             return ingest(mailbox, folder, context).exit_code
     except IngestError as exc:
         if isinstance(exc, ConnectionLost | LoginRefused):
@@ -201,13 +255,34 @@ class FolderWorker:
         self.auth_failed = False  # no usable token: not ready until a login works again
         self._broken = False  # the last pass failed on a bug of ours
         self.last_pass: float | None = None  # when a pass last completed
+        # Set while another replica holds the folder (never, without leases): the IDLE
+        # watcher leaves, the kept connection is dropped.
+        self.away = threading.Event()
+        self._leases = context.ledger.leases
+        if self._leases is not None:
+            self.away.set()
 
     @property
     def ready(self) -> bool:
-        """Connected, or backing off after a lost connection; never while auth_failed, nor
-        after a pass that failed on a bug of ours until one completes again."""
-        return not self.auth_failed and not self._broken and (self._mailbox is not None or (
-            self._failures > 0 and self._retry_at > time.time()))
+        """Connected, or backing off after a lost connection, or another replica's folder;
+        never while auth_failed, nor after a pass that failed on a bug of ours until one
+        completes again."""
+        return not self.auth_failed and not self._broken and (
+            self._mailbox is not None or self.away.is_set() or (
+                self._failures > 0 and self._retry_at > time.time()))
+
+    def leased(self) -> float:
+        """1 while this replica holds the folder, for the metrics."""
+        return 0.0 if self.away.is_set() else 1.0
+
+    def gained(self) -> None:
+        """This replica holds the folder now: a pass at once (mail may have waited)."""
+        self.away.clear()
+        self.poke()
+
+    def lost(self) -> None:
+        """Another replica works the folder now (or will): let go of it."""
+        self.away.set()
 
     @property
     def unready(self) -> str:
@@ -259,6 +334,10 @@ class FolderWorker:
                 self._running = False
 
     def _pass(self) -> int:
+        if self._leases is not None and not self._leases.holds(
+                (self.account.name, self.folder.name)):
+            self._drop()
+            return EX_OK  # another replica's folder, or none's until the leases are renewed
         if time.time() < self._retry_at:
             return EX_OK  # waiting out a reconnect backoff
         # A kept connection may have died since the last pass: then one fresh try at once.
@@ -301,12 +380,16 @@ class FolderWorker:
             self._mailbox = None
 
     def close(self) -> None:
+        self.away.set()
         self._drop()
 
     def watch(self) -> None:
         """The IDLE watcher, on a connection of its own, until the service stops."""
         stop, failures = self.context.stop, 0
         while not stop.is_set():
+            if self.away.is_set():
+                stop.wait(1)
+                continue
             try:
                 with Mailbox(self.account, self.tokens) as mailbox:
                     if not mailbox.has_idle:
@@ -319,7 +402,8 @@ class FolderWorker:
                         self.context.metrics.reconnects.labels(self.account.name).inc()
                         self.poke()
                     failures = 0
-                    mailbox.idle(stop, self.poke)
+                    # With leases, until the folder is lost or the worker closed.
+                    mailbox.idle(self.away if self._leases else stop, self.poke)
             except MailboxError as exc:
                 failures += 1
                 delay = RECONNECT.delay(failures)

@@ -16,7 +16,7 @@ def status(config: Config) -> int:
     """Print per folder the messages by state, and per target whether it is failing."""
     ledger = open_ledger(config)
     try:
-        rows, targets = ledger.summary(), ledger.targets()
+        rows, targets, leases = ledger.summary(), ledger.targets(), ledger.holders()
     finally:
         ledger.close()
     folders: dict[str, list[str]] = {}
@@ -32,6 +32,8 @@ def status(config: Config) -> int:
                  else "ok")
         last = f"; last error {_time(when)}: {error}" if error else ""
         print(f"target {name}: {state}{last}")
+    for account, folder, holder, left in leases:
+        print(f"lease {account}/{folder}: replica {holder} ({left:.0f} s left)")
     for line in spooled(config):
         print(line)
     if not folders:

@@ -17,11 +17,14 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from ..backoff import Backoff
 from ..errors import ConfigError, IngestError
 from ..states import Disposition, Result, State
+
+if TYPE_CHECKING:
+    from .leases import Leases
 
 SCHEMA_VERSION = 1
 
@@ -164,6 +167,15 @@ class Ledger(ABC):
 
     # hourly(): the hour an ``updated`` time falls in, as an integer timestamp.
     _hour = "CAST(updated / 3600 AS INTEGER) * 3600"
+    # This process's leases on folders, when the backend shares folders between replicas;
+    # without, a folder's lock file keeps it to one process (locks.py).
+    leases: Leases | None = None
+
+    def lease(self, holder: str, folders: list[Folder], ttl: float,
+              balance: bool) -> Leases | None:
+        """Start taking leases on ``folders`` as ``holder`` (spreading them between the
+        replicas when ``balance``); None where the backend has no leases."""
+        return None
 
     @abstractmethod
     def _write(self, fn: Callable[[Tx], T], fence: Folder | None = None) -> T:

@@ -90,7 +90,6 @@ class PostgresLedger(Ledger):
         self.where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/" \
                      f"{info.get('dbname', '')}"
         self._lock = threading.Lock()
-        self.leases: Leases | None = None
         self._conn = self.connect()
         try:
             self._migrate()
@@ -169,6 +168,11 @@ class PostgresLedger(Ledger):
 
     def _read(self, fn: Callable[[Tx], T]) -> T:
         return self._run(lambda cursor: fn(_Tx(cursor)))
+
+    def lease(self, holder: str, folders: list[Folder], ttl: float,
+              balance: bool) -> Leases:
+        self.leases = Leases(self.connect, holder, folders, ttl, balance)
+        return self.leases
 
     def check_lease(self, account: str, folder: str) -> None:
         if self.leases is not None:
