@@ -19,12 +19,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -312,7 +314,8 @@ class FolderWorker:
         with self._state:
             self._again = True
             if not self._running and self.job is not None:
-                self.job.modify(next_run_time=datetime.now(UTC))
+                with suppress(JobLookupError):  # the scheduler is shutting down
+                    self.job.modify(next_run_time=datetime.now(UTC))
 
     def run(self) -> int:
         """The scheduled job: a pass, and another while mail arrived during one."""
@@ -419,7 +422,10 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
     with _signals(stop, reload):
         while True:
             service = Service(config, retry_now)
-            scheduler = BackgroundScheduler()
+            # A thread per folder: a pass mostly waits on IMAP or a tracker, and with
+            # replicas a failover hands one replica many folders at once.
+            scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(
+                max(10, sum(len(account.folders) for account in config.accounts)))})
             service.start(scheduler)
             scheduler.start()
             if status:
