@@ -53,10 +53,7 @@ def settled(imap: ImapAccount, raws: list[bytes], redmine: FakeRedmine) -> bool:
 def test_three_replicas_fail_over_without_loss_or_double(
         replicas: tuple[Replicas, str], imap: ImapAccount, redmine: FakeRedmine,
         postgres: Postgres) -> None:
-    """SIGKILL one replica and SIGSTOP another past its lease mid-pass: the third takes
-    their folders within the lease, the stopped one's late writes are refused by the fence,
-    every message reaches the tracker at most once and none is lost; then all three
-    restart at once, then PostgreSQL restarts mid-pass."""
+    """Kill one, pause one past its lease: fenced, taken over, each message once, none lost."""
     group, url = replicas
     redmine.answer = lambda request: (201, b"", 0.15)
     raws = fill(imap, FOLDERS, 3, "backlog")
