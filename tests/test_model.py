@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from imap_ingest import ingest as ingest_module
-from imap_ingest.ledger import api as ledger_module
 from imap_ingest.config import Account, SubmitOptions, load
 from imap_ingest.ingest import Context, ingest
 from imap_ingest.ledger import Ledger, SqliteLedger
+from imap_ingest.ledger import api as ledger_module
 from imap_ingest.mailbox import FAILED, SKIPPED, Fetched
 from imap_ingest.metrics import Metrics
 from imap_ingest.trackers import Envelope, Kind, Outcome
