@@ -6,11 +6,13 @@ import os
 import time
 
 from . import token_file
-from .config import Config, OAuth2
+from .config import Config, Folder, OAuth2
 from .errors import EX_NOPERM, EX_OK, EX_TEMPFAIL, MailboxError, worst
 from .mailbox import Mailbox
 from .trackers import Kind, open_tracker
 
+# IMAP's month names, not the locale's.
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _NO_EXPIRY = {
     "microsoft": "Microsoft gives no expiry (90 days unused; each refresh renews it)",
     "google": "Google gives no expiry (a published app's token lasts until revoked)",
@@ -27,6 +29,8 @@ def check(config: Config, path: str | os.PathLike[str]) -> int:
         codes.append(code)
 
     report(True, "config", f"{os.fspath(path)} is valid")
+    for key, caution in config.cautions():
+        print(f"WARN  {key}: {caution}", flush=True)
     for account in config.accounts:
         what = f"account {account.name}"
         try:
@@ -36,8 +40,9 @@ def check(config: Config, path: str | os.PathLike[str]) -> int:
                 for folder in account.folders:
                     try:
                         mailbox.select(folder.name)
-                        waiting = len(mailbox.new_uids())
-                        report(True, f"{what} folder {folder.name}", f"{waiting} new message(s)")
+                        uids = mailbox.new_uids()
+                        report(True, f"{what} folder {folder.name}", f"{len(uids)} new "
+                               f"message(s); {_first_run(mailbox, folder, uids)}")
                     except MailboxError as exc:
                         report(False, f"{what} folder {folder.name}", exc.reason, exc.exit_code)
         except MailboxError as exc:
@@ -54,6 +59,21 @@ def check(config: Config, path: str | os.PathLike[str]) -> int:
         code = {Kind.SUCCESS: EX_OK, Kind.CONFIG: EX_NOPERM}.get(outcome.kind, EX_TEMPFAIL)
         report(outcome.kind is Kind.SUCCESS, f"target {name}", outcome.reason, code)
     return worst(*codes)
+
+
+def _first_run(mailbox: Mailbox, folder: Folder, uids: list[int]) -> str:
+    """How many of ``uids`` a first run would ingest under the folder's start: and max_age:
+    (by IMAP's SEARCH SINCE, which counts whole days)."""
+    now = time.time()
+    since = [when for when in (folder.start.since_at(now),
+                               now - folder.max_age if folder.max_age else None) if when]
+    count = 0 if folder.start.mode == "new" else len(uids)
+    if since and count:
+        day = time.localtime(max(since))
+        count = len(set(uids) & set(mailbox.search(
+            ["SINCE", f"{day.tm_mday}-{_MONTHS[day.tm_mon - 1]}-{day.tm_year}"])))
+    return f"a first run would ingest {count} (start: {folder.start.mode}" + (
+        f", max_age: {folder.max_age / 86400:g} days)" if folder.max_age else ")")
 
 
 def _refresh_token_state(name: str, oauth2: OAuth2) -> tuple[bool, str]:

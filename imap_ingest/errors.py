@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import os
 
+from .logs import redact
+
 EX_OK = 0
 EX_NOT_FOUND = 1  # history: the ledger has no record of it (as grep finding nothing)
 EX_USAGE = 64
@@ -71,7 +73,8 @@ class MailboxError(IngestError):
     def __init__(self, reason: str, *, account: str, folder: str | None = None) -> None:
         self.account = account
         self.folder = folder
-        self.reason = reason
+        # A reason may quote the server's refusal, and a hostile one echoes the LOGIN.
+        self.reason = reason = redact(reason)
         where = f"account {account}" + (f", folder {folder}" if folder else "")
         super().__init__(f"{where}: {reason}")
 

@@ -62,6 +62,11 @@ def trace_lines(rules: RuleSet, decision: Decision) -> list[str]:
     lines += [f"  {'HIT ' if step.matched else 'miss'}  {step.name}: {step.why}"
               for step in steps]
     lines += [f"  ----  {name}: not reached" for name in rules.names[len(steps):]]
+    values = [step for step in decision.trace if step.kind in ("capture", "value")]
+    if values:
+        lines.append("values taken from the mail (captures, then each substitution):")
+    lines += [f"  {step.kind:<7}  {step.name} = {step.why}" if step.kind == "capture"
+              else f"  {'put' if step.matched else 'REFUSED':<8} {step.why}" for step in values]
     lines.append(f"decision: {decision.act.value} (rule {decision.rule})"
                  + (f": {decision.reason}" if decision.reason else ""))
     if decision.copies:
@@ -79,13 +84,13 @@ def _preview(config: Config, account: Account, folder: str, message: Message,
     envelope = Envelope.of(account, message, folder)
     if envelope.subaddress:
         print(f"  sub-address: {envelope.subaddress}")
-    url, fields = tracker.preview(decision.submission(message.raw), options, envelope)
+    action, fields = tracker.preview(decision.submission(message.raw), options, envelope)
     tracker.close()
     if edits := decision.edits:
         done = [f"removed {', '.join(edits.remove_header)}" if edits.remove_header else "",
                 f"set {', '.join(edits.set_header)}" if edits.set_header else "",
                 f"From taken from {edits.from_header}" if edits.from_header else ""]
         print(f"  header edits: {'; '.join(filter(None, done))}")
-    print(f"  target {target}: POST {url}")
+    print(f"  target {target}: {action}")
     for name, value in fields:
         print(f"    {name} = {value}")

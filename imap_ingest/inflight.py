@@ -1,10 +1,11 @@
-"""Submissions in flight: at most a target's ``concurrency`` at once, in dependency order.
+"""Submissions in flight: at most a target's limit at once, in dependency order.
 
 To a target that takes more than one at a time, a pass hands each submission to a thread
 and goes on fetching and deciding the next message while the tracker works; the answers come
 back to the pass, which records them. A submission
 waits while one it is tied to is still in flight (a message it replies to, mail about the
-same ticket, another copy of itself), so the tracker sees those in the folder's order.
+same ticket, another copy of itself), so the tracker sees those in the folder's order. A
+target's limit is read afresh for each submission: with ``concurrency: auto`` it moves.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ class InFlight(Generic[T]):
     is what the caller needs to record each answer. Every method is called from the pass's
     own thread."""
 
-    def __init__(self, limits: Mapping[str, int]) -> None:
+    def __init__(self, limits: Mapping[str, Callable[[], int]], workers: int) -> None:
         self._limits = limits
-        self._pool = ThreadPoolExecutor(max_workers=sum(limits.values()),
-                                        thread_name_prefix="submit")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submit")
         self._running: dict[Future[Outcome], tuple[str, frozenset[str], T]] = {}
 
     def make_room(self, target: str, ties: frozenset[str]) -> list[tuple[T, Outcome]]:
@@ -41,7 +41,7 @@ class InFlight(Generic[T]):
     def start(self, target: str, ties: frozenset[str], tag: T,
               send: Callable[[], Outcome]) -> None:
         """Send in the background; call make_room first."""
-        if self._limits[target] > 1:
+        if self._limits[target]() > 1:
             future = self._pool.submit(send)
         else:
             # One at a time gains nothing from a thread: the pass's own work and the send
@@ -54,16 +54,17 @@ class InFlight(Generic[T]):
         """The answers that have come back, without waiting."""
         return self._collect(future for future in self._running if future.done())
 
-    def drain(self) -> list[tuple[T, Outcome]]:
-        """Every answer still to come, waiting for each."""
-        return self._collect(self._running)
+    def drain(self, target: str | None = None) -> list[tuple[T, Outcome]]:
+        """Every answer still to come (from ``target``, or all), waiting for each."""
+        return self._collect(future for future, (to, _, _) in self._running.items()
+                             if target in (None, to))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
     def _blocking(self, target: str, ties: frozenset[str]) -> list[Future[Outcome]]:
         same_target = [future for future, (to, _, _) in self._running.items() if to == target]
-        if len(same_target) >= self._limits[target]:
+        if len(same_target) >= self._limits[target]():
             return same_target
         return [future for future, (_, tied, _) in self._running.items() if tied & ties]
 

@@ -7,6 +7,7 @@ without being sent again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -14,9 +15,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from . import firstrun, flood
 from .config import Config, Folder, SubmitOptions
 from .dispose import Disposal
 from .errors import EX_OK, EX_TEMPFAIL, IngestError, TrackerRefused
@@ -29,7 +31,7 @@ from .metrics import Metrics
 from .rules import Decision, RuleSet
 from .smime import Gate
 from .states import Result
-from .trackers import Envelope, Kind, Outcome, Tracker
+from .trackers import Envelope, Kind, Outcome, Paced, Tracker
 from .verdict import (
     Policy,
     Verdict,
@@ -38,10 +40,12 @@ from .verdict import (
     by_rule,
     copy_of,
     crashed,
+    flooded,
     raced,
     resume,
     smime_failed,
     target_down,
+    too_old,
     unreadable,
 )
 
@@ -72,6 +76,7 @@ class _Sent:
     arrived: datetime | None
     target: str
     started: float  # time.monotonic()
+    send: Callable[[], Outcome]
 
 
 @dataclass(frozen=True)
@@ -114,16 +119,30 @@ class _Pass:
         self.down: set[str] = set()  # targets not to contact again during this pass
         self.failing: dict[str, tuple[int, float]] = {}  # target: (failures, next try)
         self.records: dict[int, Record] = {}  # what the ledger knew of this pass's UIDs
+        self.paces = {name: tracker.pace for name, tracker in context.trackers.items()
+                      if isinstance(tracker, Paced)}
         self.inflight: InFlight[_Sent] = InFlight(
-            {name: self.config.concurrency(name) for name in self.config.targets})
+            {name: self._limit(name) for name in self.config.targets},
+            sum(self.config.concurrency(name) for name in self.config.targets))
+        self.lonely: list[_Sent] = []  # refused among others: to be sent again alone
         self.refused: TrackerRefused | None = None  # a target refused our key: stop the pass
+        self.plan = firstrun.Plan([])
+        self.flood = folder.flood or self.config.flood
+        self.flood_folder = (folder.flood_folder or self.config.flood_folder
+                             or folder.loops_folder or self.config.loops_folder)
+
+    def _limit(self, target: str) -> Callable[[], int]:
+        """How many may be in flight to ``target`` now: its pace's, or the fixed number."""
+        if (pace := self.paces.get(target)) is not None:
+            return lambda: pace.limit
+        return functools.partial(self.config.concurrency, target)
 
     def run(self) -> PassReport:
         if self.ledger.uidvalidity_changed(self.report.account, self.folder.name,
                                            self.mailbox.uidvalidity):
             log.warning("%s: UIDVALIDITY changed: every UID is new, so messages are matched "
                         "to earlier ones by Message-ID and content", self.where)
-        uids = self.mailbox.new_uids()
+        uids = self._started(self.mailbox.new_uids())
         self.records = self.ledger.records(self.report.account, self.folder.name,
                                            self.mailbox.uidvalidity, uids)
         progress = _Progress(self.where, len(uids)) if self.context.progress else None
@@ -167,6 +186,27 @@ class _Pass:
               folder=self.folder.name, new=len(uids), **self.report.counts)
         return self.report
 
+    def _started(self, uids: list[int]) -> list[int]:
+        """The UIDs this pass takes under the folder's start: and max_age:, the first run
+        recorded (after a warning, and a question on a terminal, over a big backlog)."""
+        account, name, start = self.report.account, self.folder.name, self.folder.start
+        started, now = self.ledger.started(account, name), time.time()
+        if started is None:
+            warning = firstrun.backlog_warning(self.where, len(uids),
+                                               self.config.backlog_warning)
+            if start.mode == "all" and warning:
+                log.warning("%s", warning)
+                if self.context.progress and sys.stdin.isatty() and not _confirm(len(uids)):
+                    log.warning("%s: left alone for now, as asked", self.where)
+                    self.report.counts["left"] += len(uids)
+                    return []
+            started = self.ledger.start(account, name, firstrun.Started(
+                self.mailbox.uidvalidity, firstrun.first_uid(start, uids), now,
+                start.since_at(now)))
+        self.plan = firstrun.plan(start, started, self.mailbox.uidvalidity, uids,
+                                  self.folder.max_age, now)
+        return self.plan.uids
+
     def _guarded(self, fetched: Fetched) -> None:
         """One message; a bug of ours that it sets off fails that message, not the pass."""
         try:
@@ -190,6 +230,11 @@ class _Pass:
             return
         if earlier.warning:
             log.warning("%s uid %d: %s", self.where, key.uid, earlier.warning)
+        cutoff = self.plan.cutoff
+        if (record is None and cutoff is not None and fetched.internaldate is not None
+                and fetched.internaldate.timestamp() < cutoff):
+            self._decide(key, message, fetched.size, "-", too_old(self.plan.why))
+            return
         if message is None:
             self._decide(key, None, fetched.size, "-", unreadable(
                 fetched.size, self.folder.max_message_size, fetched.raw is None, self.policy))
@@ -224,6 +269,9 @@ class _Pass:
         if target in self.down:
             self._decide(key, message, len(message.raw), decision.rule, target_down(target))
             return
+        if record is None and (held := self._flooded(message)) is not None:
+            self._decide(key, message, len(message.raw), "flood", held)
+            return
         begun = self._begin(key, message, decision.rule, target, digest, record)
         if isinstance(begun, Verdict):
             self._decide(key, message, len(message.raw), decision.rule, begun, target)
@@ -233,10 +281,22 @@ class _Pass:
             # Paused past the lease (the fence refuses the answer): never post it then.
             raise LeaseLost(f"{self.where}: lease ran out before uid {key.uid} was posted")
         envelope = Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid)
+        send = functools.partial(_sending, self.where, key.uid,
+                                 self.context.trackers[target].submit,
+                                 decision.submission(message.raw), decision.options, envelope)
         self.inflight.start(target, ties, _Sent(key, message, decision.rule, record, arrived,
-                                                target, time.monotonic()), functools.partial(
-            _sending, self.where, key.uid, self.context.trackers[target].submit,
-            decision.submission(message.raw), decision.options, envelope))
+                                                target, time.monotonic(), send), send)
+
+    def _flooded(self, message: Message) -> Verdict | None:
+        """Counted by the flood breaker: None while under its limits, else the hold."""
+        if self.flood is None:
+            return None
+        over = self.ledger.admit(flood.limits(message, self.flood), time.time())
+        if over is None:
+            return None
+        self.context.metrics.flood_held.labels(self.report.account, self.folder.name,
+                                               over[0].partition(":")[0]).inc()
+        return flooded(flood.describe(*over, self.flood), self.flood_folder)
 
     def _begin(self, key: Key, message: Message, rule: str, target: str, digest: str,
                record: Record | None) -> Verdict | Record | None:
@@ -272,11 +332,28 @@ class _Pass:
         for sent, outcome in answers:
             self.context.beat()
             self._answer(sent, outcome)
+        while self.lonely:
+            self._alone(self.lonely.pop(0))
+
+    def _alone(self, sent: _Sent) -> None:
+        """Send a message refused among others again, with nothing else in flight to its
+        target (from any folder), and take that answer as the tracker's word."""
+        self._record(self.inflight.drain(sent.target))
+        pace = self.paces.get(sent.target)
+        with pace.alone() if pace else contextlib.nullcontext():
+            outcome = replace(sent.send(), crowded=False)  # alone, whatever the Client saw
+        if pace and outcome.kind is Kind.SUCCESS:
+            pace.conflicted()  # the refusal was the crowd's doing: fewer at once
+        self._answer(sent, outcome)
 
     def _answer(self, sent: _Sent, outcome: Outcome) -> None:
         """Record what the tracker said of one message, and queue what becomes of it."""
         key, target = sent.key, sent.target
         verdict = answer(outcome, sent.record, self.policy, time.time())
+        if verdict.alone:
+            log.info("%s uid %d: %s", self.where, key.uid, verdict.reason)
+            self.lonely.append(sent)
+            return
         assert verdict.state is not None  # every answer is recorded
         if outcome.kind is Kind.SUCCESS:
             self.context.metrics.submitted(key.account, key.folder, target,
@@ -330,6 +407,12 @@ class _Pass:
               message_id=message.message_id if message else None, rule=rule, outcome=outcome,
               **fields)
 
+
+def _confirm(count: int) -> bool:
+    """Ask on the terminal whether a first run may ingest ``count`` messages."""
+    sys.stderr.write(f"Ingest all {count} messages now (each may become a ticket)? [y/N] ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 def _error(exc: Exception) -> str:
     """An exception as a short reason: its type and the start of its text."""

@@ -23,9 +23,14 @@ SHORT = 8
 
 def forms(secret: str) -> set[str]:
     """The ways ``secret`` shows up in text: raw, URL-encoded (path, query, form), JSON
-    string-escaped, and base64 (standalone or inside a longer value, as in Basic auth)."""
+    string-escaped, an IMAP quoted string and the repr of its bytes (imaplib's errors and
+    --debug lines), its UTF-8 read as Latin-1 (a server's answer without charset), and
+    base64 (standalone or inside a longer value, as in Basic auth)."""
+    quoted = secret.replace("\\", "\\\\").replace('"', '\\"')
     found = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret),
-             json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+             json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
+             secret.encode().decode("latin-1"), quoted, repr(secret.encode())[2:-1],
+             repr(quoted.encode())[2:-1]}
     if len(secret) >= SHORT:
         runs = {_base64_run(secret, offset) for offset in (0, 1, 2)}
         found |= runs | {run.translate(_URLSAFE) for run in runs}
@@ -113,10 +118,12 @@ class _Text(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        line = super().formatMessage(record)
+        # Redacted before quoting and escaping, which could hide a secret's escaped form.
+        line = redact(super().formatMessage(record))
         fields = getattr(record, "fields", None)
         if fields:
-            line += " " + " ".join(f"{k}={_quote(v)}" for k, v in fields.items() if v is not None)
+            line += " " + " ".join(f"{k}={_quote(redact(str(v)))}" for k, v in fields.items()
+                                   if v is not None)
         return escape(line)
 
     def format(self, record: logging.LogRecord) -> str:

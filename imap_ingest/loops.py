@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import regex
 
-from .conditions import MATCH_SECONDS, gave_up
+from . import conditions
 from .message import Message
 
 ALERT_HEADER = "X-Imap-Ingest-Alert"  # on every alert mail we send (alerts.py)
@@ -38,7 +38,7 @@ def _header(name: str, pattern: str = "") -> Callable[[Message, Collection[str]]
 
     def test(message: Message, _own: Collection[str]) -> str | None:
         value = message.header(name)
-        found = value is not None and value_re.search(value, timeout=MATCH_SECONDS)
+        found = value is not None and value_re.search(value, timeout=conditions.MATCH_SECONDS)
         return f"{name}: {value}" if found else None
 
     return test
@@ -49,7 +49,7 @@ def _any_header(prefix: str) -> Callable[[Message, Collection[str]], str | None]
                             regex.IGNORECASE | regex.MULTILINE)
 
     def test(message: Message, _own: Collection[str]) -> str | None:
-        match = pattern.search(message.headers, timeout=MATCH_SECONDS)
+        match = pattern.search(message.headers, timeout=conditions.MATCH_SECONDS)
         return match[0][:120] if match else None
 
     return test
@@ -94,6 +94,9 @@ CHECKS: tuple[Check, ...] = (
           _header(ALERT_HEADER)),
 )
 NAMES = tuple(check.name for check in CHECKS)
+# The checks that catch a tracker's own mail: lifting them is the loop itself, so
+# allow_senders lifts them only when it names them.
+OWN_CHECKS = ("redmine", "rt", "own-address")
 
 
 def run(message: Message, enabled: Collection[str], own: Collection[str]
@@ -105,6 +108,6 @@ def run(message: Message, enabled: Collection[str], own: Collection[str]
             try:
                 evidence = check.test(message, own)
             except TimeoutError:
-                gave_up(f"loop_checks.{check.name}")
+                conditions.gave_up(f"loop_checks.{check.name}")
                 evidence = None
             yield check, Hit(check.name, evidence) if evidence is not None else None

@@ -11,6 +11,7 @@ larger than the command can need is refused, and a message is never read past
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import logging
@@ -477,9 +478,14 @@ def _tls_context(account: Account) -> ssl.SSLContext:
 
 
 def _text(exc: BaseException) -> str:
+    """The server's words: imaplib puts them in its errors as the repr of bytes, whose
+    doubled backslashes would hide a credential the server echoed from the redactor."""
     text = str(exc)
-    for prefix in ("b'", 'b"'):
-        if text.startswith(prefix):
-            text = text[2:-1]
+    if text.startswith(("b'", 'b"')):
+        try:
+            words = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text[2:-1]
+        return words.decode("utf-8", "replace") if isinstance(words, bytes) else text
     return text
 

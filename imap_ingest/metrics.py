@@ -18,6 +18,9 @@ class Metrics:
         self.messages = Counter("imap_ingest_messages", "Messages dealt with, by outcome "
                                 "(submitted, failed, skipped, moved, held, deferred ...)",
                                 ["account", "folder", "target", "outcome"], registry=r)
+        self.flood_held = Counter("imap_ingest_flood_held_messages", "Messages the flood "
+                                  "breaker held (per_sender or per_subject over its limit)",
+                                  ["account", "folder", "limit"], registry=r)
         self.fetched = Counter("imap_ingest_fetched_messages", "Messages fetched from IMAP",
                                ["account", "folder"], registry=r)
         self.submit_seconds = Histogram("imap_ingest_submit_seconds", "Time the tracker took "

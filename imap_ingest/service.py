@@ -84,6 +84,8 @@ class Service:
 
     def __init__(self, config: Config, retry_now: bool = False) -> None:
         self.config = config
+        for key, caution in config.cautions():  # at each start and reload
+            log.warning("%s: %s", key, caution)
         self.stop = threading.Event()
         self.metrics = Metrics()
         self.ledger = open_ledger(config)

@@ -31,6 +31,7 @@ class Result(StrEnum):
     MOVED = "moved"
     DISCARDED = "discarded"
     HELD = "held"
+    TOO_OLD = "skipped-by-age"  # left alone by start: since or max_age
     DUPLICATE = "duplicate"
     QUARANTINED = "quarantined"
     DEFERRED = "deferred"

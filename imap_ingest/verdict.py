@@ -59,6 +59,7 @@ class Verdict:
     ticket: str | None = None
     target_ok: bool | None = None  # True: the target works again; False: it failed for now
     stop: bool = False  # the target refused our key: stop the folder, log nothing
+    alone: bool = False  # send it again now, with nothing else in flight to the target
 
     @property
     def text(self) -> str:
@@ -124,6 +125,19 @@ def by_rule(decision: Decision, policy: Policy) -> Verdict | None:
     return Verdict(result, decision.reason, State.DECIDED, to, level)
 
 
+def too_old(why: str) -> Verdict:
+    """Left alone by start: or max_age: marked, so no later pass looks at it again."""
+    return Verdict(Result.TOO_OLD, f"left alone: {why}", State.DECIDED,
+                   Disposition("mark", SKIPPED))
+
+
+def flooded(reason: str, folder: str | None) -> Verdict:
+    """Held by the flood breaker: to ``folder`` (else marked and kept), loudly."""
+    return Verdict(Result.HELD, reason, State.DECIDED,
+                   Disposition("move", folder) if folder else Disposition("mark", SKIPPED),
+                   logging.WARNING)
+
+
 def breaker_open(failures: int, next_try: float, policy: Policy, now: float) -> bool:
     """Whether a target that failed ``failures`` times in a row is to be left alone."""
     return not policy.retry_now and failures > 0 and next_try > now
@@ -166,6 +180,14 @@ def answer(outcome: Outcome, record: Record | None, policy: Policy, now: float) 
     if outcome.kind is Kind.SUCCESS:
         return Verdict(Result.SUBMITTED, outcome.reason, State.SUBMITTED, policy.success_to,
                        ticket=outcome.ticket, target_ok=True)
+    if outcome.crowded and outcome.kind is Kind.PERMANENT and not (
+            outcome.partial or outcome.in_doubt):
+        # Refused while others were in flight: maybe their conflict, not the message (on
+        # SQLite, Redmine answers 422 to "database is locked"), so only a refusal alone
+        # counts. Sending it again doubles nothing: a refusal means the tracker kept
+        # nothing of it (docs/concurrency.md, for each tracker), a partial one is excluded.
+        return Verdict(Result.DEFERRED, f"{outcome.reason}, with others in flight: "
+                       "sending it again alone", alone=True)
     if outcome.in_doubt and not policy.resubmit_in_doubt:
         return replace(in_doubt(outcome.reason, policy),
                        target_ok=False if outcome.kind is Kind.TEMPORARY else None)

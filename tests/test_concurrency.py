@@ -67,14 +67,62 @@ def timeline(redmine: FakeRedmine) -> Timeline:
     return timeline
 
 
-def test_default_is_one_request_at_a_time_in_uid_order(
+def test_one_at_a_time_is_in_uid_order(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
-    """Without `concurrency`, a target gets one request at a time, in the folder's order."""
+    """`concurrency: 1`: a target gets one request at a time, in the folder's order."""
     backlog(imap, 5)
-    assert run(tmp_path, imap, redmine) == 0
+    assert run(tmp_path, imap, redmine, concurrency=1) == 0
     assert timeline.order == [f"backlog {i}" for i in range(5)]
     assert timeline.most_at_once() == 1
     assert imap.messages("INBOX") == {}
+
+
+def test_auto_is_the_default_and_finds_more_than_one(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
+    """Without `concurrency`, a tracker that keeps up gets more than one, up to the maximum."""
+    backlog(imap, 60)
+    timeline.delay = 0.03
+    assert run(tmp_path, imap, redmine, max_concurrency=3) == 0
+    assert timeline.most_at_once() == 3
+    assert imap.messages("INBOX") == {}
+
+
+@dataclass
+class Locking(Timeline):
+    """Answers 422 to a request that overlapped another, as Redmine on SQLite does when
+    two writers deadlock; ``refuse`` names subjects refused even alone."""
+
+    refuse: set[str] = field(default_factory=set)
+    active: int = 0
+    alone: list[str] = field(default_factory=list)
+
+    def __call__(self, request: Request) -> Answer:
+        subject = next(line for line in request.field("email").split(b"\r\n")
+                       if line.startswith(b"Subject: "))[9:].decode()
+        with self.lock:
+            self.active += 1
+            crowded = self.active > 1
+        time.sleep(self.delay)
+        with self.lock:
+            crowded = crowded or self.active > 1
+            self.active -= 1
+            if not crowded:
+                self.alone.append(subject)
+        self.order.append(subject)
+        return (422 if crowded or subject in self.refuse else 201), b"", 0
+
+
+def test_a_refusal_among_others_is_sent_again_alone(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """A 422 while others were in flight is sent again alone, and only a 422 alone fails."""
+    locking = Locking(delay=0.05, refuse={"backlog 3"})
+    redmine.answer = locking
+    backlog(imap, 12)
+    assert run(tmp_path, imap, redmine, concurrency=4) == 0
+    created = [subject for subject in locking.alone if subject != "backlog 3"]
+    assert sorted(created) == sorted(f"backlog {i}" for i in range(12) if i != 3)
+    assert list(imap.messages("INBOX")) == [4]  # backlog 3, kept, marked as failed
+    assert locking.order.count("backlog 3") <= 2
 
 
 def test_concurrency_bounds_the_requests_in_flight(

@@ -94,7 +94,7 @@ def test_secrets_from_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     data = base()
     del data["accounts"][0]["password"]
     data["accounts"][0]["password_file"] = str(tmp_path / "pw")
-    data["targets"]["redmine"] = {"type": "redmine", "url": "http://r", "key_env": "RM_KEY"}
+    data["targets"]["redmine"] = {"type": "redmine", "url": "https://r", "key_env": "RM_KEY"}
     monkeypatch.setenv("RM_KEY", "key-from-env")
     config = load(write(tmp_path, data), {})
     assert config.accounts[0].secret.get_secret_value() == "file-pass"
@@ -121,9 +121,10 @@ BAD = [
     ("accounts.0.folders.0.interval", "soon", "accounts[0].folders[0].interval",
      "not a duration"),
     ("accounts.0.password", None, "accounts[0]", "give one of password"),
-    ("accounts.0.password_env", "NOPE_UNSET", "accounts[0].password_env", "NOPE_UNSET is not set"),
+    ("accounts.0.password_env", "NOPE_UNSET", "accounts[0].password_env",
+     "variable named here is not set"),
     ("accounts.0.password_file", "/nonexistent/pw", "accounts[0].password_file",
-     "cannot read /nonexistent/pw"),
+     "cannot read the file named here (No such file"),
     ("accounts.0.security", "none", "accounts[0].security", "clear text"),
     ("accounts.0.security", "tls", "accounts[0].security", "'ssl', 'starttls' or 'none'"),
     ("accounts.0.folders.0.target", "jira", "accounts[0].folders[0].target",
@@ -162,7 +163,7 @@ def test_bad_config_names_file_key_and_reason(tmp_path: Path, path: str, value: 
 def test_several_targets_need_a_name(tmp_path: Path) -> None:
     """With two targets a folder must say which one it uses."""
     data = base()
-    data["targets"]["other"] = {"type": "redmine", "url": "http://o", "key": "x"}
+    data["targets"]["other"] = {"type": "redmine", "url": "https://o", "key": "x"}
     exc = error(tmp_path, data)
     assert "accounts[0].folders[0].target: several targets" in str(exc)
 
@@ -231,3 +232,23 @@ def test_example_config_loads_and_reproduces_the_seed_rule(monkeypatch: pytest.M
                   headers={"Auto-Submitted": "auto-generated", "X-Mailer": "Redmine"})
     assert rules.evaluate(Message(form)).act is Act.SUBMIT
     assert rules.evaluate(Message(notice)).act is Act.SKIP
+
+
+@pytest.mark.parametrize("line", ["申請者: taro@example.org", "Requester: taro@example.org"])
+def test_example_config_takes_the_requester_from_the_form_body(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, line: str) -> None:
+    """config.example.yaml's form rule makes the requester in the body the From."""
+    from imap_ingest.message import Message
+    from imap_ingest.rules import Act, RuleSet
+
+    from .support.mail import make
+
+    (tmp_path / "pw").write_text("pw")
+    monkeypatch.setenv("REDMINE_MAIL_KEY", "k")
+    example = Path(__file__).parent.parent / "config.example.yaml"
+    config = load(example, {"IMAP_INGEST_ACCOUNTS__SUPPORT__PASSWORD_FILE": str(tmp_path / "pw")})
+    form = make(sender="request@example.org", headers={"Auto-Submitted": "auto-generated"},
+                body=f"New laptop\n{line}\n")
+    decision = RuleSet.for_folder(config.accounts[0].folders[0], config).evaluate(Message(form))
+    assert (decision.act, decision.rule) == (Act.SUBMIT, "request-form-requester")
+    assert Message(decision.submission(form)).sender == "taro@example.org"

@@ -74,3 +74,21 @@ def test_stdin_and_errors(env: Path) -> None:
     missing = subprocess.run(command(*args, str(env / "none.eml")), capture_output=True,
                              cwd=ROOT)
     assert missing.returncode == 66 and b"cannot read" in missing.stderr
+
+
+def test_captures_and_substitutions_shown(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """explain shows the requester captured from the body and put into From."""
+    (env / "form.eml").write_bytes(FORM.replace(b"Restart A.", "申請者: hanako@example.org"
+                                                .encode()))
+    code, out = explain(env / "form.eml", capsys)
+    assert code == 0 and "decision: submit (rule request-form-requester)" in out
+    assert "capture  body.requester = 'hanako@example.org'" in out
+    assert "put      From: '{body.requester}' -> 'hanako@example.org'" in out
+
+
+def test_refused_value_shown(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """explain shows a value refused for its field, and the message held."""
+    (env / "form.eml").write_bytes(FORM.replace(b"Restart A.", b"Requester: a@b@c"))
+    code, out = explain(env / "form.eml", capsys)
+    assert code == 0 and "decision: hold (rule values:request-form-requester)" in out
+    assert "REFUSED  From: 'a@b@c' (from '{body.requester}') is not a valid value" in out

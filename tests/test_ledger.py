@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from imap_ingest.backoff import Backoff
+from imap_ingest.firstrun import Started
 from imap_ingest.ledger import (
     SCHEMA_VERSION,
     Begun,
@@ -277,3 +278,17 @@ def test_retry_after_is_bounded_by_the_cap(ledger: Ledger) -> None:
     for at_least in (1e300, float("inf"), float("nan")):
         next_try = ledger.target_failed("redmine", "429", backoff, at_least=at_least)
         assert next_try - time.time() <= 3600
+
+
+def test_flood_counts_and_first_runs_on_both_backends(ledger: Ledger) -> None:
+    """admit counts within the window up to the limit; start keeps the first run's record."""
+    limits = [("sender:a@x", 2, 60.0)]
+    assert ledger.admit(limits, 1000.0) is None
+    assert ledger.admit(limits, 1001.0) is None
+    assert ledger.admit(limits, 1002.0) == ("sender:a@x", 2)
+    assert ledger.admit(limits, 1061.5) is None  # the first has left the window
+    assert ledger.started("acct", "INBOX") is None
+    first = Started(7, 100, 1000.0, None)
+    assert ledger.start("acct", "INBOX", first) == first
+    assert ledger.start("acct", "INBOX", Started(7, 200, 2000.0, None)) == first
+    assert ledger.started("acct", "INBOX") == first

@@ -42,7 +42,7 @@ class Toy:
 
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
-        return f"toy:{self._label}", [("bytes", str(len(raw)))]
+        return f"POST toy:{self._label}", [("bytes", str(len(raw)))]
 
     def check(self) -> Outcome:
         return Outcome(Kind.SUCCESS, f"toy {self._label} is listening")

@@ -71,3 +71,12 @@ def test_builtin_check_that_runs_out_does_not_hit(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(loops, "CHECKS", (check,))
     [(_, hit)] = list(loops.run(Message(LONG_FROM), ["precedence"], ()))
     assert hit is None and "loop_checks.precedence" in caplog.text
+
+
+@pytest.mark.parametrize("condition", [{"not": CATASTROPHIC}, {"any": [CATASTROPHIC]},
+                                       {"all": ["^From:", {"not": CATASTROPHIC}]}],
+                         ids=["not", "any", "all-not"])
+def test_a_regex_out_of_time_never_holds_in_a_group(condition: Any) -> None:
+    """A regex that runs out of time makes no group hold, negated or not."""
+    decision, _ = evaluate(config({"name": "g", "if": [condition], "then": "skip"}), LONG_FROM)
+    assert decision.rule == "default"

@@ -124,3 +124,33 @@ def test_after_a_reload_the_new_secrets_are_redacted(tmp_path: Path, imap: ImapA
         redmine.close()
     assert "configuration reloaded" in err and "Access denied for key ***" in err
     assert new not in err
+
+
+def test_a_secret_mis_decoded_as_latin_1_is_redacted() -> None:
+    """A server echoing the UTF-8 key in an answer without charset (read as Latin-1)."""
+    assert redact(SECRET.encode().decode("latin-1")) == REDACTED
+
+
+def test_text_log_fields_are_redacted_before_they_are_quoted() -> None:
+    """A field holding a secret's escaped form is redacted before quoting escapes it again."""
+    escaped = SECRET.replace("\\", "\\\\").replace('"', '\\"')  # an IMAP quoted string
+    line = _text_line("refused", reason=f'LOGIN user "{escaped}"')
+    assert REDACTED in line and "wörd" not in line and "key>>" not in line
+
+
+def test_tracker_and_mailbox_reasons_never_hold_a_secret() -> None:
+    """An Outcome's and a MailboxError's reason are redacted where they are made."""
+    from imap_ingest.errors import LoginRefused
+    from imap_ingest.trackers import Kind, Outcome
+
+    assert Outcome(Kind.CONFIG, f"Access denied for key {SECRET}").reason == (
+        f"Access denied for key {REDACTED}")
+    error = LoginRefused(f"login refused: {SECRET}", account="a")
+    assert SECRET not in error.reason and SECRET not in str(error)
+
+
+def test_a_secret_in_an_imap_quoted_string_or_a_bytes_repr_is_redacted() -> None:
+    """A server echoing LOGIN's quoted string, as imaplib's --debug lines show it (repr)."""
+    quoted = SECRET.replace("\\", "\\\\").replace('"', '\\"')
+    for shown in (quoted, repr(SECRET.encode()), repr(f'a LOGIN u "{quoted}"'.encode())):
+        assert REDACTED in redact(shown) and "ss/w" not in redact(shown)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 
@@ -164,6 +165,26 @@ def test_answer(outcome: Outcome, earlier: str, expected: tuple[object, ...]) ->
     else:
         assert verdict.reason == outcome.reason
     assert verdict.attempt is not (outcome.kind is Kind.CONFIG)
+
+
+@pytest.mark.parametrize(("outcome", "alone"), [
+    (replace(PERMANENT, crowded=True), True),
+    (PERMANENT, False),
+    (replace(PARTIAL, crowded=True), False),
+    (replace(SUCCESS, crowded=True), False),
+    (replace(TEMPORARY, crowded=True), False),
+    (replace(NO_ANSWER, crowded=True), False),
+    (replace(OUR_BUG, crowded=True), False),
+    (replace(CONFIG, crowded=True), False),
+], ids=["refused-crowded", "refused-alone", "partial-crowded", "success-crowded",
+        "temporary-crowded", "no-answer-crowded", "our-bug-crowded", "config-crowded"])
+def test_a_refusal_among_others_is_tried_again_alone(outcome: Outcome, alone: bool) -> None:
+    """Only a whole refusal given while others were in flight is sent again alone, unrecorded."""
+    verdict = answer(outcome, None, POLICY, NOW)
+    assert verdict.alone is alone
+    if alone:
+        assert (verdict.result, verdict.state, verdict.to) == (Result.DEFERRED, None, None)
+        assert verdict.reason.startswith(outcome.reason) and "alone" in verdict.reason
 
 
 def test_no_answer_is_retried_under_resubmit() -> None:

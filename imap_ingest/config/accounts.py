@@ -12,6 +12,7 @@ from .values import (
     Duration,
     HttpsUrl,
     Model,
+    Secret,
     SecretFromEnv,
     SecretFromFile,
     WithSecret,
@@ -33,7 +34,7 @@ class OAuth2(Model):
     provider: Literal["microsoft", "google", "generic"]
     flow: Literal["refresh_token", "client_credentials"] = "refresh_token"
     client_id: str
-    client_secret: SecretStr | None = None
+    client_secret: Secret | None = None
     client_secret_file: SecretFromFile | None = None
     client_secret_env: SecretFromEnv | None = None
     certificate_file: FilePath | None = None  # client credentials: PEM with key and certificate
@@ -124,7 +125,7 @@ class Account(WithSecret):
     ca_file: FilePath | None = None
     verify_tls: bool = True
     username: str
-    password: SecretStr | None = None
+    password: Secret | None = None
     password_file: SecretFromFile | None = None
     password_env: SecretFromEnv | None = None
     # password: LOGIN; xoauth2 / oauthbearer: AUTHENTICATE with a token from oauth2 or

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field
 
-from .values import Duration, HttpUrl, Model, SecretFromEnv, SecretFromFile, WithSecret
+from .values import (
+    Duration,
+    HttpUrl,
+    Model,
+    Secret,
+    SecretFromEnv,
+    SecretFromFile,
+    WithSecret,
+    url_path_secrets,
+    url_secrets,
+)
 
 
 class EmailAlert(WithSecret):
@@ -20,7 +31,7 @@ class EmailAlert(WithSecret):
     port: int = 25
     security: Literal["none", "starttls", "ssl"] = "starttls"
     username: str | None = None
-    password: SecretStr | None = None
+    password: Secret | None = None
     password_file: SecretFromFile | None = None
     password_env: SecretFromEnv | None = None
     timeout: Duration = 30.0
@@ -35,8 +46,12 @@ class EmailAlert(WithSecret):
 class WebhookAlert(Model):
     """Alerts as a JSON POST ``{"text": ...}`` (Slack, Teams and Matrix hooks take it)."""
 
-    url: HttpUrl
+    url: HttpUrl = Field(repr=False)  # a Slack or Teams URL is its own credential
     timeout: Duration = 30.0
+
+    def secrets(self) -> Iterator[str]:
+        yield from url_secrets(self.url)
+        yield from url_path_secrets(self.url)
 
 
 class Alert(Model):

@@ -30,6 +30,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         config = Config(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc), file=path) from None
+    _check_names(config, path)
     _check_references(config, path)
     _check_alert_address(config, path)
     return config
@@ -127,6 +128,24 @@ def _describe(exc: ValidationError) -> str:
             message = "required key is missing"
         lines.append(f"{_key_path(loc) or '(top level)'}: {message}")
     return "\n  ".join(lines)
+
+
+def _check_names(config: Config, path: str | os.PathLike[str]) -> None:
+    """Names that must be unique: accounts (any case: overrides name them so), and the
+    folders of an account (INBOX in any case is one folder, other IMAP names are exact)."""
+    accounts: set[str] = set()
+    for a, account in enumerate(config.accounts):
+        if account.name.lower() in accounts:
+            raise ConfigError(f"another account is named {account.name.lower()!r}", file=path,
+                              key=f"accounts[{a}].name")
+        accounts.add(account.name.lower())
+        folders: set[str] = set()
+        for f, folder in enumerate(account.folders):
+            name = "INBOX" if folder.name.upper() == "INBOX" else folder.name
+            if name in folders:
+                raise ConfigError(f"the account lists folder {folder.name!r} twice", file=path,
+                                  key=f"accounts[{a}].folders[{f}].name")
+            folders.add(name)
 
 
 def _check_references(config: Config, path: str | os.PathLike[str]) -> None:

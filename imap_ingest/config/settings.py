@@ -10,7 +10,6 @@ from typing import Annotated, Literal, Self
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
     Field,
     SecretStr,
@@ -20,16 +19,19 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .accounts import Account, OAuth2
+from ..urls import origin
+from .accounts import Account
 from .alerting import Alert
-from .folders import CheckName, Rule, SubmitOptions
+from .folders import AllowSenders, CheckName, Flood, Rule, SubmitOptions
 from .routes import Route
-from .targets import AnyTarget
+from .targets import AnyTarget, HttpTarget, in_clear_off_loopback
 from .values import (
     Duration,
     Model,
+    Secret,
     SecretFromEnv,
     SecretFromFile,
+    is_loopback,
     parse_duration,
     pick_secret,
 )
@@ -84,7 +86,7 @@ class LedgerConfig(Model):
     by replicas (``url``; its password as password, password_file or password_env)."""
 
     url: Annotated[str, AfterValidator(_check_postgres_url)] | None = None
-    password: SecretStr | None = None
+    password: Secret | None = None
     password_file: SecretFromFile | None = None
     password_env: SecretFromEnv | None = None
     # This replica's name in leases, status and metrics; the host name by default (the
@@ -123,6 +125,10 @@ class Config(BaseSettings):
     rules: dict[str, Rule] = {}
     loops_folder: str | None = None
     loop_checks: dict[CheckName, bool] = {}
+    allow_senders: list[AllowSenders] = []  # for every folder, with each folder's own
+    flood: Flood | None = None  # for every folder without its own
+    flood_folder: str | None = None  # unset: loops_folder
+    backlog_warning: Annotated[int, Field(ge=0)] = 500  # a first run over more: warn, ask
     state_dir: Path = Field(default_factory=default_state_dir)
     # YAML 1.1 reads a bare `off` as false.
     dedupe: Annotated[Literal["message-id", "content", "off"],
@@ -156,17 +162,33 @@ class Config(BaseSettings):
 
     def secrets(self) -> Iterator[str]:
         """Every secret value, so that logging can redact them."""
-        models: list[BaseModel] = [*self.accounts, *self.targets.values(),
-                                   *filter(None, [self.alert.email]), self.ledger]
-        while models:
-            for value in models.pop().__dict__.values():
-                if isinstance(value, SecretStr):
-                    yield value.get_secret_value()
-                elif isinstance(value, OAuth2):
-                    models.append(value)
+        for model in (*self.accounts, *self.targets.values(), self.alert, self.ledger):
+            yield from model.secrets()
         for account in self.accounts:
             for folder in account.folders:
                 yield from folder.smime.secrets() if folder.smime else ()
+
+    def cautions(self) -> list[tuple[str, str]]:
+        """What the owner allowed that crosses the network unprotected, by key path: for
+        `check` to print and the service to log at start."""
+        off = "certificate checks are off: whoever is on the path can read and change it all"
+        found = []
+        for a, account in enumerate(self.accounts):
+            if account.security == "none" and not is_loopback(account.host):
+                found.append((f"accounts[{a}].security", f"security: none: the password and "
+                              f"the mail cross the network to {account.host} in clear"))
+            if not account.verify_tls:
+                found.append((f"accounts[{a}].verify_tls", off))
+        for name, target in self.targets.items():
+            if not isinstance(target, HttpTarget):
+                continue
+            if in_clear_off_loopback(target.url):
+                found.append((f"targets.{name}.url", f"{origin(target.url)} is plain http "
+                              "(allow_insecure: true): the key and the mail cross the network "
+                              "in clear"))
+            if not target.verify_tls:
+                found.append((f"targets.{name}.verify_tls", off))
+        return found
 
     def own_addresses(self) -> set[str]:
         """Every target's own From addresses, lower-cased, for the own-address check."""

@@ -6,15 +6,24 @@ module has what they all share and the dispatch by ``type``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import Annotated
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, FilePath, PlainValidator, SerializeAsAny
+from pydantic import (
+    Field,
+    FilePath,
+    PlainValidator,
+    SerializeAsAny,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from ..trackers import registry
-from .values import Duration, HttpUrl, Model
+from .values import Duration, HttpUrl, Model, is_loopback, url_secrets
 
 TEMPLATES = resources.files("imap_ingest") / "templates"
 
@@ -26,23 +35,48 @@ class Target(Model):
     addresses: list[str] = []  # the tracker's own From addresses, for the own-address check
 
     def max_in_flight(self) -> int:
-        """How many requests this target may have in flight at once."""
+        """How many requests this target may have in flight at once, at most."""
         return 1
 
 
 class HttpTarget(Target):
     """What every HTTP target has."""
 
-    url: HttpUrl
+    allow_insecure: bool = False  # before url: its check reads it
+    url: HttpUrl = Field(repr=False)  # may hold a password or a secret path
     ca_file: FilePath | None = None
     verify_tls: bool = True
     timeout: Duration = 60.0
-    # Requests in flight at once, all folders together. One by default: Redmine and RT on
-    # SQLite answer concurrent writes with lock errors, which look like refusals.
-    concurrency: Annotated[int, Field(ge=1, le=64)] = 1
+    # Requests in flight at once, all folders together: a number, or auto (from one up to
+    # max_concurrency, as far as the tracker's latency says it keeps up; limiter.py).
+    # A refusal while others were in flight is taken back alone (verdict.py), so a
+    # tracker's lock errors under concurrency fail no mail.
+    concurrency: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
+    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 8
+
+    @field_validator("url")
+    @classmethod
+    def _no_clear_text_off_loopback(cls, value: str, info: ValidationInfo) -> str:
+        if in_clear_off_loopback(value) and not info.data.get("allow_insecure"):
+            raise ValueError("http:// would send the key and the mail in clear text across "
+                             "the network; use https://, or set allow_insecure: true")
+        return value
 
     def max_in_flight(self) -> int:
-        return self.concurrency
+        return self.max_concurrency if self.concurrency == "auto" else self.concurrency
+
+    def fixed_in_flight(self) -> int | None:
+        """The number set; None: found by the limiter (limiter.py)."""
+        return None if self.concurrency == "auto" else self.concurrency
+
+    def secrets(self) -> Iterator[str]:
+        yield from super().secrets()
+        yield from url_secrets(self.url)
+
+
+def in_clear_off_loopback(url: str) -> bool:
+    """Whether ``url`` is plain http to a host other than this one."""
+    return url.startswith("http://") and not is_loopback(urlsplit(url).hostname or "")
 
 
 def _by_type(value: object) -> Target:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, ClassVar, Self
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -46,18 +47,39 @@ def parse_size(value: object) -> int:
     return int(float(match[1]) * _SIZES[match[2].lower()])
 
 
+# C0 and C1 controls and DEL: no secret holds one; a line break inside is a pasting
+# accident, and would make the HTTP layer refuse the header with the value in its message.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _clean_secret(value: object) -> object:
+    """A secret without the whitespace around it (a file's or a variable's trailing newline,
+    a Kubernetes secret made from a file); ValueError if a control character is left."""
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    if _CONTROL.search(value):
+        raise ValueError("holds a control character (a line break, tab or escape) inside; "
+                         "the value is not shown")
+    return value
+
+
+# The errors below never name the file or variable: a secret pasted into key_file: or
+# key_env: by mistake would be echoed. The key path in the error says where to look.
 def _read_secret_file(value: object) -> str:
     path = Path(str(value)).expanduser()
     try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        raise ValueError(f"cannot read the file named here ({exc.strerror}); the name is not "
+                         "shown, in case a secret was pasted in its place") from None
 
 
 def _read_secret_env(value: object) -> str:
     secret = os.environ.get(str(value))
     if not secret:
-        raise ValueError(f"environment variable {value} is not set or empty")
+        raise ValueError("the environment variable named here is not set or empty; the name "
+                         "is not shown, in case a secret was pasted in its place")
     return secret
 
 
@@ -87,8 +109,10 @@ def _check_https(url: str) -> str:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 # The *_file and *_env forms hold the secret itself once validated: read once, at load time.
-SecretFromFile = Annotated[SecretStr, BeforeValidator(_read_secret_file)]
-SecretFromEnv = Annotated[SecretStr, BeforeValidator(_read_secret_env)]
+Secret = Annotated[SecretStr, BeforeValidator(_clean_secret)]
+SecretFromFile = Annotated[Secret, BeforeValidator(_read_secret_file)]
+SecretFromEnv = Annotated[Secret, BeforeValidator(_read_secret_env)]
+SecretText = Annotated[str, BeforeValidator(_clean_secret)]  # a secret kept as str (headers)
 HttpUrl = Annotated[str, AfterValidator(_check_url)]
 HttpsUrl = Annotated[str, AfterValidator(_check_https)]
 
@@ -97,6 +121,29 @@ class Model(BaseModel):
     """A section of the file: unknown keys are errors, values never change after loading."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def secrets(self) -> Iterator[str]:
+        """Every secret of this section and the sections inside it, for the redactor."""
+        for value in self.__dict__.values():
+            if isinstance(value, SecretStr):
+                yield value.get_secret_value()
+            elif isinstance(value, Model):
+                yield from value.secrets()
+
+
+def url_secrets(url: str) -> Iterator[str]:
+    """The secrets inside a URL: the whole user:password of a basic-auth proxy, and the
+    password as written and decoded (requests sends it decoded, in base64)."""
+    parts = urlsplit(url)
+    if parts.password:
+        yield from (parts.netloc.rpartition("@")[0], parts.password, unquote(parts.password))
+
+
+def url_path_secrets(url: str) -> Iterator[str]:
+    """The path and query of a URL that is its own credential (Slack, Teams webhooks)."""
+    parts = urlsplit(url)
+    if (where := parts.path + (f"?{parts.query}" if parts.query else "")).strip("/"):
+        yield where
 
 
 def pick_secret(model: BaseModel, name: str) -> SecretStr | None:

@@ -17,16 +17,18 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from ..backoff import Backoff
 from ..errors import ConfigError, IngestError
+from ..firstrun import Started
 from ..states import Disposition, Result, State
 
 if TYPE_CHECKING:
     from .leases import Leases
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Dedupe = Literal["message-id", "content", "off"]
 T = TypeVar("T")
@@ -63,6 +65,14 @@ CREATE INDEX attempts_message ON attempts (message);
 CREATE TABLE targets (
     name TEXT PRIMARY KEY, failures INTEGER NOT NULL, next_try REAL,
     last_error TEXT, last_error_at REAL);
+""", 2: """
+CREATE TABLE flood (              -- one row per message let through, per limit key
+    key TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX flood_key ON flood (key, at);
+CREATE TABLE starts (             -- where a folder's first run started
+    account TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
+    first_uid INTEGER NOT NULL, at REAL NOT NULL, since REAL,
+    PRIMARY KEY (account, folder));
 """}
 
 # Rows in these states stand for a message the tracker has, or may have, or will get;
@@ -170,6 +180,12 @@ class Ledger(ABC):
     # This process's leases on folders, when the backend shares folders between replicas;
     # without, a folder's lock file keeps it to one process (locks.py).
     leases: Leases | None = None
+
+    @staticmethod
+    def open(state_dir: Path) -> Ledger:
+        """The state_dir's SQLite ledger (open_ledger() follows the configuration)."""
+        from .sqlite import SqliteLedger
+        return SqliteLedger(state_dir / "ledger.sqlite3")
 
     def lease(self, holder: str, folders: list[Folder], ttl: float,
               balance: bool) -> Leases | None:
@@ -449,6 +465,49 @@ class Ledger(ABC):
     def target_ok(self, name: str) -> None:
         self._write(lambda db: db.one(
             "UPDATE targets SET failures = 0, next_try = NULL WHERE name = ?", (name,)))
+
+
+    # -- flood limits and first runs ------------------------------------------------------
+
+    def admit(self, limits: list[tuple[str, int, float]], now: float) -> tuple[str, int] | None:
+        """Count a message against each (key, limit, window in seconds): None when it is
+        under every limit (then it is counted under each key), else the first key that is at
+        its limit and how many it let through in the window. One transaction, so passes and
+        processes sharing the ledger share the count."""
+        def fn(db: Tx) -> tuple[str, int] | None:
+            for key, limit, window in limits:
+                db.one("DELETE FROM flood WHERE key = ? AND at <= ?", (key, now - window))
+                row = db.one("SELECT count(*) FROM flood WHERE key = ?", (key,))
+                count = int(row[0]) if row else 0
+                if count >= limit:
+                    return key, count
+            db.many("INSERT INTO flood VALUES (?, ?)", [(key, now) for key, *_ in limits])
+            return None
+        return self._write(fn)
+
+    def started(self, account: str, folder: str) -> Started | None:
+        """Where the folder's first run started; None before it (and for a folder the ledger
+        knew before schema 2: then Started(..., 0, ...), see ``start``)."""
+        def fn(db: Tx) -> Started | None:
+            row = db.one("SELECT uidvalidity, first_uid, at, since FROM starts "
+                         "WHERE account = ? AND folder = ?", (account, folder))
+            if row is None and db.one("SELECT 1 FROM messages WHERE account = ? AND "
+                                      "folder = ? LIMIT 1", (account, folder)):
+                return Started(0, 0, 0.0, None)  # ingested before there were starts
+            return Started(*row) if row else None
+        return self._read(fn)
+
+    def start(self, account: str, folder: str, started: Started) -> Started:
+        """Record the folder's first run, unless another process did first: what holds."""
+        def fn(db: Tx) -> Started:
+            db.one("INSERT INTO starts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                   (account, folder, started.uidvalidity, started.first_uid, started.at,
+                    started.since))
+            row = db.one("SELECT uidvalidity, first_uid, at, since FROM starts WHERE "
+                         "account = ? AND folder = ?", (account, folder))
+            assert row is not None
+            return Started(*row)
+        return self._write(fn, (account, folder))
 
 
 def _same_message(dedupe: Dedupe) -> str:

@@ -61,11 +61,6 @@ class SqliteLedger(Ledger):
         except OSError as exc:
             raise LedgerError(f"ledger {path}: {exc.strerror}") from None
 
-    @classmethod
-    def open(cls, state_dir: Path) -> SqliteLedger:
-        """The ledger of a state_dir (its file ledger.sqlite3)."""
-        return cls(state_dir / "ledger.sqlite3")
-
     def __str__(self) -> str:
         return f"ledger {self.path}"
 

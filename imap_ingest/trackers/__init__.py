@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from ..logs import redact
 from . import registry
 
 if TYPE_CHECKING:
     from ..config import Account, SubmitOptions, Target
+    from ..limiter import Pace
     from ..message import Message
 
 
@@ -36,11 +38,18 @@ class Outcome:
     partial: bool = False  # refused, but part of it may have been recorded (RT chains)
     retry_after: float | None = None  # seconds the tracker asked us to wait (429)
     in_doubt: bool = False  # sent, but no answer came: the tracker may have taken it
+    # Other requests to the target were in flight meanwhile: a refusal may be a conflict
+    # between them (Redmine's 422 for SQLite's "database is locked"), see verdict.answer.
+    crowded: bool = False
 
     def __post_init__(self) -> None:
-        # One place for every tracker: RT's first line, say, goes into the reason whole.
-        if len(self.reason) > REASON_LIMIT:
-            object.__setattr__(self, "reason", self.reason[:REASON_LIMIT - 1] + "…")
+        # One place for every tracker: a reason may quote the tracker's answer, and a hostile
+        # one echoes what it was sent (redacted before cutting, which could halve a secret);
+        # RT's first line, say, goes into the reason whole.
+        reason = redact(self.reason)
+        if len(reason) > REASON_LIMIT:
+            reason = reason[:REASON_LIMIT - 1] + "…"
+        object.__setattr__(self, "reason", reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +76,21 @@ class Tracker(Protocol):
 
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
-        """The URL and fields ``submit`` would send, secrets masked; sends nothing."""
+        """What ``submit`` would do (``POST URL``) and the fields it would send, secrets
+        masked; sends nothing."""
 
     def check(self) -> Outcome:
         """Reach the tracker and test the credentials, creating nothing."""
 
     def close(self) -> None:
         """Release connections."""
+
+
+@runtime_checkable
+class Paced(Protocol):
+    """A tracker over HTTP: its slots, shared by every folder, say how many may be in flight."""
+
+    pace: Pace
 
 
 def open_tracker(target: Target) -> Tracker:

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -24,6 +24,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .. import __version__
 from ..config import HttpTarget
+from ..limiter import Pace, Signal
 from ..urls import origin
 from . import Kind, Outcome
 
@@ -42,6 +43,7 @@ class Answer:
     headers: CaseInsensitiveDict[str]
     content: bytes
     encoding: str | None = None
+    crowded: bool = False  # other requests to the target were in flight meanwhile
 
     @property
     def text(self) -> str:
@@ -122,7 +124,7 @@ _POOLS = {"http": _WatchedPool, "https": _WatchedHttpsPool}
 
 class Client:
     """Keep-alive connections that verify TLS unless told not to, at most the target's
-    ``concurrency`` requests at once, whichever folders send them."""
+    ``concurrency`` requests at once (``pace``, the limiter's), whichever folders send them."""
 
     def __init__(self, target: HttpTarget) -> None:
         self.timeout = target.timeout
@@ -134,10 +136,11 @@ class Client:
         # ~/.netrc) again for every request, half a millisecond each time.
         self._http.proxies = requests.utils.get_environ_proxies(target.url)
         self._http.trust_env = False
-        pool = _Adapter(pool_connections=1, pool_maxsize=target.concurrency)
+        self.pace = Pace(target.fixed_in_flight(), target.max_in_flight())
+        # As many connections as the limit may ever reach: the pool keeps those in use.
+        pool = _Adapter(pool_connections=1, pool_maxsize=self.pace.most)
         self._http.mount("http://", pool)
         self._http.mount("https://", pool)
-        self._slots = threading.BoundedSemaphore(target.concurrency)
         self._prepared: dict[tuple[str, str], requests.PreparedRequest] = {}
 
     def request(self, method: str, url: str, *, data: bytes | Iterable[bytes] | None = None,
@@ -147,22 +150,34 @@ class Client:
         Redirects are not followed (requests would turn a POST into a GET), except
         ``repost`` times by sending the same request to the new location, as rt-mailgate
         does; the timeout covers them all."""
-        with self._slots:
+        with self.pace.slot() as ticket:
             _current.deadline = deadline = _Deadline(self.timeout)
             try:
-                for _ in range(repost + 1):
-                    answer = self._send(method, url, data, files, headers, deadline)
-                    if isinstance(answer, Outcome) or answer.status_code not in _REDIRECTS or (
-                            "Location" not in answer.headers):
-                        return answer
-                    location = urljoin(url, answer.headers["Location"])
-                    if (refused := _not_followed(url, location)) is not None:
-                        return refused
-                    url = location
-                return answer
+                answer = self._follow(method, url, data, files, headers, repost, deadline)
             finally:
                 deadline.cancel()
                 _current.deadline = None
+            if isinstance(answer, Outcome):
+                self.pace.answered(ticket, Signal.OVERLOAD if answer.kind is Kind.TEMPORARY
+                                   else Signal.ANSWER)
+                return answer
+            self.pace.answered(ticket, Signal.OVERLOAD if answer.status_code == 429
+                               or answer.status_code >= 500 else Signal.ANSWER)
+            return replace(answer, crowded=self.pace.crowded(ticket))
+
+    def _follow(self, method: str, url: str, data: bytes | Iterable[bytes] | None,
+                files: Mapping[str, Any] | None, headers: Mapping[str, str] | None,
+                repost: int, deadline: _Deadline) -> Answer | Outcome:
+        for _ in range(repost + 1):
+            answer = self._send(method, url, data, files, headers, deadline)
+            if isinstance(answer, Outcome) or answer.status_code not in _REDIRECTS or (
+                    "Location" not in answer.headers):
+                return answer
+            location = urljoin(url, answer.headers["Location"])
+            if (refused := _not_followed(url, location)) is not None:
+                return refused
+            url = location
+        return answer
 
     def _send(self, method: str, url: str, data: bytes | Iterable[bytes] | None,
               files: Mapping[str, Any] | None, headers: Mapping[str, str] | None,

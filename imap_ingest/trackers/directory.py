@@ -56,7 +56,7 @@ class Directory:
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
         stem = name_for(envelope)
-        return str(self._path), [("files", f"{stem}.eml, {stem}.json")]
+        return f"write into {self._path}", [("files", f"{stem}.eml, {stem}.json")]
 
     def check(self) -> Outcome:
         if os.access(self._path if self._path.exists() else self._path.parent, os.W_OK):

@@ -8,11 +8,17 @@ ends) and the handler options. Redmine answers 201 (taken; the issue id is not r
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Literal
 
-from pydantic import SecretStr
-
-from ..config import HttpTarget, SecretFromEnv, SecretFromFile, SubmitOptions, WithSecret
+from ..config import (
+    HttpTarget,
+    Secret,
+    SecretFromEnv,
+    SecretFromFile,
+    SubmitOptions,
+    WithSecret,
+)
 from ..urls import origin, shown
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
@@ -29,7 +35,7 @@ class RedmineTarget(HttpTarget, WithSecret):
     secret_name = "key"
 
     type: Literal["redmine"]
-    key: SecretStr | None = None
+    key: Secret | None = None
     key_file: SecretFromFile | None = None
     key_env: SecretFromEnv | None = None
     unknown_user: Literal["ignore", "accept", "create"] | None = None
@@ -162,6 +168,7 @@ class Redmine:
         self._target = target
         self._url = f"{target.url}/mail_handler"
         self._http = Client(target)
+        self.pace = self._http.pace
 
     def submit(self, raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
         data = Form(form(raw, options, self._target))
@@ -169,14 +176,15 @@ class Redmine:
             "Content-Type": "application/x-www-form-urlencoded"})
         if isinstance(answer, Outcome):
             return answer
-        return classify(answer.status_code, answer.text,
-                        retry_after(answer.headers.get("Retry-After")), len(data))
+        return replace(classify(answer.status_code, answer.text,
+                                retry_after(answer.headers.get("Retry-After")), len(data)),
+                       crowded=answer.crowded)
 
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
         fields = form(raw, options, self._target)
         masked = {"key": "***", "email": f"<the message, {len(fields['email'])} bytes>"}
-        return shown(self._url), [(name, masked.get(name) or str(value))
+        return f"POST {shown(self._url)}", [(name, masked.get(name) or str(value))
                                   for name, value in fields.items()]
 
     def check(self) -> Outcome:

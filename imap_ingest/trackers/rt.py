@@ -9,6 +9,7 @@ filename as the mail and the message is lost). RT answers 200 with ``ok``, ``not
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import field_validator
@@ -100,6 +101,7 @@ class RequestTracker:
         self._target = target
         self._url = f"{target.url}{GATEWAY}"
         self._http = Client(target)
+        self.pace = self._http.pace
 
     def submit(self, raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
         sent = fields(raw, options, self._target, envelope.subaddress)
@@ -112,14 +114,16 @@ class RequestTracker:
         answer = self._http.request("POST", self._url, files=parts, repost=3)
         if isinstance(answer, Outcome):
             return answer
-        return classify(answer.status_code, answer.text, sent["action"],
-                        retry_after(answer.headers.get("Retry-After")))
+        return replace(classify(answer.status_code, answer.text, sent["action"],
+                                retry_after(answer.headers.get("Retry-After"))),
+                       crowded=answer.crowded)
 
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
         message = as_piped(raw, envelope.subaddress)
         sent = list(fields(raw, options, self._target, envelope.subaddress).items())
-        return shown(self._url), [*sent, ("message", f"<the message, {len(message)} bytes>")]
+        return f"POST {shown(self._url)}", [*sent, ("message",
+                                                     f"<the message, {len(message)} bytes>")]
 
     def check(self) -> Outcome:
         # REST 1.0's root answers "RT/x.y.z 401 Credentials required" without touching mail;

@@ -11,22 +11,28 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from ..config import (
     Duration,
     HttpTarget,
+    Secret,
     SecretFromEnv,
     SecretFromFile,
+    SecretText,
     Size,
     SubmitOptions,
     parse_size,
     pick_secret,
+    url_path_secrets,
 )
 from ..message import Message, leaf_parts
-from ..urls import origin, shown
+from ..urls import origin
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
 from .registry import register
@@ -47,12 +53,12 @@ class WebhookTarget(HttpTarget):
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     format: Literal["json", "raw"] = "json"
     timeout: Duration = 30.0
-    headers: dict[str, str] = {}
-    token: SecretStr | None = None  # sent as Authorization: Bearer
+    headers: dict[str, SecretText] = Field({}, repr=False)  # secrets: API keys, Basic auth
+    token: Secret | None = None  # sent as Authorization: Bearer
     token_file: SecretFromFile | None = None
     token_env: SecretFromEnv | None = None
     # Signs the body: HMAC-SHA256 in signature_header.
-    signing_secret: SecretStr | None = _also("secret")
+    signing_secret: Secret | None = _also("secret")
     signing_secret_file: SecretFromFile | None = _also("secret_file")
     signing_secret_env: SecretFromEnv | None = _also("secret_env")
     signature_header: str = "X-Imap-Ingest-Signature"
@@ -64,6 +70,12 @@ class WebhookTarget(HttpTarget):
         pick_secret(self, "token")
         pick_secret(self, "signing_secret")
         return self
+
+    def secrets(self) -> Iterator[str]:
+        # A Slack- or Teams-style URL is its own credential: its path and query.
+        yield from super().secrets()
+        yield from url_path_secrets(self.url)
+        yield from self.headers.values()
 
 
 def document(raw: bytes, options: SubmitOptions, envelope: Envelope,
@@ -143,6 +155,7 @@ class Webhook:
     def __init__(self, target: WebhookTarget) -> None:
         self._target = target
         self._http = Client(target)
+        self.pace = self._http.pace
         self._token = pick_secret(target, "token")
         self._signing_secret = pick_secret(target, "signing_secret")
 
@@ -170,15 +183,20 @@ class Webhook:
                                     headers=headers)
         if isinstance(answer, Outcome):
             return answer
-        return classify(answer.status_code, answer.content, self._target.id_pointer,
-                        retry_after(answer.headers.get("Retry-After")))
+        return replace(classify(answer.status_code, answer.content, self._target.id_pointer,
+                                retry_after(answer.headers.get("Retry-After"))),
+                       crowded=answer.crowded)
 
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:
         body, headers = self._request(raw, options, envelope)
-        masked = {"Authorization": "Bearer ***"}
+        # The headers: values are secrets (an API key, Basic auth), and so is the path of a
+        # Slack- or Teams-style URL.
+        masked = {name: "***" for name in self._target.headers} | {"Authorization": "Bearer ***"}
         fields = [(f"header {k}", masked.get(k, v)) for k, v in headers.items()]
-        return (f"{self._target.method} {shown(self._target.url)}",
+        parts = urlsplit(self._target.url)
+        where = origin(self._target.url) + ("/***" if parts.path.strip("/") or parts.query else "")
+        return (f"{self._target.method} {where}",
                 [*fields, ("body", f"<{self._target.format}, {len(body)} bytes>")])
 
     def check(self) -> Outcome:

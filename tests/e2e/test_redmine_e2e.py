@@ -384,3 +384,26 @@ def test_mixed_backlog_no_loss_no_duplicates_across_runs(e2e: E2E) -> None:
     assert len(e2e.redmine.issues()) == 3
     [journal] = e2e.redmine.issue(number)["journals"]
     assert reply in journal["notes"]
+
+
+# -- issue 19: the requester named in the form mail's body -------------------------------------
+
+REQUESTER_RULE = {  # as in config.example.yaml
+    "name": "request-form", "allow": ["auto-submitted"],
+    "if": ["^From:.*request@example\\.org",
+           {"body": "^(?:申請者|Requester): *(?P<requester>[^\\s<>]+@[^\\s<>]+)"}],
+    "then": {"submit": {}, "remove_header": "Auto-Submitted",
+             "set_header": {"From": "{body.requester}"}}}
+
+
+@pytest.mark.parametrize("line", [f"申請者: {ALICE}", f"Requester: {ALICE}"],
+                         ids=["japanese", "english"])
+def test_form_mail_becomes_an_issue_authored_by_the_requester_in_its_body(
+        e2e: E2E, line: str) -> None:
+    """A form mail From the list address, the requester only in its body: her issue."""
+    message_id = e2e.deliver(subject="Request: new laptop", sender=FORM_SENDER,
+                             headers={"Auto-Submitted": "auto-generated"},
+                             text=f"A new request.\n{line}\n")
+    assert e2e.run(folder={"project": "support", "rules": [REQUESTER_RULE]}) == 0
+    [issue] = e2e.redmine.issues_with_journals()
+    assert issue["author"]["name"] == "Alice Member" and message_id in issue["description"]

@@ -305,3 +305,19 @@ def test_rt_stores_what_rt_mailgate_would(tally: Tally, real_rt: RealRT) -> None
     stored = [real_rt.attachment_content(record.attachment) for record in (ours, theirs)]
     assert stored[0] == stored[1] and b"\r" not in stored[0]
     assert b"Line two.\n\nAnd a last one." in stored[0]
+
+
+# -- issue 19: one catch-all mailbox for every queue ------------------------------------------
+
+
+def test_three_queues_from_one_mailbox_by_a_capture(tally: Tally, real_rt: RealRT) -> None:
+    """rt-QUEUE@example.org, captured by one rule, opens each ticket in queue QUEUE."""
+    rule = {"name": "queue-by-address", "if": [r"^TO_rt-(?P<queue>[a-z0-9-]+)@example\.org"],
+            "then": {"submit": {"queue": "{to.queue}"}}}
+    for queue in ("Billing", "Support", "General"):
+        tally.deliver(make(subject=f"For {queue}", sender=ALICE).replace(
+            b"To: support@example.org", f"To: rt-{queue}@example.org".encode()))
+    assert tally.run(tally.config([{"name": "INBOX", "rules": [rule]}])) == 0
+    queues = {t.subject: t.queue for t in real_rt.tickets()}
+    assert queues == {"For Billing": "Billing", "For Support": "Support",
+                      "For General": "General"}

@@ -1,6 +1,7 @@
 """A scriptable IMAP server on loopback that misbehaves as no real server does.
 
-It greets, takes LOGIN or AUTHENTICATE PLAIN with any password, and answers SELECT, UID
+It greets, takes LOGIN or AUTHENTICATE PLAIN with any password (or refuses it, echoing
+the credentials), and answers SELECT, UID
 SEARCH and UID FETCH from a ``Script``: it can leave UIDVALIDITY out of SELECT, announce
 sizes of its choosing, leave BODY[] out of a FETCH, announce a huge literal, drip its FETCH
 answer a byte at a time, or flood untagged ``* OK still thinking`` lines. Every other
@@ -34,6 +35,7 @@ class Script:
     drip_delay: float = 0.05
     commands: list[bytes] = field(default_factory=list)
     logins: list[bytes] = field(default_factory=list)
+    echo_logins: bool = False  # refuse every login, echoing the credentials it was sent
 
 
 class HostileImap:
@@ -86,6 +88,10 @@ class _Handler(socketserver.StreamRequestHandler):
         elif name == b"AUTHENTICATE":
             self.send(b"+ \r\n")
             self.script.logins.append(base64.b64decode(self.rfile.readline().strip()))
+        if name in (b"LOGIN", b"AUTHENTICATE") and self.script.echo_logins:
+            self.send(tag + b" NO [AUTHENTICATIONFAILED] refused: " + command + b" "
+                      + self.script.logins[-1] + b"\r\n")
+            return True
         elif name == b"LIST":
             self.send(b'* LIST () "/" INBOX\r\n')
         elif name in (b"SELECT", b"EXAMINE"):

@@ -1,0 +1,158 @@
+"""How many submissions a target gets at once: a fixed number, or ``auto``.
+
+``auto`` is a delay-based limiter in the style of TCP Vegas (and Netflix's concurrency-limits
+VegasLimit), not AIMD. AIMD only learns the limit by passing it: it adds one until the
+tracker fails, halves, and climbs again, so it keeps driving the tracker into the very errors
+we least want: on SQLite those are lock conflicts that look like refusals, each one costing a
+retry alone. Vegas reads the knee from latency, before any error: with the lowest latency
+seen as the tracker's own service time, ``limit * (1 - lowest / now)`` estimates how many
+requests wait in its queue. While fewer than ALPHA wait, a slot is added; beyond BETA, one is
+taken away. A tracker of N workers settles near N + 1 (one request always waiting, so no
+worker idles while we fetch and decide the next message), a tracker that serialises (RT on
+SQLite) near 2. Errors that say "too much" (5xx, 429, no answer) halve the limit at once,
+as AIMD would; a lock conflict takes one away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+ALPHA = 0.95  # fewer requests than (about) one waiting at the tracker: add a slot
+BETA = 2.0  # more than this waiting: take one away
+ROUND = 8  # answers averaged before each decision, at least (and at least the limit)
+
+
+class Signal(Enum):
+    ANSWER = "answer"  # the tracker answered, whatever it said
+    OVERLOAD = "overload"  # 5xx, 429, or no answer in time
+    CONFLICT = "conflict"  # a refusal while others were in flight, taken back alone
+
+
+@dataclass
+class Limiter:
+    """The limit, from (latency, signal) samples; pure, and not thread-safe (Pace locks)."""
+
+    most: int
+    limit: int = 1
+    lowest: float | None = None  # the lowest round average: the tracker's own service time
+    _total: float = 0.0
+    _count: int = 0
+    _idle: int = 0  # answers sent while the limit was not all in use
+
+    def sample(self, latency: float, signal: Signal = Signal.ANSWER,
+               saturated: bool = True) -> int:
+        """Take one answer's latency (seconds); ``saturated``: the limit was all in use when
+        it was sent (else it says nothing about more). Returns the limit."""
+        if signal is not Signal.ANSWER:
+            cut = self.limit // 2 if signal is Signal.OVERLOAD else self.limit - 1
+            self.limit = max(1, cut)
+            self._reset()
+            return self.limit
+        self._total += latency
+        self._count += 1
+        self._idle += not saturated
+        if self._count < max(ROUND, self.limit):
+            return self.limit
+        now = self._total / self._count
+        # The lowest is kept for good: a tracker that got slower for good looks congested,
+        # but at the limit of 1 nothing waits (1 - lowest / now < 1 = ALPHA), so it climbs
+        # again as far as its own latency allows.
+        self.lowest = now if self.lowest is None else min(now, self.lowest)
+        waiting = self.limit * (1 - self.lowest / now) if now > 0 else 0.0
+        if waiting > BETA:
+            self.limit = max(1, self.limit - 1)
+        elif waiting < ALPHA and self._idle * 2 <= self._count:
+            self.limit = min(self.most, self.limit + 1)
+        self._reset()
+        return self.limit
+
+    def _reset(self) -> None:
+        self._total, self._count, self._idle = 0.0, 0, 0
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One request holding a slot."""
+
+    started: float
+    entered: int  # how many requests had entered when this one did
+    crowded: bool  # another request to the target was in flight when it began
+    saturated: bool
+
+
+class Pace:
+    """The slots of one target, shared by every folder: at most the limit in flight, and
+    ``alone()`` for a request that must have the target to itself. Thread-safe."""
+
+    def __init__(self, fixed: int | None, most: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.fixed = fixed
+        self.limiter = Limiter(most)
+        self._clock = clock
+        self._ready = threading.Condition()
+        self._active = 0
+        self._entered = 0
+        self._owner: int | None = None  # the thread that has the target to itself
+
+    @property
+    def limit(self) -> int:
+        return self.fixed or self.limiter.limit
+
+    @property
+    def most(self) -> int:
+        return self.fixed or self.limiter.most
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[Ticket]:
+        """Hold one of the slots while the request is made."""
+        me = threading.get_ident()
+        with self._ready:
+            self._ready.wait_for(lambda: self._owner in (None, me) and (
+                self._active < self.limit or self._owner == me))
+            ticket = Ticket(self._clock(), self._entered, self._active > 0,
+                            self._active + 1 >= self.limit)
+            self._active += 1
+            self._entered += 1
+        try:
+            yield ticket
+        finally:
+            with self._ready:
+                self._active -= 1
+                self._ready.notify_all()
+
+    def crowded(self, ticket: Ticket) -> bool:
+        """Whether another request to the target was in flight at any time during this one."""
+        with self._ready:
+            return ticket.crowded or self._entered != ticket.entered + 1
+
+    def answered(self, ticket: Ticket, signal: Signal) -> None:
+        """Tell the limiter how the request went."""
+        if self.fixed is None:
+            with self._ready:
+                self.limiter.sample(self._clock() - ticket.started, signal, ticket.saturated)
+                self._ready.notify_all()
+
+    def conflicted(self) -> None:
+        """A refusal while others were in flight was taken back alone: too many at once."""
+        if self.fixed is None:
+            with self._ready:
+                self.limiter.sample(0.0, Signal.CONFLICT)
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        """Wait until nothing else is in flight to the target, and keep it so meanwhile."""
+        me = threading.get_ident()
+        with self._ready:
+            self._ready.wait_for(lambda: self._owner is None and self._active == 0)
+            self._owner = me
+        try:
+            yield
+        finally:
+            with self._ready:
+                self._owner = None
+                self._ready.notify_all()

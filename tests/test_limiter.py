@@ -1,0 +1,151 @@
+"""The concurrency limiter: (latency, signal) samples in, the limit out; and the shared slots."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imap_ingest.limiter import ROUND, Limiter, Pace, Signal
+
+
+def settle(workers: int, most: int = 8, answers: int = 400, service: float = 0.04) -> list[int]:
+    """The limits a limiter goes through against a tracker of ``workers`` that each take
+    ``service`` seconds a request and queue the rest."""
+    limiter, seen = Limiter(most), []
+    for _ in range(answers):
+        seen.append(limiter.sample(service * max(1.0, limiter.limit / workers)))
+    return seen
+
+
+@pytest.mark.parametrize(("workers", "most", "settled"), [
+    (1, 8, {2}),  # RT on SQLite: one at a time, whoever sends
+    (2, 8, {3}),  # Redmine under Passenger with 2 processes
+    (4, 8, {5}),
+    (16, 8, {8}),  # never above max_concurrency
+    (4, 3, {3}),
+])
+def test_settles_one_above_the_trackers_workers(workers: int, most: int,
+                                                settled: set[int]) -> None:
+    """Against N workers the limit climbs from 1 and settles at N + 1, within max_concurrency."""
+    seen = settle(workers, most)
+    assert seen[0] == 1
+    assert set(seen[-100:]) == settled
+
+
+def test_climbs_one_round_at_a_time() -> None:
+    """Each raise waits for a round of answers, so a short backlog stays at one."""
+    limiter = Limiter(8)
+    assert [limiter.sample(0.05) for _ in range(ROUND)] == [1] * (ROUND - 1) + [2]
+
+
+@pytest.mark.parametrize(("signal", "before", "after"), [
+    (Signal.OVERLOAD, 8, 4),
+    (Signal.OVERLOAD, 5, 2),
+    (Signal.OVERLOAD, 1, 1),
+    (Signal.CONFLICT, 8, 7),
+    (Signal.CONFLICT, 1, 1),
+])
+def test_backs_off_at_once(signal: Signal, before: int, after: int) -> None:
+    """5xx, 429 and timeouts halve the limit at once; a lock conflict takes one away."""
+    limiter = Limiter(8, limit=before)
+    assert limiter.sample(0.05, signal) == after
+
+
+def test_unused_slots_are_not_added_to() -> None:
+    """Answers sent while the limit was not all in use never raise it."""
+    limiter = Limiter(8)
+    assert {limiter.sample(0.05, saturated=False) for _ in range(10 * ROUND)} == {1}
+
+
+def test_rising_latency_takes_slots_away() -> None:
+    """A tracker that slows down (the same limit, four times the latency) gets fewer."""
+    limiter = Limiter(8, limit=6)
+    for _ in range(ROUND):
+        limiter.sample(0.05)
+    for _ in range(3 * ROUND):
+        limiter.sample(0.2)
+    assert limiter.limit < 6
+
+
+@given(st.lists(st.tuples(st.floats(0.0, 30.0), st.sampled_from(Signal), st.booleans()),
+                max_size=300), st.integers(1, 64))
+def test_limit_stays_within_bounds(samples: list[tuple[float, Signal, bool]],
+                                   most: int) -> None:
+    """Whatever it is fed, the limit stays from 1 to max_concurrency, and errors never raise it."""
+    limiter = Limiter(most)
+    for latency, signal, saturated in samples:
+        before = limiter.limit
+        after = limiter.sample(latency, signal, saturated)
+        assert 1 <= after <= most
+        assert signal is Signal.ANSWER or after <= before
+        assert abs(after - before) <= max(1, before - before // 2)
+
+
+def test_pace_holds_the_limit_across_threads() -> None:
+    """A fixed Pace lets at most its number of requests in at once, whoever asks."""
+    pace, lock, now, most = Pace(3, 3), threading.Lock(), [0], [0]
+
+    def request() -> None:
+        with pace.slot():
+            with lock:
+                now[0] += 1
+                most[0] = max(most[0], now[0])
+            time.sleep(0.02)
+            with lock:
+                now[0] -= 1
+
+    threads = [threading.Thread(target=request) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 3
+
+
+def test_alone_waits_for_the_others_and_keeps_them_out() -> None:
+    """alone() begins once nothing is in flight, and nobody else enters until it ends."""
+    pace, events = Pace(None, 8), []
+    pace.limiter.limit = 4
+    entered = threading.Event()
+
+    def other() -> None:
+        with pace.slot() as ticket:
+            entered.set()
+            time.sleep(0.1)
+            events.append("other done")
+        assert pace.crowded(ticket) is False
+
+    first = threading.Thread(target=other)
+    first.start()
+    entered.wait()
+    with pace.alone():
+        events.append("alone")
+        def late_comer() -> None:
+            with pace.slot():
+                events.append("late")
+
+        late = threading.Thread(target=late_comer)
+        late.start()
+        with pace.slot() as mine:
+            time.sleep(0.05)
+        assert not pace.crowded(mine)
+        events.append("alone done")
+    late.join()
+    first.join()
+    assert events == ["other done", "alone", "alone done", "late"]
+
+
+def test_crowded_means_another_request_overlapped() -> None:
+    """A request is crowded when another was in flight when it began, or began meanwhile."""
+    pace = Pace(2, 2)
+    with pace.slot() as first:
+        with pace.slot() as second:
+            pass
+        assert pace.crowded(first) and pace.crowded(second)
+    with pace.slot() as lonely:
+        pass
+    assert not pace.crowded(lonely)
