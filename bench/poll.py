@@ -20,8 +20,9 @@ from bench import plot
 from imap_ingest.config import Config
 from imap_ingest.ingest import Context, ingest
 from imap_ingest.ledger import SqliteLedger
-from imap_ingest.mailbox import SKIPPED, Mailbox
+from imap_ingest.mailbox import Mailbox
 from imap_ingest.metrics import Metrics
+from imap_ingest.states import SKIPPED
 from tests.support.dovecot import Dovecot, ImapAccount
 from tests.support.mail import make
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from . import __version__, authorize, compat, deliver, demo, logs
 from .check import check
-from .config import CONFIG_VARIABLE, Config, load, templates
+from .config import CONFIG_VARIABLE, Config, load, parse_duration, templates
 from .errors import EX_CANTCREAT, EX_OK, EX_USAGE, IngestError
 from .explain import explain
 from .from_rake import convert
@@ -134,6 +135,22 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
 def _history(config: Config, args: argparse.Namespace) -> int:
     return history(config, args.message_id)
+
+
+def _export_training(config: Config, args: argparse.Namespace) -> int:
+    from .training import export, parse_filter  # the HTTP stack, only for this command
+
+    try:
+        spam, ham = parse_filter(args.spam), parse_filter(args.ham)
+        since = parse_duration(args.since)
+    except ValueError as exc:
+        print(f"export-training: {exc}", file=sys.stderr)
+        return EX_USAGE
+    report = export(config, since, spam, ham, Path(args.out or config.state_dir / "training"),
+                    args.target, shlex.split(args.sa_learn) if args.learn else None)
+    for line in report.lines():
+        print(line)
+    return EX_OK
 
 
 def _retry(config: Config, args: argparse.Namespace) -> int:
@@ -279,6 +296,37 @@ def _parser() -> argparse.ArgumentParser:
                    "exits 1 when the ledger has no record of it.")
     history_parser.add_argument("message_id", metavar="MESSAGE-ID",
                                 help="the Message-ID header, with its angle brackets")
+
+    training = add(
+        "export-training", _export_training,
+        help="archived mail whose tickets are judged, as spam/ and ham/ Maildirs for sa-learn",
+        description="Ask the tracker (a hundred tickets per request) which archived messages' "
+                    "tickets now match --spam or --ham, in the tracker's own field names, and "
+                    "write those messages to OUT/spam and OUT/ham (Maildirs sa-learn reads); "
+                    "each message once, whatever the number of runs. Prunes every archive by "
+                    "its keep_for. Safe from cron while the service runs.",
+        epilog="examples:\n"
+               "  imap-ingest export-training -c config.yaml --since 30d \\\n"
+               "      --spam 'queue=spam status=rejected' --ham 'status=resolved' --learn\n"
+               "  imap-ingest export-training -c config.yaml --target redmine \\\n"
+               "      --spam 'tracker=Spam status=Rejected' --ham 'status=Closed'\n\n"
+               "filters: FIELD=VALUE (or FIELD!=VALUE), all must hold; values match names or\n"
+               "ids, without case, * and ? as in shell patterns. RT: queue, status, owner, type;\n"
+               "Redmine: project, tracker, status, priority, category, assigned_to, author.")
+    training.add_argument("--since", default="30d", metavar="DURATION",
+                          help="archived within this long (default 30d)")
+    training.add_argument("--spam", required=True, metavar="FILTER",
+                          help="tickets whose message is spam, e.g. 'queue=spam status=rejected'")
+    training.add_argument("--ham", required=True, metavar="FILTER",
+                          help="tickets whose message is ham, e.g. 'status=resolved'")
+    training.add_argument("--out", metavar="DIR",
+                          help="where spam/ and ham/ go (default STATE_DIR/training)")
+    training.add_argument("--target", metavar="NAME", help="only this target's messages")
+    training.add_argument("--learn", action="store_true",
+                          help="then run sa-learn --spam OUT/spam and --ham OUT/ham")
+    training.add_argument("--sa-learn", default="sa-learn", metavar="COMMAND",
+                          help="the sa-learn command with its options (default sa-learn), "
+                               "e.g. 'sa-learn --dbpath /var/lib/spamassassin/bayes'")
 
     again = add("retry", _retry,
             help="give set-aside messages another try, after you fixed the cause",

@@ -35,7 +35,6 @@ from typing import Literal
 
 import regex
 
-from .config.values import parse_size
 from .message import Message
 
 log = logging.getLogger(__name__)
@@ -225,6 +224,8 @@ def parse(item: Item) -> Condition | Group:
 
 def _bytes(text: str) -> int | None:
     """The size ``text`` says as config sizes are written, or None: then it is a regex."""
+    from .config.values import parse_size  # the config package imports this module
+
     try:
         return parse_size(text)
     except ValueError:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from . import firstrun, flood
+from .archive import Keeper
 from .config import Config, Folder, SubmitOptions
 from .dispose import Disposal
 from .errors import EX_OK, EX_TEMPFAIL, IngestError, TrackerRefused
@@ -30,7 +31,7 @@ from .message import Message
 from .metrics import Metrics
 from .rules import Decision, RuleSet
 from .smime import Gate
-from .states import Result
+from .states import Result, State
 from .trackers import Envelope, Kind, Outcome, Paced, Tracker
 from .verdict import (
     Policy,
@@ -59,10 +60,13 @@ class PassReport:
     account: str
     folder: str
     counts: Counter[str] = field(default_factory=Counter)
+    undisposed: int = 0  # decided, but the server refused to move or mark them
+    fresh: int = 0  # new UIDs the ledger had never seen
 
     @property
     def exit_code(self) -> int:
-        return EX_TEMPFAIL if self.counts[Result.DEFERRED] or self.counts["left"] else EX_OK
+        return (EX_TEMPFAIL if self.counts[Result.DEFERRED] or self.counts["left"]
+                or self.undisposed else EX_OK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,7 @@ class _Pass:
             sum(self.config.concurrency(name) for name in self.config.targets))
         self.lonely: list[_Sent] = []  # refused among others: to be sent again alone
         self.refused: TrackerRefused | None = None  # a target refused our key: stop the pass
+        self.keeper = Keeper(self.config, self.ledger, self.config.archive_for(folder))
         self.plan = firstrun.Plan([])
         self.flood = folder.flood or self.config.flood
         self.flood_folder = (folder.flood_folder or self.config.flood_folder
@@ -145,6 +150,10 @@ class _Pass:
         uids = self._started(self.mailbox.new_uids())
         self.records = self.ledger.records(self.report.account, self.folder.name,
                                            self.mailbox.uidvalidity, uids)
+        if not self.mailbox.keywords:
+            # No keyword on the server says a message was set aside: the ledger does.
+            uids = [uid for uid in uids if not _set_aside(self.records.get(uid))]
+        self.report.fresh = sum(uid not in self.records for uid in uids)
         progress = _Progress(self.where, len(uids)) if self.context.progress else None
         labels = (self.report.account, self.folder.name)
         try:
@@ -168,8 +177,13 @@ class _Pass:
             self.disposal.flush()
             if progress:
                 progress.close()
+            for sent, ticket in self.keeper.tickets():
+                event(log, logging.INFO, f"{sent.where}: became ticket {ticket}",
+                      account=self.report.account, folder=self.folder.name,
+                      message_id=sent.message_id, ticket=ticket)
         # Answered without their bytes: left for the next pass, so --once exits 75.
         self.report.counts["left"] += len(self.mailbox.unfetched)
+        self.report.undisposed = self.disposal.refused
         if self.refused:
             raise self.refused
         if self.context.stop.is_set() and (left := len(uids) - self.report.counts.total()):
@@ -280,7 +294,9 @@ class _Pass:
         if (leases := self.ledger.leases) and not leases.holds((key.account, key.folder)):
             # Paused past the lease (the fence refuses the answer): never post it then.
             raise LeaseLost(f"{self.where}: lease ran out before uid {key.uid} was posted")
-        envelope = Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid)
+        envelope = replace(
+            Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid),
+            ticket=self.ledger.thread_ticket(target, message.replies_to()))
         send = functools.partial(_sending, self.where, key.uid,
                                  self.context.trackers[target].submit,
                                  decision.submission(message.raw), decision.options, envelope)
@@ -363,10 +379,13 @@ class _Pass:
             self.failing[target] = (self.failing[target][0] + 1, self.ledger.target_failed(
                 target, outcome.reason, self.policy.backoff,
                 at_least=outcome.retry_after or 0.0))
-        self.ledger.answered(key, target, verdict.state, verdict.result, verdict.reason,
-                             status=outcome.status, ticket=verdict.ticket,
-                             dispose_to=verdict.to, next_try=verdict.next_try,
-                             attempt=verdict.attempt)
+        record = self.ledger.answered(key, target, verdict.state, verdict.result,
+                                      verdict.reason, status=outcome.status,
+                                      ticket=verdict.ticket, dispose_to=verdict.to,
+                                      next_try=verdict.next_try, attempt=verdict.attempt)
+        if verdict.result is Result.SUBMITTED:
+            self.keeper.took(record, sent.message, target, verdict.ticket,
+                             f"{self.where} uid {key.uid}")
         if verdict.stop:
             self.refused = self.refused or TrackerRefused(
                 f"{self.where}: target {target}: {outcome.reason}; no message touched, "
@@ -391,7 +410,7 @@ class _Pass:
                                 message.digest() if message else "", rule, verdict.result,
                                 verdict.reason, verdict.to, target)
         if verdict.to is not None:
-            self.disposal.add(key, verdict.to)
+            self.disposal.add(key, verdict.to, verdict.instead)
         self._log(key.uid, message, rule, verdict)
 
     def _log(self, uid: int, message: Message | None, rule: str, verdict: Verdict,
@@ -408,11 +427,18 @@ class _Pass:
               **fields)
 
 
+def _set_aside(record: Record | None) -> bool:
+    """Left in place, marked failed or skipped, by an earlier pass."""
+    return (record is not None and record.state is State.DISPOSED
+            and record.dispose_to is not None and record.dispose_to.verb == "mark")
+
+
 def _confirm(count: int) -> bool:
     """Ask on the terminal whether a first run may ingest ``count`` messages."""
     sys.stderr.write(f"Ingest all {count} messages now (each may become a ticket)? [y/N] ")
     sys.stderr.flush()
     return sys.stdin.readline().strip().lower() in ("y", "yes")
+
 
 def _error(exc: Exception) -> str:
     """An exception as a short reason: its type and the start of its text."""

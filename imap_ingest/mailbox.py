@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import io
 import logging
 import math
+import os
 import socket
 import ssl
 import threading
@@ -26,22 +28,29 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from imapclient import IMAPClient, SocketTimeout
-from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError, ProtocolError
 
 from .config import Account
-from .errors import AuthFailed, ConnectionLost, FolderMissing, LoginRefused, MailboxError
+from .errors import (
+    AuthFailed,
+    CommandRefused,
+    ConnectionLost,
+    FolderMissing,
+    LoginRefused,
+    MailboxError,
+)
+from .namespace import Namespace
 from .oauth import Tokens
+from .states import FAILED, SKIPPED
 
 log = logging.getLogger(__name__)
 
-# Keywords that remember, on the server, a message we must not look at again.
-FAILED = "$ImapIngestFailed"
-SKIPPED = "$ImapIngestSkipped"
-SEEN = "\\Seen"
 _DELETED = "\\Deleted"
 
 # RFC 2177: servers may drop an IDLE after 29 minutes; renew well before.
 IDLE_RENEW = 25 * 60.0
+# How often a watcher in IDLE looks at its stop event.
+IDLE_WAKE = 3.0
 # One FETCH never carries more than this many bytes of bodies.
 _BATCH_BYTES = 64 * 1024 * 1024
 # A body FETCH may take its account's timeout plus the time its bytes need at this rate
@@ -85,14 +94,18 @@ class Mailbox:
         self._broken = False  # a command failed half-way: the session cannot go on
         if tokens is None and account.uses_token:
             tokens = Tokens(account)
-        with self._errors():
-            self._client, self._reader = _connect(account, tokens)
-        with self._errors():
-            caps = self._client.capabilities()
+        try:
+            with self._errors():
+                self._client, self._reader = _connect(account, tokens)
+            with self._errors():
+                caps = self._client.capabilities()
+        except CommandRefused as exc:  # STARTTLS or CAPABILITY refused: no session at all
+            raise ConnectionLost(exc.reason, account=account.name) from None
         self._has_move = b"MOVE" in caps
         self._has_uidplus = b"UIDPLUS" in caps
         self._has_idle = b"IDLE" in caps
         self._keywords = False
+        self._namespace: Namespace | None = None
         log.debug("account %s: moving with %s", account.name,
                   "MOVE" if self._has_move else "COPY + \\Deleted + UID EXPUNGE")
         if not self._has_uidplus:
@@ -121,6 +134,38 @@ class Mailbox:
     def has_idle(self) -> bool:
         return self._has_idle
 
+    @property
+    def keywords(self) -> bool:
+        """Whether the selected folder keeps our keywords (``\\*`` in PERMANENTFLAGS);
+        without them only the ledger remembers what was set aside."""
+        return self._keywords
+
+    @property
+    def namespace(self) -> Namespace:
+        """The server's personal namespace and separator, asked once per session."""
+        if self._namespace is None:
+            with self._errors():
+                if self._client.has_capability("NAMESPACE"):
+                    self._namespace = Namespace.of(*self._client.namespace())
+                else:
+                    # LIST "" "" answers with the separator alone (RFC 3501 6.3.8).
+                    listed = self._client.list_folders("", "")
+                    separator = listed[0][1] if listed else None
+                    self._namespace = Namespace.of([("", separator.decode() if isinstance(
+                        separator, bytes) else separator)])
+            log.debug("account %s: namespace %r, separator %r", self.account.name,
+                      self._namespace.prefix, self._namespace.separator)
+        return self._namespace
+
+    def resolve(self, folder: str) -> str:
+        """The server's name for a configured folder name (see namespace.py)."""
+        return self.namespace.resolve(folder)
+
+    def exists(self, folder: str) -> bool:
+        """Whether the configured ``folder`` exists on the server."""
+        with self._errors(folder):
+            return bool(self._client.folder_exists(self.resolve(folder)))
+
     def select(self, folder: str, readonly: bool = False) -> None:
         """Open ``folder``, read-write unless ``readonly``. On a kept connection where it is
         already open, a NOOP brings its news instead: re-opening costs the server a scan of
@@ -133,11 +178,12 @@ class Mailbox:
                 # messages may be below what we have seen, so the next search covers all.
                 self._search_all = True
             return
+        name = self.resolve(folder)
         with self._errors(folder):
-            if not self._client.folder_exists(folder):
-                raise FolderMissing("the folder does not exist", account=self.account.name,
+            if not self._client.folder_exists(name):
+                raise FolderMissing(_missing(folder, name), account=self.account.name,
                                     folder=folder)
-            state = self._client.select_folder(folder, readonly=readonly)
+            state = self._client.select_folder(name, readonly=readonly)
         if b"UIDVALIDITY" not in state:
             # Without it no UID can be remembered safely; the other folders may still work.
             raise MailboxError("the server's SELECT answer has no UIDVALIDITY (RFC 3501 "
@@ -152,11 +198,13 @@ class Mailbox:
         self._keywords = b"\\*" in state.get(b"PERMANENTFLAGS", ())
 
     def new_uids(self) -> list[int]:
-        """UIDs not deleted and not marked failed or skipped, found by one UID SEARCH. On a
-        kept connection it covers only what the last one left unsettled and the UIDs above
-        it: the server does not look at every message of a big folder for each poll."""
+        """UIDs not deleted and not marked failed or skipped (on a server without keywords:
+        not deleted; the ledger says which of them were set aside), found by one UID SEARCH.
+        On a kept connection it covers only what the last one left unsettled and the UIDs
+        above it: the server does not look at every message of a big folder for each poll.
+        \\Seen means nothing here: mail a person has read is still new."""
         criteria = (["UNDELETED", "UNKEYWORD", FAILED, "UNKEYWORD", SKIPPED]
-                    if self._keywords else ["UNDELETED", "UNSEEN"])
+                    if self._keywords else ["UNDELETED"])
         unsettled = _uid_set(self._unsettled)
         # Past a few hundred runs the set would outgrow the server's command line (dovecot
         # takes 64 KB): search the whole folder instead.
@@ -241,7 +289,7 @@ class Mailbox:
         if self._has_move:
             self._ensure(folder)
             with self._errors(self.folder):
-                self._client.move(uids, folder)
+                self._client.move(uids, self.resolve(folder))
             self._unsettled.difference_update(uids)
             return
         self.copy(uids, folder)
@@ -252,18 +300,26 @@ class Mailbox:
         if uids:
             self._ensure(folder)
             with self._errors(self.folder):
-                self._client.copy(uids, folder)
+                self._client.copy(uids, self.resolve(folder))
+
+    def append(self, folder: str, raw: bytes, flags: Sequence[str] = ()) -> None:
+        """Add ``raw`` to ``folder`` with ``flags``, creating the folder if missing."""
+        self._ensure(folder)
+        # Sending the bytes gets the time a body FETCH of them would.
+        with self._errors(folder, seconds=self.account.timeout + len(raw) / _SLOWEST):
+            self._client.append(folder, raw, flags=tuple(flags))
 
     def mark(self, uids: Sequence[int], keyword: str) -> None:
-        """Remember on the server not to look at these again: a keyword, else \\Seen."""
-        if uids:
+        """Remember on the server not to look at these again, where it keeps keywords (else
+        the ledger's record is the mark)."""
+        if uids and self._keywords:
             with self._errors(self.folder):
-                self._client.add_flags(uids, [keyword if self._keywords else SEEN], silent=True)
-            self._unsettled.difference_update(uids)
+                self._client.add_flags(uids, [keyword], silent=True)
+        self._unsettled.difference_update(uids)
 
     def unmark(self, uids: Sequence[int], keyword: str) -> None:
         """Take a keyword set by ``mark`` off again."""
-        if uids:
+        if uids and self._keywords:
             with self._errors(self.folder):
                 self._client.remove_flags(uids, [keyword], silent=True)
 
@@ -279,8 +335,9 @@ class Mailbox:
                 waited = time.monotonic()
                 # Waiting in IDLE takes as long as it likes; the commands around it do not.
                 self._reader.limit(math.inf, _MAX_LITERAL)
-                # A short wait keeps the thread responsive to stop.
-                responses = self._client.idle_check(timeout=1)
+                # A short wait keeps the thread responsive to stop; not too short, for a
+                # thousand watchers waking each time cost a core's tenth (bench/folders.py).
+                responses = self._client.idle_check(timeout=IDLE_WAKE)
                 self._reader.limit(self.account.timeout, _MAX_LITERAL)
                 if any(response[:1] == (b"BYE",) for response in responses):
                     raise ConnectionLost("the server ended the session (BYE)",
@@ -296,13 +353,27 @@ class Mailbox:
                     started = time.monotonic()
             self._client.idle_done()
 
+    def try_create(self, folder: str) -> None:
+        """Create the configured ``folder`` and delete it again at once (if it is still
+        empty): the only sure way to know the server allows it. CommandRefused if not."""
+        name = self.resolve(folder)
+        with self._errors(folder):
+            self._client.create_folder(name)
+            if self._client.folder_status(name, ["MESSAGES"]).get(b"MESSAGES") == 0:
+                self._client.delete_folder(name)
+
     def _ensure(self, folder: str) -> None:
         if folder in self._known_folders:
             return
-        with self._errors(folder):
-            if not self._client.folder_exists(folder):
-                self._client.create_folder(folder)
-                log.info("account %s: created folder %s", self.account.name, folder)
+        name = self.resolve(folder)
+        try:
+            with self._errors(folder):
+                if not self._client.folder_exists(name):
+                    self._client.create_folder(name)
+                    log.info("account %s: created folder %s", self.account.name, name)
+        except CommandRefused as exc:
+            raise CommandRefused(f"cannot create folder {name}: {exc.reason}",
+                                 account=self.account.name, folder=folder) from None
         self._known_folders.add(folder)
 
     @contextmanager
@@ -320,13 +391,23 @@ class Mailbox:
             raise
         except LoginError as exc:
             raise LoginRefused(f"login refused: {_text(exc)}", account=name) from None
-        except (OSError, IMAPClientError) as exc:
+        except (OSError, IMAPClientAbortError, ProtocolError) as exc:
             # What the server sends next may be the rest of an answer: log out no more.
             self._broken = True
             raise ConnectionLost(_lost(exc), account=name, folder=folder) from None
+        except IMAPClientError as exc:
+            # A tagged NO or BAD ends its command, not the session.
+            raise CommandRefused(f"server said: {_text(exc)}", account=name,
+                                 folder=folder) from None
         finally:
             if self._reader is not None:
                 self._reader.limit(math.inf, _MAX_LITERAL)
+
+
+def _missing(folder: str, name: str) -> str:
+    if name == folder:
+        return "the folder does not exist"
+    return f"the folder does not exist (as {name} on this server)"
 
 
 def _lost(exc: OSError | IMAPClientError) -> str:
@@ -470,8 +551,17 @@ def _present(client: IMAPClient, account: Account, token: str) -> None:
 
 
 def _tls_context(account: Account) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(account.ca_file) if account.ca_file else None)
-    if not account.verify_tls:
+    """One context per CA file and verification setting, shared by every connection: each
+    holds the CA store (most of a megabyte), and a thousand folders hold 800 connections."""
+    ca_file = str(account.ca_file) if account.ca_file else None
+    changed = os.stat(ca_file).st_mtime if ca_file else 0.0
+    return _shared_context(ca_file, account.verify_tls, changed)
+
+
+@functools.lru_cache(maxsize=32)
+def _shared_context(ca_file: str | None, verify: bool, _changed: float) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=ca_file)
+    if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context

@@ -106,12 +106,15 @@ class Message:
     def message_id(self) -> str | None:
         return self.header("Message-ID")
 
+    def replies_to(self) -> list[str]:
+        """The Message-IDs it replies to (In-Reply-To, then References)."""
+        return _MESSAGE_ID.findall(" ".join(filter(None, (self.header("In-Reply-To"),
+                                                          self.header("References")))))
+
     def ties(self) -> frozenset[str]:
         """Its own Message-ID, those it replies to and the tickets its subject names: mail
         sharing one of these must reach the tracker in order."""
-        ids = " ".join(filter(None, (self.message_id, self.header("In-Reply-To"),
-                                     self.header("References"))))
-        return frozenset(_MESSAGE_ID.findall(ids)
+        return frozenset(_MESSAGE_ID.findall(self.message_id or "") + self.replies_to()
                          + [f"#{n}" for n in _TICKET_TAG.findall(self.subject or "")])
 
     @property

@@ -12,13 +12,14 @@ bound foresaw, and /healthz reports it so that the pod is restarted.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .alerts import Alerter
 from .backoff import Backoff
+from .budget import budget_of, plan
 from .config import Account, Config, Folder, HttpTarget, load
 from .console import ConsoleServer
 from .errors import (
@@ -47,7 +49,7 @@ from .errors import (
 )
 from .flow import Flow, FlowCollector, Worker, assess
 from .health import StatusServer
-from .ingest import Context, ingest
+from .ingest import Context, PassReport, ingest
 from .ledger import open_ledger
 from .locks import folder_lock
 from .logs import event, hide
@@ -103,6 +105,13 @@ class Service:
         self.alerter = Alerter(config.alert, self.flow, self.stop)
         self.metrics.registry.register(FlowCollector(self.flow))
 
+    @property
+    def pass_connections(self) -> int:
+        """How many connections the service's passes hold at most."""
+        plans = [plan(account.folders, budget_of(account)) for account in self.config.accounts]
+        return sum(1 if fitted.shared else len(fitted.pushed) + len(fitted.polled)
+                   for fitted in plans)
+
     def context(self, progress: bool = False) -> Context:
         return Context(self.config, self.trackers, self.ledger, self.stop, self.metrics,
                        self.retry_now, progress, observe=self.alerter.observe)
@@ -155,25 +164,59 @@ class Service:
             leases.start()
         with _signals(self.stop):
             for account in self.config.accounts:
-                try:
-                    with Mailbox(account, self.tokens.get(account.name)) as mailbox:
-                        codes += [_pass(mailbox, account, folder, context)
-                                  for folder in account.folders if not self.stop.is_set()
-                                  and _taken(leases, account, folder)]
-                except MailboxError as exc:
-                    log_failure(exc)
-                    codes.append(exc.exit_code)
+                codes += self._account_once(account, context, leases)
         return worst(*codes)
 
+    def _account_once(self, account: Account, context: Context,
+                      leases: Leases | None) -> list[int]:
+        """Each folder of ``account`` once. A connection lost during a folder's pass is made
+        again for the next folder; one that cannot be made, or a refused login, ends the
+        account."""
+        codes: list[int] = []
+        mailbox: Mailbox | None = None
+        try:
+            for folder in account.folders:
+                if self.stop.is_set():
+                    break
+                if not _taken(leases, account, folder):
+                    continue
+                try:
+                    mailbox = mailbox or Mailbox(account, self.tokens.get(account.name))
+                except MailboxError as exc:
+                    log_failure(exc)
+                    return [*codes, exc.exit_code]
+                try:
+                    codes.append(_pass(mailbox, account, folder, context))
+                except MailboxError as exc:  # the session is gone (_pass keeps the rest)
+                    log_failure(exc)
+                    codes.append(exc.exit_code)
+                    mailbox.close()
+                    mailbox = None
+                    if isinstance(exc, LoginRefused):
+                        return codes
+        finally:
+            if mailbox is not None:
+                mailbox.close()
+        return codes
+
     def start(self, scheduler: BackgroundScheduler) -> None:
-        """Add a worker per folder to the scheduler, and an IDLE watcher where wanted; with
-        leases, each works only while this replica holds its folder."""
+        """Add a worker per folder to the scheduler, and an IDLE watcher where wanted and
+        the account's connection budget allows; with leases, each works only while this
+        replica holds its folder."""
         context = self.context()
         leases = self.ledger.lease(self.replica, self.folders(), self.config.ledger.lease_ttl,
                                    balance=True)
         for account in self.config.accounts:
+            tokens = self.tokens.get(account.name)
+            fitted = plan(account.folders, budget_of(account))
+            if fitted.shared:  # not every folder has a connection of its own
+                log.info("account %s: %d connection(s) at most: IDLE on %s; polling %s",
+                         account.name, budget_of(account), ", ".join(fitted.pushed) or "none",
+                         ", ".join(fitted.polled))
+            shared = Connection(shared=True) if fitted.shared else None
             for folder in account.folders:
-                worker = FolderWorker(account, folder, context, self.tokens.get(account.name))
+                worker = FolderWorker(account, folder, context, tokens,
+                                      shared or Connection())
                 worker.job = scheduler.add_job(
                     worker.run, IntervalTrigger(seconds=folder.interval),
                     id=worker.name, name=worker.name, max_instances=1, coalesce=True,
@@ -181,7 +224,7 @@ class Service:
                     misfire_grace_time=max(1, int(folder.interval)),
                     next_run_time=datetime.now(UTC))
                 self.workers.append(worker)
-                if folder.idle is not False:
+                if folder.name in fitted.pushed:
                     threading.Thread(target=worker.watch, name=f"idle {worker.name}",
                                      daemon=True).start()
         if leases is not None:
@@ -215,16 +258,18 @@ def _taken(leases: Leases | None, account: Account, folder: Folder) -> bool:
     return False
 
 
-def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context) -> int:
-    """One pass over one folder, under its lease or else its lock file; an error in it
-    ends that folder only."""
+def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context,
+          done: Callable[[PassReport], None] | None = None) -> int:
+    """One pass over one folder, under its lease or else its lock file, its report given
+    to ``done``; an error in it ends that folder only."""
     leases = context.ledger.leases
     try:
-        if leases is None:
-            with folder_lock(context.config.state_dir, account.name, folder.name):
-                return ingest(mailbox, folder, context).exit_code
-        with leases.busy((account.name, folder.name)):
-            return ingest(mailbox, folder, context).exit_code
+        with (folder_lock(context.config.state_dir, account.name, folder.name)
+              if leases is None else leases.busy((account.name, folder.name))):
+            report = ingest(mailbox, folder, context)
+            if done is not None:
+                done(report)
+            return report.exit_code
     except IngestError as exc:
         if isinstance(exc, ConnectionLost | LoginRefused):
             raise  # the session itself is gone: no other folder will work
@@ -237,11 +282,47 @@ def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context) 
         return EX_SOFTWARE
 
 
+class Connection:
+    """A kept IMAP connection for passes, used by one pass at once. A pass that finds it
+    busy is queued, and run by the thread that holds it: no scheduler thread waits for a
+    connection while another account's passes could run."""
+
+    def __init__(self, shared: bool = False) -> None:
+        self.shared = shared  # by all the account's folders
+        self.lock = threading.Lock()
+        self.mailbox: Mailbox | None = None
+        self._guard = threading.Lock()
+        self._queued: dict[FolderWorker, None] = {}  # in order, each once
+
+    def take(self, worker: FolderWorker) -> bool:
+        """The connection for ``worker``'s pass now, or False: queued for the holder."""
+        with self._guard:
+            if self.lock.acquire(blocking=False):
+                return True
+            self._queued[worker] = None
+            return False
+
+    def next_or_release(self) -> FolderWorker | None:
+        """The next queued worker, still holding the connection; else let it go."""
+        with self._guard:
+            if self._queued:
+                worker = next(iter(self._queued))
+                del self._queued[worker]
+                return worker
+            self.lock.release()
+            return None
+
+    def drop(self) -> None:
+        if self.mailbox is not None:
+            self.mailbox.close()
+            self.mailbox = None
+
+
 class FolderWorker:
     """One folder as a service: its passes, its kept connection, its IDLE watcher."""
 
     def __init__(self, account: Account, folder: Folder, context: Context,
-                 tokens: Tokens | None = None) -> None:
+                 tokens: Tokens | None = None, connection: Connection | None = None) -> None:
         self.account, self.folder, self.tokens = account, folder, tokens
         self.context = replace(context, beat=self._beat)
         self.name = f"{account.name}/{folder.name}"
@@ -250,7 +331,8 @@ class FolderWorker:
         context.metrics.stalled.labels(account.name, folder.name).set_function(
             lambda: self.stalled)
         self.job: Job | None = None
-        self._mailbox: Mailbox | None = None
+        # The passes' connection: the folder's own, or one all the account's folders share.
+        self.connection = connection or Connection()
         self._failures = 0
         self._retry_at = 0.0
         self._state = threading.Lock()
@@ -266,15 +348,20 @@ class FolderWorker:
         if self._leases is not None:
             self.away.set()
 
+        # Whether the server's IDLE reports new mail: when the watcher went into IDLE, whether
+        # it announced mail since the last pass, how often a poll found mail it did not.
+        self._idling_since: float | None = None
+        self._announced = False
+        self._unannounced = 0
+
     @property
     def ready(self) -> bool:
         """Connected, or backing off after a lost connection, or another replica's folder;
         never while auth_failed, nor after a pass that failed on a bug of ours until one
         completes again."""
         return not self.auth_failed and not self._broken and (
-            self._mailbox is not None or self.away.is_set() or (
+            self.connection.mailbox is not None or self.away.is_set() or (
                 self._failures > 0 and self._retry_at > time.time()))
-
     def leased(self) -> float:
         """1 while this replica holds the folder, for the metrics."""
         return 0.0 if self.away.is_set() else 1.0
@@ -315,6 +402,7 @@ class FolderWorker:
         """New mail: run a pass now, or right after the one running."""
         with self._state:
             self._again = True
+            self._announced = True
             if not self._running and self.job is not None:
                 with suppress(JobLookupError):  # the scheduler is shutting down
                     self.job.modify(next_run_time=datetime.now(UTC))
@@ -341,14 +429,34 @@ class FolderWorker:
     def _pass(self) -> int:
         if self._leases is not None and not self._leases.holds(
                 (self.account.name, self.folder.name)):
-            self._drop()
+            if not self.connection.shared:  # the account's other folders may still use it
+                with self.connection.lock:
+                    self._drop()
             return EX_OK  # another replica's folder, or none's until the leases are renewed
+        if not self.connection.take(self):
+            return EX_OK  # the pass holding the connection runs ours next
+        held = True
+        try:
+            code = self._pass_on_connection()
+            while (queued := self.connection.next_or_release()) is not None:
+                queued._pass_on_connection()
+            held = False
+            return code
+        finally:
+            if held:
+                self.connection.lock.release()
+
+    def _pass_on_connection(self) -> int:
         if time.time() < self._retry_at:
             return EX_OK  # waiting out a reconnect backoff
+        with self._state:
+            announced, self._announced = self._announced, False
+        heard = functools.partial(self._heard, idle_missed(announced, self._idling_since,
+                                                           time.monotonic()))
         # A kept connection may have died since the last pass: then one fresh try at once.
-        for kept in (self._mailbox is not None, False):
+        for kept in (self.connection.mailbox is not None, False):
             try:
-                code = _pass(self._connect(), self.account, self.folder, self.context)
+                code = _pass(self._connect(), self.account, self.folder, self.context, heard)
                 self._broken = code == EX_SOFTWARE
                 if code in (EX_OK, EX_TEMPFAIL):  # done, or done with some messages deferred
                     self.last_pass = time.time()
@@ -365,28 +473,43 @@ class FolderWorker:
                 return exc.exit_code
         raise AssertionError("unreachable")
 
+    def _heard(self, missed: bool, report: PassReport) -> None:
+        """Count a poll that found mail IDLE did not announce (``missed``, if it found any);
+        say so once, at the second."""
+        if not report.fresh:
+            return
+        if not missed:
+            self._unannounced = 0
+            return
+        self._unannounced += 1
+        if self._unannounced == _UNANNOUNCED:
+            log.warning("%s: the server's IDLE did not announce new mail that a poll then "
+                        "found (%d times): mail waits for the poll every %.0f s. On Cyrus run "
+                        "idled (cyrus.conf START); on Courier set IMAP_ENHANCEDIDLE=1 (imapd); "
+                        "a lower interval polls sooner", self.name, _UNANNOUNCED,
+                        self.folder.interval)
+
     def _connect(self) -> Mailbox:
-        if self._mailbox is None:
-            self._mailbox = Mailbox(self.account, self.tokens)
+        if self.connection.mailbox is None:
+            self.connection.mailbox = Mailbox(self.account, self.tokens)
             if self._failures:
                 self.context.metrics.reconnects.labels(self.account.name).inc()
                 log.info("%s: connected again", self.name)
             self._failures, self._retry_at = 0, 0.0
             self._set_auth_failed(False)
-        return self._mailbox
+        return self.connection.mailbox
 
     def _set_auth_failed(self, failed: bool) -> None:
         self.auth_failed = failed
         self.context.metrics.auth_failed.labels(self.account.name).set(int(failed))
 
     def _drop(self) -> None:
-        if self._mailbox is not None:
-            self._mailbox.close()
-            self._mailbox = None
+        self.connection.drop()
 
     def close(self) -> None:
         self.away.set()
-        self._drop()
+        with self.connection.lock:
+            self._drop()
 
     def watch(self) -> None:
         """The IDLE watcher, on a connection of its own, until the service stops."""
@@ -407,13 +530,27 @@ class FolderWorker:
                         self.context.metrics.reconnects.labels(self.account.name).inc()
                         self.poke()
                     failures = 0
-                    # With leases, until the folder is lost or the worker closed.
-                    mailbox.idle(self.away if self._leases else stop, self.poke)
+                    self._idling_since = time.monotonic()
+                    try:  # with leases, until the folder is lost or the worker closed
+                        mailbox.idle(self.away if self._leases else stop, self.poke)
+                    finally:
+                        self._idling_since = None
             except MailboxError as exc:
                 failures += 1
                 delay = RECONNECT.delay(failures)
                 log.warning("%s: IDLE: %s; again in %.0f s", self.name, exc.reason, delay)
                 stop.wait(delay)
+
+
+# IDLE in place this long before a poll: mail it found should have been announced.
+IDLE_SETTLED = 5.0
+# Polls that found unannounced mail before saying so: one may be mail arriving just then.
+_UNANNOUNCED = 2
+
+
+def idle_missed(announced: bool, idling_since: float | None, now: float) -> bool:
+    """Whether a pass that found new mail shows the server's IDLE did not announce it."""
+    return not announced and idling_since is not None and now - idling_since > IDLE_SETTLED
 
 
 def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False) -> int:
@@ -424,10 +561,11 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
     with _signals(stop, reload):
         while True:
             service = Service(config, retry_now)
-            # A thread per folder: a pass mostly waits on IMAP or a tracker, and with
-            # replicas a failover hands one replica many folders at once.
+            # A thread per pass connection: a pass waiting for its account's shared
+            # connection must not hold up the other accounts' (or a pushed folder's) passes;
+            # with replicas a failover hands one replica many folders at once.
             scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(
-                max(10, sum(len(account.folders) for account in config.accounts)))})
+                max(10, service.pass_connections))})
             service.start(scheduler)
             scheduler.start()
             if status:

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
+# Keywords that remember, on the server, a message we must not look at again.
+FAILED = "$ImapIngestFailed"
+SKIPPED = "$ImapIngestSkipped"
+
 
 class State(StrEnum):
     """Where a message is in the ledger's state machine."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
+from .budget import budget_of, plan
 from .config import Config
 from .deliver import report as spooled
 from .errors import EX_NOT_FOUND, EX_OK
@@ -17,6 +18,7 @@ def status(config: Config) -> int:
     ledger = open_ledger(config)
     try:
         rows, targets, leases = ledger.summary(), ledger.targets(), ledger.holders()
+        archive = ledger.archive_summary()
     finally:
         ledger.close()
     folders: dict[str, list[str]] = {}
@@ -34,10 +36,19 @@ def status(config: Config) -> int:
         print(f"target {name}: {state}{last}")
     for account, folder, holder, left in leases:
         print(f"lease {account}/{folder}: replica {holder} ({left:.0f} s left)")
+    archived, known, spam, ham = archive
+    if archived:
+        print(f"archive: {archived} messages, {known} with a known ticket; exported for "
+              f"training: {spam} spam, {ham} ham")
     for line in spooled(config):
         print(line)
     if not folders:
         print(f"no messages recorded yet in {config.state_dir}")
+    for each in config.accounts:
+        fitted = plan(each.folders, budget_of(each))
+        print(f"account {each.name}: {fitted.connections} of {budget_of(each)} "
+              f"connection(s) as a service; pushed (IDLE, where the server has it): "
+              f"{', '.join(fitted.pushed) or 'none'}; polled: {', '.join(fitted.polled) or 'none'}")
     return EX_OK
 
 

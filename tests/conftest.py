@@ -20,11 +20,17 @@ NOT_INSTALLED = (
 )
 
 
-def _start(without: tuple[str, ...] = (), introspection: TokenService | None = None) -> Dovecot:
+# Cyrus's and Courier's layout: personal folders under INBOX., levels separated by dots.
+INBOX_PREFIX = ("namespace inbox {", "  inbox = yes", "  prefix = INBOX.", "  separator = .",
+                "}")
+
+
+def _start(without: tuple[str, ...] = (), introspection: TokenService | None = None,
+           extra: tuple[str, ...] = ()) -> Dovecot:
     if find_dovecot() is None:
         pytest.fail(NOT_INSTALLED, pytrace=False)
     try:
-        server = Dovecot(without=without,
+        server = Dovecot(without=without, extra=extra,
                          introspection_url=introspection.url + "/introspect" if introspection
                          else None,
                          introspection_ca_file=introspection.ca_file if introspection else None)
@@ -59,6 +65,21 @@ def postgres() -> Iterator[Postgres]:
     """A PostgreSQL server of the suite's own on a free loopback port, for the session."""
     with Postgres() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def dovecot_prefixed() -> Iterator[Dovecot]:
+    """A Dovecot laid out as Cyrus and Courier are: NAMESPACE (("INBOX." ".")), so a
+    folder outside INBOX. cannot be created."""
+    server = _start(extra=INBOX_PREFIX)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def imap_prefixed(dovecot_prefixed: Dovecot) -> ImapAccount:
+    """A fresh, empty mailbox on the INBOX.-prefixed server."""
+    return dovecot_prefixed.account()
 
 
 @pytest.fixture(scope="session")

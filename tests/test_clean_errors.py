@@ -12,8 +12,7 @@ from imap_ingest.config import Http
 from imap_ingest.errors import ConfigError
 from imap_ingest.health import StatusServer
 from imap_ingest.ledger import Key, LedgerError, SqliteLedger
-from imap_ingest.mailbox import SKIPPED
-from imap_ingest.states import Disposition, Result
+from imap_ingest.states import SKIPPED, Disposition, Result
 
 
 def test_status_listens_on_ipv6() -> None:

@@ -12,7 +12,7 @@ from imap_ingest.cli import main
 from imap_ingest.config.folders import parse_start
 from imap_ingest.firstrun import Started, first_uid, plan
 from imap_ingest.ledger import Ledger
-from imap_ingest.mailbox import SKIPPED
+from imap_ingest.states import SKIPPED
 
 from .support.dovecot import ImapAccount
 from .support.ingest_env import write_config

@@ -10,9 +10,9 @@ import pytest
 
 from imap_ingest.cli import main
 from imap_ingest.config import SubmitOptions
-from imap_ingest.mailbox import FAILED, SKIPPED
 from imap_ingest.message import Message
 from imap_ingest.rules import Decision, RuleSet
+from imap_ingest.states import FAILED, SKIPPED
 from imap_ingest.trackers import Envelope, Outcome
 from imap_ingest.trackers.redmine import Redmine, crlf
 

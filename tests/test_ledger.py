@@ -292,3 +292,19 @@ def test_flood_counts_and_first_runs_on_both_backends(ledger: Ledger) -> None:
     assert ledger.start("acct", "INBOX", first) == first
     assert ledger.start("acct", "INBOX", Started(7, 200, 2000.0, None)) == first
     assert ledger.started("acct", "INBOX") == first
+
+
+def test_schema_1_ledger_is_migrated_to_2(tmp_path: Path) -> None:
+    """A ledger of schema 1 (no archived table) opens, gains the table and says version 2."""
+    path = tmp_path / "ledger.sqlite3"
+    SqliteLedger(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE archived")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.close()
+    ledger = SqliteLedger(path)
+    assert ledger.archive_summary() == (0, 0, 0, 0)
+    ledger.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta").fetchone() == ("2",)
+    db.close()

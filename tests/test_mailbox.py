@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from imap_ingest.config import Account, load
-from imap_ingest.mailbox import FAILED, SKIPPED, Mailbox
+from imap_ingest.mailbox import Mailbox
+from imap_ingest.states import FAILED, SKIPPED
 
 from .support.dovecot import ImapAccount
 from .support.ingest_env import write_config

@@ -29,8 +29,9 @@ from imap_ingest.config import Account, SubmitOptions, load
 from imap_ingest.ingest import Context, ingest
 from imap_ingest.ledger import Ledger, SqliteLedger
 from imap_ingest.ledger import api as ledger_module
-from imap_ingest.mailbox import FAILED, SKIPPED, Fetched
+from imap_ingest.mailbox import Fetched
 from imap_ingest.metrics import Metrics
+from imap_ingest.states import FAILED, SKIPPED
 from imap_ingest.trackers import Envelope, Kind, Outcome
 
 from .support.mail import make
@@ -131,6 +132,7 @@ class SimMailbox:
         self.folder = ""
         self.uidvalidity = 0
         self.unfetched: list[int] = []  # the simulated server always answers with the body
+        self.keywords = True  # the simulated server keeps our keywords
 
     def _selected(self) -> SimFolder:
         return self.server.folder(self.folder)

@@ -9,9 +9,8 @@ import pytest
 
 from imap_ingest.backoff import Backoff
 from imap_ingest.ledger import Earlier, Record
-from imap_ingest.mailbox import FAILED, SKIPPED
 from imap_ingest.rules import Act, Decision
-from imap_ingest.states import Disposition, Result, State
+from imap_ingest.states import FAILED, SKIPPED, Disposition, Result, State
 from imap_ingest.trackers import Kind, Outcome
 from imap_ingest.verdict import (
     Policy,

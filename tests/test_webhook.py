@@ -136,6 +136,24 @@ def test_retry_after_is_honoured(tmp_path: Path, imap: ImapAccount,
     assert failures == 1 and next_try >= before + 120
 
 
+def test_a_reply_carries_the_ticket_its_thread_became(tmp_path: Path, imap: ImapAccount,
+                                                      hook: RecordingServer) -> None:
+    """A reply to a message the webhook answered with a ticket id says that ticket."""
+    hook.answer = lambda request: (201, b'{"id": "T-1"}', 0)
+    path = write(tmp_path, imap, {"hook": {"type": "webhook", "url": hook.url,
+                                           "id_pointer": "/id"}},
+                 [{"name": "INBOX", "target": "hook"}])
+    imap.append("INBOX", b"Message-ID: <first@x>\r\nSubject: help\r\n\r\nbody")
+    assert main(["run", "--once", "-c", str(path)]) == 0
+    imap.append("INBOX", b"Message-ID: <second@x>\r\nIn-Reply-To: <first@x>\r\n"
+                         b"References: <other@x> <first@x>\r\nSubject: Re: help\r\n\r\nmore")
+    assert main(["run", "--once", "-c", str(path)]) == 0
+    first, second = (json.loads(request.body) for request in hook.requests)
+    for doc in (first, second):
+        jsonschema.validate(doc, SCHEMA)
+    assert (first["ticket"], second["ticket"]) == (None, "T-1")
+
+
 def write(tmp_path: Path, imap: ImapAccount, targets: dict[str, Any],
           folders: list[dict[str, Any]]) -> Path:
     data = {"accounts": [{"name": "test", "host": imap.host, "port": imap.port,

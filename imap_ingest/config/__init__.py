@@ -14,6 +14,7 @@ share; each model lives with its tracker), ``settings`` (the whole file), ``load
 
 from .accounts import Account, OAuth2
 from .alerting import Alert, EmailAlert, WebhookAlert
+from .archive import Archive
 from .folders import Action, CheckName, Condition, Folder, Rule, SubmitOptions
 from .loader import CONFIG_VARIABLE, ENV_PREFIX, load
 from .routes import Route
@@ -39,7 +40,8 @@ from .values import (
 )
 
 __all__ = [
-    "CONFIG_VARIABLE", "ENV_PREFIX", "Account", "Action", "Alert", "AnyTarget", "CheckName",
+    "CONFIG_VARIABLE", "ENV_PREFIX", "Account", "Action", "Alert", "AnyTarget", "Archive",
+    "CheckName",
     "Condition", "Config", "Console", "Duration", "EmailAlert", "Folder", "Http", "HttpTarget",
     "HttpUrl", "HttpsUrl", "LedgerConfig", "Model", "OAuth2", "Retry", "Route", "Rule", "Secret",
     "SecretFromEnv", "SecretFromFile", "SecretText", "Size", "SubmitOptions", "Target",

@@ -134,6 +134,8 @@ class Account(WithSecret):
     oauth2: OAuth2 | None = None
     token_command: Annotated[list[str], Field(min_length=1)] | None = None
     timeout: Duration = 60.0
+    # Simultaneous connections the service may hold; unset: the provider's limit (budget.py).
+    max_connections: Annotated[int, Field(ge=1)] | None = None
     # This mailbox's own addresses: user+EXT@domain sent to one of them gives the message
     # the sub-address EXT (RT's extension: queue, ticket or action).
     addresses: list[str] = []

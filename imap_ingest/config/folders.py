@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from .. import captures, conditions, loops
+from .archive import Archive
 from .smime import SMime
 from .values import Duration, Model, Size, parse_duration, parse_size
 
@@ -292,6 +293,7 @@ class Folder(SubmitOptions):
     idle: bool | None = None  # IMAP IDLE for mail within a second; unset: when the server has it
     rules: list[Rule] = []
     smime: SMime | None = None  # S/MIME decrypt and verify before the rules
+    archive: Archive | None = None  # unset: the top-level archive:, if any
     allow_senders: list[AllowSenders] = []  # with the top-level ones
     flood: Flood | None = None  # unset: the top-level flood:
     flood_folder: str | None = None

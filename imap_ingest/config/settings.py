@@ -22,7 +22,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ..urls import origin
 from .accounts import Account
 from .alerting import Alert
-from .folders import AllowSenders, CheckName, Flood, Rule, SubmitOptions
+from .archive import Archive
+from .folders import AllowSenders, CheckName, Flood, Folder, Rule, SubmitOptions
 from .routes import Route
 from .targets import AnyTarget, HttpTarget, in_clear_off_loopback
 from .values import (
@@ -141,6 +142,7 @@ class Config(BaseSettings):
     alert: Alert = Alert()
     console: Console | None = None
     ledger: LedgerConfig = LedgerConfig()
+    archive: Archive | None = None  # every folder's and route's, unless it has its own
     shutdown_grace: Duration = 30.0  # on SIGTERM, how long the message in hand may take
 
     @classmethod
@@ -158,6 +160,11 @@ class Config(BaseSettings):
         if not value and not info.data.get("routes"):
             raise ValueError("List should have at least 1 item (or give routes: for mail "
                              "an MTA delivers)")
+        names = {account.name for account in value}
+        for name, route in info.data.get("routes", {}).items():
+            if route.failure_folder and route.failure_folder.account not in names:
+                raise ValueError(f"routes.{name}.failure_folder names account "
+                                 f"{route.failure_folder.account}, which is not in accounts")
         return value
 
     def secrets(self) -> Iterator[str]:
@@ -197,6 +204,10 @@ class Config(BaseSettings):
     def concurrency(self, target: str) -> int:
         """How many requests ``target`` may have in flight."""
         return self.targets[target].max_in_flight()
+
+    def archive_for(self, folder: Folder) -> Archive | None:
+        """Where what ``folder`` hands to a tracker is archived, if anywhere."""
+        return folder.archive or self.archive
 
     def target_for(self, options: SubmitOptions) -> str:
         """The target a message with these options goes to."""

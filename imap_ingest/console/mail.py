@@ -9,12 +9,12 @@ from ..config import Account, Config
 from ..errors import MailboxError
 from ..explain import trace_lines
 from ..ledger import Key, Ledger
-from ..mailbox import FAILED, Mailbox
+from ..mailbox import Mailbox
 from ..message import Message
 from ..oauth import Tokens
 from ..retry import retry
 from ..rules import RuleSet
-from ..states import Result, State
+from ..states import FAILED, Result, State
 from ..trackers import Envelope, Kind, Tracker
 
 SHOWN = 30  # messages listed per folder, newest first

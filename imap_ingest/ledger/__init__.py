@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from .api import (
     SCHEMA_VERSION,
+    Archived,
     Begun,
     Dedupe,
     Earlier,
@@ -42,6 +43,7 @@ def open_ledger(config: Config) -> Ledger:
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Archived",
     "Begun",
     "Dedupe",
     "Earlier",

@@ -28,7 +28,7 @@ from ..states import Disposition, Result, State
 if TYPE_CHECKING:
     from .leases import Leases
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 2  # 2: the flood, starts and archived tables
 
 Dedupe = Literal["message-id", "content", "off"]
 T = TypeVar("T")
@@ -36,6 +36,7 @@ Row = tuple[Any, ...]
 
 # Version N's step takes a ledger at N - 1 to N; step 1 makes a new one. Both backends
 # apply the same steps (postgres.py rewrites the column types it spells differently).
+# Step 2 tolerates its tables half there: development ledgers marked 1 had flood and starts.
 MIGRATIONS: dict[int, str] = {1: """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE folders (
@@ -66,13 +67,18 @@ CREATE TABLE targets (
     name TEXT PRIMARY KEY, failures INTEGER NOT NULL, next_try REAL,
     last_error TEXT, last_error_at REAL);
 """, 2: """
-CREATE TABLE flood (              -- one row per message let through, per limit key
+CREATE TABLE IF NOT EXISTS flood (   -- one row per message let through, per limit key
     key TEXT NOT NULL, at REAL NOT NULL);
-CREATE INDEX flood_key ON flood (key, at);
-CREATE TABLE starts (             -- where a folder's first run started
+CREATE INDEX IF NOT EXISTS flood_key ON flood (key, at);
+CREATE TABLE IF NOT EXISTS starts (  -- where a folder's first run started
     account TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
     first_uid INTEGER NOT NULL, at REAL NOT NULL, since REAL,
     PRIMARY KEY (account, folder));
+CREATE TABLE IF NOT EXISTS archived (
+    message INTEGER PRIMARY KEY REFERENCES messages (id),
+    path TEXT NOT NULL, at REAL NOT NULL,
+    exported TEXT, exported_at REAL);  -- spam | ham: written out for training, once
+CREATE INDEX IF NOT EXISTS archived_at ON archived (at);
 """}
 
 # Rows in these states stand for a message the tracker has, or may have, or will get;
@@ -144,6 +150,19 @@ class Source:
     folder: str
     outcome: Result | None
     ticket: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Archived:
+    """An archived message not yet exported for training."""
+
+    id: int  # its record
+    message_id: str | None
+    digest: str
+    target: str
+    ticket: str | None
+    path: Path
+    at: float
 
 
 class Tx(Protocol):
@@ -244,6 +263,15 @@ class Ledger(ABC):
         return {uid: Record(id, State(state), _result(outcome), _disposition(dispose_to), *rest)
                 for uid, id, state, outcome, dispose_to, *rest in rows if uid in wanted}
 
+    def marked(self, account: str, folder: str, uidvalidity: int, keyword: str) -> list[int]:
+        """The UIDs of one folder left in place with ``keyword``, as the ledger remembers
+        them (the mark itself, on a server without keywords, is nowhere else)."""
+        rows = self._read(lambda db: db.all(
+            "SELECT uid FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ? "
+            "AND state = ? AND dispose_to = ? ORDER BY uid",
+            (account, folder, uidvalidity, State.DISPOSED, f"mark:{keyword}")))
+        return [uid for (uid,) in rows]
+
     def begin_submit(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
                      target: str, dedupe: Dedupe) -> Begun | Earlier:
         """Record the message as ``submitting`` unless an earlier copy of it, for the same
@@ -325,12 +353,12 @@ class Ledger(ABC):
     def answered(self, key: Key, target: str, state: State, outcome: Result, reason: str, *,
                  status: int | None = None, ticket: str | None = None,
                  dispose_to: Disposition | None = None,
-                 next_try: float | None = None, attempt: bool = True) -> None:
+                 next_try: float | None = None, attempt: bool = True) -> int:
         """Record the tracker's answer and the message's new state; ``attempt`` counts it
-        against the message's max_attempts."""
+        against the message's max_attempts. Returns the message's record id."""
         now = time.time()
 
-        def fn(db: Tx) -> None:
+        def fn(db: Tx) -> int:
             row = db.one(
                 "UPDATE messages SET state = ?, outcome = ?, reason = ?, ticket = ?, "
                 "dispose_to = ?, next_try = ?, attempts = attempts + ?, updated = ? "
@@ -340,7 +368,8 @@ class Ledger(ABC):
             assert row is not None
             db.one("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
                    (row[0], now, target, outcome, status, ticket, reason))
-        self._write(fn, (key.account, key.folder))
+            return int(row[0])
+        return self._write(fn, (key.account, key.folder))
 
     def decided(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
                 outcome: Result, reason: str, dispose_to: Disposition,
@@ -376,6 +405,16 @@ class Ledger(ABC):
             (account, message_id, digest)))
         return [Source(id, folder, _result(outcome), ticket)
                 for id, folder, outcome, ticket in rows]
+
+    def thread_ticket(self, target: str, message_ids: list[str]) -> str | None:
+        """The ticket the latest of these messages became at ``target``, if known."""
+        if not message_ids:
+            return None
+        marks = ", ".join("?" * len(message_ids))
+        row = self._read(lambda db: db.one(
+            f"SELECT ticket FROM messages WHERE target = ? AND message_id IN ({marks}) "
+            "AND ticket IS NOT NULL ORDER BY updated DESC LIMIT 1", (target, *message_ids)))
+        return None if row is None else str(row[0])
 
     def release(self, ids: list[int]) -> None:
         """Forget that these records may be in the tracker: `retry` sends the message again."""
@@ -508,6 +547,53 @@ class Ledger(ABC):
             assert row is not None
             return Started(*row)
         return self._write(fn, (account, folder))
+
+    # -- the archive and the tickets messages became ---------------------------------------
+
+    def archived(self, message: int, path: Path) -> None:
+        """The message of record ``message`` is archived at ``path``."""
+        self._write(lambda db: db.one(
+            "INSERT INTO archived (message, path, at) VALUES (?, ?, ?) ON CONFLICT (message) "
+            "DO UPDATE SET path = excluded.path, at = excluded.at, exported = NULL, "
+            "exported_at = NULL", (message, str(path), time.time())))
+
+    def tickets_found(self, found: dict[int, str]) -> None:
+        """The tickets these records became, as the tracker told us after the fact."""
+        self._write(lambda db: db.many("UPDATE messages SET ticket = ? WHERE id = ?",
+                                       [(ticket, id) for id, ticket in found.items()]))
+
+    def unexported(self, since: float) -> list[Archived]:
+        """What is archived since then and not yet exported for training, oldest first."""
+        rows = self._read(lambda db: db.all(
+            "SELECT m.id, m.message_id, m.hash, m.target, m.ticket, a.path, a.at "
+            "FROM archived AS a JOIN messages AS m ON m.id = a.message "
+            "WHERE a.exported IS NULL AND a.at >= ? ORDER BY a.at", (since,)))
+        return [Archived(id, message_id, digest, target, ticket, Path(path), at)
+                for id, message_id, digest, target, ticket, path, at in rows]
+
+    def exported(self, ids: list[int], kind: str) -> None:
+        """These archived messages are written out for training as ``kind``."""
+        self._write(lambda db: db.many(
+            "UPDATE archived SET exported = ?, exported_at = ? WHERE message = ?",
+            [(kind, time.time(), id) for id in ids]))
+
+    def unarchive(self, before: float, under: Path) -> list[Path]:
+        """Forget what was archived under that directory before then; the paths, for
+        their files to go too."""
+        prefix = f"{under}/"
+        rows = self._write(lambda db: db.all(
+            "DELETE FROM archived WHERE at < ? AND substr(path, 1, ?) = ? RETURNING path",
+            (before, len(prefix), prefix)))
+        return [Path(path) for path, in rows]
+
+    def archive_summary(self) -> tuple[int, int, int, int]:
+        """(messages archived, of which with a known ticket, exported as spam, as ham)."""
+        row = self._read(lambda db: db.one(
+            "SELECT count(*), count(m.ticket), count(*) FILTER (WHERE a.exported = 'spam'), "
+            "count(*) FILTER (WHERE a.exported = 'ham') FROM archived AS a "
+            "JOIN messages AS m ON m.id = a.message"))
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
 def _same_message(dedupe: Dedupe) -> str:

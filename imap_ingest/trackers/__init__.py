@@ -61,6 +61,9 @@ class Envelope:
     uidvalidity: int
     uid: int
     subaddress: str | None = None  # the +EXT of the recipient address, like an MTA's EXTENSION
+    # The ticket its thread became, known before posting only for a reply to a message the
+    # ledger knows the ticket of (a new message's ticket is made by the post itself).
+    ticket: str | None = None
 
     @classmethod
     def of(cls, account: Account, message: Message, folder: str, uidvalidity: int = 0,

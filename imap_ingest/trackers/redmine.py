@@ -44,6 +44,11 @@ class RedmineTarget(HttpTarget, WithSecret):
     no_notification: bool = False
     default_group: str | None = None
     project_from_subaddress: str | None = None
+    # A REST API key (My account → API access key), read only: which issue a message became,
+    # and export-training. Unset: no issue ids, everything else works.
+    api_key: Secret | None = None
+    api_key_file: SecretFromFile | None = None
+    api_key_env: SecretFromEnv | None = None
 
 
 def crlf(raw: bytes) -> bytes:

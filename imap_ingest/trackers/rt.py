@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import field_validator
 
-from ..config import Duration, HttpTarget, SubmitOptions
+from ..config import Duration, HttpTarget, Secret, SecretFromEnv, SecretFromFile, SubmitOptions
 from ..urls import origin, shown
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
@@ -32,6 +32,11 @@ class RtTarget(HttpTarget):
     action: str = "correspond"
     extension: Literal["queue", "ticket", "action"] | None = None
     timeout: Duration = 180.0
+    # A read-only REST 2.0 token (RT 5: the user's Auth Tokens page): which ticket a message
+    # became, and export-training. Unset: no ticket ids, everything else works.
+    rest_token: Secret | None = None
+    rest_token_file: SecretFromFile | None = None
+    rest_token_env: SecretFromEnv | None = None
 
     @field_validator("action")
     @classmethod

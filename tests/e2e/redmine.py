@@ -460,6 +460,19 @@ class RealRedmine(Lifecycle):
             if not page["issues"] or len(found) >= page["total_count"]:
                 return found
 
+    def update_issue(self, number: int, **fields: int | str) -> None:
+        """Change issue ``number`` as the admin (``status_id=5``, ``tracker_id=3``, ...)."""
+        answer = self.http.put(f"{self.url}/issues/{number}.json", json={"issue": fields},
+                               timeout=_HTTP_TIMEOUT, headers={"X-Redmine-API-Key": ADMIN_KEY})
+        if answer.status_code not in (200, 204):
+            raise RedmineError(f"PUT issue {number} answered {answer.status_code}: "
+                               f"{answer.text[:200]}")
+
+    def ids(self, kind: str) -> dict[str, int]:
+        """Redmine's ``issue_statuses`` or ``trackers``: id by lower-case name."""
+        return {str(item["name"]).lower(): int(item["id"])
+                for item in self.api(f"/{kind}.json")[kind]}
+
     def issue(self, number: int) -> dict[str, Any]:
         """One issue with its journals and attachments."""
         issue: dict[str, Any] = self.api(f"/issues/{number}.json",

@@ -410,6 +410,20 @@ class RealRT(Lifecycle):
                                 attachment=int(item["id"])))
         return found
 
+    def auth_token(self, user: str = "root") -> str:
+        """A new REST 2.0 auth token for ``user`` (RT's own RT::AuthToken, as its web page
+        makes them)."""
+        script = ("use RT; RT::LoadConfig(); RT::Init(); my $u = RT::User->new(RT->SystemUser);"
+                  " $u->Load($ARGV[0]) or die 'no such user'; my ($ok, $msg, $auth) = "
+                  "RT::AuthToken->new(RT->SystemUser)->Create(Owner => $u->Id, Description => "
+                  "'imap-ingest'); die qq($msg\\n) unless $ok; print $auth;")
+        done = subprocess.run(["perl", f"-I{PREFIX / 'lib'}", "-e", script, user],
+                              env=_environment(self.directory), capture_output=True, text=True,
+                              timeout=_START_TIMEOUT, check=False)
+        if done.returncode != 0:
+            raise RealRTError(f"making a token for {user}: {done.stderr[-500:]}")
+        return done.stdout.strip()
+
     def attachment_content(self, number: int) -> bytes:
         """The bytes RT stored for one attachment (a part of a received mail)."""
         return base64.b64decode(self.rest("GET", f"attachment/{int(number)}")["Content"])

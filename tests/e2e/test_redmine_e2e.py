@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from imap_ingest.cli import main
-from imap_ingest.mailbox import SKIPPED
+from imap_ingest.states import SKIPPED
 from imap_ingest.trackers.redmine import crlf
 
 from ..support.dovecot import ImapAccount

@@ -70,12 +70,12 @@ class _QuietServer(ThreadingHTTPServer):
 
 class RecordingServer:
     """Records every request; ``answer`` decides the reply (default: 204 No Content).
-    With ``context``, it speaks HTTPS."""
+    With ``context``, it speaks HTTPS; ``port`` 0 takes a free one."""
 
-    def __init__(self, context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, context: ssl.SSLContext | None = None, port: int = 0) -> None:
         self.requests: list[Request] = []
         self.answer: Callable[[Request], Answer] = self.default
-        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
+        self._server = _QuietServer(("127.0.0.1", port), self._handler())
         if context is not None:
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.scheme = "https" if context else "http"
