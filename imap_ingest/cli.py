@@ -17,7 +17,7 @@ from .config import CONFIG_VARIABLE, Config, load, parse_duration, templates
 from .errors import EX_CANTCREAT, EX_OK, EX_USAGE, IngestError
 from .explain import explain
 from .from_rake import convert
-from .ledger import Ledger
+from .ledger import open_ledger
 from .mailbox import Mailbox
 from .retry import retry
 from .service import Service, serve
@@ -167,7 +167,7 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
         print("name the account with --account (one of: "
               + ", ".join(a.name for a in config.accounts) + ")", file=sys.stderr)
         return EX_USAGE
-    ledger = Ledger.open(config.state_dir)
+    ledger = open_ledger(config)
     try:
         with Mailbox(candidates[0]) as mailbox:
             for line in retry(mailbox, ledger, candidates[0], args.folder):

@@ -24,7 +24,7 @@ from . import spool
 from .archive import Keeper
 from .errors import EX_OK, EX_TEMPFAIL, IngestError
 from .files import private_dir
-from .ledger import Earlier, Key, Ledger, Record
+from .ledger import Earlier, Key, Ledger, Record, open_ledger
 from .logs import event
 from .message import Message
 from .rules import Act, RuleSet
@@ -74,7 +74,7 @@ def deliver(config: Config, route: str, raw: bytes, extension: str | None = None
     digest = message.digest()
     key = Key(ACCOUNT, route, 0, int(digest[:15], 16))
     with _message_lock(config.state_dir, route, key.uid):
-        ledger = Ledger.open(config.state_dir)
+        ledger = open_ledger(config)
         try:
             return _Delivery(config, route, ledger, key, message, digest, extension,
                              deadline).run()
@@ -216,7 +216,7 @@ def retry(config: Config, route: str) -> Iterator[str]:
         raw = entry.raw
         message = Message(raw)
         where = f"{entry.eml.name} {message.message_id or '(no Message-ID)'}"
-        ledger = Ledger.open(config.state_dir)
+        ledger = open_ledger(config)
         try:
             records = [r for r in ledger.sources(ACCOUNT, message.message_id, message.digest())
                        if r.folder == route]

@@ -25,7 +25,7 @@ from imapclient import IMAPClient
 
 from .config import Config
 from .errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
-from .ledger import Ledger
+from .ledger import Ledger, SqliteLedger
 from .service import Service
 from .states import Disposition
 
@@ -134,7 +134,7 @@ def _demo(port: int, mail: list[bytes], out: Path, state: Path) -> int:
     finally:
         service.close()
     print()
-    _table(Ledger.open(state), mail, out)
+    _table(SqliteLedger.open(state), mail, out)
     return EX_OK if code in (EX_OK, EX_TEMPFAIL) else code
 
 

@@ -45,6 +45,12 @@ class Disposal:
             self._instead[key] = instead
 
     def flush(self) -> None:
+        if not self._pending:
+            self._copies, self._instead = {}, {}
+            return
+        # IMAP has no fence: a replica that lost the folder must not touch its messages.
+        first = next(iter(self._pending.values()))[0]
+        self._ledger.check_lease(first.account, first.folder)
         done: list[Key] = []
         kept: set[Key] = set()  # a refused copy keeps the message where it is
         # Copies first: a message may be copied and then moved or deleted.

@@ -24,7 +24,7 @@ from .config import Config, Folder, SubmitOptions
 from .dispose import Disposal
 from .errors import EX_OK, EX_TEMPFAIL, IngestError, TrackerRefused
 from .inflight import InFlight
-from .ledger import Earlier, Key, Ledger, Record
+from .ledger import Earlier, Key, LeaseLost, Ledger, Record
 from .logs import event
 from .mailbox import Fetched, Mailbox
 from .message import Message
@@ -292,6 +292,9 @@ class _Pass:
             self._decide(key, message, len(message.raw), decision.rule, begun, target)
             return
         record = begun
+        if (leases := self.ledger.leases) and not leases.holds((key.account, key.folder)):
+            # Paused past the lease (the fence refuses the answer): never post it then.
+            raise LeaseLost(f"{self.where}: lease ran out before uid {key.uid} was posted")
         envelope = replace(
             Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid),
             ticket=self.ledger.thread_ticket(target, message.replies_to()))

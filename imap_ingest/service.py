@@ -16,15 +16,18 @@ import functools
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -47,13 +50,16 @@ from .errors import (
 from .flow import Flow, FlowCollector, Worker, assess
 from .health import StatusServer
 from .ingest import Context, PassReport, ingest
-from .ledger import Ledger
+from .ledger import open_ledger
 from .locks import folder_lock
 from .logs import event, hide
 from .mailbox import Mailbox
 from .metrics import Metrics
 from .oauth import Tokens
 from .trackers import Tracker, open_tracker
+
+if TYPE_CHECKING:
+    from .ledger.leases import Leases
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +90,8 @@ class Service:
             log.warning("%s: %s", key, caution)
         self.stop = threading.Event()
         self.metrics = Metrics()
-        self.ledger = Ledger.open(config.state_dir)
+        self.ledger = open_ledger(config)
+        self.replica = replica_id(config)
         self.trackers: dict[str, Tracker] = {
             name: open_tracker(target) for name, target in config.targets.items()
         }
@@ -112,10 +119,15 @@ class Service:
 
     def flow(self) -> Flow:
         """Every folder's flow now, from the ledger and the workers."""
+        # Another replica's folders are its to report (and to alert on).
         workers = [Worker(w.account.name, w.folder.name, w.ready, w.auth_failed, w.last_pass)
-                   for w in self.workers]
-        return assess(workers, self.ledger.pending(), self.ledger.targets(),
+                   for w in self.workers if not w.away.is_set()]
+        flow = assess(workers, self.ledger.pending(), self.ledger.targets(),
                       self.config.alert.stalled_after, time.time(), self.started)
+        if self.ledger.leases is None:
+            return flow
+        return replace(flow, replica=self.replica, leases={
+            f"{account}/{folder}": holder for account, folder, holder, _ in self.ledger.holders()})
 
     def not_ready(self) -> list[str]:
         """The folders not ready for /readyz, each with its state where it has one."""
@@ -128,7 +140,13 @@ class Service:
     def metrics_text(self) -> bytes:
         return self.metrics.text()
 
+    def folders(self) -> list[tuple[str, str]]:
+        return [(account.name, folder.name) for account in self.config.accounts
+                for folder in account.folders]
+
     def close(self) -> None:
+        if self.ledger.leases is not None:
+            self.ledger.leases.close()  # first: the other replicas take over at once
         for worker in self.workers:
             worker.close()
         for tracker in self.trackers.values():
@@ -139,12 +157,19 @@ class Service:
         """One pass over every folder of every account, one connection per account."""
         codes = [EX_OK]
         context = self.context(progress=True)
+        # Several hosts may run --once at the same time: each folder goes to the one that
+        # takes its lease first, kept (renewed) only for its pass.
+        leases = self.ledger.lease(self.replica, self.folders(), self.config.ledger.lease_ttl,
+                                   balance=False)
+        if leases is not None:
+            leases.start()
         with _signals(self.stop):
             for account in self.config.accounts:
-                codes += self._account_once(account, context)
+                codes += self._account_once(account, context, leases)
         return worst(*codes)
 
-    def _account_once(self, account: Account, context: Context) -> list[int]:
+    def _account_once(self, account: Account, context: Context,
+                      leases: Leases | None) -> list[int]:
         """Each folder of ``account`` once. A connection lost during a folder's pass is made
         again for the next folder; one that cannot be made, or a refused login, ends the
         account."""
@@ -154,6 +179,8 @@ class Service:
             for folder in account.folders:
                 if self.stop.is_set():
                     break
+                if not _taken(leases, account, folder):
+                    continue
                 try:
                     mailbox = mailbox or Mailbox(account, self.tokens.get(account.name))
                 except MailboxError as exc:
@@ -175,8 +202,11 @@ class Service:
 
     def start(self, scheduler: BackgroundScheduler) -> None:
         """Add a worker per folder to the scheduler, and an IDLE watcher where wanted and
-        the account's connection budget allows."""
+        the account's connection budget allows; with leases, each works only while this
+        replica holds its folder."""
         context = self.context()
+        leases = self.ledger.lease(self.replica, self.folders(), self.config.ledger.lease_ttl,
+                                   balance=True)
         for account in self.config.accounts:
             tokens = self.tokens.get(account.name)
             fitted = plan(account.folders, budget_of(account))
@@ -184,7 +214,7 @@ class Service:
                 log.info("account %s: %d connection(s) at most: IDLE on %s; polling %s",
                          account.name, budget_of(account), ", ".join(fitted.pushed) or "none",
                          ", ".join(fitted.polled))
-            shared = Connection() if fitted.shared else None
+            shared = Connection(shared=True) if fitted.shared else None
             for folder in account.folders:
                 worker = FolderWorker(account, folder, context, tokens,
                                       shared or Connection())
@@ -198,6 +228,14 @@ class Service:
                 if folder.name in fitted.pushed:
                     threading.Thread(target=worker.watch, name=f"idle {worker.name}",
                                      daemon=True).start()
+        if leases is not None:
+            by_folder = {(w.account.name, w.folder.name): w for w in self.workers}
+            for worker in self.workers:
+                self.metrics.leased.labels(worker.account.name, worker.folder.name,
+                                           self.replica).set_function(worker.leased)
+            leases.on_gain = lambda folder: by_folder[folder].gained()
+            leases.on_loss = lambda folder: by_folder[folder].lost()
+            leases.start()
         self.alerter.start()
 
 
@@ -207,12 +245,28 @@ def log_failure(exc: MailboxError, then: str = "") -> None:
           state=exc.state if isinstance(exc, AuthFailed) else None)
 
 
+def replica_id(config: Config) -> str:
+    """This process's name among the replicas: ledger.replica or the host name, and the pid."""
+    return f"{config.ledger.replica or socket.gethostname()}:{os.getpid()}"
+
+
+def _taken(leases: Leases | None, account: Account, folder: Folder) -> bool:
+    """For --once: whether this process got the folder (always, without leases)."""
+    if leases is None or leases.acquire((account.name, folder.name)):
+        return True
+    log.info("%s/%s: another replica is working it; leaving it alone", account.name,
+             folder.name)
+    return False
+
+
 def _pass(mailbox: Mailbox, account: Account, folder: Folder, context: Context,
           done: Callable[[PassReport], None] | None = None) -> int:
-    """One locked pass over one folder, its report given to ``done``; an error in it ends
-    that folder only."""
+    """One pass over one folder, under its lease or else its lock file, its report given
+    to ``done``; an error in it ends that folder only."""
+    leases = context.ledger.leases
     try:
-        with folder_lock(context.config.state_dir, account.name, folder.name):
+        with (folder_lock(context.config.state_dir, account.name, folder.name)
+              if leases is None else leases.busy((account.name, folder.name))):
             report = ingest(mailbox, folder, context)
             if done is not None:
                 done(report)
@@ -234,7 +288,8 @@ class Connection:
     busy is queued, and run by the thread that holds it: no scheduler thread waits for a
     connection while another account's passes could run."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = False) -> None:
+        self.shared = shared  # by all the account's folders
         self.lock = threading.Lock()
         self.mailbox: Mailbox | None = None
         self._guard = threading.Lock()
@@ -287,6 +342,13 @@ class FolderWorker:
         self.auth_failed = False  # no usable token: not ready until a login works again
         self._broken = False  # the last pass failed on a bug of ours
         self.last_pass: float | None = None  # when a pass last completed
+        # Set while another replica holds the folder (never, without leases): the IDLE
+        # watcher leaves, the kept connection is dropped.
+        self.away = threading.Event()
+        self._leases = context.ledger.leases
+        if self._leases is not None:
+            self.away.set()
+
         # Whether the server's IDLE reports new mail: when the watcher went into IDLE, whether
         # it announced mail since the last pass, how often a poll found mail it did not.
         self._idling_since: float | None = None
@@ -295,11 +357,24 @@ class FolderWorker:
 
     @property
     def ready(self) -> bool:
-        """Connected, or backing off after a lost connection; never while auth_failed, nor
-        after a pass that failed on a bug of ours until one completes again."""
+        """Connected, or backing off after a lost connection, or another replica's folder;
+        never while auth_failed, nor after a pass that failed on a bug of ours until one
+        completes again."""
         return not self.auth_failed and not self._broken and (
-            self.connection.mailbox is not None or (
-            self._failures > 0 and self._retry_at > time.time()))
+            self.connection.mailbox is not None or self.away.is_set() or (
+                self._failures > 0 and self._retry_at > time.time()))
+    def leased(self) -> float:
+        """1 while this replica holds the folder, for the metrics."""
+        return 0.0 if self.away.is_set() else 1.0
+
+    def gained(self) -> None:
+        """This replica holds the folder now: a pass at once (mail may have waited)."""
+        self.away.clear()
+        self.poke()
+
+    def lost(self) -> None:
+        """Another replica works the folder now (or will): let go of it."""
+        self.away.set()
 
     @property
     def unready(self) -> str:
@@ -330,7 +405,8 @@ class FolderWorker:
             self._again = True
             self._announced = True
             if not self._running and self.job is not None:
-                self.job.modify(next_run_time=datetime.now(UTC))
+                with suppress(JobLookupError):  # the scheduler is shutting down
+                    self.job.modify(next_run_time=datetime.now(UTC))
 
     def run(self) -> int:
         """The scheduled job: a pass, and another while mail arrived during one."""
@@ -352,6 +428,12 @@ class FolderWorker:
                 self._running = False
 
     def _pass(self) -> int:
+        if self._leases is not None and not self._leases.holds(
+                (self.account.name, self.folder.name)):
+            if not self.connection.shared:  # the account's other folders may still use it
+                with self.connection.lock:
+                    self._drop()
+            return EX_OK  # another replica's folder, or none's until the leases are renewed
         if not self.connection.take(self):
             return EX_OK  # the pass holding the connection runs ours next
         held = True
@@ -426,6 +508,7 @@ class FolderWorker:
         self.connection.drop()
 
     def close(self) -> None:
+        self.away.set()
         with self.connection.lock:
             self._drop()
 
@@ -433,6 +516,9 @@ class FolderWorker:
         """The IDLE watcher, on a connection of its own, until the service stops."""
         stop, failures = self.context.stop, 0
         while not stop.is_set():
+            if self.away.is_set():
+                stop.wait(1)
+                continue
             try:
                 with Mailbox(self.account, self.tokens) as mailbox:
                     if not mailbox.has_idle:
@@ -446,8 +532,8 @@ class FolderWorker:
                         self.poke()
                     failures = 0
                     self._idling_since = time.monotonic()
-                    try:
-                        mailbox.idle(stop, self.poke)
+                    try:  # with leases, until the folder is lost or the worker closed
+                        mailbox.idle(self.away if self._leases else stop, self.poke)
                     finally:
                         self._idling_since = None
             except MailboxError as exc:
@@ -477,7 +563,8 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
         while True:
             service = Service(config, retry_now)
             # A thread per pass connection: a pass waiting for its account's shared
-            # connection must not hold up the other accounts' (or a pushed folder's) passes.
+            # connection must not hold up the other accounts' (or a pushed folder's) passes;
+            # with replicas a failover hands one replica many folders at once.
             scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(
                 max(10, service.pass_connections))})
             service.start(scheduler)

@@ -12,6 +12,7 @@ from .support.browser import chromium
 from .support.daemon import Daemon
 from .support.dovecot import Dovecot, DovecotNotInstalled, ImapAccount, find_dovecot
 from .support.pki import pki  # noqa: F401  (the session-scoped PKI fixture)
+from .support.postgres import Postgres
 from .support.redmine_server import FakeRedmine, FakeRT, RecordingServer
 from .support.token_service import TokenService
 
@@ -59,6 +60,13 @@ def dovecot_nomove() -> Iterator[Dovecot]:
     server = _start(without=("MOVE",))
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server of the suite's own on a free loopback port, for the session."""
+    with Postgres() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
