@@ -17,7 +17,7 @@ from imap_ingest.config import Account
 from imap_ingest.errors import ConnectionLost, MailboxError
 from imap_ingest.locks import folder_lock
 from imap_ingest.mailbox import Mailbox
-from imap_ingest.service import IDLE_SETTLED
+from imap_ingest.worker import IDLE_SETTLED
 
 from .support.daemon import Daemon
 from .support.dovecot import ImapAccount

@@ -58,7 +58,7 @@ class Http(Model):
 
     listen: str = "127.0.0.1:9464"
     # /healthz fails for a folder whose pass made no progress for this long; unset: 4 times
-    # the longest of the account's and the targets' timeouts (service.stall_limit).
+    # the longest of the account's and the targets' timeouts (worker.stall_limit).
     stuck_after: Duration | None = None
 
     @field_validator("listen")
