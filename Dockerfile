@@ -8,7 +8,7 @@ RUN useradd --system --no-create-home --home-dir /var/lib/imap-ingest --shell /u
     && chown imap-ingest:imap-ingest /var/lib/imap-ingest
 
 COPY . /src
-RUN pip install --no-cache-dir /src && rm -rf /src
+RUN pip install --no-cache-dir "/src[postgres]" && rm -rf /src
 
 # The config file and the state (ledger, folder locks) live outside the image. Every key of
 # the file can be overridden with IMAP_INGEST_<KEY>__<KEY> variables, secrets included.

@@ -19,7 +19,7 @@ from pathlib import Path
 from bench import plot
 from imap_ingest.config import Config
 from imap_ingest.ingest import Context, ingest
-from imap_ingest.ledger import Ledger
+from imap_ingest.ledger import SqliteLedger
 from imap_ingest.mailbox import Mailbox
 from imap_ingest.metrics import Metrics
 from imap_ingest.states import SKIPPED
@@ -77,7 +77,7 @@ def main(sizes: list[int]) -> None:
             fill(dovecot, imap, size)
             with tempfile.TemporaryDirectory() as tmp:
                 cfg = config(imap, Path(tmp))
-                ledger = Ledger(Path(tmp) / "ledger.sqlite3")
+                ledger = SqliteLedger(Path(tmp) / "ledger.sqlite3")
                 context = Context(cfg, {}, ledger, threading.Event(), Metrics())
                 account, folder = cfg.accounts[0], cfg.accounts[0].folders[0]
                 with Mailbox(account) as mailbox:

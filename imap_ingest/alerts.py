@@ -11,6 +11,7 @@ should it ever come back into a watched folder.
 from __future__ import annotations
 
 import logging
+import math
 import smtplib
 import ssl
 import threading
@@ -118,10 +119,9 @@ def digest(items: Iterable[SetAside]) -> Alert | None:
                  "folder", "\n".join(lines))
 
 
-def breaker_tripped(target: str, why: str) -> Alert:
-    """The flood breaker stopped submissions to ``target`` (the breaker calls this)."""
-    return Alert("breaker-tripped", f"flood breaker tripped for target {target}",
-                 f"target {target}: {why}")
+def breaker_tripped(limit: str, why: str) -> Alert:
+    """The flood breaker holds the mail of one sender or thread (``limit``: its key)."""
+    return Alert("breaker-tripped", f"flood breaker tripped for {limit}", f"{limit}: {why}")
 
 
 def mail(alert: Alert, config: EmailAlert) -> EmailMessage:
@@ -169,6 +169,7 @@ class Alerter:
         self.config, self._flow, self._stop = config, flow, stop
         self._state = CALM
         self._aside: list[SetAside] = []
+        self._tripped: dict[str, float] = {}  # flood limit: when last alerted (monotonic)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="alerts", daemon=True)
 
@@ -185,6 +186,18 @@ class Alerter:
         if self.wanted and (item := set_aside(where, message, verdict)) is not None:
             with self._lock:
                 self._aside.append(item)
+
+    def tripped(self, limit: str, why: str) -> None:
+        """The flood breaker held a message over ``limit``: one alert per limit and digest
+        interval, not one per held message."""
+        if not self.wanted:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now - self._tripped.get(limit, -math.inf) < self.config.digest_every:
+                return
+            self._tripped[limit] = now
+        self.send(breaker_tripped(limit, why))
 
     def send(self, alert: Alert) -> None:
         """Send to every configured channel; a channel that fails is logged, not retried."""

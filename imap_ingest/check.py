@@ -1,4 +1,6 @@
-"""`imap-ingest check`: everything a run needs, tested one line at a time, creating nothing."""
+"""`imap-ingest check`: everything a run needs, tested one line at a time, creating nothing
+(a destination folder that does not exist yet is created and deleted again, to know the
+server allows it)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import time
 
 from . import token_file
 from .config import Config, Folder, OAuth2
-from .errors import EX_NOPERM, EX_OK, EX_TEMPFAIL, MailboxError, worst
+from .errors import EX_NOPERM, EX_OK, EX_TEMPFAIL, CommandRefused, MailboxError, worst
 from .mailbox import Mailbox
 from .source import Source, open_source
 from .trackers import Kind, open_tracker
@@ -43,9 +45,24 @@ def check(config: Config, path: str | os.PathLike[str]) -> int:
                         mailbox.select(folder.name)
                         uids = mailbox.new_uids()
                         report(True, f"{what} folder {folder.name}", f"{len(uids)} new "
-                               f"message(s); {_first_run(mailbox, folder, uids)}")
+                               f"message(s){_as(mailbox, folder.name)}; "
+                               f"{_first_run(mailbox, folder, uids)}")
                     except MailboxError as exc:
                         report(False, f"{what} folder {folder.name}", exc.reason, exc.exit_code)
+                if not isinstance(mailbox, Mailbox):
+                    continue  # POP3: one maildrop, no folders to move or copy into
+                for name, setting in destinations(account.folders, config).items():
+                    where = f"{what} folder {name} ({setting}{_as(mailbox, name)})"
+                    try:
+                        if mailbox.exists(name):
+                            report(True, where, "exists")
+                        else:
+                            mailbox.try_create(name)
+                            report(True, where, "does not exist yet; the server lets us "
+                                   "create it (created on first use)")
+                    except CommandRefused as exc:
+                        report(False, where, f"does not exist, and cannot be created: "
+                               f"{exc.reason}", exc.exit_code)
         except MailboxError as exc:
             report(False, what, exc.reason, exc.exit_code)
         if account.oauth2 is not None and account.oauth2.refresh_token_file is not None:
@@ -60,6 +77,33 @@ def check(config: Config, path: str | os.PathLike[str]) -> int:
         code = {Kind.SUCCESS: EX_OK, Kind.CONFIG: EX_NOPERM}.get(outcome.kind, EX_TEMPFAIL)
         report(outcome.kind is Kind.SUCCESS, f"target {name}", outcome.reason, code)
     return worst(*codes)
+
+
+def destinations(folders: list[Folder], config: Config) -> dict[str, str]:
+    """Every folder mail from ``folders`` may be moved or copied into, each with the first
+    setting that names it."""
+    found: dict[str, str] = {}
+    for folder in folders:
+        named = [("move_on_success", folder.move_on_success),
+                 ("move_on_failure", folder.move_on_failure),
+                 ("loops_folder", folder.loops_folder or config.loops_folder)]
+        for index, rule in enumerate(folder.rules):
+            action = (config.rules[rule.use] if rule.use else rule).action
+            named += [(f"rules[{index}] move", action.move), (f"rules[{index}] copy",
+                                                               action.copy_to)]
+        for setting, name in named:
+            if name:
+                found.setdefault(name, f"{folder.name} {setting}")
+    found.setdefault(config.quarantine_folder, "quarantine_folder")
+    return found
+
+
+def _as(mailbox: Source, name: str) -> str:
+    """How the server calls a configured folder, when not as written (POP3: as written)."""
+    if not isinstance(mailbox, Mailbox):
+        return ""
+    resolved = mailbox.resolve(name)
+    return "" if resolved == name else f", as {resolved}"
 
 
 def _first_run(mailbox: Source, folder: Folder, uids: list[int]) -> str:

@@ -18,7 +18,7 @@ from .errors import EX_CANTCREAT, EX_OK, EX_USAGE, IngestError
 from .explain import explain
 from .from_fetchmail import convert as from_fetchmail
 from .from_rake import convert
-from .ledger import Ledger
+from .ledger import open_ledger
 from .mailbox import Mailbox
 from .retry import retry, retry_maildrop
 from .service import Service, serve
@@ -168,7 +168,7 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
         print("name the account with --account (one of: "
               + ", ".join(a.name for a in config.accounts) + ")", file=sys.stderr)
         return EX_USAGE
-    ledger = Ledger.open(config.state_dir)
+    ledger = open_ledger(config)
     try:
         if candidates[0].protocol == "pop3":  # nothing to move: the ledger holds the state
             for line in retry_maildrop(ledger, candidates[0]):

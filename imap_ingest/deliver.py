@@ -3,8 +3,9 @@ rules, the ledger and the tracker, ending in an exit code the MTA understands.
 
 The policy is verdict.py's, as for a folder; what differs is where a message goes. There
 is no folder to leave it in: a message the tracker cannot take now makes the MTA keep it
-(EX_TEMPFAIL), and one refused for good, held or skipped is written to the spool before
-the MTA is told it was delivered. The ledger's key is the message's content digest, so
+(EX_TEMPFAIL), and one refused for good, held or skipped is appended to the route's
+failure_folder, or written to the spool when that is unset or unreachable, before the MTA
+is told it was delivered. The ledger's key is the message's content digest, so
 the MTA delivering it again (it retried after our timeout) finds the first record.
 """
 
@@ -21,19 +22,20 @@ from typing import TYPE_CHECKING
 
 from . import spool
 from .archive import Keeper
-from .errors import EX_OK, EX_TEMPFAIL
+from .errors import EX_OK, EX_TEMPFAIL, IngestError
 from .files import private_dir
-from .ledger import Earlier, Key, Ledger, Record
+from .ledger import Earlier, Key, Ledger, Record, open_ledger
 from .logs import event
 from .message import Message
 from .rules import Act, RuleSet
-from .states import Disposition, Result, State
+from .states import FAILED, SKIPPED, Disposition, Result, State
 from .verdict import Policy, Verdict, answer, by_rule, copy_of, resume, unreadable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from .config import Config, Route, SubmitOptions
+    from .config.routes import FailureFolder
     from .trackers import Outcome
 
 log = logging.getLogger("imap_ingest.deliver")
@@ -49,7 +51,7 @@ class Delivery:
 
     code: int
     text: str
-    kept: Path | None = None  # the spool entry it is in
+    kept: str | None = None  # the failure folder or spool entry it is in
 
 
 def spool_name(route: str) -> str:
@@ -72,7 +74,7 @@ def deliver(config: Config, route: str, raw: bytes, extension: str | None = None
     digest = message.digest()
     key = Key(ACCOUNT, route, 0, int(digest[:15], 16))
     with _message_lock(config.state_dir, route, key.uid):
-        ledger = Ledger.open(config.state_dir)
+        ledger = open_ledger(config)
         try:
             return _Delivery(config, route, ledger, key, message, digest, extension,
                              deadline).run()
@@ -176,18 +178,28 @@ class _Delivery:
         self.ledger.disposed([self.key])
         return self._done(EX_OK, verdict, _where(verdict, kept), kept)
 
-    def _keep(self, verdict: Verdict) -> Path:
-        """Spool the message before the MTA is told it is delivered."""
+    def _keep(self, verdict: Verdict) -> str:
+        """Keep the message, in the failure folder or else the spool, before the MTA is told
+        it is delivered; returns where."""
         message = self.message
-        return spool.keep(spool_dir(self.config, self.name), f"{self.key.uid:016x}",
-                          message.raw, {
+        folder = self.route.failure_folder
+        if folder is not None:
+            # A keyword, so that a folder also watched is not ingested again.
+            flags = [FAILED if verdict.result is Result.FAILED else SKIPPED]
+            try:
+                _append(self.config, folder, message.raw, flags, self.deadline)
+                return str(folder)
+            except IngestError as exc:  # whatever kept it out of IMAP, the spool takes it
+                log.warning("route %s: %s: %s; spooling instead", self.name, folder, exc)
+        return str(spool.keep(spool_dir(self.config, self.name), f"{self.key.uid:016x}",
+                              message.raw, {
                               "route": self.name, "result": str(verdict.result),
                               "reason": verdict.reason, "rule": self.rule,
                               "target": self.target, "message_id": message.message_id,
-                              "subject": message.subject, "extension": self.extension})
+                              "subject": message.subject, "extension": self.extension}))
 
     def _done(self, code: int, verdict: Verdict, where: str,
-              kept: Path | None = None) -> Delivery:
+              kept: str | None = None) -> Delivery:
         text = f"{verdict.result}: {verdict.reason}; {where}" if verdict.reason else \
             f"{verdict.result}; {where}"
         event(log, verdict.level, f"route {self.name}: {text}", route=self.name,
@@ -204,7 +216,7 @@ def retry(config: Config, route: str) -> Iterator[str]:
         raw = entry.raw
         message = Message(raw)
         where = f"{entry.eml.name} {message.message_id or '(no Message-ID)'}"
-        ledger = Ledger.open(config.state_dir)
+        ledger = open_ledger(config)
         try:
             records = [r for r in ledger.sources(ACCOUNT, message.message_id, message.digest())
                        if r.folder == route]
@@ -224,8 +236,12 @@ def retry(config: Config, route: str) -> Iterator[str]:
 
 
 def report(config: Config) -> Iterator[str]:
-    """A line per route with messages in its spool, for `imap-ingest status`."""
-    for route in config.routes:
+    """A line per route with a failure folder or messages in its spool, for `imap-ingest
+    status`."""
+    for route, settings in config.routes.items():
+        if settings.failure_folder is not None:
+            yield (f"{spool_name(route)}: refused and held mail goes to "
+                   f"{settings.failure_folder}, the spool only when that is unreachable")
         kept = list(spool.entries(spool_dir(config, route)))
         if kept:
             results: dict[str, int] = {}
@@ -251,7 +267,7 @@ def _kept_by_rule(verdict: Verdict, act: Act, rule: str, folder: str | None,
     return replace(verdict, reason=reason, to=spool_to)
 
 
-def _where(verdict: Verdict, kept: Path | None) -> str:
+def _where(verdict: Verdict, kept: str | None) -> str:
     if kept is not None:
         return f"kept in {kept}"
     if verdict.result is Result.DISCARDED:
@@ -274,6 +290,20 @@ def _submit(config: Config, target: str, raw: bytes, options: SubmitOptions, key
         return tracker.submit(raw, options, Envelope(ACCOUNT, key.folder, 0, key.uid, extension))
     finally:
         tracker.close()
+
+
+def _append(config: Config, to: FailureFolder, raw: bytes, flags: list[str],
+            deadline: float | None) -> None:
+    """Append ``raw`` to the failure folder, each IMAP command ending before the MTA's
+    timeout does, so that the spool is still reached."""
+    from .mailbox import Mailbox  # the IMAP stack, only for a route that has one
+
+    account = next(account for account in config.accounts if account.name == to.account)
+    if deadline is not None:
+        account = account.model_copy(update={
+            "timeout": max(1.0, min(account.timeout, deadline - time.monotonic() - 1))})
+    with Mailbox(account) as mailbox:
+        mailbox.append(to.folder, raw, flags)
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from imapclient import IMAPClient
 
 from .config import Config
 from .errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
-from .ledger import Ledger
+from .ledger import Ledger, SqliteLedger
 from .service import Service
 from .states import Disposition
 
@@ -113,7 +113,7 @@ def run(out: Path) -> int:
         return EX_UNAVAILABLE
     mail = samples()
     try:
-        with tempfile.TemporaryDirectory(prefix="imap-ingest-demo-") as tmp, _pymap() as port:
+        with tempfile.TemporaryDirectory(prefix="imap-ingest-demo-") as tmp, pymap_server() as port:
             return _demo(port, mail, out, Path(tmp))
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
@@ -134,7 +134,7 @@ def _demo(port: int, mail: list[bytes], out: Path, state: Path) -> int:
     finally:
         service.close()
     print()
-    _table(Ledger.open(state), mail, out)
+    _table(SqliteLedger.open(state), mail, out)
     return EX_OK if code in (EX_OK, EX_TEMPFAIL) else code
 
 
@@ -165,7 +165,7 @@ def _width(text: str) -> int:
 
 
 @contextmanager
-def _pymap() -> Iterator[int]:
+def pymap_server() -> Iterator[int]:
     """pymap's in-memory server on a free loopback port, stopped afterwards."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

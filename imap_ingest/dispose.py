@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
+from .errors import CommandRefused
 from .ledger import Key, Ledger
 from .source import Source
 from .states import Disposition
+
+log = logging.getLogger(__name__)
 
 
 class Disposal:
     """Dispositions collected during a pass and sent as one command per destination.
 
     A rule's copies go with the message's disposition: a message left for a retry is not
-    copied again on every pass.
+    copied again on every pass. A disposition the server refuses (a folder it will not
+    create) leaves its messages in place for the next pass, or sends them where the
+    configuration says now when an earlier pass had planned it.
     """
 
     def __init__(self, mailbox: Source, ledger: Ledger) -> None:
@@ -19,6 +26,8 @@ class Disposal:
         self._ledger = ledger
         self._pending: dict[Disposition, list[Key]] = {}
         self._copies: dict[Key, tuple[str, ...]] = {}
+        self._instead: dict[Key, Disposition] = {}
+        self.refused = 0  # messages left in place because the server refused their disposition
 
     def __len__(self) -> int:
         return sum(map(len, self._pending.values()))
@@ -27,23 +36,68 @@ class Disposal:
         """Copy the message into ``folders`` if, and when, it is disposed of."""
         self._copies[key] = folders
 
-    def add(self, key: Key, to: Disposition) -> None:
+    def add(self, key: Key, to: Disposition, instead: Disposition | None = None) -> None:
+        """Queue ``to`` for the message; ``instead`` if the server refuses ``to``."""
         for folder in self._copies.pop(key, ()):
             self._pending.setdefault(Disposition("copy", folder), []).append(key)
         self._pending.setdefault(to, []).append(key)
+        if instead is not None:
+            self._instead[key] = instead
 
     def flush(self) -> None:
+        if not self._pending:
+            self._copies, self._instead = {}, {}
+            return
+        # IMAP has no fence: a replica that lost the folder must not touch its messages.
+        first = next(iter(self._pending.values()))[0]
+        self._ledger.check_lease(first.account, first.folder)
+        done: list[Key] = []
+        kept: set[Key] = set()  # a refused copy keeps the message where it is
         # Copies first: a message may be copied and then moved or deleted.
         for to in sorted(self._pending, key=lambda to: to.verb != "copy"):
-            uids = [key.uid for key in self._pending[to]]
-            if to.verb == "copy":
-                self._mailbox.copy(uids, to.where)
-            elif to.verb == "move":
-                self._mailbox.move(uids, to.where)
-            elif to.verb == "mark":
-                self._mailbox.mark(uids, to.where)
-            else:
-                self._mailbox.delete(uids)
-        self._ledger.disposed([key for to, keys in self._pending.items() for key in keys
-                               if to.verb != "copy"])
-        self._pending, self._copies = {}, {}
+            keys = [key for key in self._pending[to] if key not in kept]
+            try:
+                self._carry_out(to, keys)
+            except CommandRefused as exc:
+                kept.update(self._refused(to, keys, exc, done))
+                continue
+            if to.verb != "copy":
+                done += keys
+        self._ledger.disposed(done)
+        self._pending, self._copies, self._instead = {}, {}, {}
+
+    def _carry_out(self, to: Disposition, keys: list[Key]) -> None:
+        uids = [key.uid for key in keys]
+        if to.verb == "copy":
+            self._mailbox.copy(uids, to.where)
+        elif to.verb == "move":
+            self._mailbox.move(uids, to.where)
+        elif to.verb == "mark":
+            self._mailbox.mark(uids, to.where)
+        else:
+            self._mailbox.delete(uids)
+
+    def _refused(self, to: Disposition, keys: list[Key], exc: CommandRefused,
+                 done: list[Key]) -> list[Key]:
+        """Send what the configuration now says instead; return the keys left in place."""
+        left: list[Key] = []
+        for key in keys:
+            instead = self._instead.get(key)
+            if instead is not None:
+                try:
+                    self._carry_out(instead, [key])
+                except CommandRefused:
+                    pass
+                else:
+                    log.warning("%s/%s uid %d: not %s (%s); %s instead, as configured now",
+                                key.account, key.folder, key.uid, to.describe(), exc.reason,
+                                instead.describe())
+                    done.append(key)
+                    continue
+            left.append(key)
+        if left:
+            self.refused += len(left)
+            log.error("%s/%s uid %s: not %s: %s; left in place for the next pass",
+                      keys[0].account, keys[0].folder, ",".join(str(k.uid) for k in left),
+                      to.describe(), exc.reason)
+        return left

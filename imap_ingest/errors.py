@@ -11,6 +11,7 @@ configuration, a refused login, or a broken IMAP session.
         ├── LoginRefused (77, EX_NOPERM)
         │   └── AuthFailed (77)            no usable OAuth2 token: "auth_failed"
         ├── FolderMissing (78, EX_CONFIG)
+        ├── CommandRefused (75)            NO or BAD to one command: the session goes on
         ├── locks.FolderBusy (75)          another imap-ingest is working the folder
         └── ConnectionLost (75, EX_TEMPFAIL)
 
@@ -100,6 +101,13 @@ class FolderMissing(MailboxError):
     """A configured source folder does not exist."""
 
     exit_code = EX_CONFIG
+
+
+class CommandRefused(MailboxError):
+    """The server answered one command NO or BAD (a CREATE it does not allow, say): that
+    folder's pass ends, the connection and the account's other folders go on."""
+
+    exit_code = EX_TEMPFAIL
 
 
 class ConnectionLost(MailboxError):

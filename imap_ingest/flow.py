@@ -57,9 +57,14 @@ class Flow:
     folders: tuple[FolderFlow, ...] = ()
     failing: Mapping[str, str] = field(default_factory=dict)
     stalled_after: float = 900.0
+    # Replicas sharing a ledger: this one's name, and which replica holds which folder.
+    replica: str | None = None
+    leases: Mapping[str, str] = field(default_factory=dict)
 
     def json(self) -> dict[str, object]:
         return {"stalled_after": self.stalled_after,
+                **({"replica": self.replica, "leases": dict(self.leases)}
+                   if self.replica else {}),
                 "stalled": {f.name: f.stalled for f in self.folders if f.stalled},
                 "failing_targets": dict(self.failing),
                 "folders": [asdict(f) for f in self.folders]}

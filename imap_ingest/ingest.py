@@ -24,14 +24,14 @@ from .config import Config, Folder, SubmitOptions
 from .dispose import Disposal
 from .errors import EX_OK, EX_TEMPFAIL, IngestError, TrackerRefused
 from .inflight import InFlight
-from .ledger import Earlier, Key, Ledger, Record
+from .ledger import Earlier, Key, LeaseLost, Ledger, Record
 from .logs import event
 from .message import Message
 from .metrics import Metrics
 from .rules import Decision, RuleSet
 from .smime import Gate
 from .source import Fetched, Source
-from .states import Result
+from .states import Result, State
 from .trackers import Envelope, Kind, Outcome, Paced, Tracker
 from .verdict import (
     Policy,
@@ -60,10 +60,13 @@ class PassReport:
     account: str
     folder: str
     counts: Counter[str] = field(default_factory=Counter)
+    undisposed: int = 0  # decided, but the server refused to move or mark them
+    fresh: int = 0  # new UIDs the ledger had never seen
 
     @property
     def exit_code(self) -> int:
-        return EX_TEMPFAIL if self.counts[Result.DEFERRED] or self.counts["left"] else EX_OK
+        return (EX_TEMPFAIL if self.counts[Result.DEFERRED] or self.counts["left"]
+                or self.undisposed else EX_OK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,7 @@ class Context:
     beat: Callable[[], None] = lambda: None  # called each time the pass gets on
     # Told of every message dealt with (alerts gather those set aside into a digest).
     observe: Callable[[str, Message | None, Verdict], None] | None = None
+    tripped: Callable[[str, str], None] | None = None  # the flood breaker held one (alerts)
 
 
 def ingest(mailbox: Source, folder: Folder, context: Context) -> PassReport:
@@ -149,6 +153,10 @@ class _Pass:
         uids = self._started(self.mailbox.new_uids())
         self.records = self.ledger.records(self.report.account, self.folder.name,
                                            self.mailbox.uidvalidity, uids)
+        if not self.mailbox.keywords:
+            # No keyword on the server says a message was set aside: the ledger does.
+            uids = [uid for uid in uids if not _set_aside(self.records.get(uid))]
+        self.report.fresh = sum(uid not in self.records for uid in uids)
         progress = _Progress(self.where, len(uids)) if self.context.progress else None
         labels = (self.report.account, self.folder.name)
         try:
@@ -178,6 +186,7 @@ class _Pass:
                       message_id=sent.message_id, ticket=ticket)
         # Answered without their bytes: left for the next pass, so --once exits 75.
         self.report.counts["left"] += len(self.mailbox.unfetched)
+        self.report.undisposed = self.disposal.refused
         if self.refused:
             raise self.refused
         if self.context.stop.is_set() and (left := len(uids) - self.report.counts.total()):
@@ -285,6 +294,9 @@ class _Pass:
             self._decide(key, message, len(message.raw), decision.rule, begun, target)
             return
         record = begun
+        if (leases := self.ledger.leases) and not leases.holds((key.account, key.folder)):
+            # Paused past the lease (the fence refuses the answer): never post it then.
+            raise LeaseLost(f"{self.where}: lease ran out before uid {key.uid} was posted")
         envelope = replace(
             Envelope.of(self.mailbox.account, message, key.folder, key.uidvalidity, key.uid),
             ticket=self.ledger.thread_ticket(target, message.replies_to()))
@@ -303,7 +315,10 @@ class _Pass:
             return None
         self.context.metrics.flood_held.labels(self.report.account, self.folder.name,
                                                over[0].partition(":")[0]).inc()
-        return flooded(flood.describe(*over, self.flood), self.flood_folder)
+        reason = flood.describe(*over, self.flood)
+        if self.context.tripped is not None:
+            self.context.tripped(over[0], reason)
+        return flooded(reason, self.flood_folder)
 
     def _begin(self, key: Key, message: Message, rule: str, target: str, digest: str,
                record: Record | None) -> Verdict | Record | None:
@@ -401,7 +416,7 @@ class _Pass:
                                 message.digest() if message else "", rule, verdict.result,
                                 verdict.reason, verdict.to, target)
         if verdict.to is not None:
-            self.disposal.add(key, verdict.to)
+            self.disposal.add(key, verdict.to, verdict.instead)
         self._log(key.uid, message, rule, verdict)
 
     def _log(self, uid: int, message: Message | None, rule: str, verdict: Verdict,
@@ -418,11 +433,18 @@ class _Pass:
               **fields)
 
 
+def _set_aside(record: Record | None) -> bool:
+    """Left in place, marked failed or skipped, by an earlier pass."""
+    return (record is not None and record.state is State.DISPOSED
+            and record.dispose_to is not None and record.dispose_to.verb == "mark")
+
+
 def _confirm(count: int) -> bool:
     """Ask on the terminal whether a first run may ingest ``count`` messages."""
     sys.stderr.write(f"Ingest all {count} messages now (each may become a ticket)? [y/N] ")
     sys.stderr.flush()
     return sys.stdin.readline().strip().lower() in ("y", "yes")
+
 
 def _error(exc: Exception) -> str:
     """An exception as a short reason: its type and the start of its text."""

@@ -1,7 +1,8 @@
 """One IMAP session: connect, find new mail, fetch it in batches, move or delete it.
 
 Every imapclient, socket and TLS error is turned into a MailboxError here; none leaves
-this module. Nothing here marks a message seen: bodies are read with BODY.PEEK[].
+this module (imap_connect.py makes the connection). Nothing here marks a message seen:
+bodies are read with BODY.PEEK[].
 
 The server is not trusted to end what it starts: each command has a total deadline (a
 server that drips its answer or floods untagged lines loses the connection), a literal
@@ -11,41 +12,39 @@ larger than the command can need is refused, and a message is never read past
 
 from __future__ import annotations
 
-import ast
-import contextlib
-import io
 import logging
 import math
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
-from imapclient import IMAPClient, SocketTimeout
-from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError, ProtocolError
 
 from .config import Account
-from .errors import AuthFailed, ConnectionLost, FolderMissing, LoginRefused, MailboxError
+from .errors import (
+    CommandRefused,
+    ConnectionLost,
+    FolderMissing,
+    LoginRefused,
+    MailboxError,
+)
+from .imap_connect import MAX_LITERAL, SLOWEST, Reader, connect, lost, server_text
+from .namespace import Namespace
 from .oauth import Tokens
 from .source import Fetched
 from .states import FAILED, SKIPPED
 
 log = logging.getLogger(__name__)
 
-SEEN = "\\Seen"
 _DELETED = "\\Deleted"
 
 # RFC 2177: servers may drop an IDLE after 29 minutes; renew well before.
 IDLE_RENEW = 25 * 60.0
+# How often a watcher in IDLE looks at its stop event.
+IDLE_WAKE = 3.0
 # One FETCH never carries more than this many bytes of bodies.
 _BATCH_BYTES = 64 * 1024 * 1024
-# A body FETCH may take its account's timeout plus the time its bytes need at this rate
-# (about a 1 Mbit/s line); every other command just the timeout.
-_SLOWEST = 100 * 1024
-# No answer but a message's needs a literal this large (folder names, mostly).
-_MAX_LITERAL = 1024 * 1024
 # IMAP numbers are 32-bit (RFC 3501): the largest partial FETCH one can ask for.
 _LARGEST = 2**32 - 2
 
@@ -68,18 +67,22 @@ class Mailbox:
         self._unsettled: set[int] = set()
         # UIDs the last fetch() found but the server answered without their body.
         self.unfetched: list[int] = []
-        self._reader: _Reader | None = None
+        self._reader: Reader | None = None
         self._broken = False  # a command failed half-way: the session cannot go on
         if tokens is None and account.uses_token:
             tokens = Tokens(account)
-        with self._errors():
-            self._client, self._reader = _connect(account, tokens)
-        with self._errors():
-            caps = self._client.capabilities()
+        try:
+            with self._errors():
+                self._client, self._reader = connect(account, tokens)
+            with self._errors():
+                caps = self._client.capabilities()
+        except CommandRefused as exc:  # STARTTLS or CAPABILITY refused: no session at all
+            raise ConnectionLost(exc.reason, account=account.name) from None
         self._has_move = b"MOVE" in caps
         self._has_uidplus = b"UIDPLUS" in caps
         self._has_idle = b"IDLE" in caps
         self._keywords = False
+        self._namespace: Namespace | None = None
         log.debug("account %s: moving with %s", account.name,
                   "MOVE" if self._has_move else "COPY + \\Deleted + UID EXPUNGE")
         if not self._has_uidplus:
@@ -111,6 +114,38 @@ class Mailbox:
     def has_idle(self) -> bool:
         return self._has_idle
 
+    @property
+    def keywords(self) -> bool:
+        """Whether the selected folder keeps our keywords (``\\*`` in PERMANENTFLAGS);
+        without them only the ledger remembers what was set aside."""
+        return self._keywords
+
+    @property
+    def namespace(self) -> Namespace:
+        """The server's personal namespace and separator, asked once per session."""
+        if self._namespace is None:
+            with self._errors():
+                if self._client.has_capability("NAMESPACE"):
+                    self._namespace = Namespace.of(*self._client.namespace())
+                else:
+                    # LIST "" "" answers with the separator alone (RFC 3501 6.3.8).
+                    listed = self._client.list_folders("", "")
+                    separator = listed[0][1] if listed else None
+                    self._namespace = Namespace.of([("", separator.decode() if isinstance(
+                        separator, bytes) else separator)])
+            log.debug("account %s: namespace %r, separator %r", self.account.name,
+                      self._namespace.prefix, self._namespace.separator)
+        return self._namespace
+
+    def resolve(self, folder: str) -> str:
+        """The server's name for a configured folder name (see namespace.py)."""
+        return self.namespace.resolve(folder)
+
+    def exists(self, folder: str) -> bool:
+        """Whether the configured ``folder`` exists on the server."""
+        with self._errors(folder):
+            return bool(self._client.folder_exists(self.resolve(folder)))
+
     def select(self, folder: str, readonly: bool = False) -> None:
         """Open ``folder``, read-write unless ``readonly``. On a kept connection where it is
         already open, a NOOP brings its news instead: re-opening costs the server a scan of
@@ -123,11 +158,12 @@ class Mailbox:
                 # messages may be below what we have seen, so the next search covers all.
                 self._search_all = True
             return
+        name = self.resolve(folder)
         with self._errors(folder):
-            if not self._client.folder_exists(folder):
-                raise FolderMissing("the folder does not exist", account=self.account.name,
+            if not self._client.folder_exists(name):
+                raise FolderMissing(_missing(folder, name), account=self.account.name,
                                     folder=folder)
-            state = self._client.select_folder(folder, readonly=readonly)
+            state = self._client.select_folder(name, readonly=readonly)
         if b"UIDVALIDITY" not in state:
             # Without it no UID can be remembered safely; the other folders may still work.
             raise MailboxError("the server's SELECT answer has no UIDVALIDITY (RFC 3501 "
@@ -142,11 +178,13 @@ class Mailbox:
         self._keywords = b"\\*" in state.get(b"PERMANENTFLAGS", ())
 
     def new_uids(self) -> list[int]:
-        """UIDs not deleted and not marked failed or skipped, found by one UID SEARCH. On a
-        kept connection it covers only what the last one left unsettled and the UIDs above
-        it: the server does not look at every message of a big folder for each poll."""
+        """UIDs not deleted and not marked failed or skipped (on a server without keywords:
+        not deleted; the ledger says which of them were set aside), found by one UID SEARCH.
+        On a kept connection it covers only what the last one left unsettled and the UIDs
+        above it: the server does not look at every message of a big folder for each poll.
+        \\Seen means nothing here: mail a person has read is still new."""
         criteria = (["UNDELETED", "UNKEYWORD", FAILED, "UNKEYWORD", SKIPPED]
-                    if self._keywords else ["UNDELETED", "UNSEEN"])
+                    if self._keywords else ["UNDELETED"])
         unsettled = _uid_set(self._unsettled)
         # Past a few hundred runs the set would outgrow the server's command line (dovecot
         # takes 64 KB): search the whole folder instead.
@@ -195,7 +233,7 @@ class Mailbox:
         # One byte more than allowed: enough to know a message is too large.
         limit = min(max_size, _LARGEST) + 1
         # The time for the bytes announced, but never for more than are asked for.
-        seconds = self.account.timeout + min(expected, len(uids) * limit) / _SLOWEST
+        seconds = self.account.timeout + min(expected, len(uids) * limit) / SLOWEST
         with self._errors(self.folder, seconds=seconds, literal=limit):
             data = self._client.fetch(uids, [f"BODY.PEEK[]<0.{limit}>", "RFC822.SIZE",
                                              "INTERNALDATE", "FLAGS"])
@@ -231,7 +269,7 @@ class Mailbox:
         if self._has_move:
             self._ensure(folder)
             with self._errors(self.folder):
-                self._client.move(uids, folder)
+                self._client.move(uids, self.resolve(folder))
             self._unsettled.difference_update(uids)
             return
         self.copy(uids, folder)
@@ -242,18 +280,26 @@ class Mailbox:
         if uids:
             self._ensure(folder)
             with self._errors(self.folder):
-                self._client.copy(uids, folder)
+                self._client.copy(uids, self.resolve(folder))
+
+    def append(self, folder: str, raw: bytes, flags: Sequence[str] = ()) -> None:
+        """Add ``raw`` to ``folder`` with ``flags``, creating the folder if missing."""
+        self._ensure(folder)
+        # Sending the bytes gets the time a body FETCH of them would.
+        with self._errors(folder, seconds=self.account.timeout + len(raw) / SLOWEST):
+            self._client.append(folder, raw, flags=tuple(flags))
 
     def mark(self, uids: Sequence[int], keyword: str) -> None:
-        """Remember on the server not to look at these again: a keyword, else \\Seen."""
-        if uids:
+        """Remember on the server not to look at these again, where it keeps keywords (else
+        the ledger's record is the mark)."""
+        if uids and self._keywords:
             with self._errors(self.folder):
-                self._client.add_flags(uids, [keyword if self._keywords else SEEN], silent=True)
-            self._unsettled.difference_update(uids)
+                self._client.add_flags(uids, [keyword], silent=True)
+        self._unsettled.difference_update(uids)
 
     def unmark(self, uids: Sequence[int], keyword: str) -> None:
         """Take a keyword set by ``mark`` off again."""
-        if uids:
+        if uids and self._keywords:
             with self._errors(self.folder):
                 self._client.remove_flags(uids, [keyword], silent=True)
 
@@ -268,10 +314,11 @@ class Mailbox:
             while not stop.is_set():
                 waited = time.monotonic()
                 # Waiting in IDLE takes as long as it likes; the commands around it do not.
-                self._reader.limit(math.inf, _MAX_LITERAL)
-                # A short wait keeps the thread responsive to stop.
-                responses = self._client.idle_check(timeout=1)
-                self._reader.limit(self.account.timeout, _MAX_LITERAL)
+                self._reader.limit(math.inf, MAX_LITERAL)
+                # A short wait keeps the thread responsive to stop; not too short, for a
+                # thousand watchers waking each time cost a core's tenth (bench/folders.py).
+                responses = self._client.idle_check(timeout=IDLE_WAKE)
+                self._reader.limit(self.account.timeout, MAX_LITERAL)
                 if any(response[:1] == (b"BYE",) for response in responses):
                     raise ConnectionLost("the server ended the session (BYE)",
                                          account=self.account.name, folder=self.folder)
@@ -286,18 +333,32 @@ class Mailbox:
                     started = time.monotonic()
             self._client.idle_done()
 
+    def try_create(self, folder: str) -> None:
+        """Create the configured ``folder`` and delete it again at once (if it is still
+        empty): the only sure way to know the server allows it. CommandRefused if not."""
+        name = self.resolve(folder)
+        with self._errors(folder):
+            self._client.create_folder(name)
+            if self._client.folder_status(name, ["MESSAGES"]).get(b"MESSAGES") == 0:
+                self._client.delete_folder(name)
+
     def _ensure(self, folder: str) -> None:
         if folder in self._known_folders:
             return
-        with self._errors(folder):
-            if not self._client.folder_exists(folder):
-                self._client.create_folder(folder)
-                log.info("account %s: created folder %s", self.account.name, folder)
+        name = self.resolve(folder)
+        try:
+            with self._errors(folder):
+                if not self._client.folder_exists(name):
+                    self._client.create_folder(name)
+                    log.info("account %s: created folder %s", self.account.name, name)
+        except CommandRefused as exc:
+            raise CommandRefused(f"cannot create folder {name}: {exc.reason}",
+                                 account=self.account.name, folder=folder) from None
         self._known_folders.add(folder)
 
     @contextmanager
     def _errors(self, folder: str | None = None, seconds: float | None = None,
-                literal: int = _MAX_LITERAL) -> Iterator[None]:
+                literal: int = MAX_LITERAL) -> Iterator[None]:
         """Translate library errors into MailboxError, naming account and folder; what is
         inside must be done within ``seconds`` (default: the account's timeout) and read
         no literal over ``literal`` bytes."""
@@ -309,77 +370,24 @@ class Mailbox:
         except MailboxError:
             raise
         except LoginError as exc:
-            raise LoginRefused(f"login refused: {_text(exc)}", account=name) from None
-        except (OSError, IMAPClientError) as exc:
+            raise LoginRefused(f"login refused: {server_text(exc)}", account=name) from None
+        except (OSError, IMAPClientAbortError, ProtocolError) as exc:
             # What the server sends next may be the rest of an answer: log out no more.
             self._broken = True
-            raise ConnectionLost(_lost(exc), account=name, folder=folder) from None
+            raise ConnectionLost(lost(exc), account=name, folder=folder) from None
+        except IMAPClientError as exc:
+            # A tagged NO or BAD ends its command, not the session.
+            raise CommandRefused(f"server said: {server_text(exc)}", account=name,
+                                 folder=folder) from None
         finally:
             if self._reader is not None:
-                self._reader.limit(math.inf, _MAX_LITERAL)
+                self._reader.limit(math.inf, MAX_LITERAL)
 
 
-def _lost(exc: OSError | IMAPClientError) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return (f"TLS failure: the server's certificate is not trusted ({exc.verify_message}; "
-                "see ca_file, verify_tls)")
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS failure: {exc.reason or exc}"
-    if isinstance(exc, OSError):  # socket timeouts included
-        return f"connection failed: {exc.strerror or exc}"
-    return f"server said: {_text(exc)}"
-
-
-class _Reader(socket.SocketIO):
-    """The connection as imaplib reads it: each read waits no longer than what is left
-    of the running command's deadline, and a literal over the command's limit is refused
-    before anything is allocated for it (a server announcing 50 GB would be a MemoryError)."""
-
-    def __init__(self, sock: socket.socket, read_timeout: float) -> None:
-        super().__init__(sock, "rb")
-        self._socket = sock
-        self._read_timeout = read_timeout
-        self._deadline = math.inf
-        self._literal = _MAX_LITERAL
-        self.file = io.BufferedReader(self)
-
-    @classmethod
-    def install(cls, client: IMAPClient, read_timeout: float) -> _Reader:
-        """Read ``client``'s connection through a new reader (again after STARTTLS)."""
-        imap = client._imap
-        reader = cls(imap.sock, read_timeout)
-        imap.file = reader.file
-        # imaplib reads a literal with read(size), before which the size can be refused.
-        imap.read = reader.read_literal
-        return reader
-
-    def limit(self, seconds: float, literal: int) -> None:
-        """From now on, be done within ``seconds`` and refuse literals over ``literal``."""
-        self._deadline = time.monotonic() + seconds
-        self._literal = literal
-        # A read after the deadline's end must not keep the short timeout of its last read.
-        with suppress(OSError):  # closed already
-            self._socket.settimeout(self._read_timeout)
-
-    def readinto(self, buffer: memoryview) -> int | None:  # type: ignore[override]
-        if self._deadline != math.inf:
-            left = self._deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the server did not finish its answer in time")
-            self._socket.settimeout(min(left, self._read_timeout))
-        try:
-            return super().readinto(buffer)
-        except TimeoutError:
-            if time.monotonic() >= self._deadline:
-                raise TimeoutError("the server did not finish its answer in time") from None
-            raise
-
-    def read_literal(self, size: int) -> bytes:
-        if size > self._literal:
-            raise OSError(f"the server announced a {size}-byte literal, more than the "
-                          f"{self._literal} bytes asked for")
-        data: bytes = self.file.read(size)
-        return data
+def _missing(folder: str, name: str) -> str:
+    if name == folder:
+        return "the folder does not exist"
+    return f"the folder does not exist (as {name} on this server)"
 
 
 _MAX_RUNS = 500
@@ -395,87 +403,4 @@ def _uid_set(uids: Iterable[int]) -> str:
             runs.append([uid, uid])
     return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
 
-
-def _connect(account: Account, tokens: Tokens | None) -> tuple[IMAPClient, _Reader]:
-    """A logged-in client, and the reader that bounds its commands."""
-    timeout = SocketTimeout(connect=min(account.timeout, 30.0), read=account.timeout)
-    context = _tls_context(account)
-    client = IMAPClient(account.host, port=account.effective_port,
-                        ssl=account.security == "ssl", ssl_context=context, timeout=timeout)
-    # imapclient sets imaplib's trace level to 5 and routes it to logging, so imaplib formats
-    # every response as text, each fetched message whole, before logging drops it. Trace
-    # only when someone reads it (--debug).
-    client._imap.debug = 5 if logging.getLogger("imapclient.imaplib").isEnabledFor(
-        logging.DEBUG) else 0
-    try:
-        reader = _Reader.install(client, account.timeout)
-        reader.limit(account.timeout, _MAX_LITERAL)
-        if account.security == "starttls":
-            client.starttls(context)
-            reader = _Reader.install(client, account.timeout)
-            reader.limit(account.timeout, _MAX_LITERAL)
-        if tokens is None:
-            _login(client, account.username, account.secret.get_secret_value())
-        else:
-            _authenticate(client, account, tokens)
-    except BaseException:
-        # A failed STARTTLS handshake leaves a closed socket: shutting it down raises
-        # "Bad file descriptor", which must not hide the certificate error.
-        with contextlib.suppress(OSError, IMAPClientError):
-            client.shutdown()
-        raise
-    return client, reader
-
-
-def _login(client: IMAPClient, username: str, password: str) -> None:
-    """LOGIN, or AUTHENTICATE PLAIN in UTF-8 (RFC 4616, RFC 6855) for a user name or
-    password that is not ASCII: LOGIN's strings are ASCII."""
-    if (username + password).isascii():
-        client.login(username, password)
-    else:
-        client.plain_login(username, password)
-
-
-def _authenticate(client: IMAPClient, account: Account, tokens: Tokens) -> None:
-    """AUTHENTICATE with the account's token; a refused one is refreshed once and tried
-    again (it may have been revoked, or have expired early)."""
-    token = tokens.get()
-    try:
-        _present(client, account, token)
-    except LoginError:
-        log.info("account %s: the server refused the token; getting a new one", account.name)
-        try:
-            _present(client, account, tokens.refresh(token))
-        except LoginError as exc:
-            raise AuthFailed(f"the server refused a token just obtained: {_text(exc)} (is "
-                             f"{account.username} the mailbox the token is for?)",
-                             account=account.name) from None
-
-
-def _present(client: IMAPClient, account: Account, token: str) -> None:
-    if account.auth == "oauthbearer":
-        client.oauthbearer_login(account.username, token)
-    else:
-        client.oauth2_login(account.username, token)
-
-
-def _tls_context(account: Account) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(account.ca_file) if account.ca_file else None)
-    if not account.verify_tls:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def _text(exc: BaseException) -> str:
-    """The server's words: imaplib puts them in its errors as the repr of bytes, whose
-    doubled backslashes would hide a credential the server echoed from the redactor."""
-    text = str(exc)
-    if text.startswith(("b'", 'b"')):
-        try:
-            words = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return text[2:-1]
-        return words.decode("utf-8", "replace") if isinstance(words, bytes) else text
-    return text
 

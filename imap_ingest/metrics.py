@@ -44,6 +44,9 @@ class Metrics:
         self.stuck_workers = Gauge("imap_ingest_stuck_workers", "Folders whose pass made no "
                                    "progress within its limit (http.stuck_after); /healthz "
                                    "fails while this is not 0", registry=r)
+        self.leased = Gauge("imap_ingest_folder_leased", "1 while this replica holds the "
+                            "folder's lease (replicas sharing a PostgreSQL ledger)",
+                            ["account", "folder", "replica"], registry=r)
         self.last_success = Gauge("imap_ingest_last_success_timestamp_seconds", "When a pass "
                                   "over the folder last completed", ["account", "folder"],
                                   registry=r)

@@ -27,9 +27,8 @@ from pathlib import Path
 from . import spool
 from .config import Account
 from .errors import EX_CONFIG, AuthFailed, ConnectionLost, LoginRefused, MailboxError
+from .imap_connect import SLOWEST, Reader, lost, server_text, tls_context
 from .ledger import Ledger, Record
-from .mailbox import _SLOWEST, _Reader, _text, _tls_context
-from .mailbox import _lost as lost
 from .oauth import Tokens
 from .source import Fetched
 from .states import FAILED, Result, State
@@ -56,6 +55,8 @@ class Maildrop:
     """A logged-in POP3 session on ``account``; ``select`` its folder before the other
     calls. Each pass after a ``commit`` (QUIT) logs in again: a POP3 session holds the
     maildrop's lock, and its DELEs take effect only at QUIT."""
+
+    keywords = False  # POP3 marks nothing: the ledger remembers what was set aside
 
     def __init__(self, account: Account, tokens: Tokens | None, ledger: Ledger | None) -> None:
         self.account = account
@@ -176,7 +177,7 @@ class Maildrop:
         """The message's bytes up to ``max_size + 1``; None when the server refuses RETR."""
         client = self._session()
         limit = max_size + 1
-        seconds = self.account.timeout + min(self._sizes[uid], limit) / _SLOWEST
+        seconds = self.account.timeout + min(self._sizes[uid], limit) / SLOWEST
         with self._errors(client):
             try:
                 return client.message(f"RETR {self._numbers[uid]}", limit, seconds)
@@ -184,7 +185,7 @@ class Maildrop:
                 if not _is_err(exc):
                     raise
                 log.warning("account %s: the server refused RETR of uid %d (%s); trying "
-                            "again next pass", self.account.name, uid, _text(exc))
+                            "again next pass", self.account.name, uid, server_text(exc))
                 return None
 
     def _list_uidls(self, client: _Client, numbers: list[int],
@@ -216,7 +217,7 @@ class Maildrop:
 
     def _connect(self) -> _Client:
         account = self.account
-        context = _tls_context(account) if account.security != "none" else None
+        context = tls_context(account) if account.security != "none" else None
         try:
             client = _Client(account.host, account.effective_port, account.timeout,
                              context if account.security == "ssl" else None)
@@ -242,7 +243,7 @@ class Maildrop:
             client.command(f"PASS {self.account.secret.get_secret_value()}")
         except poplib.error_proto as exc:
             if _is_err(exc):
-                raise LoginRefused(f"login refused: {_text(exc)}",
+                raise LoginRefused(f"login refused: {server_text(exc)}",
                                    account=self.account.name) from None
             raise
 
@@ -297,7 +298,7 @@ def _is_err(exc: poplib.error_proto) -> bool:
 
 
 def _lost(exc: OSError | poplib.error_proto) -> str:
-    return lost(exc) if isinstance(exc, OSError) else f"server said: {_text(exc)}"
+    return lost(exc) if isinstance(exc, OSError) else f"server said: {server_text(exc)}"
 
 
 class _Client:
@@ -315,7 +316,7 @@ class _Client:
         self._answer()  # the greeting
 
     def _install(self) -> None:
-        self.reader = _Reader(self.sock, self._timeout)
+        self.reader = Reader(self.sock, self._timeout)
         self.file = self.reader.file
 
     def _send(self, line: str) -> None:

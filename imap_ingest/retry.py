@@ -36,7 +36,12 @@ def retry(mailbox: Mailbox, ledger: Ledger, account: Account, folder: str,
     failing_into = {f.move_on_failure: f.name for f in account.folders if f.move_on_failure}
     in_place = folder in sources
     mailbox.select(folder)
-    uids = mailbox.search(["KEYWORD", FAILED] if in_place else ["UNDELETED"])
+    if in_place and not mailbox.keywords:
+        # The server kept no mark: the ledger knows which messages were set aside.
+        marked = set(ledger.marked(account.name, folder, mailbox.uidvalidity, FAILED))
+        uids = [uid for uid in mailbox.search(["UNDELETED"]) if uid in marked]
+    else:
+        uids = mailbox.search(["KEYWORD", FAILED] if in_place else ["UNDELETED"])
     if only is not None:
         uids = [uid for uid in uids if uid in only]
     back: dict[str, list[int]] = {}

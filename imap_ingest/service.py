@@ -15,27 +15,25 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from apscheduler.job import Job
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .alerts import Alerter
-from .backoff import Backoff
-from .config import Account, Config, Folder, HttpTarget, load
+from .budget import budget_of, plan
+from .config import Account, Config, load
 from .console import ConsoleServer
 from .errors import (
     EX_OK,
-    EX_SOFTWARE,
-    EX_TEMPFAIL,
-    AuthFailed,
-    ConnectionLost,
     IngestError,
     LoginRefused,
     MailboxError,
@@ -43,35 +41,19 @@ from .errors import (
 )
 from .flow import Flow, FlowCollector, Worker, assess
 from .health import StatusServer
-from .ingest import Context, ingest
-from .ledger import Ledger
-from .locks import folder_lock
-from .logs import event, hide
-from .mailbox import Mailbox
+from .ingest import Context
+from .ledger import open_ledger
+from .logs import hide
 from .metrics import Metrics
 from .oauth import Tokens
 from .source import Source, open_source
 from .trackers import Tracker, open_tracker
+from .worker import Connection, FolderWorker, folder_pass, leased_here, log_failure
+
+if TYPE_CHECKING:
+    from .ledger.leases import Leases
 
 log = logging.getLogger(__name__)
-
-# Reconnecting after a lost or refused connection: 1 s, doubling, at most 5 minutes.
-RECONNECT = Backoff(first=1.0, cap=300.0)
-# Between two signs of progress a pass does at most a few IMAP commands (a FETCH, then the
-# COPY, STORE and EXPUNGE of a disposal) or waits for one tracker answer.
-STALL_FACTOR = 4
-
-
-def stall_limit(config: Config, account: Account) -> float:
-    """How long a pass over one of ``account``'s folders may go without progress before
-    it counts as stuck: ``http.stuck_after``, else STALL_FACTOR times the longest of the
-    account's and the HTTP targets' timeouts."""
-    if config.http is not None and config.http.stuck_after is not None:
-        return config.http.stuck_after
-    timeouts = [target.timeout for target in config.targets.values()
-                if isinstance(target, HttpTarget)]
-    return STALL_FACTOR * max([account.timeout, *timeouts])
-
 
 class Service:
     """The trackers, ledger and metrics of one configuration, and the passes that use them."""
@@ -82,7 +64,8 @@ class Service:
             log.warning("%s: %s", key, caution)
         self.stop = threading.Event()
         self.metrics = Metrics()
-        self.ledger = Ledger.open(config.state_dir)
+        self.ledger = open_ledger(config)
+        self.replica = replica_id(config)
         self.trackers: dict[str, Tracker] = {
             name: open_tracker(target) for name, target in config.targets.items()
         }
@@ -96,16 +79,30 @@ class Service:
         self.alerter = Alerter(config.alert, self.flow, self.stop)
         self.metrics.registry.register(FlowCollector(self.flow))
 
+    @property
+    def pass_connections(self) -> int:
+        """How many connections the service's passes hold at most."""
+        plans = [plan(account.folders, budget_of(account), account.idles)
+                 for account in self.config.accounts]
+        return sum(1 if fitted.shared else len(fitted.pushed) + len(fitted.polled)
+                   for fitted in plans)
+
     def context(self, progress: bool = False) -> Context:
         return Context(self.config, self.trackers, self.ledger, self.stop, self.metrics,
-                       self.retry_now, progress, observe=self.alerter.observe)
+                       self.retry_now, progress, observe=self.alerter.observe,
+                       tripped=self.alerter.tripped)
 
     def flow(self) -> Flow:
         """Every folder's flow now, from the ledger and the workers."""
+        # Another replica's folders are its to report (and to alert on).
         workers = [Worker(w.account.name, w.folder.name, w.ready, w.auth_failed, w.last_pass)
-                   for w in self.workers]
-        return assess(workers, self.ledger.pending(), self.ledger.targets(),
+                   for w in self.workers if not w.away.is_set()]
+        flow = assess(workers, self.ledger.pending(), self.ledger.targets(),
                       self.config.alert.stalled_after, time.time(), self.started)
+        if self.ledger.leases is None:
+            return flow
+        return replace(flow, replica=self.replica, leases={
+            f"{account}/{folder}": holder for account, folder, holder, _ in self.ledger.holders()})
 
     def not_ready(self) -> list[str]:
         """The folders not ready for /readyz, each with its state where it has one."""
@@ -118,7 +115,13 @@ class Service:
     def metrics_text(self) -> bytes:
         return self.metrics.text()
 
+    def folders(self) -> list[tuple[str, str]]:
+        return [(account.name, folder.name) for account in self.config.accounts
+                for folder in account.folders]
+
     def close(self) -> None:
+        if self.ledger.leases is not None:
+            self.ledger.leases.close()  # first: the other replicas take over at once
         for worker in self.workers:
             worker.close()
         for tracker in self.trackers.values():
@@ -129,24 +132,68 @@ class Service:
         """One pass over every folder of every account, one connection per account."""
         codes = [EX_OK]
         context = self.context(progress=True)
+        # Several hosts may run --once at the same time: each folder goes to the one that
+        # takes its lease first, kept (renewed) only for its pass.
+        leases = self.ledger.lease(self.replica, self.folders(), self.config.ledger.lease_ttl,
+                                   balance=False)
+        if leases is not None:
+            leases.start()
         with _signals(self.stop):
             for account in self.config.accounts:
-                try:
-                    with open_source(account, self.tokens.get(account.name),
-                                     self.ledger) as mailbox:
-                        codes += [_pass(mailbox, account, folder, context)
-                                  for folder in account.folders if not self.stop.is_set()]
-                except MailboxError as exc:
-                    log_failure(exc)
-                    codes.append(exc.exit_code)
+                codes += self._account_once(account, context, leases)
         return worst(*codes)
 
-    def start(self, scheduler: BackgroundScheduler) -> None:
-        """Add a worker per folder to the scheduler, and an IDLE watcher where wanted."""
-        context = self.context()
-        for account in self.config.accounts:
+    def _account_once(self, account: Account, context: Context,
+                      leases: Leases | None) -> list[int]:
+        """Each folder of ``account`` once. A connection lost during a folder's pass is made
+        again for the next folder; one that cannot be made, or a refused login, ends the
+        account."""
+        codes: list[int] = []
+        mailbox: Source | None = None
+        try:
             for folder in account.folders:
-                worker = FolderWorker(account, folder, context, self.tokens.get(account.name))
+                if self.stop.is_set():
+                    break
+                if not leased_here(leases, account, folder):
+                    continue
+                try:
+                    mailbox = mailbox or open_source(account, self.tokens.get(account.name),
+                                                     self.ledger)
+                except MailboxError as exc:
+                    log_failure(exc)
+                    return [*codes, exc.exit_code]
+                try:
+                    codes.append(folder_pass(mailbox, account, folder, context))
+                except MailboxError as exc:  # the session is gone (_pass keeps the rest)
+                    log_failure(exc)
+                    codes.append(exc.exit_code)
+                    mailbox.close()
+                    mailbox = None
+                    if isinstance(exc, LoginRefused):
+                        return codes
+        finally:
+            if mailbox is not None:
+                mailbox.close()
+        return codes
+
+    def start(self, scheduler: BackgroundScheduler) -> None:
+        """Add a worker per folder to the scheduler, and an IDLE watcher where wanted and
+        the account's connection budget allows; with leases, each works only while this
+        replica holds its folder."""
+        context = self.context()
+        leases = self.ledger.lease(self.replica, self.folders(), self.config.ledger.lease_ttl,
+                                   balance=True)
+        for account in self.config.accounts:
+            tokens = self.tokens.get(account.name)
+            fitted = plan(account.folders, budget_of(account), account.idles)
+            if fitted.shared:  # not every folder has a connection of its own
+                log.info("account %s: %d connection(s) at most: IDLE on %s; polling %s",
+                         account.name, budget_of(account), ", ".join(fitted.pushed) or "none",
+                         ", ".join(fitted.polled))
+            shared = Connection(shared=True) if fitted.shared else None
+            for folder in account.folders:
+                worker = FolderWorker(account, folder, context, tokens,
+                                      shared or Connection())
                 worker.job = scheduler.add_job(
                     worker.run, IntervalTrigger(seconds=folder.interval),
                     id=worker.name, name=worker.name, max_instances=1, coalesce=True,
@@ -154,181 +201,23 @@ class Service:
                     misfire_grace_time=max(1, int(folder.interval)),
                     next_run_time=datetime.now(UTC))
                 self.workers.append(worker)
-                if folder.idle is not False and account.idles:
+                if folder.name in fitted.pushed:
                     threading.Thread(target=worker.watch, name=f"idle {worker.name}",
                                      daemon=True).start()
+        if leases is not None:
+            by_folder = {(w.account.name, w.folder.name): w for w in self.workers}
+            for worker in self.workers:
+                self.metrics.leased.labels(worker.account.name, worker.folder.name,
+                                           self.replica).set_function(worker.leased)
+            leases.on_gain = lambda folder: by_folder[folder].gained()
+            leases.on_loss = lambda folder: by_folder[folder].lost()
+            leases.start()
         self.alerter.start()
 
 
-def log_failure(exc: MailboxError, then: str = "") -> None:
-    """Log a session that failed; auth_failed is a field of its own, for alerts to match."""
-    event(log, logging.ERROR, f"{exc}{then}", account=exc.account,
-          state=exc.state if isinstance(exc, AuthFailed) else None)
-
-
-def _pass(mailbox: Source, account: Account, folder: Folder, context: Context) -> int:
-    """One locked pass over one folder; an error in it ends that folder only."""
-    try:
-        with folder_lock(context.config.state_dir, account.name, folder.name):
-            return ingest(mailbox, folder, context).exit_code
-    except IngestError as exc:
-        if isinstance(exc, ConnectionLost | LoginRefused):
-            raise  # the session itself is gone: no other folder will work
-        log.error("%s", exc)
-        return exc.exit_code
-    except Exception:
-        # A bug of ours outside any one message: this folder's pass ends, the run goes on.
-        log.exception("account %s, folder %s: pass failed: internal error", account.name,
-                      folder.name)
-        return EX_SOFTWARE
-
-
-class FolderWorker:
-    """One folder as a service: its passes, its kept connection, its IDLE watcher."""
-
-    def __init__(self, account: Account, folder: Folder, context: Context,
-                 tokens: Tokens | None = None) -> None:
-        self.account, self.folder, self.tokens = account, folder, tokens
-        self.context = replace(context, beat=self._beat)
-        self.name = f"{account.name}/{folder.name}"
-        self.limit = stall_limit(context.config, account)
-        self._progress_at: float | None = None  # time.monotonic() while a pass runs
-        context.metrics.stalled.labels(account.name, folder.name).set_function(
-            lambda: self.stalled)
-        self.job: Job | None = None
-        self._mailbox: Source | None = None
-        self._failures = 0
-        self._retry_at = 0.0
-        self._state = threading.Lock()
-        self._running = False
-        self._again = False
-        self.auth_failed = False  # no usable token: not ready until a login works again
-        self._broken = False  # the last pass failed on a bug of ours
-        self.last_pass: float | None = None  # when a pass last completed
-
-    @property
-    def ready(self) -> bool:
-        """Connected, or backing off after a lost connection; never while auth_failed, nor
-        after a pass that failed on a bug of ours until one completes again."""
-        return not self.auth_failed and not self._broken and (self._mailbox is not None or (
-            self._failures > 0 and self._retry_at > time.time()))
-
-    @property
-    def unready(self) -> str:
-        """The folder's name with its state when it is not ready, else nothing."""
-        if self.ready:
-            return ""
-        return self.name + (" (auth_failed)" if self.auth_failed else
-                            " (pass failed: internal error)" if self._broken else "")
-
-    @property
-    def stalled(self) -> float:
-        """Seconds since the running pass last got on; 0 between passes."""
-        at = self._progress_at
-        return 0.0 if at is None else time.monotonic() - at
-
-    @property
-    def stuck(self) -> str:
-        """The folder's name and how long it has stalled, when over its limit; else nothing."""
-        stalled = self.stalled
-        return f"{self.name} (no progress for {stalled:.0f} s)" if stalled > self.limit else ""
-
-    def _beat(self) -> None:
-        self._progress_at = time.monotonic()
-
-    def poke(self) -> None:
-        """New mail: run a pass now, or right after the one running."""
-        with self._state:
-            self._again = True
-            if not self._running and self.job is not None:
-                self.job.modify(next_run_time=datetime.now(UTC))
-
-    def run(self) -> int:
-        """The scheduled job: a pass, and another while mail arrived during one."""
-        with self._state:
-            self._running = True
-        try:
-            while True:
-                with self._state:
-                    self._again = False
-                self._beat()
-                code = self._pass()
-                with self._state:
-                    if not self._again or self.context.stop.is_set():
-                        self._running = False
-                        return code
-        finally:
-            self._progress_at = None
-            with self._state:
-                self._running = False
-
-    def _pass(self) -> int:
-        if time.time() < self._retry_at:
-            return EX_OK  # waiting out a reconnect backoff
-        # A kept connection may have died since the last pass: then one fresh try at once.
-        for kept in (self._mailbox is not None, False):
-            try:
-                code = _pass(self._connect(), self.account, self.folder, self.context)
-                self._broken = code == EX_SOFTWARE
-                if code in (EX_OK, EX_TEMPFAIL):  # done, or done with some messages deferred
-                    self.last_pass = time.time()
-                return code
-            except (ConnectionLost, LoginRefused) as exc:
-                self._drop()
-                if kept and isinstance(exc, ConnectionLost):
-                    continue
-                self._failures += 1
-                delay = RECONNECT.delay(self._failures)
-                self._retry_at = time.time() + delay
-                self._set_auth_failed(isinstance(exc, AuthFailed))
-                log_failure(exc, f"; trying again in {delay:.0f} s")
-                return exc.exit_code
-        raise AssertionError("unreachable")
-
-    def _connect(self) -> Source:
-        if self._mailbox is None:
-            self._mailbox = open_source(self.account, self.tokens, self.context.ledger)
-            if self._failures:
-                self.context.metrics.reconnects.labels(self.account.name).inc()
-                log.info("%s: connected again", self.name)
-            self._failures, self._retry_at = 0, 0.0
-            self._set_auth_failed(False)
-        return self._mailbox
-
-    def _set_auth_failed(self, failed: bool) -> None:
-        self.auth_failed = failed
-        self.context.metrics.auth_failed.labels(self.account.name).set(int(failed))
-
-    def _drop(self) -> None:
-        if self._mailbox is not None:
-            self._mailbox.close()
-            self._mailbox = None
-
-    def close(self) -> None:
-        self._drop()
-
-    def watch(self) -> None:
-        """The IDLE watcher, on a connection of its own, until the service stops."""
-        stop, failures = self.context.stop, 0
-        while not stop.is_set():
-            try:
-                with Mailbox(self.account, self.tokens) as mailbox:
-                    if not mailbox.has_idle:
-                        if self.folder.idle:
-                            log.warning("%s: the server has no IDLE: polling only", self.name)
-                        return
-                    mailbox.select(self.folder.name, readonly=True)
-                    if failures:
-                        # Mail may have come while we were away.
-                        self.context.metrics.reconnects.labels(self.account.name).inc()
-                        self.poke()
-                    failures = 0
-                    mailbox.idle(stop, self.poke)
-            except MailboxError as exc:
-                failures += 1
-                delay = RECONNECT.delay(failures)
-                log.warning("%s: IDLE: %s; again in %.0f s", self.name, exc.reason, delay)
-                stop.wait(delay)
+def replica_id(config: Config) -> str:
+    """This process's name among the replicas: ledger.replica or the host name, and the pid."""
+    return f"{config.ledger.replica or socket.gethostname()}:{os.getpid()}"
 
 
 def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False) -> int:
@@ -339,7 +228,11 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
     with _signals(stop, reload):
         while True:
             service = Service(config, retry_now)
-            scheduler = BackgroundScheduler()
+            # A thread per pass connection: a pass waiting for its account's shared
+            # connection must not hold up the other accounts' (or a pushed folder's) passes;
+            # with replicas a failover hands one replica many folders at once.
+            scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(
+                max(10, service.pass_connections))})
             service.start(scheduler)
             scheduler.start()
             if status:

@@ -35,6 +35,11 @@ class Source(Protocol):
     uidvalidity: int
     unfetched: list[int]  # UIDs the last fetch() found but could not read: the next pass's
 
+    @property
+    def keywords(self) -> bool:
+        """Whether the server keeps our keywords; without them the ledger alone remembers
+        what was set aside."""
+
     def select(self, folder: str, readonly: bool = False) -> None: ...
     def new_uids(self) -> list[int]: ...
     def fetch(self, uids: Sequence[int], batch_size: int,

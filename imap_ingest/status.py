@@ -5,18 +5,20 @@ from __future__ import annotations
 import sys
 import time
 
+from .budget import budget_of, plan
 from .config import Config
 from .deliver import report as spooled
 from .errors import EX_NOT_FOUND, EX_OK
-from .ledger import Ledger
+from .ledger import open_ledger
 from .states import State
 
 
 def status(config: Config) -> int:
     """Print per folder the messages by state, and per target whether it is failing."""
-    ledger = Ledger.open(config.state_dir)
+    ledger = open_ledger(config)
     try:
-        rows, targets, archive = ledger.summary(), ledger.targets(), ledger.archive_summary()
+        rows, targets, leases = ledger.summary(), ledger.targets(), ledger.holders()
+        archive = ledger.archive_summary()
     finally:
         ledger.close()
     folders: dict[str, list[str]] = {}
@@ -32,6 +34,8 @@ def status(config: Config) -> int:
                  else "ok")
         last = f"; last error {_time(when)}: {error}" if error else ""
         print(f"target {name}: {state}{last}")
+    for account, folder, holder, left in leases:
+        print(f"lease {account}/{folder}: replica {holder} ({left:.0f} s left)")
     archived, known, spam, ham = archive
     if archived:
         print(f"archive: {archived} messages, {known} with a known ticket; exported for "
@@ -40,12 +44,17 @@ def status(config: Config) -> int:
         print(line)
     if not folders:
         print(f"no messages recorded yet in {config.state_dir}")
+    for each in config.accounts:
+        fitted = plan(each.folders, budget_of(each), each.idles)
+        print(f"account {each.name}: {fitted.connections} of {budget_of(each)} "
+              f"connection(s) as a service; pushed (IDLE, where the server has it): "
+              f"{', '.join(fitted.pushed) or 'none'}; polled: {', '.join(fitted.polled) or 'none'}")
     return EX_OK
 
 
 def history(config: Config, message_id: str) -> int:
     """Print every record and attempt for ``message_id``; EX_NOT_FOUND when there is none."""
-    ledger = Ledger.open(config.state_dir)
+    ledger = open_ledger(config)
     try:
         records = ledger.history(message_id)
     finally:

@@ -21,7 +21,7 @@ from pathlib import Path
 from .archive import prune, put
 from .config import Config
 from .errors import ConfigError
-from .ledger import Archived, Ledger
+from .ledger import Archived, Ledger, open_ledger
 from .locks import folder_lock
 from .message import Message
 from .tickets import Fields, Submitted, Tickets, open_tickets
@@ -95,7 +95,7 @@ def export(config: Config, since: float, spam: Filter, ham: Filter, out: Path,
     report = Report()
     # One export at a time; the service goes on archiving meanwhile (the ledger is shared).
     with folder_lock(config.state_dir, "export-training", "-"):
-        ledger = Ledger.open(config.state_dir)
+        ledger = open_ledger(config)
         try:
             now = time.time()
             report.pruned = prune(config, ledger, now)

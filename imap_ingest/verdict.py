@@ -58,6 +58,7 @@ class Verdict:
     ticket: str | None = None
     target_ok: bool | None = None  # True: the target works again; False: it failed for now
     stop: bool = False  # the target refused our key: stop the folder, log nothing
+    instead: Disposition | None = None  # where it goes if ``to`` cannot be carried out
     alone: bool = False  # send it again now, with nothing else in flight to the target
 
     @property
@@ -81,9 +82,13 @@ def resume(record: Record | None, policy: Policy, now: float) -> Verdict | Resub
         return Resubmit()
     if (record.state in (State.SUBMITTED, State.DECIDED, State.DISPOSED)
             and record.dispose_to):
+        # The configuration may have changed since (a folder renamed after a refused move):
+        # where it sends the message now is the way out when the recorded way fails.
+        instead = _configured(record.outcome, policy)
         return Verdict(record.outcome or Result.RESUMED,
                        f"finishing an earlier pass: {record.dispose_to.describe()}",
-                       to=record.dispose_to)
+                       to=record.dispose_to,
+                       instead=instead if instead != record.dispose_to else None)
     if record.state is State.SUBMITTING:
         if policy.resubmit_in_doubt:
             return Resubmit("an earlier run stopped while posting it; submitting it again "
@@ -207,6 +212,18 @@ def answer(outcome: Outcome, record: Record | None, policy: Policy, now: float) 
                        next_try=now + delay, target_ok=False)
     # Not the message's fault: it waits, with no attempt counted against it.
     return Verdict(Result.REFUSED_KEY, outcome.reason, State.WAITING, attempt=False, stop=True)
+
+
+def _configured(outcome: Result | None, policy: Policy) -> Disposition | None:
+    """Where the folder's settings send a message with this outcome; None where a rule
+    decided it."""
+    if outcome in (Result.SUBMITTED, Result.DUPLICATE):
+        return policy.success_to
+    if outcome in (Result.FAILED, Result.PARTIAL):
+        return policy.failure_to
+    if outcome is Result.QUARANTINED:
+        return Disposition("move", policy.quarantine)
+    return None
 
 
 def in_doubt(why: str, policy: Policy) -> Verdict:

@@ -6,10 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
 
+from .support.browser import chromium
 from .support.daemon import Daemon
 from .support.dovecot import Dovecot, DovecotNotInstalled, ImapAccount, find_dovecot
 from .support.pki import pki  # noqa: F401  (the session-scoped PKI fixture)
+from .support.postgres import Postgres
 from .support.redmine_server import FakeRedmine, FakeRT, RecordingServer
 from .support.token_service import TokenService
 
@@ -19,12 +22,17 @@ NOT_INSTALLED = (
 )
 
 
+# Cyrus's and Courier's layout: personal folders under INBOX., levels separated by dots.
+INBOX_PREFIX = ("namespace inbox {", "  inbox = yes", "  prefix = INBOX.", "  separator = .",
+                "}")
+
+
 def _start(without: tuple[str, ...] = (), introspection: TokenService | None = None,
-           pop3: bool = False) -> Dovecot:
+           extra: tuple[str, ...] = (), pop3: bool = False) -> Dovecot:
     if find_dovecot() is None:
         pytest.fail(NOT_INSTALLED, pytrace=False)
     try:
-        server = Dovecot(without=without,
+        server = Dovecot(without=without, extra=extra,
                          introspection_url=introspection.url + "/introspect" if introspection
                          else None,
                          introspection_ca_file=introspection.ca_file if introspection else None,
@@ -53,6 +61,28 @@ def dovecot_nomove() -> Iterator[Dovecot]:
     server = _start(without=("MOVE",))
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server of the suite's own on a free loopback port, for the session."""
+    with Postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dovecot_prefixed() -> Iterator[Dovecot]:
+    """A Dovecot laid out as Cyrus and Courier are: NAMESPACE (("INBOX." ".")), so a
+    folder outside INBOX. cannot be created."""
+    server = _start(extra=INBOX_PREFIX)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def imap_prefixed(dovecot_prefixed: Dovecot) -> ImapAccount:
+    """A fresh, empty mailbox on the INBOX.-prefixed server."""
+    return dovecot_prefixed.account()
 
 
 @pytest.fixture(scope="session")
@@ -131,6 +161,13 @@ def hook() -> Iterator[RecordingServer]:
     server = RecordingServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    """A real headless Chromium with a fresh profile (tests/support/browser.py)."""
+    with chromium(tmp_path / "profile") as driver:
+        yield driver
 
 
 @pytest.fixture

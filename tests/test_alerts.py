@@ -3,14 +3,17 @@ and the addresses alerts may not go to."""
 
 from __future__ import annotations
 
+import json
+import threading
 from pathlib import Path
 
 import pytest
 
-from imap_ingest.alerts import CALM, Alert, State, changes, digest, mail, set_aside
-from imap_ingest.config import EmailAlert, Folder, load
+from imap_ingest.alerts import CALM, Alert, Alerter, State, changes, digest, mail, set_aside
+from imap_ingest.config import Alert as AlertConfig
+from imap_ingest.config import EmailAlert, Folder, WebhookAlert, load
 from imap_ingest.errors import ConfigError
-from imap_ingest.flow import Worker, assess
+from imap_ingest.flow import Flow, Worker, assess
 from imap_ingest.message import Message
 from imap_ingest.rules import Act, RuleSet
 from imap_ingest.states import Disposition, Result
@@ -18,6 +21,7 @@ from imap_ingest.verdict import Verdict
 
 from .support.dovecot import ImapAccount
 from .support.ingest_env import write_config
+from .support.redmine_server import RecordingServer
 
 STALLED = State({"a/INBOX": "old"}, {}, frozenset())
 FAILING = State({}, {"redmine": "503"}, frozenset())
@@ -112,3 +116,19 @@ def test_a_folder_is_stalled_by_its_oldest_pending_message_or_by_no_pass() -> No
     assert old.stalled and "auth_failed" in old.stalled and old.since_pass is None
     assert flow.failing == {"redmine": "503"}
     assert flow.json()["stalled"] == {"a/INBOX": inbox.stalled, "a/Old": old.stalled}
+
+
+def test_a_flood_trip_is_alerted_once_per_limit_until_the_next_digest() -> None:
+    """The flood breaker tripping for a sender is one alert, however many mails it holds."""
+    hook = RecordingServer()
+    try:
+        alerter = Alerter(AlertConfig(webhook=WebhookAlert(url=hook.url)), Flow,
+                          threading.Event())
+        for _ in range(3):
+            alerter.tripped("sender:a@example.org", "over 20 per hour")
+        alerter.tripped("subject:printer on fire", "over 50 per hour")
+        texts = [json.loads(request.body)["text"] for request in hook.requests]
+        assert len(texts) == 2 and "sender:a@example.org" in texts[0]
+        assert "subject:printer on fire" in texts[1]
+    finally:
+        hook.close()

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from imap_ingest import service
+from imap_ingest import service, worker
 from imap_ingest.cli import main
 from imap_ingest.config import Folder, load
 from imap_ingest.errors import EX_SOFTWARE
 from imap_ingest.ingest import Context, PassReport, ingest
 from imap_ingest.mailbox import Mailbox
+from imap_ingest.worker import FolderWorker
 
 from .support.dovecot import ImapAccount
 from .support.ingest_env import write_config
@@ -37,7 +38,7 @@ def test_a_broken_pass_spares_the_other_folders(tmp_path: Path, imap: ImapAccoun
     """--once: a folder whose pass raises exits 70; the next folder's mail is still taken."""
     imap.append("Broken", make(subject="stays"))
     imap.append("INBOX", make(subject="taken"))
-    monkeypatch.setattr(service, "ingest", _broken_for("Broken"))
+    monkeypatch.setattr(worker, "ingest", _broken_for("Broken"))
     path = write_config(tmp_path / "config.yaml", imap, redmine.url,
                         folders=[{"name": "Broken"}, {"name": "INBOX"}])
     assert main(["run", "--once", "-c", str(path)]) == EX_SOFTWARE
@@ -51,15 +52,15 @@ def test_a_worker_whose_pass_broke_is_not_ready(tmp_path: Path, imap: ImapAccoun
     """A worker whose last pass raised is not ready until a pass completes again."""
     config = load(write_config(tmp_path / "config.yaml", imap, redmine.url))
     running = service.Service(config)
-    worker = service.FolderWorker(config.accounts[0], config.accounts[0].folders[0],
-                                  running.context())
+    folder = FolderWorker(config.accounts[0], config.accounts[0].folders[0],
+                          running.context())
     try:
-        monkeypatch.setattr(service, "ingest", _broken_for("INBOX"))
-        assert worker.run() == EX_SOFTWARE
-        assert not worker.ready and "pass failed" in worker.unready
+        monkeypatch.setattr(worker, "ingest", _broken_for("INBOX"))
+        assert folder.run() == EX_SOFTWARE
+        assert not folder.ready and "pass failed" in folder.unready
         monkeypatch.undo()
-        assert worker.run() == 0
-        assert worker.ready
+        assert folder.run() == 0
+        assert folder.ready
     finally:
-        worker.close()
+        folder.close()
         running.close()

@@ -11,7 +11,7 @@ import pytest
 from imap_ingest.config import Http
 from imap_ingest.errors import ConfigError
 from imap_ingest.health import StatusServer
-from imap_ingest.ledger import Key, Ledger, LedgerError
+from imap_ingest.ledger import Key, LedgerError, SqliteLedger
 from imap_ingest.states import SKIPPED, Disposition, Result
 
 
@@ -42,7 +42,7 @@ def test_busy_status_port_names_the_address() -> None:
 
 def test_full_disk_is_a_ledger_error(tmp_path: Path) -> None:
     """A full disk is a LedgerError saying so; the ledger can still be read afterwards."""
-    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    ledger = SqliteLedger(tmp_path / "ledger.sqlite3")
     pages = ledger._db.execute("PRAGMA page_count").fetchone()[0]
     ledger._db.execute(f"PRAGMA max_page_count = {pages}")
     key = Key("a", "INBOX", 1, 1)

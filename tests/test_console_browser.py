@@ -3,15 +3,14 @@ log in with the token, see a held message, release it, see it submitted."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
+from imap_ingest.states import SKIPPED
+
+from .support.browser import body_text, log_in, reload_until, screenshot
 from .support.daemon import Daemon, free_port, start
 from .support.dovecot import ImapAccount
 from .support.mail import make
@@ -19,25 +18,6 @@ from .support.process import wait_for
 from .support.redmine_server import FakeRedmine
 
 TOKEN = "console-token-0123456789"
-ARTIFACTS = Path(__file__).parents[1] / "artifacts"
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    """Headless Chromium with a fresh profile, phone-sized."""
-    if shutil.which("chromium") is None or not Path("/usr/bin/chromedriver").exists():
-        pytest.fail("the console test needs Debian's chromium and chromium-driver "
-                    "(scripts/test installs them)", pytrace=False)
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-                 "--window-size=420,1400"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    yield driver
-    driver.quit()
 
 
 def test_release_a_held_message_from_the_console(
@@ -53,30 +33,24 @@ def test_release_a_held_message_from_the_console(
                    console={"listen": f"127.0.0.1:{port}", "token_file": str(tmp_path / "token")})
     wait_for(lambda: len(redmine.emails) == 1)
     url = f"http://127.0.0.1:{port}/"
-    browser.get(url)
-    browser.find_element(By.NAME, "token").send_keys("wrong")
-    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    log_in(browser, url, "wrong")
     wait_for(lambda: "not the console's" in browser.page_source)
     browser.find_element(By.NAME, "token").send_keys(TOKEN)
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
-    def held_row() -> bool:
-        browser.get(url)
-        return "Out of office" in browser.find_element(By.TAG_NAME, "body").text
-    wait_for(held_row, timeout=30)
+    reload_until(browser, url, "Out of office", timeout=30)
     assert "<img src=x onerror=alert(1)>" in browser.find_element(By.TAG_NAME, "body").text
     assert not browser.find_elements(By.CSS_SELECTOR, "img")
     assert browser.find_elements(By.CSS_SELECTOR, "svg rect")
-    ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(tmp_path / "console-held.png"))
-    browser.save_screenshot(str(ARTIFACTS / "console-held.png"))
+    screenshot(browser, "console-held.png")
 
     browser.find_element(By.LINK_TEXT, "Out of office <img src=x onerror=alert(1)>").click()
     trace = browser.find_element(By.TAG_NAME, "pre").text
     assert "HIT   auto-submitted: Auto-Submitted: auto-replied" in trace
     assert "decision: hold" in trace
     browser.find_element(By.CSS_SELECTOR, "button[value=release]").click()
-    wait_for(lambda: "released" in browser.find_element(By.TAG_NAME, "body").text)
+    wait_for(lambda: "released" in body_text(browser))
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "released: submitted to redmine" in body, body
     assert len(redmine.emails) == 2 and b"Out of office" in redmine.emails[1]
@@ -84,8 +58,37 @@ def test_release_a_held_message_from_the_console(
     assert "Out of office" not in browser.find_element(By.XPATH, "//h2[.='Set aside']"
                                                        "/following-sibling::div[1]").text
     browser.save_screenshot(str(tmp_path / "console-released.png"))
-    browser.save_screenshot(str(ARTIFACTS / "console-released.png"))
+    screenshot(browser, "console-released.png")
     with imap.client() as client:
         client.select_folder("Held")
         assert client.search(["UNDELETED"]) == []
+    one.stop()
+
+
+def test_release_a_message_held_in_place(
+        daemon: list[Daemon], tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
+        browser: webdriver.Chrome) -> None:
+    """With no loops folder the held message stays in INBOX, marked: listed, and released."""
+    imap.append("INBOX", make(subject="Vacation reply", headers={"Auto-Submitted": "auto-replied"}))
+    imap.append("INBOX", make(subject="skipped by a rule"))
+    (tmp_path / "token").write_text(TOKEN)
+    port = free_port()
+    one, _ = start(daemon, tmp_path, imap, redmine,
+                   folder={"rules": [{"name": "quiet", "if": ["^Subject: skipped by"],
+                                      "then": "skip"}]},
+                   console={"listen": f"127.0.0.1:{port}", "token_file": str(tmp_path / "token")})
+    wait_for(lambda: [sorted(f) for f, _ in imap.messages("INBOX").values()]
+             == [[SKIPPED.encode()]] * 2)
+    url = f"http://127.0.0.1:{port}/"
+    log_in(browser, url, TOKEN)
+
+    reload_until(browser, url, "Vacation reply", timeout=30)
+    aside = browser.find_element(By.XPATH, "//h2[.='Set aside']/following-sibling::div[1]").text
+    assert "held test/INBOX" in aside and "skipped by a rule" not in aside, aside
+    browser.find_element(By.CSS_SELECTOR, "button[value=release]").click()
+    wait_for(lambda: "released" in body_text(browser))
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "released: submitted to redmine" in body, body
+    assert len(redmine.emails) == 1 and b"Vacation reply" in redmine.emails[0]
+    assert [raw.count(b"skipped by a rule") for _, raw in imap.messages("INBOX").values()] == [1]
     one.stop()

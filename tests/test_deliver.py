@@ -4,6 +4,7 @@ servers on loopback."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import stat
@@ -14,7 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
+from imap_ingest.compat import add_commands, redmine_target, rt_target
+from imap_ingest.trackers import registry
+from tests.support.dovecot import ImapAccount, free_ports
 from tests.support.ingest_env import ROOT, command
 from tests.support.mail import make
 from tests.support.redmine_server import RecordingServer, Request
@@ -139,6 +144,49 @@ def test_status_shows_and_retry_delivers_the_spool(rt: RecordingServer, tmp_path
     assert len(messages(rt)) == 2
 
 
+def failure_folder_config(path: Path, imap: ImapAccount, rt: RecordingServer,
+                          account: str = "test", port: int | None = None) -> Path:
+    """A route `bugs` to RT whose refusals go to the IMAP folder Refused of ``account``."""
+    path.write_text(yaml.safe_dump({
+        "state_dir": str(path.parent), "targets": {"rt": {"type": "rt", "url": rt.url}},
+        "accounts": [{"name": "test", "host": imap.host, "port": port or imap.port,
+                      "security": "none", "username": imap.username,
+                      "password": imap.password, "timeout": "5s",
+                      "folders": [{"name": "INBOX"}]}],
+        "routes": {"bugs": {"queue": "General",
+                            "failure_folder": {"account": account, "folder": "Refused"}}}}))
+    return path
+
+
+def test_refusal_goes_to_the_failure_folder_else_the_spool(rt: RecordingServer, imap: ImapAccount,
+                                                           tmp_path: Path) -> None:
+    """`not ok` appends to failure_folder (created, keyword set); IMAP down: spool; 0 both."""
+    rt.answer = lambda request: NOT_OK
+    config = failure_folder_config(tmp_path / "c.yaml", imap, rt)
+    raw = make(subject="refused")
+    done = pipe(raw, "deliver", "-c", str(config), "--route", "bugs")
+    assert done.returncode == 0, done.stderr
+    [(flags, body)] = imap.messages("Refused").values()
+    assert body == raw and b"$ImapIngestFailed" in flags
+    assert b"kept in IMAP folder Refused of account test" in done.stderr
+    assert list(tmp_path.glob("spool/bugs/*")) == []
+    status = subprocess.run(command("status", "-c", str(config)), cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "spool/bugs: refused and held mail goes to IMAP folder Refused of account test" \
+        in status.stdout
+    [closed] = free_ports(1)
+    (tmp_path / "down").mkdir()
+    down = failure_folder_config(tmp_path / "down" / "c.yaml", imap, rt, port=closed)
+    other = make(subject="refused, IMAP down")
+    done = pipe(other, "deliver", "-c", str(down), "--route", "bugs")
+    assert done.returncode == 0, done.stderr
+    [eml] = (tmp_path / "down" / "spool" / "bugs").glob("*.eml")
+    assert eml.read_bytes() == other
+    assert b"connection failed" in done.stderr
+    wrong = failure_folder_config(tmp_path / "w.yaml", imap, rt, account="nope")
+    assert pipe(other, "deliver", "-c", str(wrong), "--route", "bugs").returncode == 78
+
+
 def test_route_rules_apply(rt: RecordingServer, tmp_path: Path) -> None:
     """A route's rule that skips a message keeps it in the route's spool_on_failure."""
     spool = tmp_path / "kept"
@@ -212,3 +260,20 @@ def test_rdm_mailhandler_flags_become_the_form(tmp_path: Path) -> None:
         assert b"s3cret" not in done.stderr
     finally:
         redmine.close()
+
+
+def test_a_plain_http_url_is_taken_as_rt_mailgate_takes_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """--url http://… off loopback is the alias line's choice: allowed, with a warning."""
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(), "config.yaml")
+    rt = parser.parse_args(["rt-mailgate", "--url", "http://rt.example/", "--queue", "bugs"])
+    rdm = parser.parse_args(["rdm-mailhandler", "--url", "http://redmine.example",
+                             "--key", "k3y-k3y-k3y"])
+    secure = parser.parse_args(["rt-mailgate", "--url", "https://rt.example/"])
+    assert rt_target(rt)["allow_insecure"] is True
+    assert redmine_target(rdm)["allow_insecure"] is True
+    assert rt_target(secure)["allow_insecure"] is False
+    assert "plain http" in caplog.text
+    for target in (rt_target(rt), redmine_target(rdm)):
+        registry.registered()[str(target["type"])].model.model_validate(target)

@@ -3,6 +3,7 @@ never a hang, a MemoryError or a traceback."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +17,13 @@ from imap_ingest.config import Account
 from imap_ingest.errors import ConnectionLost, MailboxError
 from imap_ingest.locks import folder_lock
 from imap_ingest.mailbox import Mailbox
+from imap_ingest.worker import IDLE_SETTLED
 
+from .support.daemon import Daemon
 from .support.dovecot import ImapAccount
 from .support.hostile_imap import HostileImap, Script
 from .support.mail import make
+from .support.process import wait_for
 
 TIMEOUT = 2.0
 MESSAGE = make(subject="hostile")
@@ -150,3 +154,32 @@ def test_once_with_a_body_left_out_exits_75(server: HostileImap, script: Script,
     script.body_fetch = "no-body"
     assert once(tmp_path, server) == 75
     assert len(list((tmp_path / "out").glob("*.eml"))) == 1
+
+
+def test_idle_that_announces_nothing_is_said_once_and_the_poll_goes_on(
+        script: Script, tmp_path: Path, daemon: list[Daemon]) -> None:
+    """A silent IDLE: the polls bring the mail in, and the log says so once, with the fix."""
+    script.messages, script.idle = {}, True
+    with HostileImap(script) as server:
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump({
+            "accounts": [{"name": "a", "host": server.host, "port": server.port,
+                          "security": "none", "username": "user", "password": "pw",
+                          "folders": [{"name": "INBOX", "interval": "1s"}]}],
+            "state_dir": str(tmp_path / "state"),
+            "targets": {"files": {"type": "directory", "path": str(tmp_path / "out")}}}))
+        one = Daemon(path)
+        daemon.append(one)
+        wait_for(lambda: b"IDLE" in script.commands, timeout=10)
+        for uid, raw in ((1, MESSAGE), (2, SECOND), (3, make(subject="third"))):
+            time.sleep(IDLE_SETTLED + 1)  # the watcher is settled in IDLE
+            script.messages[uid] = raw
+            wait_for(functools.partial(_written, tmp_path / "out", uid), timeout=10)
+        err = one.stop()
+    assert err.count("the server's IDLE did not announce new mail that a poll then found") \
+        == 1
+    assert "On Cyrus run idled" in err and "IMAP_ENHANCEDIDLE=1" in err
+
+
+def _written(directory: Path, count: int) -> bool:
+    return len(list(directory.glob("*.eml"))) == count

@@ -84,7 +84,7 @@ os.umask(0o022)
 from imap_ingest import token_file
 from imap_ingest.config import SubmitOptions
 from imap_ingest.trackers.directory import DirectoryTarget
-from imap_ingest.ledger import Ledger
+from imap_ingest.ledger import Ledger, SqliteLedger
 from imap_ingest.locks import folder_lock
 from imap_ingest.trackers import Envelope
 from imap_ingest.trackers.directory import Directory
@@ -92,7 +92,7 @@ base = Path(sys.argv[1])
 target = DirectoryTarget.model_validate({"type": "directory", "path": str(base / "archive")})
 Directory(target).submit(b"From: a@b.org\\r\\n\\r\\nhi", SubmitOptions(),
                          Envelope("a", "INBOX", 1, 1))
-Ledger(base / "state" / "ledger.sqlite3").close()
+SqliteLedger(base / "state" / "ledger.sqlite3").close()
 with folder_lock(base / "state2", "a", "INBOX"):
     pass
 token_file.write(base / "tokens" / "a.json", token_file.StoredToken("t"))

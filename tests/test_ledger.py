@@ -1,22 +1,53 @@
-"""The ledger on its own: states, duplicates under each policy, atomicity, bad files."""
+"""The ledger on its own: states, duplicates under each policy, atomicity, bad files; each
+behaviour over both backends (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from imap_ingest.backoff import Backoff
-from imap_ingest.ledger import SCHEMA_VERSION, Begun, Earlier, Key, Ledger, LedgerError, Record
+from imap_ingest.firstrun import Started
+from imap_ingest.ledger import (
+    SCHEMA_VERSION,
+    Begun,
+    Earlier,
+    Key,
+    Ledger,
+    LedgerError,
+    Record,
+    SqliteLedger,
+)
+from imap_ingest.ledger.postgres import PostgresLedger
 from imap_ingest.states import Disposition, Result, State
+
+from .support.postgres import Postgres
+
+Opener = Callable[[], Ledger]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens another connection to one fresh ledger, of either backend."""
+    if request.param == "sqlite":
+        yield lambda: SqliteLedger(tmp_path / "state" / "ledger.sqlite3")
+        return
+    server: Postgres = request.getfixturevalue("postgres")
+    url = server.database()
+    yield lambda: PostgresLedger(url, server.password)
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(tmp_path / "state" / "ledger.sqlite3")
+def ledger(opener: Opener) -> Iterator[Ledger]:
+    opened = opener()
+    yield opened
+    opened.close()
 
 
 A1 = Key("acct", "INBOX", 7, 1)
@@ -94,9 +125,9 @@ def test_refused_messages_do_not_block_a_copy(ledger: Ledger) -> None:
     assert submit(ledger, B1) is None
 
 
-def test_check_and_insert_is_atomic_across_threads(ledger: Ledger, tmp_path: Path) -> None:
+def test_check_and_insert_is_atomic_across_threads(ledger: Ledger, opener: Opener) -> None:
     """Ten threads with ten copies, two connections: exactly one may submit."""
-    other = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    other = opener()
     results: list[str | None] = []
     keys = [Key("acct", f"F{i}", 1, 1) for i in range(10)]
     threads = [threading.Thread(target=lambda k=k, i=i: results.append(
@@ -140,20 +171,55 @@ def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     path.write_bytes(b"this is not a database at all" * 100)
     with pytest.raises(LedgerError, match="cannot be used") as info:
-        Ledger(path)
+        SqliteLedger(path)
     assert info.value.exit_code == 78
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     """A ledger with a newer schema version is refused."""
     path = tmp_path / "ledger.sqlite3"
-    Ledger(path).close()
+    SqliteLedger(path).close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                    (str(SCHEMA_VERSION + 1),))
     db.close()
     with pytest.raises(LedgerError, match="newer imap-ingest"):
-        Ledger(path)
+        SqliteLedger(path)
+
+
+def test_newer_schema_is_refused_by_postgres(postgres: Postgres) -> None:
+    """A PostgreSQL ledger with a newer schema version is refused, exiting 78."""
+    url = postgres.database()
+    PostgresLedger(url, postgres.password).close()
+    with psycopg.connect(url, password=postgres.password, autocommit=True) as db:
+        db.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'",
+                   (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(LedgerError, match="newer imap-ingest") as info:
+        PostgresLedger(url, postgres.password)
+    assert info.value.exit_code == 78
+
+
+def test_a_second_opening_migrates_nothing(ledger: Ledger, opener: Opener) -> None:
+    """Opening a ledger that is up to date keeps its records."""
+    submit(ledger, A1)
+    again = opener()
+    assert find(again, A1) is not None
+    again.close()
+
+
+def test_reports_read_the_same_on_both_backends(ledger: Ledger) -> None:
+    """summary, pending, hourly, latest and history answer in the same shapes."""
+    submit(ledger, A1)
+    ledger.answered(A1, "redmine", State.WAITING, Result.DEFERRED, "503", next_try=5e9)
+    assert [row[:4] for row in ledger.summary()] == [("acct", "INBOX", "waiting", 1)]
+    [(account, folder, _oldest, waiting, held, failed, quarantined, error)] = ledger.pending()
+    assert (account, folder, waiting, held, failed, quarantined, error) == (
+        "acct", "INBOX", 1, 0, 0, 0, "503")
+    [(hour, outcome, count)] = ledger.hourly(0)
+    assert hour % 3600 == 0 and hour <= time.time() and (outcome, count) == ("deferred", 1)
+    assert ledger.latest(5)[0]["outcome"] == "deferred"
+    [(record, attempts)] = ledger.history("<m@x>")
+    assert record["uid"] == 1 and attempts[0]["reason"] == "503"
 
 
 def test_earlier_copy_says_its_standing(ledger: Ledger) -> None:
@@ -231,15 +297,37 @@ def test_schema_two_ledger_gains_the_uidls_table(tmp_path: Path) -> None:
         assert db.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION) == "2"
 
 
+def test_uidls_keep_their_uids_on_both_backends(ledger: Ledger) -> None:
+    """uids gives a UIDL seen before its old UID and a new UIDL a new one, on both backends."""
+    first = ledger.uids("pop", "INBOX", ["a", "b"])
+    again = ledger.uids("pop", "INBOX", ["b", "c"])
+    assert again["b"] == first["b"] and again["c"] not in first.values()
+    assert ledger.uids("other", "INBOX", ["a"])["a"] not in {*first.values(), again["c"]}
+
+
+def test_flood_counts_and_first_runs_on_both_backends(ledger: Ledger) -> None:
+    """admit counts within the window up to the limit; start keeps the first run's record."""
+    limits = [("sender:a@x", 2, 60.0)]
+    assert ledger.admit(limits, 1000.0) is None
+    assert ledger.admit(limits, 1001.0) is None
+    assert ledger.admit(limits, 1002.0) == ("sender:a@x", 2)
+    assert ledger.admit(limits, 1061.5) is None  # the first has left the window
+    assert ledger.started("acct", "INBOX") is None
+    first = Started(7, 100, 1000.0, None)
+    assert ledger.start("acct", "INBOX", first) == first
+    assert ledger.start("acct", "INBOX", Started(7, 200, 2000.0, None)) == first
+    assert ledger.started("acct", "INBOX") == first
+
+
 def test_schema_1_ledger_is_migrated_to_2(tmp_path: Path) -> None:
     """A ledger of schema 1 (no archived table) opens, gains the table and says version 2."""
     path = tmp_path / "ledger.sqlite3"
-    Ledger(path).close()
+    SqliteLedger(path).close()
     with sqlite3.connect(path) as db:
         db.execute("DROP TABLE archived")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     db.close()
-    ledger = Ledger(path)
+    ledger = SqliteLedger(path)
     assert ledger.archive_summary() == (0, 0, 0, 0)
     ledger.close()
     with sqlite3.connect(path) as db:

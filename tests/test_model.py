@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from imap_ingest import ingest as ingest_module
-from imap_ingest import ledger as ledger_module
 from imap_ingest.config import Account, SubmitOptions, load
 from imap_ingest.ingest import Context, ingest
-from imap_ingest.ledger import Ledger
+from imap_ingest.ledger import Ledger, SqliteLedger
+from imap_ingest.ledger import api as ledger_module
 from imap_ingest.metrics import Metrics
 from imap_ingest.source import Fetched
 from imap_ingest.states import FAILED, SKIPPED
@@ -132,6 +132,7 @@ class SimMailbox:
         self.folder = ""
         self.uidvalidity = 0
         self.unfetched: list[int] = []  # the simulated server always answers with the body
+        self.keywords = True  # the simulated server keeps our keywords
 
     def _selected(self) -> SimFolder:
         return self.server.folder(self.folder)
@@ -265,7 +266,7 @@ class Model(RuleBasedStateMachine):
         self.config_path.write_text(yaml.safe_dump(
             _config(self.directory, "resubmit" if resubmit else "quarantine")))
         self.config = load(self.config_path)
-        self.ledger = Ledger(self.directory / "state" / "ledger.sqlite3")
+        self.ledger = SqliteLedger(self.directory / "state" / "ledger.sqlite3")
 
     def _arrive(self, raw: bytes, folders: Sequence[str]) -> None:
         letter = self.letter_of.setdefault(raw, len(self.letter_of))
@@ -319,7 +320,7 @@ class Model(RuleBasedStateMachine):
             self.posting = None
             # The next run opens the ledger from its file, as a new process would.
             self.ledger.close()
-            self.ledger = Ledger(self.directory / "state" / "ledger.sqlite3")
+            self.ledger = SqliteLedger(self.directory / "state" / "ledger.sqlite3")
         finally:
             self.killer.countdown, self.killer.dead = None, False
 

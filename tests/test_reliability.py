@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from imap_ingest.cli import main
-from imap_ingest.ledger import Key, Ledger
+from imap_ingest.ledger import Key, SqliteLedger
 from imap_ingest.locks import folder_lock
 from imap_ingest.message import Message
 from imap_ingest.states import Disposition, Result, State
@@ -38,7 +38,7 @@ def uidvalidity(imap: ImapAccount, folder: str = "INBOX") -> int:
 
 def stage(tmp_path: Path, key: Key, raw: bytes, state: str) -> None:
     """Leave the ledger as a run that died at ``state`` would have left it."""
-    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    ledger = SqliteLedger(tmp_path / "state" / "ledger.sqlite3")
     message = Message(raw)
     ledger.uidvalidity_changed(key.account, key.folder, key.uidvalidity)
     ledger.begin_submit(key, message.message_id, len(raw), message.digest(), "default",
@@ -156,7 +156,7 @@ def test_waiting_message_refiled_by_a_person_is_retried(
     assert once(tmp_path, imap, redmine, "--retry-now", folders=TWO) == 0
     assert redmine.emails == [raw, raw]
     assert imap.messages("INBOX") == imap.messages("Copy") == {}
-    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    ledger = SqliteLedger(tmp_path / "state" / "ledger.sqlite3")
     (old, _), (new, _) = ledger.history(Message(raw).message_id or "")
     ledger.close()
     assert (old["folder"], old["outcome"]) == ("INBOX", Result.SUPERSEDED)
@@ -216,7 +216,7 @@ def test_huge_retry_after_is_bounded_and_status_still_reads(
     assert once(tmp_path, imap, redmine, retry={"max_delay": "1h"}) == 75
     assert once(tmp_path, imap, redmine, retry={"max_delay": "1h"}) == 75
     assert main(["status", "-c", str(tmp_path / "config.yaml")]) == 0
-    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    ledger = SqliteLedger(tmp_path / "state" / "ledger.sqlite3")
     (_, next_try), = [(name, at) for name, _, at, _, _ in ledger.targets()]
     record, = ledger.records("test", "INBOX", uidvalidity(imap), [1]).values()
     ledger.close()
@@ -372,7 +372,7 @@ def test_unusable_ledger_touches_no_mail(tmp_path: Path, imap: ImapAccount,
     if damage == "corrupt":
         ledger_file.write_bytes(b"\x00garbage" * 512)
     else:
-        Ledger(ledger_file).close()
+        SqliteLedger(ledger_file).close()
         import sqlite3
 
         with sqlite3.connect(ledger_file) as db:

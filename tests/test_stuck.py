@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from imap_ingest.config import load
-from imap_ingest.service import stall_limit
+from imap_ingest.worker import stall_limit
 
 from .support.daemon import Daemon, free_port, get, get_quiet, metric
 from .support.dovecot import ImapAccount

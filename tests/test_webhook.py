@@ -18,7 +18,7 @@ import yaml
 
 from imap_ingest.cli import main
 from imap_ingest.config import SubmitOptions
-from imap_ingest.ledger import Ledger
+from imap_ingest.ledger import SqliteLedger
 from imap_ingest.trackers import Envelope, Kind
 from imap_ingest.trackers.redmine import crlf
 from imap_ingest.trackers.rt import as_piped
@@ -130,7 +130,7 @@ def test_retry_after_is_honoured(tmp_path: Path, imap: ImapAccount,
                  [{"name": "INBOX", "target": "hook"}])
     before = time.time()
     assert main(["run", "--once", "-c", str(path)]) == 75
-    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    ledger = SqliteLedger(tmp_path / "state" / "ledger.sqlite3")
     failures, next_try = ledger.target_state("hook")
     ledger.close()
     assert failures == 1 and next_try >= before + 120

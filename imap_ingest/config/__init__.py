@@ -18,7 +18,7 @@ from .archive import Archive
 from .folders import Action, CheckName, Condition, Folder, Rule, SubmitOptions
 from .loader import CONFIG_VARIABLE, ENV_PREFIX, load
 from .routes import Route
-from .settings import Config, Console, Http, Retry, default_state_dir
+from .settings import Config, Console, Http, LedgerConfig, Retry, default_state_dir
 from .targets import AnyTarget, HttpTarget, Target, target_types, templates
 from .values import (
     Duration,
@@ -43,7 +43,7 @@ __all__ = [
     "CONFIG_VARIABLE", "ENV_PREFIX", "Account", "Action", "Alert", "AnyTarget", "Archive",
     "CheckName",
     "Condition", "Config", "Console", "Duration", "EmailAlert", "Folder", "Http", "HttpTarget",
-    "HttpUrl", "HttpsUrl", "Model", "OAuth2", "Retry", "Route", "Rule", "Secret",
+    "HttpUrl", "HttpsUrl", "LedgerConfig", "Model", "OAuth2", "Retry", "Route", "Rule", "Secret",
     "SecretFromEnv", "SecretFromFile", "SecretText", "Size", "SubmitOptions", "Target",
     "WebhookAlert", "WithSecret", "default_state_dir", "is_loopback", "load", "parse_duration",
     "parse_size", "pick_secret", "target_types", "templates", "url_path_secrets", "url_secrets",

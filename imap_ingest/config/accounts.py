@@ -140,6 +140,8 @@ class Account(WithSecret):
     # POP3: leave every message on the server (the ledger remembers it by UIDL), or DELE
     # what the tracker accepted (or a rule discarded).
     keep: bool = True
+    # Simultaneous connections the service may hold; unset: the provider's limit (budget.py).
+    max_connections: Annotated[int, Field(ge=1)] | None = None
     # This mailbox's own addresses: user+EXT@domain sent to one of them gives the message
     # the sub-address EXT (RT's extension: queue, ticket or action).
     addresses: list[str] = []

@@ -7,16 +7,28 @@ from pathlib import Path
 
 from .archive import Archive
 from .folders import Folder, Rule, SubmitOptions
-from .values import Size, parse_size
+from .values import Model, Size, parse_size
+
+
+class FailureFolder(Model):
+    """An IMAP folder (created if missing) of one of the config's accounts."""
+
+    account: str
+    folder: str
+
+    def __str__(self) -> str:
+        return f"IMAP folder {self.folder} of account {self.account}"
 
 
 class Route(SubmitOptions):
     """One MTA delivery route: tracker options and rules as a folder has them; what a folder
-    would move aside (refused, held, skipped) is kept in ``spool_on_failure``."""
+    would move aside (refused, held, skipped) is appended to ``failure_folder``, if set and
+    reachable, else kept in ``spool_on_failure``."""
 
     rules: list[Rule] = []
     loops_folder: str | None = None  # named in the spooled record; there is no IMAP here
     max_message_size: Size = parse_size("25M")
+    failure_folder: FailureFolder | None = None
     spool_on_failure: Path | None = None  # unset: STATE_DIR/spool/ROUTE
     archive: Archive | None = None  # unset: the top-level archive:, if any
 
@@ -24,4 +36,5 @@ class Route(SubmitOptions):
         """The route as the folder the rules and policy are compiled for."""
         # The rules as they are: dumped, they would not read back (aliases, defaults).
         return Folder(name=name, rules=self.rules,
-                      **self.model_dump(exclude={"rules", "spool_on_failure"}))
+                      **self.model_dump(exclude={"rules", "failure_folder",
+                                                   "spool_on_failure"}))

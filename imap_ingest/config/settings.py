@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ..urls import origin
@@ -17,7 +26,16 @@ from .archive import Archive
 from .folders import AllowSenders, CheckName, Flood, Folder, Rule, SubmitOptions
 from .routes import Route
 from .targets import AnyTarget, HttpTarget, in_clear_off_loopback
-from .values import Duration, Model, is_loopback, parse_duration
+from .values import (
+    Duration,
+    Model,
+    Secret,
+    SecretFromEnv,
+    SecretFromFile,
+    is_loopback,
+    parse_duration,
+    pick_secret,
+)
 
 
 def default_state_dir() -> Path:
@@ -40,7 +58,7 @@ class Http(Model):
 
     listen: str = "127.0.0.1:9464"
     # /healthz fails for a folder whose pass made no progress for this long; unset: 4 times
-    # the longest of the account's and the targets' timeouts (service.stall_limit).
+    # the longest of the account's and the targets' timeouts (worker.stall_limit).
     stuck_after: Duration | None = None
 
     @field_validator("listen")
@@ -62,6 +80,39 @@ class Console(Http):
 
     listen: str = "127.0.0.1:9465"
     token_file: Path
+
+
+class LedgerConfig(Model):
+    """Where the ledger lives: the state_dir's SQLite file, or a PostgreSQL database shared
+    by replicas (``url``; its password as password, password_file or password_env)."""
+
+    url: Annotated[str, AfterValidator(_check_postgres_url)] | None = None
+    password: Secret | None = None
+    password_file: SecretFromFile | None = None
+    password_env: SecretFromEnv | None = None
+    # This replica's name in leases, status and metrics; the host name by default (the
+    # process id is added: two processes on a host are two replicas).
+    replica: str | None = None
+    lease_ttl: Duration = 15.0  # a dead replica's folders are taken over after this long
+    wait: Duration = 60.0  # how long a lost database is waited for before a pass gives up
+
+    @model_validator(mode="after")
+    def _one_password(self) -> Self:
+        pick_secret(self, "password")
+        return self
+
+    @property
+    def secret(self) -> SecretStr | None:
+        return pick_secret(self, "password")
+
+
+def _check_postgres_url(url: str) -> str:
+    if not re.match(r"postgres(ql)?://", url):
+        raise ValueError("must be a postgresql:// URL (leave ledger.url out for SQLite)")
+    if re.match(r"postgres(ql)?://[^/@]*:[^/@]*@", url):
+        raise ValueError("give the password as ledger.password_file or password_env, not "
+                         "in the URL (it would show wherever the URL does)")
+    return url
 
 
 class Config(BaseSettings):
@@ -90,6 +141,7 @@ class Config(BaseSettings):
     http: Http | None = None
     alert: Alert = Alert()
     console: Console | None = None
+    ledger: LedgerConfig = LedgerConfig()
     archive: Archive | None = None  # every folder's and route's, unless it has its own
     shutdown_grace: Duration = 30.0  # on SIGTERM, how long the message in hand may take
 
@@ -108,11 +160,16 @@ class Config(BaseSettings):
         if not value and not info.data.get("routes"):
             raise ValueError("List should have at least 1 item (or give routes: for mail "
                              "an MTA delivers)")
+        names = {account.name for account in value}
+        for name, route in info.data.get("routes", {}).items():
+            if route.failure_folder and route.failure_folder.account not in names:
+                raise ValueError(f"routes.{name}.failure_folder names account "
+                                 f"{route.failure_folder.account}, which is not in accounts")
         return value
 
     def secrets(self) -> Iterator[str]:
         """Every secret value, so that logging can redact them."""
-        for model in (*self.accounts, *self.targets.values(), self.alert):
+        for model in (*self.accounts, *self.targets.values(), self.alert, self.ledger):
             yield from model.secrets()
         for account in self.accounts:
             for folder in account.folders:

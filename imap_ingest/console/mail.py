@@ -1,5 +1,5 @@
-"""The console's IMAP side: the messages set aside (held, failed, quarantined), one message
-with its trace, and the Retry / Release actions."""
+"""The console's IMAP side: the messages set aside (held, failed, quarantined; moved away or
+marked in place), one message with its trace, and the Retry / Release actions."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ..message import Message
 from ..oauth import Tokens
 from ..retry import retry
 from ..rules import RuleSet
-from ..states import FAILED, Result, State
+from ..states import FAILED, SKIPPED, Result, State
 from ..trackers import Envelope, Kind, Tracker
 
 SHOWN = 30  # messages listed per folder, newest first
@@ -22,7 +22,8 @@ SHOWN = 30  # messages listed per folder, newest first
 
 @dataclass(frozen=True, slots=True)
 class Aside:
-    """A message in a failure, quarantine or loops folder (or marked failed in place)."""
+    """A message in a failure, quarantine or loops folder, or marked failed or held in
+    place."""
 
     account: str
     folder: str  # where it is now
@@ -53,6 +54,10 @@ def set_aside(config: Config, ledger: Ledger, tokens: dict[str, Tokens]) -> list
                           for name, kind in aside_folders(config, account).items()]
                 places += [(f.name, "failed", ["KEYWORD", FAILED]) for f in account.folders
                            if not f.move_on_failure]
+                # Marked skipped in place: held (no loops folder) or skipped by a rule or by
+                # age; the ledger tells which.
+                places += [(f.name, "held", ["UNDELETED", "KEYWORD", SKIPPED])
+                           for f in account.folders]
                 for name, kind, criteria in places:
                     found += _listed(mailbox, ledger, account, name, kind, criteria)
         except MailboxError:
@@ -68,20 +73,26 @@ def _listed(mailbox: Mailbox, ledger: Ledger, account: Account, folder: str, kin
         fetched = list(mailbox.fetch(uids, SHOWN, account.folders[0].max_message_size))
     except MailboxError:
         return []
+    in_place = SKIPPED in criteria
     listed = []
     for one in reversed(fetched):
         message = Message(one.raw or b"")
-        reasons = _reasons(ledger, message)
+        rows = [row for row, _ in reversed(ledger.history(message.message_id))
+                ] if message.message_id else []
+        if in_place and not held_here(rows, account.name, folder, one.uid):
+            continue
+        reasons = [str(row["reason"]) for row in rows if row["reason"]]
         listed.append(Aside(account.name, folder, one.uid, message.subject or "(no subject)",
                             message.sender, kind, reasons[0] if reasons else ""))
     return listed
 
 
-def _reasons(ledger: Ledger, message: Message) -> list[str]:
-    if message.message_id is None:
-        return []
-    return [str(row["reason"]) for row, _ in reversed(ledger.history(message.message_id))
-            if row["reason"]]
+def held_here(rows: list[dict[str, object]], account: str, folder: str, uid: int) -> bool:
+    """Whether the newest of a message's ledger ``rows`` (newest first) for this place says
+    it was held there, not skipped."""
+    here = next((r for r in rows if (r["account"], r["folder"], r["uid"])
+                 == (account, folder, uid)), None)
+    return here is not None and here["outcome"] == Result.HELD
 
 
 def raw(config: Config, tokens: dict[str, Tokens], account_name: str, folder: str,
@@ -137,6 +148,8 @@ def do_release(config: Config, ledger: Ledger, trackers: dict[str, Tracker],
             return f"uid {uid}: {target} did not take it: {outcome.reason}"
         ledger.answered(key, target, State.SUBMITTED, Result.SUBMITTED,
                         "released from " + folder, status=outcome.status, ticket=outcome.ticket)
+        if folder == source.name:  # held in place: the mark would keep it unseen
+            mailbox.unmark([uid], SKIPPED)
         if source.move_on_success:
             mailbox.move([uid], source.move_on_success)
         else:

@@ -7,12 +7,19 @@ import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .dovecot import ImapAccount, free_ports
 from .ingest_env import ROOT, command, write_config
 from .process import wait_for
-from .redmine_server import FakeRedmine
+
+
+class Served(Protocol):
+    """A tracker the service posts to: the FakeRedmine or the e2e suite's real one."""
+
+    @property
+    def url(self) -> str:
+        """Its base URL."""
 
 
 def free_port() -> int:
@@ -45,7 +52,7 @@ def get(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def start(daemon: list[Daemon], tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
+def start(daemon: list[Daemon], tmp_path: Path, imap: ImapAccount, redmine: Served,
           **config: Any) -> tuple[Daemon, int]:
     """Start the service on a fresh config and wait until it is ready: (daemon, port)."""
     port = free_port()

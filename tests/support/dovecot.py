@@ -179,6 +179,8 @@ class Dovecot(Lifecycle):
     Removing a capability only stops Dovecot from *advertising* it; Dovecot still executes the
     command if a client sends it anyway.
 
+    ``extra`` lines are added to the configuration as they are (a ``namespace`` block, say).
+
     With ``introspection_url``, XOAUTH2 and OAUTHBEARER logins are checked by the oauth2 passdb,
     which POSTs the token there (over https trusting ``introspection_ca_file``) and expects
     ``{"active": true, "username": USER}``; LOGIN and PLAIN keep the static password.
@@ -200,6 +202,7 @@ class Dovecot(Lifecycle):
         introspection_url: str | None = None,
         introspection_ca_file: str | None = None,
         pop3: bool = False,
+        extra: Sequence[str] = (),
     ) -> None:
         found = binary or find_dovecot()
         if found is None:
@@ -215,6 +218,7 @@ class Dovecot(Lifecycle):
         self.introspection_url = introspection_url
         self.introspection_ca_file = introspection_ca_file
         self.pop3 = pop3
+        self.extra = tuple(extra)
         self.port = 0
         self.ssl_port = 0
         self.pop3_port = 0
@@ -464,6 +468,7 @@ class Dovecot(Lifecycle):
         ]
         if capability is not None:
             lines.append(f"imap_capability = {capability}")
+        lines += self.extra
         return "\n".join(lines) + "\n"
 
     def _pop3_service(self, chroot: list[str]) -> list[str]:

@@ -5,7 +5,9 @@ the credentials), and answers SELECT, UID
 SEARCH and UID FETCH from a ``Script``: it can leave UIDVALIDITY out of SELECT, announce
 sizes of its choosing, leave BODY[] out of a FETCH, announce a huge literal, drip its FETCH
 answer a byte at a time, or flood untagged ``* OK still thinking`` lines. Every other
-command is answered OK. It records the commands it received.
+command is answered OK. With ``idle``, it offers IDLE and never reports anything in it, as
+Cyrus without idled and Courier without enhanced IDLE do. It records the commands it
+received.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Script:
     sizes: dict[int, int] = field(default_factory=dict)  # announced RFC822.SIZE, if not true
     body_fetch: Mode = "normal"
     select_uidvalidity: bool = True
+    idle: bool = False  # offer IDLE, and stay silent in it
     drip_delay: float = 0.05
     commands: list[bytes] = field(default_factory=list)
     logins: list[bytes] = field(default_factory=list)
@@ -62,8 +65,12 @@ class HostileImap:
 class _Handler(socketserver.StreamRequestHandler):
     script: Script
 
+    @property
+    def capabilities(self) -> bytes:
+        return b"IMAP4rev1 AUTH=PLAIN UIDPLUS" + (b" IDLE" if self.script.idle else b"")
+
     def handle(self) -> None:
-        self.send(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN UIDPLUS] hostile ready\r\n")
+        self.send(b"* OK [CAPABILITY %s] hostile ready\r\n" % self.capabilities)
         try:
             while line := self.rfile.readline():
                 tag, _, rest = line.rstrip(b"\r\n").partition(b" ")
@@ -82,7 +89,10 @@ class _Handler(socketserver.StreamRequestHandler):
         verb = command.split(b" ", 2)
         name = b" ".join(verb[:2]).upper() if verb[0].upper() == b"UID" else verb[0].upper()
         if name == b"CAPABILITY":
-            self.send(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN UIDPLUS\r\n")
+            self.send(b"* CAPABILITY %s\r\n" % self.capabilities)
+        elif name == b"IDLE":
+            self.send(b"+ idling\r\n")
+            self.rfile.readline()  # DONE
         elif name == b"LOGIN":
             self.script.logins.append(command)
         elif name == b"AUTHENTICATE":

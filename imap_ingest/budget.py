@@ -1,0 +1,61 @@
+"""How many IMAP connections an account's folders may hold, and how they share them.
+
+A folder on its own holds two: its passes' connection and its IDLE watcher's. When that
+would exceed the account's budget (``max_connections``, else the provider's limit), the
+folders' passes share one connection, and as many folders as the rest allows are watched
+in IDLE; the others are polled at their interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import Account, Folder
+
+# Simultaneous IMAP connections per account, by provider (see README, "Your IMAP server").
+_PROVIDERS = (
+    (("imap.gmail.com", "imap.googlemail.com"), 15),  # Gmail
+    (("outlook.office365.com", "outlook.office.com"), 20),  # Exchange Online
+)
+# dovecot's default mail_max_userip_connections, and a modest guess for any other server.
+LIMIT = 10
+# Left for the account's other clients (a person's mail program, `imap-ingest check`): a
+# budget that fills the limit locks them out.
+ROOM = 2
+
+
+def default_budget(host: str) -> int:
+    """The connection limit a provider is known for (else dovecot's default), less ROOM."""
+    host = host.lower().rstrip(".")
+    return next((limit for hosts, limit in _PROVIDERS if host in hosts), LIMIT) - ROOM
+
+
+def budget_of(account: Account) -> int:
+    """The account's ``max_connections``, else its provider's."""
+    return account.max_connections or default_budget(account.host)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Which folders are watched in IDLE (pushed) and which only polled."""
+
+    shared: bool  # the passes of all folders share one connection
+    pushed: tuple[str, ...]
+    polled: tuple[str, ...]
+
+    @property
+    def connections(self) -> int:
+        passes = 1 if self.shared else len(self.pushed) + len(self.polled)
+        return passes + len(self.pushed)
+
+
+def plan(folders: Sequence[Folder], budget: int, idles: bool = True) -> Plan:
+    """Fit the folders into ``budget`` connections, pushing those that want IDLE first in
+    configuration order (none when the protocol has no IDLE: POP3)."""
+    wanting = [f.name for f in folders if idles and f.idle is not False]
+    never = [f.name for f in folders if f.name not in wanting]
+    if len(folders) + len(wanting) <= budget:
+        return Plan(False, tuple(wanting), tuple(never))
+    room = max(0, budget - 1)
+    return Plan(True, tuple(wanting[:room]), tuple(wanting[room:] + never))

@@ -1,0 +1,660 @@
+"""The ledger's API, the same over every backend: what happened to every message.
+
+A message to submit moves ``submitting`` → ``submitted`` (or ``decided``: refused, given
+up; or ``waiting`` for a retry) → ``disposed``, each step committed before the next side
+effect (the POST, the MOVE), so a run that dies anywhere leaves a record the next run can
+finish from. A message a rule skips or moves is ``decided`` at once, then ``disposed``.
+
+The SQL here is the one both dialects speak (SQLite ≥ 3.39 and PostgreSQL ≥ 13): ``?``
+placeholders, ``IS [NOT] DISTINCT FROM``, ``ON CONFLICT``, ``RETURNING``, ``FILTER``. A
+backend (sqlite.py, postgres.py) brings the connection, the transactions and the
+migrations; it runs each transaction's function again when its connection was lost.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+from ..backoff import Backoff
+from ..errors import ConfigError, IngestError
+from ..firstrun import Started
+from ..states import Disposition, Result, State
+
+if TYPE_CHECKING:
+    from .leases import Leases
+
+SCHEMA_VERSION = 2  # 2: the flood, starts, archived and uidls tables
+
+Dedupe = Literal["message-id", "content", "off"]
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+# Version N's step takes a ledger at N - 1 to N; step 1 makes a new one. Both backends
+# apply the same steps (postgres.py rewrites the column types it spells differently).
+# Step 2 tolerates its tables half there: development ledgers marked 1 had flood and starts.
+MIGRATIONS: dict[int, str] = {1: """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE folders (
+    account TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
+    PRIMARY KEY (account, folder));
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    account TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    message_id TEXT, size INTEGER NOT NULL, hash TEXT NOT NULL,
+    rule TEXT, target TEXT,
+    state TEXT NOT NULL,          -- submitting | submitted | decided | waiting | disposed
+    outcome TEXT,                 -- submitted | failed | partial | skipped | moved | ...
+                                  -- duplicate | held | quarantined | retried | superseded
+    ticket TEXT, reason TEXT,
+    dispose_to TEXT,              -- delete | move:FOLDER | mark:KEYWORD
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_seen REAL NOT NULL, updated REAL NOT NULL, next_try REAL,
+    UNIQUE (account, folder, uidvalidity, uid));
+CREATE INDEX messages_message_id ON messages (message_id);
+CREATE INDEX messages_hash ON messages (hash);
+CREATE TABLE attempts (
+    message INTEGER NOT NULL REFERENCES messages (id),
+    at REAL NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL,
+    status INTEGER, ticket TEXT, reason TEXT);
+CREATE INDEX attempts_message ON attempts (message);
+CREATE TABLE targets (
+    name TEXT PRIMARY KEY, failures INTEGER NOT NULL, next_try REAL,
+    last_error TEXT, last_error_at REAL);
+""", 2: """
+CREATE TABLE IF NOT EXISTS flood (   -- one row per message let through, per limit key
+    key TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS flood_key ON flood (key, at);
+CREATE TABLE IF NOT EXISTS starts (  -- where a folder's first run started
+    account TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
+    first_uid INTEGER NOT NULL, at REAL NOT NULL, since REAL,
+    PRIMARY KEY (account, folder));
+CREATE TABLE IF NOT EXISTS archived (
+    message INTEGER PRIMARY KEY REFERENCES messages (id),
+    path TEXT NOT NULL, at REAL NOT NULL,
+    exported TEXT, exported_at REAL);  -- spam | ham: written out for training, once
+CREATE INDEX IF NOT EXISTS archived_at ON archived (at);
+CREATE TABLE IF NOT EXISTS uidls (  -- a POP3 message's UIDL, and the UID it stands under
+    uid INTEGER PRIMARY KEY, account TEXT NOT NULL, folder TEXT NOT NULL, uidl TEXT NOT NULL,
+    UNIQUE (account, folder, uidl));
+"""}
+
+
+def steps(version: int) -> range:
+    """The migration steps a ledger at ``version`` takes: the latest again when it is
+    current, since a step may gain a table without a new version (uidls joined step 2)."""
+    return range(min(version + 1, SCHEMA_VERSION) if version else 1, SCHEMA_VERSION + 1)
+
+# Rows in these states stand for a message the tracker has, or may have, or will get;
+# verdict.copy_of says what each makes of another copy. A quarantined message may have
+# reached the tracker: it counts until `retry` releases it. So does a partial one (RT
+# recorded part of a chained action before refusing the rest).
+_COUNTS_AS_SENT = (f"(state IN ('{State.SUBMITTING}', '{State.SUBMITTED}', '{State.WAITING}') "
+                   f"OR outcome IN ('{Result.SUBMITTED}', '{Result.QUARANTINED}', "
+                   f"'{Result.PARTIAL}'))")
+# Another row than this key's, for the same target: one mail to two desks is two tickets.
+_OTHER_COPY = ("NOT (account = ? AND folder = ? AND uidvalidity = ? AND uid = ?) "
+               "AND target IS NOT DISTINCT FROM ?")
+_KEY = "account = ? AND folder = ? AND uidvalidity = ? AND uid = ?"
+
+
+class LedgerError(IngestError):
+    """The ledger cannot be used: corrupt, from a newer version, or not writable."""
+
+    exit_code = ConfigError.exit_code
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """Where a message is: account, folder, UIDVALIDITY, UID."""
+
+    account: str
+    folder: str
+    uidvalidity: int
+    uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    id: int
+    state: State
+    outcome: Result | None
+    dispose_to: Disposition | None
+    attempts: int
+    first_seen: float
+    next_try: float | None
+    reason: str | None
+    ticket: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Earlier:
+    """An earlier copy of a message, for the same target, that the tracker has, may have or
+    is to get; its state and outcome say which."""
+
+    id: int
+    where: str  # "account/folder uid N", for the log
+    state: State
+    outcome: Result | None
+    ticket: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """No earlier copy stands for the message: it is recorded as submitting."""
+
+    reused: str | None = None  # where a different message with its Message-ID was seen
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a copy of a message was seen, and what became of it."""
+
+    id: int
+    folder: str
+    outcome: Result | None
+    ticket: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Archived:
+    """An archived message not yet exported for training."""
+
+    id: int  # its record
+    message_id: str | None
+    digest: str
+    target: str
+    ticket: str | None
+    path: Path
+    at: float
+
+
+class Tx(Protocol):
+    """One transaction of a backend, as the shared SQL uses it."""
+
+    def one(self, sql: str, args: Sequence[object] = ()) -> Row | None: ...
+    def all(self, sql: str, args: Sequence[object] = ()) -> list[Row]: ...
+    def dicts(self, sql: str, args: Sequence[object] = ()) -> list[dict[str, Any]]: ...
+    def many(self, sql: str, rows: Sequence[Sequence[object]]) -> None: ...
+
+
+Folder = tuple[str, str]  # (account, folder): what a lease covers
+
+
+class LeaseLost(IngestError):
+    """Another replica holds this folder now (our lease ran out): the pass stops, writing
+    and disposing nothing more."""
+
+    exit_code = 75
+
+
+class LedgerUnavailable(IngestError):
+    """The ledger's server cannot be reached (for longer than ``ledger.wait``)."""
+
+    exit_code = 75
+
+
+class Ledger(ABC):
+    """The ledger of one configuration, shared by every folder, thread and process using
+    it; a backend subclass brings the database."""
+
+    # hourly(): the hour an ``updated`` time falls in, as an integer timestamp.
+    _hour = "CAST(updated / 3600 AS INTEGER) * 3600"
+    # This process's leases on folders, when the backend shares folders between replicas;
+    # without, a folder's lock file keeps it to one process (locks.py).
+    leases: Leases | None = None
+
+    @staticmethod
+    def open(state_dir: Path) -> Ledger:
+        """The state_dir's SQLite ledger (open_ledger() follows the configuration)."""
+        from .sqlite import SqliteLedger
+        return SqliteLedger(state_dir / "ledger.sqlite3")
+
+    def lease(self, holder: str, folders: list[Folder], ttl: float,
+              balance: bool) -> Leases | None:
+        """Start taking leases on ``folders`` as ``holder`` (spreading them between the
+        replicas when ``balance``); None where the backend has no leases."""
+        return None
+
+    @abstractmethod
+    def _write(self, fn: Callable[[Tx], T], fence: Folder | None = None) -> T:
+        """``fn`` in one write transaction, taken at once so that check-then-insert is
+        atomic; with ``fence``, only while this process holds that folder's lease."""
+
+    @abstractmethod
+    def _read(self, fn: Callable[[Tx], T]) -> T:
+        """``fn`` over a consistent view."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def check_lease(self, account: str, folder: str) -> None:
+        """Raise LeaseLost unless this process may still work the folder (before an IMAP
+        disposition, which no transaction can fence); a backend without leases always may."""
+
+    @abstractmethod
+    def holders(self) -> list[tuple[str, str, str, float]]:
+        """(account, folder, replica, seconds left) of every live lease; none without."""
+
+    # -- folders ---------------------------------------------------------------------------
+
+    def uidvalidity_changed(self, account: str, folder: str, uidvalidity: int) -> bool:
+        """Remember the folder's UIDVALIDITY; True when it differs from the one seen before."""
+        def fn(db: Tx) -> Row | None:
+            row = db.one("SELECT uidvalidity FROM folders WHERE account = ? AND folder = ?",
+                         (account, folder))
+            db.one("INSERT INTO folders VALUES (?, ?, ?) ON CONFLICT (account, folder) "
+                   "DO UPDATE SET uidvalidity = excluded.uidvalidity",
+                   (account, folder, uidvalidity))
+            return row
+        row = self._write(fn, (account, folder))
+        return row is not None and row[0] != uidvalidity
+
+    def uids(self, account: str, folder: str, uidls: list[str]) -> dict[str, int]:
+        """The UID each POP3 UIDL stands under, a new one for a UIDL never seen: one
+        transaction for a whole maildrop."""
+        def fn(db: Tx) -> list[Row]:
+            db.many("INSERT INTO uidls (account, folder, uidl) VALUES (?, ?, ?) "
+                    "ON CONFLICT (account, folder, uidl) DO NOTHING",
+                    [(account, folder, uidl) for uidl in uidls])
+            return db.all("SELECT uidl, uid FROM uidls WHERE account = ? AND folder = ?",
+                          (account, folder))
+        wanted = set(uidls)
+        return {uidl: uid for uidl, uid in self._write(fn, (account, folder)) if uidl in wanted}
+
+    # -- messages --------------------------------------------------------------------------
+
+    def records(self, account: str, folder: str, uidvalidity: int,
+                uids: list[int]) -> dict[int, Record]:
+        """The records of these UIDs of one folder, by UID: one query for a whole pass."""
+        if not uids:
+            return {}
+        rows = self._read(lambda db: db.all(
+            "SELECT uid, id, state, outcome, dispose_to, attempts, first_seen, next_try, "
+            "reason, ticket FROM messages WHERE account = ? AND folder = ? AND "
+            "uidvalidity = ? AND uid BETWEEN ? AND ?",
+            (account, folder, uidvalidity, min(uids), max(uids))))
+        wanted = set(uids)
+        return {uid: Record(id, State(state), _result(outcome), _disposition(dispose_to), *rest)
+                for uid, id, state, outcome, dispose_to, *rest in rows if uid in wanted}
+
+    def marked(self, account: str, folder: str, uidvalidity: int, keyword: str) -> list[int]:
+        """The UIDs of one folder left in place with ``keyword``, as the ledger remembers
+        them (the mark itself, on a server without keywords, is nowhere else)."""
+        rows = self._read(lambda db: db.all(
+            "SELECT uid FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ? "
+            "AND state = ? AND dispose_to = ? ORDER BY uid",
+            (account, folder, uidvalidity, State.DISPOSED, f"mark:{keyword}")))
+        return [uid for (uid,) in rows]
+
+    def begin_submit(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
+                     target: str, dedupe: Dedupe) -> Begun | Earlier:
+        """Record the message as ``submitting`` unless an earlier copy of it, for the same
+        target, stands for it (sent, waiting or in doubt): then that copy, nothing recorded.
+
+        Check and insert are one transaction, so two folders or two processes holding copies
+        of one message never both submit it.
+        """
+        now = time.time()
+        same = _same_message(dedupe)
+        args = (key.account, key.folder, key.uidvalidity, key.uid, target)
+
+        def fn(db: Tx) -> Begun | Earlier:
+            row = db.one(
+                f"SELECT id, account, folder, uid, state, outcome, ticket FROM messages "
+                f"WHERE {_COUNTS_AS_SENT} AND {_OTHER_COPY} AND {same} "
+                # What the tracker accepted first (a plain duplicate), then what is in doubt
+                # (the safer reading), then what waits.
+                f"ORDER BY CASE WHEN outcome IS NOT DISTINCT FROM '{Result.SUBMITTED}' THEN 0 "
+                f"WHEN state = '{State.WAITING}' THEN 2 ELSE 1 END LIMIT 1",
+                (*args, *_same_message_args(dedupe, key, message_id, digest)))
+            if row is not None:
+                id, account, folder, uid, state, outcome, ticket = row
+                return Earlier(id, f"{account}/{folder} uid {uid}", State(state),
+                               _result(outcome), ticket)
+            # A different message with this Message-ID: worth a warning, not a dedupe.
+            reused = db.one(
+                f"SELECT account, folder, uid FROM messages WHERE {_COUNTS_AS_SENT} AND "
+                f"{_OTHER_COPY} AND message_id = ? AND hash IS DISTINCT FROM ? LIMIT 1",
+                (*args, message_id, digest)) if dedupe == "message-id" else None
+            db.one(
+                "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
+                "rule, target, state, first_seen, updated) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{State.SUBMITTING}', ?, ?) "
+                "ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET "
+                f"state = '{State.SUBMITTING}', rule = excluded.rule, target = excluded.target, "
+                "updated = excluded.updated",
+                (key.account, key.folder, key.uidvalidity, key.uid, message_id, size, digest,
+                 rule, target, now, now))
+            return Begun(f"{reused[0]}/{reused[1]} uid {reused[2]}" if reused else None)
+        return self._write(fn, (key.account, key.folder))
+
+    def take_over(self, earlier: Earlier, key: Key, message_id: str | None, size: int,
+                  digest: str, rule: str, target: str) -> Record | None:
+        """Make this copy the one that waits for the retry ``earlier`` was waiting for, with
+        its attempts, first sight and next try; None when ``earlier`` waits no more (another
+        pass or process got there first)."""
+        now = time.time()
+
+        def fn(db: Tx) -> Record | None:
+            row = db.one(
+                "SELECT outcome, reason, attempts, first_seen, next_try FROM messages "
+                f"WHERE id = ? AND state = '{State.WAITING}'", (earlier.id,))
+            if row is None:
+                return None
+            outcome, reason, attempts, first_seen, next_try = row
+            db.one(
+                f"UPDATE messages SET state = '{State.DISPOSED}', "
+                f"outcome = '{Result.SUPERSEDED}', reason = ?, updated = ? WHERE id = ?",
+                (f"its retry taken over by {key.account}/{key.folder} uid {key.uid}", now,
+                 earlier.id))
+            new = db.one(
+                "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
+                "rule, target, state, outcome, reason, attempts, first_seen, next_try, updated) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{State.WAITING}', ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET "
+                f"state = '{State.WAITING}', outcome = excluded.outcome, "
+                "reason = excluded.reason, rule = excluded.rule, target = excluded.target, "
+                "attempts = excluded.attempts, first_seen = excluded.first_seen, "
+                "next_try = excluded.next_try, dispose_to = NULL, updated = excluded.updated "
+                "RETURNING id",
+                (key.account, key.folder, key.uidvalidity, key.uid, message_id, size, digest,
+                 rule, target, outcome, reason, attempts, first_seen, next_try, now))
+            assert new is not None
+            return Record(new[0], State.WAITING, _result(outcome), None, attempts, first_seen,
+                          next_try, reason, None)
+        return self._write(fn, (key.account, key.folder))
+
+    def answered(self, key: Key, target: str, state: State, outcome: Result, reason: str, *,
+                 status: int | None = None, ticket: str | None = None,
+                 dispose_to: Disposition | None = None,
+                 next_try: float | None = None, attempt: bool = True) -> int:
+        """Record the tracker's answer and the message's new state; ``attempt`` counts it
+        against the message's max_attempts. Returns the message's record id."""
+        now = time.time()
+
+        def fn(db: Tx) -> int:
+            row = db.one(
+                "UPDATE messages SET state = ?, outcome = ?, reason = ?, ticket = ?, "
+                "dispose_to = ?, next_try = ?, attempts = attempts + ?, updated = ? "
+                f"WHERE {_KEY} RETURNING id",
+                (state, outcome, reason, ticket, _text(dispose_to), next_try, int(attempt), now,
+                 key.account, key.folder, key.uidvalidity, key.uid))
+            assert row is not None
+            db.one("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (row[0], now, target, outcome, status, ticket, reason))
+            return int(row[0])
+        return self._write(fn, (key.account, key.folder))
+
+    def decided(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
+                outcome: Result, reason: str, dispose_to: Disposition,
+                target: str | None = None) -> None:
+        """Record a decision made without the tracker (skip, move, duplicate, too large …)."""
+        now = time.time()
+        self._write(lambda db: db.one(
+            "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
+            "rule, target, state, outcome, reason, dispose_to, first_seen, updated) "
+            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{State.DECIDED}', ?, ?, ?, ?, ?) "
+            "ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET "
+            f"state = '{State.DECIDED}', outcome = excluded.outcome, reason = excluded.reason, "
+            "dispose_to = excluded.dispose_to, updated = excluded.updated",
+            (key.account, key.folder, key.uidvalidity, key.uid, message_id, size, digest,
+             rule, target, outcome, reason, str(dispose_to), now, now)),
+            (key.account, key.folder))
+
+    def disposed(self, keys: list[Key]) -> None:
+        """These messages, all of one folder, are gone from it (or marked): one transaction."""
+        if not keys:
+            return
+        now = time.time()
+        self._write(lambda db: db.many(
+            f"UPDATE messages SET state = '{State.DISPOSED}', updated = ? WHERE {_KEY}",
+            [(now, k.account, k.folder, k.uidvalidity, k.uid) for k in keys]),
+            (keys[0].account, keys[0].folder))
+
+    def sources(self, account: str, message_id: str | None, digest: str) -> list[Source]:
+        """Every record of this message (same Message-ID and content) in this account."""
+        rows = self._read(lambda db: db.all(
+            "SELECT id, folder, outcome, ticket FROM messages WHERE account = ? AND "
+            "message_id IS NOT DISTINCT FROM ? AND hash = ? ORDER BY updated DESC",
+            (account, message_id, digest)))
+        return [Source(id, folder, _result(outcome), ticket)
+                for id, folder, outcome, ticket in rows]
+
+    def set_aside(self, account: str, folder: str) -> list[int]:
+        """The records of a folder's messages refused or quarantined, left where they are."""
+        rows = self._read(lambda db: db.all(
+            "SELECT id FROM messages WHERE account = ? AND folder = ? AND outcome IN (?, ?)",
+            (account, folder, Result.FAILED, Result.QUARANTINED)))
+        return [id for (id,) in rows]
+
+    def thread_ticket(self, target: str, message_ids: list[str]) -> str | None:
+        """The ticket the latest of these messages became at ``target``, if known."""
+        if not message_ids:
+            return None
+        marks = ", ".join("?" * len(message_ids))
+        row = self._read(lambda db: db.one(
+            f"SELECT ticket FROM messages WHERE target = ? AND message_id IN ({marks}) "
+            "AND ticket IS NOT NULL ORDER BY updated DESC LIMIT 1", (target, *message_ids)))
+        return None if row is None else str(row[0])
+
+    def release(self, ids: list[int]) -> None:
+        """Forget that these records may be in the tracker: `retry` sends the message again."""
+        self._write(lambda db: db.many(
+            f"UPDATE messages SET state = '{State.DISPOSED}', outcome = '{Result.RETRIED}', "
+            "dispose_to = NULL, updated = ? WHERE id = ?", [(time.time(), i) for i in ids]))
+
+    # -- reports ---------------------------------------------------------------------------
+
+    def summary(self) -> list[tuple[str, str, str, int, float]]:
+        """Per account and folder: (account, folder, state or outcome, count, oldest)."""
+        return self._read(lambda db: db.all(
+            f"SELECT account, folder, CASE WHEN state = '{State.DISPOSED}' THEN outcome "
+            "ELSE state END AS what, count(*), min(first_seen) FROM messages "
+            "GROUP BY account, folder, what ORDER BY account, folder, what"))
+
+    def targets(self) -> list[tuple[str, int, float | None, str | None, float | None]]:
+        """(name, consecutive failures, next try, last error, when) for every target seen."""
+        return self._read(lambda db: db.all("SELECT * FROM targets ORDER BY name"))
+
+    def history(self, message_id: str) -> list[tuple[dict[str, object], list[dict[str, object]]]]:
+        """Every record of the message, each with its attempts, oldest first."""
+        def fn(db: Tx) -> list[tuple[dict[str, object], list[dict[str, object]]]]:
+            rows = db.dicts("SELECT * FROM messages WHERE message_id = ? ORDER BY first_seen",
+                            (message_id,))
+            return [({**row, "dispose_to": _disposition(row["dispose_to"])},
+                     db.dicts("SELECT * FROM attempts WHERE message = ? ORDER BY at",
+                              (row["id"],)))
+                    for row in rows]
+        return self._read(fn)
+
+    def pending(self) -> list[tuple[str, str, float | None, int, int, int, int, str | None]]:
+        """Per folder: (account, folder, oldest first_seen still pending, waiting, held,
+        failed, quarantined, the latest error); pending is waiting or being posted."""
+        return self._read(lambda db: db.all(
+            "SELECT account, folder, "
+            f"min(CASE WHEN state IN ('{State.WAITING}', '{State.SUBMITTING}') "
+            "THEN first_seen END), "
+            f"count(*) FILTER (WHERE state = '{State.WAITING}'), "
+            f"count(*) FILTER (WHERE outcome = '{Result.HELD}'), "
+            f"count(*) FILTER (WHERE outcome IN ('{Result.FAILED}', '{Result.PARTIAL}')), "
+            f"count(*) FILTER (WHERE outcome = '{Result.QUARANTINED}'), "
+            f"(SELECT reason FROM messages AS m WHERE m.account = messages.account AND "
+            f"m.folder = messages.folder AND (m.state = '{State.WAITING}' OR m.outcome IN "
+            f"('{Result.FAILED}', '{Result.PARTIAL}', '{Result.QUARANTINED}')) "
+            "ORDER BY m.updated DESC LIMIT 1) "
+            "FROM messages GROUP BY account, folder"))
+
+    def latest(self, limit: int) -> list[dict[str, object]]:
+        """The ``limit`` messages dealt with last, newest first."""
+        return self._read(lambda db: db.dicts(
+            "SELECT account, folder, uid, message_id, rule, target, state, outcome, "
+            "reason, ticket, dispose_to, updated FROM messages "
+            "ORDER BY updated DESC LIMIT ?", (limit,)))
+
+    def hourly(self, since: float) -> list[tuple[int, str, int]]:
+        """(hour as a timestamp, outcome, messages) of the attempts and decisions since then."""
+        return self._read(lambda db: db.all(
+            f"SELECT {self._hour} AS hour, coalesce(outcome, state), count(*) FROM messages "
+            "WHERE updated >= ? GROUP BY hour, 2 ORDER BY hour", (since,)))
+
+    # -- targets ---------------------------------------------------------------------------
+
+    def target_state(self, name: str) -> tuple[int, float]:
+        """The target's consecutive temporary failures, and when it may be tried again."""
+        row = self._read(lambda db: db.one(
+            "SELECT failures, next_try FROM targets WHERE name = ?", (name,)))
+        return (row[0], row[1] or 0.0) if row else (0, 0.0)
+
+    def target_failed(self, name: str, reason: str, backoff: Backoff,
+                      at_least: float = 0.0) -> float:
+        """Count a temporary failure of the target; returns when to try it next (no sooner
+        than ``at_least`` seconds, e.g. a Retry-After)."""
+        now = time.time()
+
+        def fn(db: Tx) -> float:
+            row = db.one("SELECT failures FROM targets WHERE name = ?", (name,))
+            failures = (row[0] if row else 0) + 1
+            next_try = now + max(backoff.delay(failures), backoff.bounded(at_least))
+            db.one("INSERT INTO targets VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                   "SET failures = excluded.failures, next_try = excluded.next_try, "
+                   "last_error = excluded.last_error, last_error_at = excluded.last_error_at",
+                   (name, failures, next_try, reason, now))
+            return next_try
+        return self._write(fn)
+
+    def target_ok(self, name: str) -> None:
+        self._write(lambda db: db.one(
+            "UPDATE targets SET failures = 0, next_try = NULL WHERE name = ?", (name,)))
+
+
+    # -- flood limits and first runs ------------------------------------------------------
+
+    def admit(self, limits: list[tuple[str, int, float]], now: float) -> tuple[str, int] | None:
+        """Count a message against each (key, limit, window in seconds): None when it is
+        under every limit (then it is counted under each key), else the first key that is at
+        its limit and how many it let through in the window. One transaction, so passes and
+        processes sharing the ledger share the count."""
+        def fn(db: Tx) -> tuple[str, int] | None:
+            for key, limit, window in limits:
+                db.one("DELETE FROM flood WHERE key = ? AND at <= ?", (key, now - window))
+                row = db.one("SELECT count(*) FROM flood WHERE key = ?", (key,))
+                count = int(row[0]) if row else 0
+                if count >= limit:
+                    return key, count
+            db.many("INSERT INTO flood VALUES (?, ?)", [(key, now) for key, *_ in limits])
+            return None
+        return self._write(fn)
+
+    def started(self, account: str, folder: str) -> Started | None:
+        """Where the folder's first run started; None before it (and for a folder the ledger
+        knew before schema 2: then Started(..., 0, ...), see ``start``)."""
+        def fn(db: Tx) -> Started | None:
+            row = db.one("SELECT uidvalidity, first_uid, at, since FROM starts "
+                         "WHERE account = ? AND folder = ?", (account, folder))
+            if row is None and db.one("SELECT 1 FROM messages WHERE account = ? AND "
+                                      "folder = ? LIMIT 1", (account, folder)):
+                return Started(0, 0, 0.0, None)  # ingested before there were starts
+            return Started(*row) if row else None
+        return self._read(fn)
+
+    def start(self, account: str, folder: str, started: Started) -> Started:
+        """Record the folder's first run, unless another process did first: what holds."""
+        def fn(db: Tx) -> Started:
+            db.one("INSERT INTO starts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                   (account, folder, started.uidvalidity, started.first_uid, started.at,
+                    started.since))
+            row = db.one("SELECT uidvalidity, first_uid, at, since FROM starts WHERE "
+                         "account = ? AND folder = ?", (account, folder))
+            assert row is not None
+            return Started(*row)
+        return self._write(fn, (account, folder))
+
+    # -- the archive and the tickets messages became ---------------------------------------
+
+    def archived(self, message: int, path: Path) -> None:
+        """The message of record ``message`` is archived at ``path``."""
+        self._write(lambda db: db.one(
+            "INSERT INTO archived (message, path, at) VALUES (?, ?, ?) ON CONFLICT (message) "
+            "DO UPDATE SET path = excluded.path, at = excluded.at, exported = NULL, "
+            "exported_at = NULL", (message, str(path), time.time())))
+
+    def tickets_found(self, found: dict[int, str]) -> None:
+        """The tickets these records became, as the tracker told us after the fact."""
+        self._write(lambda db: db.many("UPDATE messages SET ticket = ? WHERE id = ?",
+                                       [(ticket, id) for id, ticket in found.items()]))
+
+    def unexported(self, since: float) -> list[Archived]:
+        """What is archived since then and not yet exported for training, oldest first."""
+        rows = self._read(lambda db: db.all(
+            "SELECT m.id, m.message_id, m.hash, m.target, m.ticket, a.path, a.at "
+            "FROM archived AS a JOIN messages AS m ON m.id = a.message "
+            "WHERE a.exported IS NULL AND a.at >= ? ORDER BY a.at", (since,)))
+        return [Archived(id, message_id, digest, target, ticket, Path(path), at)
+                for id, message_id, digest, target, ticket, path, at in rows]
+
+    def exported(self, ids: list[int], kind: str) -> None:
+        """These archived messages are written out for training as ``kind``."""
+        self._write(lambda db: db.many(
+            "UPDATE archived SET exported = ?, exported_at = ? WHERE message = ?",
+            [(kind, time.time(), id) for id in ids]))
+
+    def unarchive(self, before: float, under: Path) -> list[Path]:
+        """Forget what was archived under that directory before then; the paths, for
+        their files to go too."""
+        prefix = f"{under}/"
+        rows = self._write(lambda db: db.all(
+            "DELETE FROM archived WHERE at < ? AND substr(path, 1, ?) = ? RETURNING path",
+            (before, len(prefix), prefix)))
+        return [Path(path) for path, in rows]
+
+    def archive_summary(self) -> tuple[int, int, int, int]:
+        """(messages archived, of which with a known ticket, exported as spam, as ham)."""
+        row = self._read(lambda db: db.one(
+            "SELECT count(*), count(m.ticket), count(*) FILTER (WHERE a.exported = 'spam'), "
+            "count(*) FILTER (WHERE a.exported = 'ham') FROM archived AS a "
+            "JOIN messages AS m ON m.id = a.message"))
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
+def _same_message(dedupe: Dedupe) -> str:
+    """The SQL condition that makes another row the same message under this policy."""
+    if dedupe == "message-id":
+        # The same Message-ID on other content is another message (IDs do get reused).
+        return "(hash = ? AND (message_id = ? OR CAST(? AS TEXT) IS NULL))"
+    if dedupe == "content":
+        return "hash = ?"
+    # Even with dedupe off, the same message back in the same folder (a UIDVALIDITY
+    # change, or `retry`) is recognised by Message-ID and content together.
+    return ("(account = ? AND folder = ? AND message_id IS NOT DISTINCT FROM ? "
+            "AND hash = ?)")
+
+
+def _same_message_args(dedupe: Dedupe, key: Key, message_id: str | None,
+                       digest: str) -> tuple[object, ...]:
+    if dedupe == "message-id":
+        return (digest, message_id, message_id)
+    if dedupe == "content":
+        return (digest,)
+    return (key.account, key.folder, message_id, digest)
+
+
+# Conversions at the SQL boundary, and only there.
+
+def _result(text: str | None) -> Result | None:
+    return Result(text) if text is not None else None
+
+
+def _disposition(text: str | None) -> Disposition | None:
+    return Disposition.parse(text) if text is not None else None
+
+
+def _text(disposition: Disposition | None) -> str | None:
+    return str(disposition) if disposition is not None else None
