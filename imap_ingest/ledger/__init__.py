@@ -1,6 +1,7 @@
 """The ledger: what happened to every message; the only package with SQL.
 
-api.py holds the API and the SQL both backends share; sqlite.py is the embedded default
+api.py holds the API and the SQL both backends share (records.py its values and errors,
+schema.py its tables); sqlite.py is the embedded default
 (one host, the state_dir), postgres.py the shared one (replicas), with leases.py.
 """
 
@@ -8,20 +9,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .api import (
-    SCHEMA_VERSION,
+from .api import Ledger
+from .records import (
     Archived,
     Begun,
     Dedupe,
     Earlier,
     Key,
     LeaseLost,
-    Ledger,
     LedgerError,
     LedgerUnavailable,
     Record,
     Source,
 )
+from .schema import SCHEMA_VERSION
 from .sqlite import SqliteLedger
 
 if TYPE_CHECKING:

@@ -14,81 +14,28 @@ migrations; it runs each transaction's function again when its connection was lo
 from __future__ import annotations
 
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from abc import abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING
 
 from ..backoff import Backoff
-from ..errors import ConfigError, IngestError
 from ..firstrun import Started
 from ..states import Disposition, Result, State
+from .records import (
+    Begun,
+    Dedupe,
+    Earlier,
+    Folder,
+    Key,
+    Record,
+    Row,
+    Source,
+    Tx,
+)
+from .reports import ArchiveBook, Reports
 
 if TYPE_CHECKING:
     from .leases import Leases
-
-SCHEMA_VERSION = 2  # 2: the flood, starts, archived and uidls tables
-
-Dedupe = Literal["message-id", "content", "off"]
-T = TypeVar("T")
-Row = tuple[Any, ...]
-
-# Version N's step takes a ledger at N - 1 to N; step 1 makes a new one. Both backends
-# apply the same steps (postgres.py rewrites the column types it spells differently).
-# Step 2 tolerates its tables half there: development ledgers marked 1 had flood and starts.
-MIGRATIONS: dict[int, str] = {1: """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE folders (
-    account TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
-    PRIMARY KEY (account, folder));
-CREATE TABLE messages (
-    id INTEGER PRIMARY KEY,
-    account TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
-    uid INTEGER NOT NULL,
-    message_id TEXT, size INTEGER NOT NULL, hash TEXT NOT NULL,
-    rule TEXT, target TEXT,
-    state TEXT NOT NULL,          -- submitting | submitted | decided | waiting | disposed
-    outcome TEXT,                 -- submitted | failed | partial | skipped | moved | ...
-                                  -- duplicate | held | quarantined | retried | superseded
-    ticket TEXT, reason TEXT,
-    dispose_to TEXT,              -- delete | move:FOLDER | mark:KEYWORD
-    attempts INTEGER NOT NULL DEFAULT 0,
-    first_seen REAL NOT NULL, updated REAL NOT NULL, next_try REAL,
-    UNIQUE (account, folder, uidvalidity, uid));
-CREATE INDEX messages_message_id ON messages (message_id);
-CREATE INDEX messages_hash ON messages (hash);
-CREATE TABLE attempts (
-    message INTEGER NOT NULL REFERENCES messages (id),
-    at REAL NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL,
-    status INTEGER, ticket TEXT, reason TEXT);
-CREATE INDEX attempts_message ON attempts (message);
-CREATE TABLE targets (
-    name TEXT PRIMARY KEY, failures INTEGER NOT NULL, next_try REAL,
-    last_error TEXT, last_error_at REAL);
-""", 2: """
-CREATE TABLE IF NOT EXISTS flood (   -- one row per message let through, per limit key
-    key TEXT NOT NULL, at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS flood_key ON flood (key, at);
-CREATE TABLE IF NOT EXISTS starts (  -- where a folder's first run started
-    account TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
-    first_uid INTEGER NOT NULL, at REAL NOT NULL, since REAL,
-    PRIMARY KEY (account, folder));
-CREATE TABLE IF NOT EXISTS archived (
-    message INTEGER PRIMARY KEY REFERENCES messages (id),
-    path TEXT NOT NULL, at REAL NOT NULL,
-    exported TEXT, exported_at REAL);  -- spam | ham: written out for training, once
-CREATE INDEX IF NOT EXISTS archived_at ON archived (at);
-CREATE TABLE IF NOT EXISTS uidls (  -- a POP3 message's UIDL, and the UID it stands under
-    uid INTEGER PRIMARY KEY, account TEXT NOT NULL, folder TEXT NOT NULL, uidl TEXT NOT NULL,
-    UNIQUE (account, folder, uidl));
-"""}
-
-
-def steps(version: int) -> range:
-    """The migration steps a ledger at ``version`` takes: the latest again when it is
-    current, since a step may gain a table without a new version (uidls joined step 2)."""
-    return range(min(version + 1, SCHEMA_VERSION) if version else 1, SCHEMA_VERSION + 1)
 
 # Rows in these states stand for a message the tracker has, or may have, or will get;
 # verdict.copy_of says what each makes of another copy. A quarantined message may have
@@ -103,108 +50,10 @@ _OTHER_COPY = ("NOT (account = ? AND folder = ? AND uidvalidity = ? AND uid = ?)
 _KEY = "account = ? AND folder = ? AND uidvalidity = ? AND uid = ?"
 
 
-class LedgerError(IngestError):
-    """The ledger cannot be used: corrupt, from a newer version, or not writable."""
-
-    exit_code = ConfigError.exit_code
-
-
-@dataclass(frozen=True, slots=True)
-class Key:
-    """Where a message is: account, folder, UIDVALIDITY, UID."""
-
-    account: str
-    folder: str
-    uidvalidity: int
-    uid: int
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    id: int
-    state: State
-    outcome: Result | None
-    dispose_to: Disposition | None
-    attempts: int
-    first_seen: float
-    next_try: float | None
-    reason: str | None
-    ticket: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Earlier:
-    """An earlier copy of a message, for the same target, that the tracker has, may have or
-    is to get; its state and outcome say which."""
-
-    id: int
-    where: str  # "account/folder uid N", for the log
-    state: State
-    outcome: Result | None
-    ticket: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Begun:
-    """No earlier copy stands for the message: it is recorded as submitting."""
-
-    reused: str | None = None  # where a different message with its Message-ID was seen
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where a copy of a message was seen, and what became of it."""
-
-    id: int
-    folder: str
-    outcome: Result | None
-    ticket: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Archived:
-    """An archived message not yet exported for training."""
-
-    id: int  # its record
-    message_id: str | None
-    digest: str
-    target: str
-    ticket: str | None
-    path: Path
-    at: float
-
-
-class Tx(Protocol):
-    """One transaction of a backend, as the shared SQL uses it."""
-
-    def one(self, sql: str, args: Sequence[object] = ()) -> Row | None: ...
-    def all(self, sql: str, args: Sequence[object] = ()) -> list[Row]: ...
-    def dicts(self, sql: str, args: Sequence[object] = ()) -> list[dict[str, Any]]: ...
-    def many(self, sql: str, rows: Sequence[Sequence[object]]) -> None: ...
-
-
-Folder = tuple[str, str]  # (account, folder): what a lease covers
-
-
-class LeaseLost(IngestError):
-    """Another replica holds this folder now (our lease ran out): the pass stops, writing
-    and disposing nothing more."""
-
-    exit_code = 75
-
-
-class LedgerUnavailable(IngestError):
-    """The ledger's server cannot be reached (for longer than ``ledger.wait``)."""
-
-    exit_code = 75
-
-
-class Ledger(ABC):
+class Ledger(Reports, ArchiveBook):
     """The ledger of one configuration, shared by every folder, thread and process using
     it; a backend subclass brings the database."""
 
-    # hourly(): the hour an ``updated`` time falls in, as an integer timestamp.
-    _hour = "CAST(updated / 3600 AS INTEGER) * 3600"
     # This process's leases on folders, when the backend shares folders between replicas;
     # without, a folder's lock file keeps it to one process (locks.py).
     leases: Leases | None = None
@@ -220,15 +69,6 @@ class Ledger(ABC):
         """Start taking leases on ``folders`` as ``holder`` (spreading them between the
         replicas when ``balance``); None where the backend has no leases."""
         return None
-
-    @abstractmethod
-    def _write(self, fn: Callable[[Tx], T], fence: Folder | None = None) -> T:
-        """``fn`` in one write transaction, taken at once so that check-then-insert is
-        atomic; with ``fence``, only while this process holds that folder's lease."""
-
-    @abstractmethod
-    def _read(self, fn: Callable[[Tx], T]) -> T:
-        """``fn`` over a consistent view."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -452,17 +292,6 @@ class Ledger(ABC):
 
     # -- reports ---------------------------------------------------------------------------
 
-    def summary(self) -> list[tuple[str, str, str, int, float]]:
-        """Per account and folder: (account, folder, state or outcome, count, oldest)."""
-        return self._read(lambda db: db.all(
-            f"SELECT account, folder, CASE WHEN state = '{State.DISPOSED}' THEN outcome "
-            "ELSE state END AS what, count(*), min(first_seen) FROM messages "
-            "GROUP BY account, folder, what ORDER BY account, folder, what"))
-
-    def targets(self) -> list[tuple[str, int, float | None, str | None, float | None]]:
-        """(name, consecutive failures, next try, last error, when) for every target seen."""
-        return self._read(lambda db: db.all("SELECT * FROM targets ORDER BY name"))
-
     def history(self, message_id: str) -> list[tuple[dict[str, object], list[dict[str, object]]]]:
         """Every record of the message, each with its attempts, oldest first."""
         def fn(db: Tx) -> list[tuple[dict[str, object], list[dict[str, object]]]]:
@@ -473,36 +302,6 @@ class Ledger(ABC):
                               (row["id"],)))
                     for row in rows]
         return self._read(fn)
-
-    def pending(self) -> list[tuple[str, str, float | None, int, int, int, int, str | None]]:
-        """Per folder: (account, folder, oldest first_seen still pending, waiting, held,
-        failed, quarantined, the latest error); pending is waiting or being posted."""
-        return self._read(lambda db: db.all(
-            "SELECT account, folder, "
-            f"min(CASE WHEN state IN ('{State.WAITING}', '{State.SUBMITTING}') "
-            "THEN first_seen END), "
-            f"count(*) FILTER (WHERE state = '{State.WAITING}'), "
-            f"count(*) FILTER (WHERE outcome = '{Result.HELD}'), "
-            f"count(*) FILTER (WHERE outcome IN ('{Result.FAILED}', '{Result.PARTIAL}')), "
-            f"count(*) FILTER (WHERE outcome = '{Result.QUARANTINED}'), "
-            f"(SELECT reason FROM messages AS m WHERE m.account = messages.account AND "
-            f"m.folder = messages.folder AND (m.state = '{State.WAITING}' OR m.outcome IN "
-            f"('{Result.FAILED}', '{Result.PARTIAL}', '{Result.QUARANTINED}')) "
-            "ORDER BY m.updated DESC LIMIT 1) "
-            "FROM messages GROUP BY account, folder"))
-
-    def latest(self, limit: int) -> list[dict[str, object]]:
-        """The ``limit`` messages dealt with last, newest first."""
-        return self._read(lambda db: db.dicts(
-            "SELECT account, folder, uid, message_id, rule, target, state, outcome, "
-            "reason, ticket, dispose_to, updated FROM messages "
-            "ORDER BY updated DESC LIMIT ?", (limit,)))
-
-    def hourly(self, since: float) -> list[tuple[int, str, int]]:
-        """(hour as a timestamp, outcome, messages) of the attempts and decisions since then."""
-        return self._read(lambda db: db.all(
-            f"SELECT {self._hour} AS hour, coalesce(outcome, state), count(*) FROM messages "
-            "WHERE updated >= ? GROUP BY hour, 2 ORDER BY hour", (since,)))
 
     # -- targets ---------------------------------------------------------------------------
 
@@ -575,54 +374,6 @@ class Ledger(ABC):
             assert row is not None
             return Started(*row)
         return self._write(fn, (account, folder))
-
-    # -- the archive and the tickets messages became ---------------------------------------
-
-    def archived(self, message: int, path: Path) -> None:
-        """The message of record ``message`` is archived at ``path``."""
-        self._write(lambda db: db.one(
-            "INSERT INTO archived (message, path, at) VALUES (?, ?, ?) ON CONFLICT (message) "
-            "DO UPDATE SET path = excluded.path, at = excluded.at, exported = NULL, "
-            "exported_at = NULL", (message, str(path), time.time())))
-
-    def tickets_found(self, found: dict[int, str]) -> None:
-        """The tickets these records became, as the tracker told us after the fact."""
-        self._write(lambda db: db.many("UPDATE messages SET ticket = ? WHERE id = ?",
-                                       [(ticket, id) for id, ticket in found.items()]))
-
-    def unexported(self, since: float) -> list[Archived]:
-        """What is archived since then and not yet exported for training, oldest first."""
-        rows = self._read(lambda db: db.all(
-            "SELECT m.id, m.message_id, m.hash, m.target, m.ticket, a.path, a.at "
-            "FROM archived AS a JOIN messages AS m ON m.id = a.message "
-            "WHERE a.exported IS NULL AND a.at >= ? ORDER BY a.at", (since,)))
-        return [Archived(id, message_id, digest, target, ticket, Path(path), at)
-                for id, message_id, digest, target, ticket, path, at in rows]
-
-    def exported(self, ids: list[int], kind: str) -> None:
-        """These archived messages are written out for training as ``kind``."""
-        self._write(lambda db: db.many(
-            "UPDATE archived SET exported = ?, exported_at = ? WHERE message = ?",
-            [(kind, time.time(), id) for id in ids]))
-
-    def unarchive(self, before: float, under: Path) -> list[Path]:
-        """Forget what was archived under that directory before then; the paths, for
-        their files to go too."""
-        prefix = f"{under}/"
-        rows = self._write(lambda db: db.all(
-            "DELETE FROM archived WHERE at < ? AND substr(path, 1, ?) = ? RETURNING path",
-            (before, len(prefix), prefix)))
-        return [Path(path) for path, in rows]
-
-    def archive_summary(self) -> tuple[int, int, int, int]:
-        """(messages archived, of which with a known ticket, exported as spam, as ham)."""
-        row = self._read(lambda db: db.one(
-            "SELECT count(*), count(m.ticket), count(*) FILTER (WHERE a.exported = 'spam'), "
-            "count(*) FILTER (WHERE a.exported = 'ham') FROM archived AS a "
-            "JOIN messages AS m ON m.id = a.message"))
-        assert row is not None
-        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
-
 
 def _same_message(dedupe: Dedupe) -> str:
     """The SQL condition that makes another row the same message under this policy."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from .api import Folder, LeaseLost
+from .records import Folder, LeaseLost
 
 log = logging.getLogger(__name__)
 

@@ -22,20 +22,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..backoff import Backoff
-from .api import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    Folder,
-    LeaseLost,
-    Ledger,
-    LedgerError,
-    LedgerUnavailable,
-    Row,
-    T,
-    Tx,
-    steps,
-)
+from .api import Ledger
 from .leases import LEASES_SCHEMA, Leases
+from .records import Folder, LeaseLost, LedgerError, LedgerUnavailable, Row, T, Tx
+from .schema import MIGRATIONS, SCHEMA_VERSION, steps
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..files import private_file
-from .api import MIGRATIONS, SCHEMA_VERSION, Folder, Ledger, LedgerError, Row, T, Tx, steps
+from .api import Ledger
+from .records import Folder, LedgerError, Row, T, Tx
+from .schema import MIGRATIONS, SCHEMA_VERSION, steps
 
 
 class _Tx:
