@@ -14,6 +14,7 @@ from imap_ingest.message import Message
 
 from .support.dovecot import ImapAccount
 from .support.ingest_env import write_config
+from .support.ledger_files import as_left_by
 from .support.mail import make
 from .support.redmine_server import FakeRedmine
 
@@ -39,9 +40,7 @@ def test_count_is_shared_by_two_ledger_handles(tmp_path: Path) -> None:
 
 def test_schema_one_ledger_is_migrated(tmp_path: Path) -> None:
     """A ledger of schema 1 (no flood or starts table) opens and is brought to the new one."""
-    Ledger.open(tmp_path).close()
-    with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
-        db.executescript("DROP TABLE flood; DROP TABLE starts; "
+    as_left_by(tmp_path, "DROP TABLE flood; DROP TABLE starts; "
                          "UPDATE meta SET value = '1' WHERE key = 'schema_version';")
     ledger = Ledger.open(tmp_path)
     assert ledger.admit(LIMITS, 1.0) is None

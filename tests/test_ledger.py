@@ -27,6 +27,7 @@ from imap_ingest.ledger import (
 from imap_ingest.ledger.postgres import PostgresLedger
 from imap_ingest.states import Disposition, Result, State
 
+from .support.ledger_files import as_left_by
 from .support.postgres import Postgres
 
 Opener = Callable[[], Ledger]
@@ -282,9 +283,7 @@ def test_retry_after_is_bounded_by_the_cap(ledger: Ledger) -> None:
 
 def test_schema_two_ledger_gains_the_uidls_table(tmp_path: Path) -> None:
     """A schema 2 ledger written before the uidls table opens, gains it, and maps UIDLs."""
-    Ledger.open(tmp_path).close()
-    with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
-        db.executescript("DROP TABLE uidls; "
+    as_left_by(tmp_path, "DROP TABLE uidls; "
                          "UPDATE meta SET value = '2' WHERE key = 'schema_version';")
     ledger = Ledger.open(tmp_path)
     try:
