@@ -19,6 +19,12 @@ from .support.mail import make
 from .support.redmine_server import Answer, FakeRedmine, Request
 
 
+def subject_of(request: Request) -> str:
+    """The Subject of the message a request posted."""
+    return next(line for line in request.field("email").split(b"\r\n")
+                if line.startswith(b"Subject: "))[9:].decode()
+
+
 @dataclass
 class Timeline:
     """When each request (by Subject) was being answered; answers take ``delay`` seconds,
@@ -32,8 +38,7 @@ class Timeline:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, request: Request) -> Answer:
-        subject = next(line for line in request.field("email").split(b"\r\n")
-                       if line.startswith(b"Subject: "))[9:].decode()
+        subject = subject_of(request)
         started = time.monotonic()
         with self.lock:
             self.order.append(subject)
@@ -97,8 +102,7 @@ class Locking(Timeline):
     alone: list[str] = field(default_factory=list)
 
     def __call__(self, request: Request) -> Answer:
-        subject = next(line for line in request.field("email").split(b"\r\n")
-                       if line.startswith(b"Subject: "))[9:].decode()
+        subject = subject_of(request)
         with self.lock:
             self.active += 1
             crowded = self.active > 1
