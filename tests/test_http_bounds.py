@@ -158,8 +158,12 @@ def test_requests_start_at_most_one_thread(hostile: list[HostileHttp],
     client = tracker("redmine", server.url)
     started: list[threading.Thread] = []
     start = threading.Thread.start
-    monkeypatch.setattr(threading.Thread, "start",
-                        lambda thread: (started.append(thread), start(thread))[1])
+
+    def counted(thread: threading.Thread) -> None:
+        started.append(thread)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counted)
     for _ in range(20):
         assert client.submit(RAW, SubmitOptions(), ENVELOPE).kind is Kind.SUCCESS
     client.close()
