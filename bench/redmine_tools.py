@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench import plot
-from bench.common import message, timed_threads
+from bench.common import message, rates, submitted_over_time, timed_threads
 from imap_ingest.trackers.redmine import Form, crlf
 from tests.e2e import redmine as e2e
 from tests.support.dovecot import Dovecot, ImapAccount, free_ports
@@ -48,6 +48,7 @@ CONCURRENCY: tuple[int | str, ...] = ("auto", 1, 2, 4, 8)
 IMMEDIATE = False
 CEILING_THREADS = 4
 SENDER = b"From: Alice Member <alice@example.org>"
+TIMELINES: dict[str, list[tuple[float, int]]] = {}  # the last round's, by concurrency
 
 # Appended to the end-to-end config.ru: writers take SQLite's write lock when they begin.
 _IMMEDIATE = """
@@ -145,9 +146,11 @@ def ours(imap: ImapAccount, url: str, database: Path, concurrency: int | str,
                             {} if concurrency == "auto" else {"concurrency": concurrency}),
                         state_dir=str(state))
     started = time.perf_counter()
-    subprocess.run(command("run", "--once", "-c", str(path)), cwd=ROOT,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with submitted_over_time(state / "ledger.sqlite3") as samples:
+        subprocess.run(command("run", "--once", "-c", str(path)), cwd=ROOT,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elapsed = time.perf_counter() - started
+    TIMELINES[str(concurrency)] = samples
     # Refused mail is kept there, marked; mail in doubt is moved to Quarantine.
     failed = len(imap.messages("INBOX")) + sum(
         len(imap.messages(folder)) for folder in imap.folders() if folder != "INBOX")
@@ -239,6 +242,10 @@ def summarise(count: int, runs: dict[str, list[tuple[float, int, int]]]) -> None
                   "rake receive_imap": ([1.0, float(levels[-1])], [tool, tool]),
               })
     (plot.DOCS / "redmine-throughput.json").write_text(json.dumps(rate, indent=1) + "\n")
+    plot.line("redmine-auto.png", f"Redmine (stock SQLite, Passenger x{PROCESSES}): "
+              "throughput over a run", "seconds", "messages/s (2 s average)",
+              {f"concurrency: {name}": rates(samples) for name, samples in TIMELINES.items()},
+              marker="")
 
 
 if __name__ == "__main__":
