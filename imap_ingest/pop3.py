@@ -29,6 +29,7 @@ from .config import Account
 from .errors import EX_CONFIG, AuthFailed, ConnectionLost, LoginRefused, MailboxError
 from .imap_connect import SLOWEST, Reader, lost, server_text, tls_context
 from .ledger import Ledger, Record
+from .message import MAX_HEADER_BYTES
 from .oauth import Tokens
 from .source import Fetched
 from .states import FAILED, Result, State
@@ -119,20 +120,23 @@ class Maildrop:
         return sorted(uid for uid in self._numbers
                       if not _settled(records.get(uid), self.account.keep))
 
-    def fetch(self, uids: Sequence[int], batch_size: int, max_size: int) -> Iterator[Fetched]:
+    def fetch(self, uids: Sequence[int], batch_size: int, max_size: int,
+              headers: bool = False) -> Iterator[Fetched]:
         """RETR each message not over ``max_size`` by its LIST size; the others come
-        without their bytes."""
+        without their bytes (with ``headers``, with their header block: TOP n 0)."""
         self.unfetched = []
         for uid in uids:
             size = self._sizes[uid]
             if size > max_size:
-                yield Fetched(uid, size, None)
+                yield Fetched(uid, size, None, header=self._top(uid) if headers else None)
                 continue
             raw = self._retr(uid, max_size)
             if raw is None:
                 self.unfetched.append(uid)
                 continue
-            yield Fetched(uid, max(size, len(raw)), raw if len(raw) <= max_size else None)
+            whole = len(raw) <= max_size
+            yield Fetched(uid, max(size, len(raw)), raw if whole else None,
+                          header=self._top(uid) if headers and not whole else None)
 
     def delete(self, uids: Sequence[int]) -> None:
         """DELE, committed at QUIT; with ``keep: true`` nothing: the ledger remembers."""
@@ -186,6 +190,21 @@ class Maildrop:
                     raise
                 log.warning("account %s: the server refused RETR of uid %d (%s); trying "
                             "again next pass", self.account.name, uid, server_text(exc))
+                return None
+
+    def _top(self, uid: int) -> bytes | None:
+        """TOP n 0: the header block (no more of it than the rules read); None when the
+        server refuses TOP (optional in RFC 1939)."""
+        client = self._session()
+        with self._errors(client):
+            try:
+                return client.message(f"TOP {self._numbers[uid]} 0", MAX_HEADER_BYTES,
+                                      self.account.timeout)
+            except poplib.error_proto as exc:
+                if not _is_err(exc):
+                    raise
+                log.info("account %s: the server refused TOP of uid %d (%s)",
+                         self.account.name, uid, server_text(exc))
                 return None
 
     def _list_uidls(self, client: _Client, numbers: list[int],

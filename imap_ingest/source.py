@@ -20,12 +20,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """One message as the server gave it; ``raw`` is None when it was too large to fetch."""
+    """One message as the server gave it; ``raw`` is None when it was too large to fetch,
+    and then ``header`` is its header block, if asked for and the server gave it."""
 
     uid: int
     size: int
     raw: bytes | None
     internaldate: datetime | None = None
+    header: bytes | None = None
 
 
 class Source(Protocol):
@@ -42,8 +44,10 @@ class Source(Protocol):
 
     def select(self, folder: str, readonly: bool = False) -> None: ...
     def new_uids(self) -> list[int]: ...
-    def fetch(self, uids: Sequence[int], batch_size: int,
-              max_size: int) -> Iterator[Fetched]: ...
+    def fetch(self, uids: Sequence[int], batch_size: int, max_size: int,
+              headers: bool = False) -> Iterator[Fetched]:
+        """The messages; those over ``max_size`` without their bytes, and with ``headers``
+        with their header block instead (IMAP: BODY.PEEK[HEADER]; POP3: TOP n 0)."""
     def copy(self, uids: Sequence[int], folder: str) -> None: ...
     def move(self, uids: Sequence[int], folder: str) -> None: ...
     def mark(self, uids: Sequence[int], keyword: str) -> None: ...

@@ -289,3 +289,44 @@ def test_the_service_polls_the_maildrop_every_interval(tmp_path: Path, dovecot_p
     wait_for(lambda: maildrop(dovecot_pop3, box) == [])
     assert "Traceback" not in service.stop()
     assert len(redmine.emails) == 2
+
+
+BIG_BODY = ("x" * 76 + "\n") * 300  # 23 KB, over the 10k below
+
+
+def test_oversized_mail_is_decided_on_its_headers_and_never_retrieved(
+        tmp_path: Path, dovecot_pop3: Dovecot, box: ImapAccount, redmine: FakeRedmine,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Over max_message_size, TOP n 0 runs the header rules: discard DELEs, skip leaves, no RETR."""
+    box.append("INBOX", make(subject="[spam] big", body=BIG_BODY))
+    box.append("INBOX", make(subject="[list] big", body=BIG_BODY))
+    box.append("INBOX", make(subject="just big", body=BIG_BODY))
+    path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url, keep=False,
+                       folder={"max_message_size": "10k", "rules": [
+                           {"name": "spam", "if": [r"^Subject: \[spam\]"], "then": "discard"},
+                           {"name": "list", "if": [r"^Subject: \[list\]"], "then": "skip"}]})
+    assert run_once(path) == EX_OK
+    assert all(f"1 {outcome}" in caplog.text for outcome in ("discarded", "failed", "skipped"))
+    assert "over max_message_size" in caplog.text
+    wait_for(lambda: dovecot_pop3.commands("pop3", box.username).get("top") == 3)
+    assert dovecot_pop3.commands("pop3", box.username) == {"top": 3, "retr": 0, "del": 1}
+    assert run_once(path) == EX_OK  # all three settled: not looked at again
+    wait_for(lambda: dovecot_pop3.commands("pop3", box.username).get("top") == 3)
+    assert redmine.emails == []
+    left = maildrop(dovecot_pop3, box)
+    assert [b"[list] big" in raw or b"just big" in raw for raw in left] == [True, True]
+
+
+def test_oversized_mail_with_body_rules_is_refused_without_top(
+        tmp_path: Path, dovecot_pop3: Dovecot, box: ImapAccount, redmine: FakeRedmine,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A body rule needs the whole message: an oversized one is refused as too large, no TOP."""
+    box.append("INBOX", make(subject="[spam] big", body=BIG_BODY))
+    path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url,
+                       folder={"max_message_size": "10k", "rules": [
+                           {"if": [{"body": "x{70}"}], "then": "discard"}]})
+    assert run_once(path) == EX_OK
+    assert "over max_message_size" in caplog.text
+    wait_for(lambda: bool(dovecot_pop3.commands("pop3", box.username)))
+    assert dovecot_pop3.commands("pop3", box.username) == {"top": 0, "retr": 0, "del": 0}
+    assert len(maildrop(dovecot_pop3, box)) == 1
