@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError, ProtocolError
 
 from .config import Account
+from .config.folders import FailureFolder
 from .errors import (
     CommandRefused,
     ConnectionLost,
@@ -418,3 +419,17 @@ def _uid_set(uids: Iterable[int]) -> str:
     return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
 
 
+
+
+def append_to(accounts: Sequence[Account], to: FailureFolder, raws: Sequence[bytes],
+              flags: Sequence[str], deadline: float | None = None) -> None:
+    """Append each of ``raws`` to ``to``, an IMAP folder of one of ``accounts``, in a session
+    of its own; with ``deadline`` (time.monotonic) each command ends before it, so that a
+    caller's own fallback (a spool) is still reached."""
+    account = next(account for account in accounts if account.name == to.account)
+    if deadline is not None:
+        account = account.model_copy(update={
+            "timeout": max(1.0, min(account.timeout, deadline - time.monotonic() - 1))})
+    with Mailbox(account) as mailbox:
+        for raw in raws:
+            mailbox.append(to.folder, raw, flags)

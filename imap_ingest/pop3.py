@@ -26,9 +26,17 @@ from pathlib import Path
 
 from . import spool
 from .config import Account
-from .errors import EX_CONFIG, AuthFailed, ConnectionLost, LoginRefused, MailboxError
+from .errors import (
+    EX_CONFIG,
+    AuthFailed,
+    ConnectionLost,
+    IngestError,
+    LoginRefused,
+    MailboxError,
+)
 from .imap_connect import SLOWEST, Reader, lost, server_text, tls_context
 from .ledger import Ledger, Record
+from .mailbox import append_to
 from .message import MAX_HEADER_BYTES
 from .oauth import Tokens
 from .source import Fetched
@@ -59,8 +67,10 @@ class Maildrop:
 
     keywords = False  # POP3 marks nothing: the ledger remembers what was set aside
 
-    def __init__(self, account: Account, tokens: Tokens | None, ledger: Ledger | None) -> None:
+    def __init__(self, account: Account, tokens: Tokens | None, ledger: Ledger | None,
+                 accounts: Sequence[Account] = ()) -> None:
         self.account = account
+        self._accounts = accounts  # where a failure_folder's account is found
         self.uidvalidity = UIDVALIDITY
         self.unfetched: list[int] = []
         if tokens is None and account.uses_token:
@@ -149,14 +159,25 @@ class Maildrop:
 
     def mark(self, uids: Sequence[int], keyword: str) -> None:
         """Left on the server (the ledger remembers); a refused one is copied to the
-        folder's ``failure_spool`` when set."""
-        spool_dir = self._folder.failure_spool
-        if keyword != FAILED or spool_dir is None:
+        folder's ``failure_folder`` when set, else (or when that fails) to its
+        ``failure_spool`` when set."""
+        folder = self._folder
+        if keyword != FAILED or (folder.failure_folder is None and folder.failure_spool is None):
             return
-        for uid in uids:
-            raw = self._retr(uid, max(self._sizes[uid], self._folder.max_message_size))
-            if raw is not None:
-                self._keep(spool_dir, uid, raw)
+        kept = {uid: raw for uid in uids if (raw := self._retr(
+            uid, max(self._sizes[uid], folder.max_message_size))) is not None}
+        if folder.failure_folder is not None and kept:
+            try:
+                append_to(self._accounts, folder.failure_folder, list(kept.values()), [FAILED])
+                log.info("account %s: %d refused message(s): a copy is in %s",
+                         self.account.name, len(kept), folder.failure_folder)
+                return
+            except IngestError as exc:  # still on the server: the spool, if any, takes it
+                log.warning("account %s: %s: %s%s", self.account.name, folder.failure_folder,
+                            exc, "; spooling instead" if folder.failure_spool else "")
+        if folder.failure_spool is not None:
+            for uid, raw in kept.items():
+                self._keep(folder.failure_spool, uid, raw)
 
     def move(self, uids: Sequence[int], folder: str) -> None:
         """Left on the server: POP3 has no folders (the ledger remembers where it went)."""

@@ -60,11 +60,13 @@ class Source(Protocol):
     def __exit__(self, *_: object) -> None: ...
 
 
-def open_source(account: Account, tokens: Tokens | None, ledger: Ledger | None) -> Source:
+def open_source(account: Account, tokens: Tokens | None, ledger: Ledger | None,
+                accounts: Sequence[Account] = ()) -> Source:
     """A session on ``account`` by its protocol; POP3 keeps what it knows in ``ledger``
-    (without one, as for `check`, every message in the maildrop counts as new)."""
+    (without one, as for `check`, every message in the maildrop counts as new) and finds
+    its failure_folder's account among ``accounts``."""
     if account.protocol == "pop3":
         from .pop3 import Maildrop
-        return Maildrop(account, tokens, ledger)
+        return Maildrop(account, tokens, ledger, accounts)
     from .mailbox import Mailbox
     return Mailbox(account, tokens)

@@ -19,7 +19,7 @@ from imap_ingest.errors import EX_CONFIG, EX_OK
 from imap_ingest.pop3 import Maildrop
 
 from .support.daemon import Daemon
-from .support.dovecot import Dovecot, ImapAccount
+from .support.dovecot import Dovecot, ImapAccount, free_ports
 from .support.ingest_env import ROOT, command
 from .support.mail import make
 from .support.oauth_env import oauth2
@@ -126,6 +126,55 @@ def test_refused_message_is_kept_spooled_shown_and_retried(tmp_path: Path,
     assert run_once(path) == EX_OK
     assert len(redmine.emails) == 2
     assert maildrop(dovecot_pop3, box) == []
+
+
+def with_desk(path: Path, desk: ImapAccount, port: int | None = None) -> Path:
+    """``path``'s config plus an IMAP account ``desk`` (its INBOX watched) on ``port``."""
+    data = yaml.safe_load(path.read_text())
+    data["accounts"].append({"name": "desk", "host": desk.host, "port": port or desk.port,
+                             "security": "none", "username": desk.username,
+                             "password": desk.password, "timeout": "5s",
+                             "folders": [{"name": "INBOX", "project": "support"}]})
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_refusal_is_copied_to_another_accounts_imap_folder_else_spooled(
+        tmp_path: Path, dovecot_pop3: Dovecot, box: ImapAccount, redmine: FakeRedmine,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """failure_folder: a refusal is appended (keyword set) to desk's Refused and left on the
+    POP3 server; with that IMAP account down, failure_spool takes the copy; bad names: 78."""
+    desk = dovecot_pop3.account()
+    box.append("INBOX", make(subject="refused"))
+    redmine.answer = lambda r: (422, b"no such project", 0)
+    refused = {"failure_folder": {"account": "desk", "folder": "Refused"},
+               "failure_spool": str(tmp_path / "spool")}
+    path = with_desk(pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url,
+                                 keep=False, folder=refused), desk)
+    assert run_once(path) == EX_OK
+    [(flags, body)] = desk.messages("Refused").values()
+    assert b"Subject: refused" in body and b"$ImapIngestFailed" in flags
+    assert "a copy is in IMAP folder Refused of account desk" in caplog.text
+    assert list((tmp_path / "spool").glob("*.eml")) == []
+    assert len(maildrop(dovecot_pop3, box)) == 1
+    assert run_once(path) == EX_OK  # recorded: neither tried nor copied again
+    assert len(desk.messages("Refused")) == 1
+
+    [closed] = free_ports(1)
+    other = dovecot_pop3.account()
+    other.append("INBOX", make(subject="refused, IMAP down"))
+    (tmp_path / "down").mkdir()
+    down = with_desk(pop3_config(tmp_path / "down" / "c.yaml", dovecot_pop3, other, redmine.url,
+                                 folder=refused), desk, port=closed)
+    assert run_once(down) != EX_OK  # desk's own INBOX cannot be read
+    [eml] = (tmp_path / "spool").glob("*.eml")
+    assert b"Subject: refused, IMAP down" in eml.read_bytes()
+    assert "spooling instead" in caplog.text
+
+    for wrong in ("nope", "pop"):
+        bad = pop3_config(tmp_path / f"{wrong}.yaml", dovecot_pop3, box, redmine.url,
+                          folder={"failure_folder": {"account": wrong, "folder": "X"}})
+        assert main(["check", "-c", str(bad)]) == EX_CONFIG
 
 
 def test_crash_between_retr_and_dele_neither_loses_nor_doubles(
