@@ -136,7 +136,9 @@ class Maildrop:
         without their bytes (with ``headers``, with their header block: TOP n 0)."""
         self.unfetched = []
         for uid in uids:
-            size = self._sizes[uid]
+            size = self._sizes.get(uid)
+            if size is None:
+                continue  # not in the maildrop (any more)
             if size > max_size:
                 yield Fetched(uid, size, None, header=self._top(uid) if headers else None)
                 continue
@@ -178,6 +180,9 @@ class Maildrop:
         if folder.failure_spool is not None:
             for uid, raw in kept.items():
                 self._keep(folder.failure_spool, uid, raw)
+
+    def unmark(self, uids: Sequence[int], keyword: str) -> None:
+        """Nothing: ``mark`` set nothing on the server."""
 
     def move(self, uids: Sequence[int], folder: str) -> None:
         """Left on the server: POP3 has no folders (the ledger remembers where it went)."""

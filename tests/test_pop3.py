@@ -20,7 +20,7 @@ from imap_ingest.pop3 import Maildrop
 
 from .support.daemon import Daemon
 from .support.dovecot import Dovecot, ImapAccount, free_ports
-from .support.ingest_env import ROOT, command
+from .support.ingest_env import ROOT, command, pop3_config
 from .support.mail import make
 from .support.oauth_env import oauth2
 from .support.process import wait_for
@@ -33,23 +33,6 @@ from .support.token_service import TokenService
 def box(dovecot_pop3: Dovecot) -> ImapAccount:
     """A fresh mailbox on the dovecot that also serves POP3."""
     return dovecot_pop3.account()
-
-
-def pop3_config(path: Path, server: Dovecot, box: ImapAccount, redmine_url: str,
-                folder: dict[str, Any] | None = None, **account: Any) -> Path:
-    """One POP3 account (plain, keep: true unless told), one folder, a Redmine target."""
-    data = {
-        "accounts": [{"name": "pop", "protocol": "pop3", "host": box.host,
-                      "port": server.pop3_port, "security": "none", "username": box.username,
-                      "password": box.password,
-                      "folders": [{"name": "INBOX", "project": "support", **(folder or {})}],
-                      **account}],
-        "targets": {"redmine": {"type": "redmine", "url": redmine_url, "key": "s3cret-key",
-                                "timeout": "5s"}},
-        "state_dir": str(path.parent / "state"),
-    }
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def run_once(path: Path) -> int:

@@ -209,6 +209,12 @@ class Account(WithSecret):
         return self.protocol == "imap"
 
     @property
+    def has_folders(self) -> bool:
+        """The server has folders to move mail into and marks to set (IMAP); POP3 has its
+        maildrop only, and the ledger remembers the rest."""
+        return self.protocol == "imap"
+
+    @property
     def effective_port(self) -> int:
         if self.protocol == "pop3":
             return self.port or (995 if self.security == "ssl" else 110)
