@@ -125,8 +125,7 @@ def with_desk(path: Path, desk: ImapAccount, port: int | None = None) -> Path:
 def test_refusal_is_copied_to_another_accounts_imap_folder_else_spooled(
         tmp_path: Path, dovecot_pop3: Dovecot, box: ImapAccount, redmine: FakeRedmine,
         caplog: pytest.LogCaptureFixture) -> None:
-    """failure_folder: a refusal is appended (keyword set) to desk's Refused and left on the
-    POP3 server; with that IMAP account down, failure_spool takes the copy; bad names: 78."""
+    """A refusal is appended to desk's Refused (kept on the server); desk down: spooled."""
     desk = dovecot_pop3.account()
     box.append("INBOX", make(subject="refused"))
     redmine.answer = lambda r: (422, b"no such project", 0)
