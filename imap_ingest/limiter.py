@@ -130,6 +130,10 @@ class Pace:
         with self._ready:
             return ticket.crowded or self._entered != ticket.entered + 1
 
+    def elapsed(self, ticket: Ticket) -> float:
+        """Seconds since the request took its slot."""
+        return self._clock() - ticket.started
+
     def answered(self, ticket: Ticket, signal: Signal) -> None:
         """Tell the limiter how the request went."""
         if self.fixed is None:

@@ -46,6 +46,7 @@ class Answer:
     content: bytes
     encoding: str | None = None
     crowded: bool = False  # other requests to the target were in flight meanwhile
+    seconds: float = 0.0  # from taking a slot to the answer
 
     @property
     def text(self) -> str:
@@ -215,7 +216,8 @@ class Client:
                 return answer
             self.pace.answered(ticket, Signal.OVERLOAD if answer.status_code == 429
                                or answer.status_code >= 500 else Signal.ANSWER)
-            return replace(answer, crowded=self.pace.crowded(ticket))
+            return replace(answer, crowded=self.pace.crowded(ticket),
+                           seconds=self.pace.elapsed(ticket))
 
     def _follow(self, method: str, url: str, data: bytes | Iterable[bytes] | None,
                 files: Mapping[str, Any] | None, headers: Mapping[str, str] | None,
