@@ -1,8 +1,9 @@
 """Mail an MTA pipes in: one process per message, as Postfix's pipe(8) runs them.
 
-  - start-up cost: N messages through `imap-ingest rdm-mailhandler` into the zero-cost sink
-    (bench/sink.py answers 201 at once), beside N runs of a bare `python3 -c pass`, so that
-    what is imap-ingest's own (imports, config, ledger) stands out; wall and CPU per message
+  - start-up cost: N messages through the real /usr/bin/rt-mailgate, `imap-ingest
+    rt-mailgate` and `imap-ingest rdm-mailhandler` into the zero-cost sink (bench/sink.py
+    answers at once), beside N runs of a bare `python3 -c pass`, so that what is
+    imap-ingest's own (imports, config, ledger) stands out; wall and CPU per message
   - side by side into one real RT 5.0.3 (tests/e2e/rt.py, reset before each run): N messages
     through the real /usr/bin/rt-mailgate and N through `imap-ingest rt-mailgate` with the
     same flags, one after the other; each message must end as exactly one ticket
@@ -51,16 +52,38 @@ def child_env(pycache: str) -> dict[str, str]:
 
 
 def startup(count: int, messages: list[bytes], env: dict[str, str]) -> None:
-    wall, cpu, _ = per_message([[sys.executable, "-c", "pass"]] * count, messages, env)
-    print(f"python3 -c pass:                      {wall * 1000:6.0f} ms wall, "
-          f"{cpu * 1000:6.0f} ms CPU per process")
-    with sink() as (url, answered), tempfile.TemporaryDirectory() as state:
-        argv = ours("rdm-mailhandler", "--url", url, "--key", "k", "--state-dir", state)
-        per_message([argv], messages[:1], env)  # compiles the bytecode once
-        wall, cpu, codes = per_message([argv] * count, messages, env)
-    print(f"imap-ingest rdm-mailhandler -> sink:  {wall * 1000:6.0f} ms wall, "
-          f"{cpu * 1000:6.0f} ms CPU per message; exits {sorted(set(codes))}, "
-          f"{answered[0]} requests for {count} messages")
+    """Each command once per message into the zero-cost sink (RT's "ok", Redmine's 201),
+    in five interleaved rounds so that the machine's load weighs on all of them alike."""
+    from bench.rt_tools import ACTION, MAILGATE, QUEUE
+
+    rounds = 5
+    with sink(200, "ok\n") as (rt_url, rt_answered), sink() as (rdm_url, rdm_answered), \
+            tempfile.TemporaryDirectory() as state:
+        rt_flags = ["--queue", QUEUE, "--action", ACTION, "--url", rt_url]
+        commands = {
+            "python3 -c pass (the floor)": [sys.executable, "-c", "pass"],
+            "rt-mailgate (Perl)": [MAILGATE, *rt_flags],
+            "imap-ingest rt-mailgate": ours("rt-mailgate", *rt_flags, "--state-dir",
+                                            f"{state}/rt"),
+            "imap-ingest rdm-mailhandler": ours("rdm-mailhandler", "--url", rdm_url, "--key",
+                                                "k", "--state-dir", f"{state}/rdm")}
+        for argv in commands.values():
+            per_message([argv], [b""], env)  # compiles the bytecode once; nothing is posted
+        seconds = {name: [0.0, 0.0] for name in commands}  # wall, CPU
+        exits: dict[str, set[int]] = {name: set() for name in commands}
+        for first in range(rounds):
+            part = messages[first::rounds]
+            for name, argv in commands.items():
+                wall, cpu, codes = per_message([argv] * len(part), part, env)
+                seconds[name][0] += wall * len(part)
+                seconds[name][1] += cpu * len(part)
+                exits[name].update(codes)
+    print(f"{'into the zero-cost sink, per message':<38} {'wall':>7} {'CPU':>7}  exits")
+    for name, (wall, cpu) in seconds.items():
+        print(f"{name:<38} {wall / count * 1000:4.0f} ms {cpu / count * 1000:4.0f} ms  "
+              f"{sorted(exits[name])}")
+    print(f"requests the sinks answered: RT "
+          f"{rt_answered[0]} for 2 x {count} messages, Redmine {rdm_answered[0]} for {count}")
 
 
 def side_by_side(count: int, messages: list[bytes], env: dict[str, str]) -> None:
