@@ -77,8 +77,7 @@ def test_not_ok_is_spooled_and_shown_in_status(real_rt: RealRT, mta: Postfix) ->
 
 
 def test_unknown_queue_is_left_in_the_postfix_queue(real_rt: RealRT, mta: Postfix) -> None:
-    """A queue RT does not have is its temporary failure, not `not ok`: 75, Postfix defers
-    the mail (as with rt-mailgate) and nothing is spooled."""
+    """An unknown queue is RT's temporary failure (not `not ok`): 75, Postfix defers it."""
     mta.send(make(subject="No such queue", sender=ALICE), "nowhere")
     mta.wait_for(r"to=<nowhere@.*status=deferred")
     assert "nowhere@" in mta.queued()
