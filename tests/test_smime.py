@@ -14,6 +14,7 @@ from imap_ingest.message import Message
 from imap_ingest.smime import ENCRYPTION, SIGNATURE, Gate, Opened
 
 from .support.pki import (
+    ALTERNATIVE,
     EXPIRED,
     PASSPHRASE,
     PLAIN,
@@ -24,6 +25,8 @@ from .support.pki import (
     STRANGER,
     Pki,
     mail,
+    outlook,
+    thunderbird,
 )
 
 
@@ -213,38 +216,6 @@ def test_no_smime_configured_changes_nothing(pki: Pki) -> None:
     """A folder without smime: the message object itself goes on, forged header and all."""
     message = Message(mail(PLAIN, headers={SIGNATURE: "x (trusted)"}))
     assert Gate(None).open(message).message is message
-
-
-ALTERNATIVE = (b'Content-Type: multipart/alternative; boundary="_000_alt_"\r\n\r\n'
-               b"--_000_alt_\r\nContent-Type: text/plain; charset=\"us-ascii\"\r\n\r\n"
-               b"Door open.\r\n--_000_alt_\r\nContent-Type: text/html; charset=\"us-ascii\""
-               b"\r\n\r\n<p>Door open.</p>\r\n--_000_alt_--\r\n")
-
-
-def outlook(pki: Pki) -> bytes:
-    """Outlook's shape: x-pkcs7-mime, 3DES, base64 in 76 columns, its X-MS headers."""
-    entity = pki.encrypt(pki.sign(ALTERNATIVE, opaque=True), cipher="-des3").decode()
-    head, _, body = entity.partition("\n\n")
-    joined = "".join(body.split())
-    body = "\n".join(joined[i:i + 76] for i in range(0, len(joined), 76))
-    head = head.replace("application/pkcs7-mime", "application/x-pkcs7-mime")
-    return mail(f"{head}\n\n{body}\n".encode(), headers={
-        "Thread-Index": "AdnQ1x2y3z4w5v6u7t8s9r0q==", "X-MS-Has-Attach": "yes",
-        "X-MS-TNEF-Correlator": "", "Content-Language": "en-US"})
-
-
-def thunderbird(pki: Pki) -> bytes:
-    """Thunderbird's shape: its preamble and boundary, the signature part described."""
-    entity = pki.sign(ALTERNATIVE).decode()
-    boundary = re.search(r'boundary="([^"]+)"', entity)
-    assert boundary
-    entity = (entity.replace(boundary[1], "------------ms010203040506070809000102")
-              .replace("This is an S/MIME signed message",
-                       "This is a cryptographically signed message in MIME format.")
-              .replace('Content-Type: application/pkcs7-signature; name="smime.p7s"',
-                       'Content-Type: application/pkcs7-signature; name="smime.p7s"\n'
-                       "Content-Description: S/MIME Cryptographic Signature"))
-    return mail(entity.encode(), headers={"User-Agent": "Mozilla/5.0 Thunderbird/115.6.0"})
 
 
 @pytest.mark.parametrize("shape", [outlook, thunderbird], ids=["outlook", "thunderbird"])
