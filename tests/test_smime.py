@@ -212,6 +212,38 @@ def test_keep_original_attaches_the_p7m(pki: Pki) -> None:
     assert b'filename="smime.p7m"' in parts[2] and b"enveloped-data" in parts[2]
 
 
+def test_verdict_in_body_is_the_first_text_part(pki: Pki) -> None:
+    """verdict_in_body: the verdict also as a first text part (Redmine keeps no headers)."""
+    raw = mail(pki.encrypt(pki.sign(PLAIN)))
+    opened = run(pki, raw, verdict_in_body=True, keep_original=True)
+    note, text = opened.message.body_text().split("\n", 1)
+    assert note == f"S/MIME (imap-ingest): encryption Success, signature {SIGNER} (trusted)"
+    assert text == "The server room door is open.\r\n"
+    assert verdict(opened) == ("Success", f"{SIGNER} (trusted)")
+    assert b'filename="smime.p7m"' in opened.message.raw
+
+
+@pytest.mark.parametrize("content", [PLAIN, PLAIN.partition(b"\r\n")[2]],
+                         ids=["content-type", "none"])
+def test_verdict_in_body_of_plain_mail_keeps_its_content(pki: Pki, content: bytes) -> None:
+    """Plain mail gets the note too (a forged verdict gone), its own content unchanged."""
+    raw = mail(content, headers={SIGNATURE: "ceo@example.org (trusted)"})
+    opened = run(pki, raw.replace(b"MIME-Version: 1.0\r\n", b""), verdict_in_body=True)
+    assert opened.message.header("MIME-Version") == "1.0"  # it is a multipart now
+    assert opened.message.body_text() == ("S/MIME (imap-ingest): encryption Not encrypted, "
+                                          "signature Not signed\nThe server room door is "
+                                          "open.\r\n")
+    assert b"ceo@example.org" not in opened.message.raw
+    assert opened.message.header("Subject") == "Incident"
+
+
+@pytest.mark.parametrize("mode", ["verify", "pass-through"])
+def test_verdict_in_body_only_when_decrypting(pki: Pki, mode: str) -> None:
+    """verify and pass-through keep the original bytes: no note is written into them."""
+    raw = mail(pki.sign(PLAIN))
+    assert run(pki, raw, mode, verdict_in_body=True).message.raw.endswith(raw)
+
+
 def test_no_smime_configured_changes_nothing(pki: Pki) -> None:
     """A folder without smime: the message object itself goes on, forged header and all."""
     message = Message(mail(PLAIN, headers={SIGNATURE: "x (trusted)"}))

@@ -280,7 +280,8 @@ def _smime(pki: Pki, **extra: object) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def redmine_pass(tmp_path_factory: pytest.TempPathFactory, dovecot: Dovecot,
                  redmine_stock: RealRedmine, pki: Pki) -> Pass[dict[str, Any]]:
-    """Every shape through dovecot into the real Redmine, decrypted, the originals kept."""
+    """Every shape through dovecot into the real Redmine, decrypted, the verdict in the
+    text, the originals kept."""
     redmine_stock.reset()
     tmp = tmp_path_factory.mktemp("smime-redmine")
     world = E2E(tmp, dovecot.account(), redmine_stock)
@@ -288,7 +289,7 @@ def redmine_pass(tmp_path_factory: pytest.TempPathFactory, dovecot: Dovecot,
     for raw in made.values():
         world.append(raw)
     assert world.run(account={"addresses": [QUEUE]}, target=ANYONE,
-                   folder={"smime": _smime(pki, keep_original=True),
+                   folder={"smime": _smime(pki, keep_original=True, verdict_in_body=True),
                            "move_on_failure": "Failed"}) == 0
     names, rows = _by_shape(made, tmp / "state")
     folders: dict[str, list[str]] = {name: [] for name in names.values()}
@@ -352,11 +353,14 @@ def _landed(done: Pass[T], shape: Shape) -> T | None:
 
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_redmine_gets_each_shape(redmine_pass: Pass[dict[str, Any]], shape: Shape) -> None:
-    """Each shape in the real Redmine: decrypted, its original attached; or set aside."""
+    """Each shape in the real Redmine: decrypted, the verdict first in the description, its
+    original attached; or set aside."""
     issue = _landed(redmine_pass, shape)
     if issue is None:
         return
     description = issue["description"]
+    assert description.startswith(f"S/MIME (imap-ingest): encryption {shape.encryption}, "
+                                  f"signature {shape.signature}\r\n")
     assert shape.text in description
     assert f"ref {redmine_pass.ledger[shape.name]['message_id']}" in description
     assert "pkcs7" not in description and "ceo@example.org" not in description
