@@ -143,6 +143,42 @@ def test_wrong_passphrase_says_so_without_the_passphrase(pki: Pki) -> None:
     assert "not-the-one" not in " ".join(opened.steps) and PASSPHRASE not in opened.failure
 
 
+def test_fallback_passphrase(pki: Pki) -> None:
+    """The map's '' passphrase serves an address the map does not name (RT's fallback)."""
+    opened = run(pki, mail(pki.encrypt(PLAIN)), passphrase={"": PASSPHRASE})
+    assert verdict(opened) == ("Success", "Not signed")
+
+
+@pytest.mark.parametrize("header", ["Delivered-To", "To", "Cc"])
+def test_recipient_headers_name_the_key(pki: Pki, header: str) -> None:
+    """Without the folder's addresses, Delivered-To, To and Cc say whose key decrypts."""
+    to = PLAIN_QUEUE if header == "To" else "list@example.org"  # a To without a key
+    raw = mail(pki.encrypt(PLAIN, PLAIN_QUEUE), to=to,
+               headers={} if header == "To" else {header: PLAIN_QUEUE})
+    opened = Gate(SMime.model_validate({"keyring": pki.keyring})).open(Message(raw))
+    assert opened.failure is None
+    assert f"layer 1: enveloped-data, decrypted with the key of {PLAIN_QUEUE}" in opened.steps
+
+
+@pytest.mark.parametrize(("settings", "reason"), [
+    ({"max_size": 100}, "Bad data: {size} bytes, over smime max_size (100 bytes)"),
+    ({"max_layers": 1}, "Bad data: more than smime max_layers (1) S/MIME layers"),
+], ids=["max_size", "max_layers"])
+def test_limits_are_bad_data(pki: Pki, settings: dict[str, Any], reason: str) -> None:
+    """Over max_size, or more layers than max_layers: Bad data, a failure."""
+    raw = mail(pki.encrypt(pki.sign(PLAIN)))
+    assert run(pki, raw, **settings).failure == reason.format(size=len(raw))
+
+
+def test_openssl_over_the_timeout_is_bad_data(pki: Pki, tmp_path: Path) -> None:
+    """An openssl run over ``timeout`` is stopped: Bad data, a failure."""
+    slow = tmp_path / "openssl"
+    slow.write_text("#!/bin/sh\nsleep 10\n")
+    slow.chmod(0o755)
+    opened = run(pki, mail(pki.encrypt(PLAIN)), openssl=str(slow), timeout=0.2)
+    assert opened.failure == "Bad data: openssl cms took over 0.2s (smime timeout)"
+
+
 def test_bad_data_fails(pki: Pki) -> None:
     """An enveloped-data whose base64 is garbage: Bad data, a failure."""
     entity = re.sub(rb"\n\n.*", b"\n\nnot base64 at all !!!\n", pki.encrypt(PLAIN), flags=re.S)
