@@ -136,6 +136,14 @@ def test_rt_pass_through_lets_rts_own_smime_decrypt(
     assert b"The server room door is open." in content
 
 
+def with_addresses(config: Path, addresses: list[str]) -> Path:
+    """The Tally's config with the account's ``addresses`` (whose keys decrypt) replaced."""
+    data = yaml.safe_load(config.read_text())
+    data["accounts"][0]["addresses"] = addresses
+    config.write_text(yaml.safe_dump(data))
+    return config
+
+
 def test_rt_decrypt_mode_gives_rt_plain_mime(tally: Tally,  # noqa: F811
                                              real_rt: RealRT, pki: Pki) -> None:
     """mode: decrypt for an RT without SMIME: RT stores the plain text and our verdict."""
@@ -143,10 +151,7 @@ def test_rt_decrypt_mode_gives_rt_plain_mime(tally: Tally,  # noqa: F811
     tally.deliver(raw)
     smime = {"keyring": str(pki.keyring), "ca_path": str(pki.ca), "passphrase": PASSPHRASE,
              "mode": "decrypt"}
-    config = tally.config([{"name": "INBOX", "smime": smime}])
-    data = yaml.safe_load(config.read_text())
-    data["accounts"][0]["addresses"] = [QUEUE]
-    config.write_text(yaml.safe_dump(data))
+    config = with_addresses(tally.config([{"name": "INBOX", "smime": smime}]), [QUEUE])
     assert tally.run(config) == 0
     head, content = stored(real_rt, message_id)
     assert f"X-Imap-Ingest-Signature: {SIGNER} (trusted)" in head
@@ -231,15 +236,15 @@ def _alternative(content: bytes) -> bytes:
     return alternative(content.partition(b"\r\n\r\n")[2].decode().rstrip("\r\n"))
 
 
-def shaped(pki: Pki) -> dict[str, bytes]:
-    """Each shape's message (subject: its name), by Message-ID; each carries a ``ref`` line."""
+def shaped(pki: Pki) -> dict[str, tuple[str, bytes]]:
+    """By shape name, its Message-ID and message (subject: the name; a ``ref`` line)."""
     made = {}
     for shape in SHAPES:
         message_id = f"<e2e-{uuid.uuid4().hex}@example.org>"
         content = (b"Content-Type: text/plain; charset=utf-8\r\n\r\n"
                    + f"The server room door is open.\r\nref {message_id}\r\n".encode())
-        made[message_id] = shape.build(pki, content, {"subject": shape.name,
-                                                      "message_id": message_id})
+        made[shape.name] = message_id, shape.build(pki, content, {"subject": shape.name,
+                                                                  "message_id": message_id})
     return made
 
 
@@ -255,20 +260,16 @@ class Pass(Generic[T]):
     stored: dict[str, T | None]
 
 
-def _sent(made: dict[str, bytes]) -> dict[str, bytes]:
-    """The messages ``shaped`` made, by shape name."""
-    return {shape.name: raw for shape, raw in zip(SHAPES, made.values(), strict=True)}
-
-
-def _by_shape(made: dict[str, bytes], state: Path) -> tuple[dict[str, str], dict[str, Any]]:
-    """Shape name by Message-ID, and the ledger's rows by shape name."""
-    names = {message_id: shape.name for message_id, shape in zip(made, SHAPES, strict=True)}
+def _by_shape(made: dict[str, tuple[str, bytes]],
+              state: Path) -> tuple[dict[str, str], dict[str, bytes], dict[str, Any]]:
+    """Shape name by Message-ID, and by shape name the message and its row in the ledger."""
+    names = {message_id: name for name, (message_id, _) in made.items()}
     ledger = Ledger.open(state)
     try:
         rows = {names[str(row["message_id"])]: row for row in ledger.latest(len(made) * 2)}
     finally:
         ledger.close()
-    return names, rows
+    return names, {name: raw for name, (_, raw) in made.items()}, rows
 
 
 def _smime(pki: Pki, **extra: object) -> dict[str, object]:
@@ -286,34 +287,32 @@ def redmine_pass(tmp_path_factory: pytest.TempPathFactory, dovecot: Dovecot,
     tmp = tmp_path_factory.mktemp("smime-redmine")
     world = E2E(tmp, dovecot.account(), redmine_stock)
     made = shaped(pki)
-    for raw in made.values():
+    for _, raw in made.values():
         world.append(raw)
     assert world.run(account={"addresses": [QUEUE]}, target=ANYONE,
                    folder={"smime": _smime(pki, keep_original=True, verdict_in_body=True),
                            "move_on_failure": "Failed"}) == 0
-    names, rows = _by_shape(made, tmp / "state")
-    folders: dict[str, list[str]] = {name: [] for name in names.values()}
+    names, sent, rows = _by_shape(made, tmp / "state")
+    folders: dict[str, list[str]] = {name: [] for name in made}
     for folder in KEPT:
         for message_id in world.in_folder(folder):
             folders[names[message_id]].append(folder)
     issues = {issue["subject"]: issue for issue in redmine_stock.issues_with_journals()}
-    return Pass(_sent(made), rows, folders, {name: issues.get(name) for name in names.values()})
+    return Pass(sent, rows, folders, {name: issues.get(name) for name in made})
 
 
 def _rt_pass(desk: Tally, pki: Pki, smime: dict[str, object],
              addresses: list[str] | None = None) -> Pass[tuple[str, Parts]]:
     """Every shape through dovecot into ``desk``'s RT in one pass: what RT stored."""
     made = shaped(pki)
-    for raw in made.values():
+    for _, raw in made.values():
         desk.deliver(raw)
     config = desk.config([{"name": "INBOX", "smime": smime, "move_on_failure": "Failed"}])
     if addresses:
-        data = yaml.safe_load(config.read_text())
-        data["accounts"][0]["addresses"] = addresses
-        config.write_text(yaml.safe_dump(data))
+        with_addresses(config, addresses)
     assert desk.run(config) == 0
-    names, rows = _by_shape(made, desk.tmp_path / "state")
-    return Pass(_sent(made), rows, {names[mid]: imap for mid, (imap, _) in desk.where.items()},
+    names, sent, rows = _by_shape(made, desk.tmp_path / "state")
+    return Pass(sent, rows, {names[mid]: imap for mid, (imap, _) in desk.where.items()},
                 {names[mid]: content(desk.rt, records[0]) if records else None
                  for mid, (_, records) in desk.where.items()})
 
