@@ -352,8 +352,7 @@ def _landed(done: Pass[T], shape: Shape) -> T | None:
 
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_redmine_gets_each_shape(redmine_pass: Pass[dict[str, Any]], shape: Shape) -> None:
-    """Each shape in the real Redmine: decrypted, the verdict first in the description, its
-    original attached; or set aside."""
+    """Each shape in Redmine: decrypted, the verdict its first line, the original attached."""
     issue = _landed(redmine_pass, shape)
     if issue is None:
         return
@@ -408,9 +407,9 @@ def rt_own_verdict(shape: Shape) -> tuple[str, str | None, dict[str, str]]:
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_rt_pass_through_each_shape(rt_pass_through: Pass[tuple[str, Parts]],
                                     shape: Shape) -> None:
-    """pass-through to an RT with SMIME on: RT gets every shape's bytes, and its own
-    verdict is ours (RT 5.0.3 makes a ticket even of mail it cannot decrypt)."""
+    """pass-through to an RT with SMIME on: RT gets each shape's bytes; its verdict is ours."""
     row = rt_pass_through.ledger[shape.name]
+    # submitted even when RT cannot decrypt it: RT 5.0.3 makes a ticket of it all the same
     assert (row["outcome"], rt_pass_through.folders[shape.name]) == ("submitted", [])
     stored = rt_pass_through.stored[shape.name]
     assert stored is not None
