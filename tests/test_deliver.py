@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -277,3 +278,39 @@ def test_a_plain_http_url_is_taken_as_rt_mailgate_takes_it(
     assert "plain http" in caplog.text
     for target in (rt_target(rt), redmine_target(rdm)):
         registry.registered()[str(target["type"])].model.model_validate(target)
+
+
+# What a delivery must not import: an MTA starts a process per message, and each of these
+# costs milliseconds there for nothing (the service's scheduler, IMAP, OAuth, the console,
+# PostgreSQL, YAML without -c, pydantic-settings, whose sources the config does not use).
+NOT_ON_THE_DELIVERY_PATH = (
+    "apscheduler", "imapclient", "msal", "cryptography", "psycopg", "yaml", "dotenv",
+    "pydantic_settings", "prometheus_client", "imap_ingest.cli", "imap_ingest.console",
+    "imap_ingest.mailbox", "imap_ingest.oauth", "imap_ingest.service", "imap_ingest.worker",
+    "imap_ingest.pop3", "imap_ingest.metrics", "http.server")
+
+_MODULES_AFTER = """\
+import json, sys
+from imap_ingest.compat import entry
+code = entry(sys.argv[2:])
+with open(sys.argv[1], "w") as out:
+    json.dump(sorted(sys.modules), out)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("mode", ["rt-mailgate", "rdm-mailhandler"])
+def test_a_delivery_imports_only_what_it_uses(rt: RecordingServer, tmp_path: Path,
+                                              mode: str) -> None:
+    """A compatible mode posts, spools and exits without importing the service's modules."""
+    rt.answer = lambda request: (201, b"", 0) if mode == "rdm-mailhandler" else NOT_OK
+    args = mailgate(rt, tmp_path) if mode == "rt-mailgate" else [
+        "rdm-mailhandler", "--url", rt.url, "--key", "k", "--state-dir", str(tmp_path)]
+    out = tmp_path / "modules.json"
+    done = subprocess.run([sys.executable, "-c", _MODULES_AFTER, str(out), *args], input=make(),
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert len(rt.requests) == 1  # it posted (and, for RT's `not ok`, spooled)
+    loaded = set(json.loads(out.read_text()))
+    assert sorted(name for name in NOT_ON_THE_DELIVERY_PATH if name in loaded) == []
