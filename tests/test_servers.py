@@ -5,14 +5,12 @@ Courier are (``NAMESPACE (("INBOX." "."))``: nothing can be created outside INBO
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from imap_ingest.cli import main
-from imap_ingest.demo import PASSWORD, USER, pymap_server
 
 from .support.daemon import Daemon, start
 from .support.dovecot import ImapAccount
@@ -110,13 +108,6 @@ def test_check_fails_a_destination_the_server_refuses(
     assert ("FAIL  account test folder ~Done (INBOX move_on_success): does not exist, and "
             "cannot be created: server said: create failed: [CANNOT] Invalid mailbox name")\
         in out
-
-
-@pytest.fixture
-def pymap() -> Iterator[ImapAccount]:
-    """pymap's in-memory server (the demo's): PERMANENTFLAGS without \\*, so no keywords."""
-    with pymap_server() as port:
-        yield ImapAccount("127.0.0.1", port, 0, USER, PASSWORD, "")
 
 
 def test_without_keywords_the_ledger_says_what_is_new(
