@@ -82,10 +82,12 @@ def dovecot_prefixed() -> Iterator[Dovecot]:
     server.close()
 
 
-@pytest.fixture
-def imap_prefixed(dovecot_prefixed: Dovecot) -> ImapAccount:
-    """A fresh, empty mailbox on the INBOX.-prefixed server."""
-    return dovecot_prefixed.account()
+@pytest.fixture(params=["dovecot_prefixed", "cyrus", "courier"])
+def imap_prefixed(request: pytest.FixtureRequest) -> ImapAccount:
+    """A fresh, empty mailbox on each server keeping folders under INBOX.: dovecot laid out
+    so, and Debian's Cyrus and Courier as they come."""
+    server: Dovecot | Packaged = request.getfixturevalue(request.param)
+    return server.account()
 
 
 def _packaged(kind: type[Packaged]) -> Iterator[Packaged]:
