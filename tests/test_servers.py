@@ -51,6 +51,26 @@ def test_readme_names_work_under_an_inbox_prefix(tmp_path: Path, imap_prefixed: 
     assert "Done" not in imap_prefixed.folders()
 
 
+def test_retry_from_a_failure_folder_under_an_inbox_prefix(
+        tmp_path: Path, imap_prefixed: ImapAccount, redmine: FakeRedmine,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`retry redmine/failed` moves a refused message back to INBOX, and it then goes in."""
+    raw = make(subject="refused")
+    imap_prefixed.append("INBOX", raw)
+    redmine.answer = lambda request: (422, b"", 0)
+    folder = {"move_on_success": "Done", "move_on_failure": "redmine/failed"}
+    path = str(write_config(tmp_path / "c.yaml", imap_prefixed, redmine.url, folder=folder))
+    assert main(["run", "--once", "-c", path]) == 0
+    assert bodies(imap_prefixed, "INBOX.redmine.failed") == [raw]
+    capsys.readouterr()
+    assert main(["retry", "redmine/failed", "-c", path]) == 0
+    assert "moved 1 message(s) back to INBOX" in capsys.readouterr().out
+    redmine.answer = lambda request: (201, b"", 0)
+    assert main(["run", "--once", "-c", path]) == 0
+    assert bodies(imap_prefixed, "INBOX.redmine.failed") == bodies(imap_prefixed, "INBOX") == []
+    assert bodies(imap_prefixed, "INBOX.Done") == [raw]
+
+
 def test_a_folder_the_server_refuses_is_that_folders_failure(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
         capsys: pytest.CaptureFixture[str]) -> None:
