@@ -187,6 +187,19 @@ def test_refusal_goes_to_the_failure_folder_else_the_spool(rt: RecordingServer, 
     assert pipe(other, "deliver", "-c", str(wrong), "--route", "bugs").returncode == 78
 
 
+def test_the_failure_folder_is_resolved_under_an_inbox_prefix(
+        rt: RecordingServer, imap_prefixed: ImapAccount, tmp_path: Path) -> None:
+    """On Cyrus, Courier (and dovecot so laid out) the failure folder Refused is INBOX.Refused."""
+    rt.answer = lambda request: NOT_OK
+    config = failure_folder_config(tmp_path / "c.yaml", imap_prefixed, rt)
+    raw = make(subject="refused")
+    done = pipe(raw, "deliver", "-c", str(config), "--route", "bugs")
+    assert done.returncode == 0, done.stderr
+    [(flags, body)] = imap_prefixed.messages("INBOX.Refused").values()
+    assert body == raw and b"$ImapIngestFailed" in flags
+    assert list(tmp_path.glob("spool/bugs/*")) == []
+
+
 def test_route_rules_apply(rt: RecordingServer, tmp_path: Path) -> None:
     """A route's rule that skips a message keeps it in the route's spool_on_failure."""
     spool = tmp_path / "kept"
