@@ -287,7 +287,7 @@ class Mailbox:
         self._ensure(folder)
         # Sending the bytes gets the time a body FETCH of them would.
         with self._errors(folder, seconds=self.account.timeout + len(raw) / SLOWEST):
-            self._client.append(folder, raw, flags=tuple(flags))
+            self._client.append(self.resolve(folder), raw, flags=tuple(flags))
 
     def mark(self, uids: Sequence[int], keyword: str) -> None:
         """Remember on the server not to look at these again, where it keeps keywords (else
