@@ -109,8 +109,7 @@ def test_posted_moved_marked_retried_and_checked(
 
 def test_idle_on_two_watched_folders(daemon: list[Daemon], tmp_path: Path, server: Server,
                                      redmine: FakeRedmine) -> None:
-    """New mail in either folder is posted: at once where IDLE is prompt, else by the safety
-    poll, and then the log says which server setting makes IDLE prompt."""
+    """Mail in either folder is posted: at once with prompt IDLE, else by poll, logged once."""
     interval = 60 if server.prompt_idle else 2
     folders = [{**folder, "interval": f"{interval}s"} for folder in FOLDERS]
     server.imap.create(server.folder("Plain"))

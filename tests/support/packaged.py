@@ -56,7 +56,8 @@ class NotExtracted(RuntimeError):
 
 def missing() -> str | None:
     """Why the packaged servers cannot run here, or None."""
-    if not (EXTRACTED / "usr/lib/cyrus/bin/master").exists():
+    binaries = ("usr/lib/cyrus/bin/master", "usr/sbin/couriertcpd")
+    if not all((EXTRACTED / binary).exists() for binary in binaries):
         return (f"Cyrus and Courier are not extracted under {EXTRACTED}; scripts/test "
                 "downloads and extracts them (apt-get download + dpkg -x)")
     if os.geteuid() != 0:
