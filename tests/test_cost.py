@@ -58,8 +58,8 @@ def _pass(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
 
 def test_a_posted_message_costs_one_ledger_transaction(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, statements: list[str]) -> None:
-    """60 posted messages, batches of 20: one transaction each, plus a few per batch and pass
-    (the answer and the disposition ride in the next message's "submitting" transaction)."""
+    """60 posted messages in batches of 20: one transaction each, plus a few per batch."""
+    # The answer and the disposition ride in the next message's "submitting" transaction.
     backlog(imap, MESSAGES)
     _pass(tmp_path, imap, redmine)
     transactions = sum(statement.startswith("BEGIN") for statement in statements)
