@@ -74,6 +74,7 @@ class _Sent:
     """A message in flight to its tracker, with what recording the answer needs."""
 
     key: Key
+    id: int  # its ledger record
     message: Message
     rule: str
     record: Record | None  # what the ledger knew before this attempt
@@ -181,6 +182,7 @@ class _Pass:
             self._record(self.inflight.drain())
             self.inflight.close()
             self.disposal.flush()
+            self.ledger.flush()
             if progress:
                 progress.close()
             for sent, ticket in self.keeper.tickets():
@@ -311,7 +313,7 @@ class _Pass:
         if isinstance(begun, Verdict):
             self._decide(key, message, len(message.raw), decision.rule, begun, target)
             return
-        record = begun
+        record, id = begun
         if (leases := self.ledger.leases) and not leases.holds((key.account, key.folder)):
             # Paused past the lease (the fence refuses the answer): never post it then.
             raise LeaseLost(f"{self.where}: lease ran out before uid {key.uid} was posted")
@@ -321,8 +323,8 @@ class _Pass:
         send = functools.partial(_sending, self.where, key.uid,
                                  self.context.trackers[target].submit,
                                  decision.submission(message.raw), decision.options, envelope)
-        self.inflight.start(target, ties, _Sent(key, message, decision.rule, record, arrived,
-                                                target, time.monotonic(), send), send)
+        self.inflight.start(target, ties, _Sent(key, id, message, decision.rule, record,
+                                                arrived, target, time.monotonic(), send), send)
 
     def _flooded(self, message: Message) -> Verdict | None:
         """Counted by the flood breaker: None while under its limits, else the hold."""
@@ -339,10 +341,10 @@ class _Pass:
         return flooded(reason, self.flood_folder)
 
     def _begin(self, key: Key, message: Message, rule: str, target: str, digest: str,
-               record: Record | None) -> Verdict | Record | None:
+               record: Record | None) -> Verdict | tuple[Record | None, int]:
         """Record the message as being submitted, and return the record its answer follows
-        on; or the verdict an earlier copy of it makes (a duplicate, in doubt, or waiting
-        for a retry this copy takes over and that is not due yet)."""
+        on, with its id; or the verdict an earlier copy of it makes (a duplicate, in doubt,
+        or waiting for a retry this copy takes over and that is not due yet)."""
         size = len(message.raw)
         found = self.ledger.begin_submit(key, message.message_id, size, digest, rule, target,
                                          self.config.dedupe)
@@ -366,7 +368,7 @@ class _Pass:
             log.warning("%s uid %d: %s is also the Message-ID of a different message (%s); "
                         "submitting this one as a new message", self.where, key.uid,
                         message.message_id, found.reused)
-        return record
+        return record, found.id
 
     def _record(self, answers: list[tuple[_Sent, Outcome]]) -> None:
         for sent, outcome in answers:
@@ -379,6 +381,7 @@ class _Pass:
         """Send a message refused among others again, with nothing else in flight to its
         target (from any folder), and take that answer as the tracker's word."""
         self._record(self.inflight.drain(sent.target))
+        self.ledger.flush()  # every answer heard is recorded before another POST
         pace = self.paces.get(sent.target)
         with pace.alone() if pace else contextlib.nullcontext():
             outcome = replace(sent.send(), crowded=False)  # alone, whatever the Client saw
@@ -403,12 +406,14 @@ class _Pass:
             self.failing[target] = (self.failing[target][0] + 1, self.ledger.target_failed(
                 target, outcome.reason, self.policy.backoff,
                 at_least=outcome.retry_after or 0.0))
-        record = self.ledger.answered(key, target, verdict.state, verdict.result,
-                                      verdict.reason, status=outcome.status,
-                                      ticket=verdict.ticket, dispose_to=verdict.to,
-                                      next_try=verdict.next_try, attempt=verdict.attempt)
+        # Committed with the next message's "submitting", before its POST: a crash between
+        # leaves this one in doubt, as a crash before this line would.
+        self.ledger.answered(key, target, verdict.state, verdict.result, verdict.reason,
+                             status=outcome.status, ticket=verdict.ticket,
+                             dispose_to=verdict.to, next_try=verdict.next_try,
+                             attempt=verdict.attempt, later=True)
         if verdict.result is Result.SUBMITTED:
-            self.keeper.took(record, sent.message, target, verdict.ticket,
+            self.keeper.took(sent.id, sent.message, target, verdict.ticket,
                              f"{self.where} uid {key.uid}")
         if verdict.stop:
             self.refused = self.refused or TrackerRefused(
@@ -432,7 +437,7 @@ class _Pass:
             self.ledger.decided(key, message.message_id if message else None,
                                 message.size if message else size,
                                 message.digest() if message and message.whole else "", rule,
-                                verdict.result, verdict.reason, verdict.to, target)
+                                verdict.result, verdict.reason, verdict.to, target, later=True)
         if verdict.to is not None:
             self.disposal.add(key, verdict.to, verdict.instead)
         self._log(key.uid, message, rule, verdict)
