@@ -8,7 +8,7 @@ renumbered (new UIDVALIDITY: dovecot loses its uidlist). Then the faults stop an
 service finishes. Printed: messages lost, duplicated (and how many of those after an
 answer that never came, which is retried by design) and set aside, and the run time.
 
-Run: python -m bench.soak [N]     (default 10000)
+Run: python -m bench.soak [N]     (default 10000); a progress line every 10 s on stderr.
 """
 
 from __future__ import annotations
@@ -126,6 +126,41 @@ def ids(imap: ImapAccount, folder: str) -> list[int]:
             if (m := _ID.search(item[b"BODY[HEADER.FIELDS (X-SOAK-ID)]"]))]
 
 
+class Progress:
+    """A line on stderr every ``every`` seconds: how far the run is, to see where time goes."""
+
+    def __init__(self, count: int, sinks: dict[str, Sink], faults: Counter[str],
+                 every: float = 10.0) -> None:
+        self.count, self.sinks, self.faults, self.every = count, sinks, faults, every
+        self.left, self.counting = count, 0.0  # in the folders, and what counting them took
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def left_in(self, imap: ImapAccount) -> int:
+        """The messages still in the watched folders (remembered for the progress line)."""
+        started = time.monotonic()
+        self.left = sum(len(ids(imap, f)) for f in FOLDERS)
+        self.counting = time.monotonic() - started
+        return self.left
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            posts = distinct = 0
+            for sink in self.sinks.values():
+                with sink.lock:
+                    posts += sink.taken.total()
+                    distinct += len(sink.taken)
+            elapsed = time.monotonic() - self.started
+            print(f"  {elapsed:5.0f} s: {self.left} of {self.count} left in the folders, "
+                  f"{distinct} taken ({posts} posts, {distinct / elapsed:.1f} msg/s); "
+                  f"faults {dict(self.faults)}; counting took {self.counting:.1f} s",
+                  file=sys.stderr, flush=True)
+
+
 def write_config(path: Path, imap: ImapAccount, sinks: dict[str, Sink]) -> None:
     folders = [{"name": name, "target": target, "interval": "2s", "batch_size": 100,
                 "move_on_failure": "Failed"} for name, target in FOLDERS.items()]
@@ -189,8 +224,9 @@ def main(count: int, seed: int = 1) -> None:
         started = time.monotonic()
         service = Service(config, Path(tmp) / "service.log")
         faults: Counter[str] = Counter()
+        progress = Progress(count, sinks, faults)
         # Faults until half the mail is dealt with, then none until all of it is.
-        while sum(len(ids(imap, f)) for f in FOLDERS) > count // 2:
+        while progress.left_in(imap) > count // 2:
             time.sleep(rng.uniform(2, 6))
             fault = rng.choice(("kick", "kick", "sigkill", "renumber"))
             faults[fault] += 1
@@ -203,9 +239,10 @@ def main(count: int, seed: int = 1) -> None:
         for sink in sinks.values():
             with sink.lock:
                 sink.faulty = False
-        while sum(len(ids(imap, f)) for f in FOLDERS):
+        while progress.left_in(imap):
             time.sleep(1)
         elapsed = time.monotonic() - started
+        progress.stop()
         service.stop()
         taken = sum((sink.taken for sink in sinks.values()), Counter[int]())
         doubt = set().union(*(sink.doubt for sink in sinks.values()))
