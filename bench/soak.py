@@ -118,10 +118,11 @@ def fill(imap: ImapAccount, count: int) -> None:
                 f"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n\r\nmessage {i}\r\n").encode())
 
 
-def ids(imap: ImapAccount, folder: str) -> list[int]:
+def ids(imap: ImapAccount, folder: str, which: str = "ALL") -> list[int]:
+    """The soak ids of the messages in ``folder`` that match the SEARCH key ``which``."""
     with imap.client(timeout=60) as client:
         client.select_folder(folder, readonly=True)
-        fetched = client.fetch(client.search(["ALL"]), ["BODY.PEEK[HEADER.FIELDS (X-SOAK-ID)]"])
+        fetched = client.fetch(client.search([which]), ["BODY.PEEK[HEADER.FIELDS (X-SOAK-ID)]"])
     return [int(m[1]) for item in fetched.values()
             if (m := _ID.search(item[b"BODY[HEADER.FIELDS (X-SOAK-ID)]"]))]
 
@@ -138,9 +139,13 @@ class Progress:
         threading.Thread(target=self._run, daemon=True).start()
 
     def left_in(self, imap: ImapAccount) -> int:
-        """The messages still in the watched folders (remembered for the progress line)."""
+        """The messages still to deal with in the watched folders (remembered for the progress
+        line). Not those flagged \\Deleted: the service deleted them, and a kill or a dropped
+        connection between its STORE and its EXPUNGE leaves them so (it expunges only the
+        UIDs it has just flagged). Had it deleted one the sinks never took, that one is
+        counted lost."""
         started = time.monotonic()
-        self.left = sum(len(ids(imap, f)) for f in FOLDERS)
+        self.left = sum(len(ids(imap, f, "UNDELETED")) for f in FOLDERS)
         self.counting = time.monotonic() - started
         return self.left
 
@@ -225,25 +230,27 @@ def main(count: int, seed: int = 1) -> None:
         service = Service(config, Path(tmp) / "service.log")
         faults: Counter[str] = Counter()
         progress = Progress(count, sinks, faults)
-        # Faults until half the mail is dealt with, then none until all of it is.
-        while progress.left_in(imap) > count // 2:
-            time.sleep(rng.uniform(2, 6))
-            fault = rng.choice(("kick", "kick", "sigkill", "renumber"))
-            faults[fault] += 1
-            if fault == "kick":
-                kick(dovecot, imap)
-            elif fault == "sigkill":
-                service.kill_and_restart()
-            else:
-                renumber(dovecot, imap, rng.choice(list(FOLDERS)))
-        for sink in sinks.values():
-            with sink.lock:
-                sink.faulty = False
-        while progress.left_in(imap):
-            time.sleep(1)
-        elapsed = time.monotonic() - started
-        progress.stop()
-        service.stop()
+        try:
+            # Faults until half the mail is dealt with, then none until all of it is.
+            while progress.left_in(imap) > count // 2:
+                time.sleep(rng.uniform(2, 6))
+                fault = rng.choice(("kick", "kick", "sigkill", "renumber"))
+                faults[fault] += 1
+                if fault == "kick":
+                    kick(dovecot, imap)
+                elif fault == "sigkill":
+                    service.kill_and_restart()
+                else:
+                    renumber(dovecot, imap, rng.choice(list(FOLDERS)))
+            for sink in sinks.values():
+                with sink.lock:
+                    sink.faulty = False
+            while progress.left_in(imap):
+                time.sleep(1)
+            elapsed = time.monotonic() - started
+        finally:
+            progress.stop()
+            service.stop()
         taken = sum((sink.taken for sink in sinks.values()), Counter[int]())
         doubt = set().union(*(sink.doubt for sink in sinks.values()))
         aside = Counter(i for folder in ASIDE for i in ids(imap, folder))
@@ -257,6 +264,8 @@ def main(count: int, seed: int = 1) -> None:
         where = ", ".join(f"{folder}: {len(ids(imap, folder))}" for folder in ASIDE)
         print(f"  set aside: {aside.total()} ({where}); taken and set aside: "
               f"{sum(1 for i in aside if taken[i])}")
+        deleted = sum(len(ids(imap, f, "DELETED")) for f in FOLDERS)
+        print(f"  left flagged \\Deleted, not expunged: {deleted}")
         print(f"  run time: {elapsed:.0f} s ({count / elapsed:.0f} msg/s)")
         for sink in sinks.values():
             sink.close()
