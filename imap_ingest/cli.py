@@ -170,7 +170,7 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
         return EX_USAGE
     ledger = open_ledger(config)
     try:
-        if candidates[0].protocol == "pop3":  # nothing to move: the ledger holds the state
+        if not candidates[0].has_folders:  # nothing to move: the ledger holds the state
             for line in retry_maildrop(ledger, candidates[0]):
                 print(line)
         else:

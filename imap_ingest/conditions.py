@@ -102,6 +102,11 @@ class Condition(_Tested):
         groups = self.pattern.groupindex if self.pattern is not None else {}
         return frozenset(f"{self.name}.{group}" for group in groups)
 
+    @property
+    def needs_body(self) -> bool:
+        """Whether it looks past the header block."""
+        return self.kind == "body"
+
     def keyed(self, key: str) -> Condition:
         """This condition with its place in the configuration, for the log."""
         return replace(self, key=key)
@@ -123,7 +128,7 @@ class Condition(_Tested):
         if self.kind == "size":
             assert self.limit is not None
             op, limit = self.limit
-            size = len(message.raw)
+            size = message.size
             return (size > limit if op == ">" else size < limit), f"size is {size} bytes", {}
         assert self.pattern is not None
         if self.kind in _ADDRESS_HEADERS:
@@ -154,6 +159,10 @@ class Group(_Tested):
         if self.mode == "not":
             return frozenset()
         return frozenset().union(*(item.captures for item in self.items))
+
+    @property
+    def needs_body(self) -> bool:
+        return any(item.needs_body for item in self.items)
 
     def test(self, message: Message) -> Test:
         """all: every item holds (captures merged, the first of a name kept); any: the first

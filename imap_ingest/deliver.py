@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from .config import Config, Route, SubmitOptions
-    from .config.routes import FailureFolder
     from .trackers import Outcome
 
 log = logging.getLogger("imap_ingest.deliver")
@@ -184,10 +183,12 @@ class _Delivery:
         message = self.message
         folder = self.route.failure_folder
         if folder is not None:
+            from .mailbox import append_to  # the IMAP stack, only for a route that has one
+
             # A keyword, so that a folder also watched is not ingested again.
             flags = [FAILED if verdict.result is Result.FAILED else SKIPPED]
             try:
-                _append(self.config, folder, message.raw, flags, self.deadline)
+                append_to(self.config.accounts, folder, [message.raw], flags, self.deadline)
                 return str(folder)
             except IngestError as exc:  # whatever kept it out of IMAP, the spool takes it
                 log.warning("route %s: %s: %s; spooling instead", self.name, folder, exc)
@@ -290,20 +291,6 @@ def _submit(config: Config, target: str, raw: bytes, options: SubmitOptions, key
         return tracker.submit(raw, options, Envelope(ACCOUNT, key.folder, 0, key.uid, extension))
     finally:
         tracker.close()
-
-
-def _append(config: Config, to: FailureFolder, raw: bytes, flags: list[str],
-            deadline: float | None) -> None:
-    """Append ``raw`` to the failure folder, each IMAP command ending before the MTA's
-    timeout does, so that the spool is still reached."""
-    from .mailbox import Mailbox  # the IMAP stack, only for a route that has one
-
-    account = next(account for account in config.accounts if account.name == to.account)
-    if deadline is not None:
-        account = account.model_copy(update={
-            "timeout": max(1.0, min(account.timeout, deadline - time.monotonic() - 1))})
-    with Mailbox(account) as mailbox:
-        mailbox.append(to.folder, raw, flags)
 
 
 @contextmanager

@@ -165,6 +165,9 @@ class _Pass:
         self.flood = folder.flood or self.config.flood
         self.flood_folder = (folder.flood_folder or self.config.flood_folder
                              or folder.loops_folder or self.config.loops_folder)
+        # A message too large to fetch can still be decided on its header block, unless a
+        # rule reads its body or S/MIME must open it first.
+        self.by_header = not self.rules.needs_body and folder.smime is None
 
     def _limit(self, target: str) -> Callable[[], int]:
         """How many may be in flight to ``target`` now: its pace's, or the fixed number."""
@@ -271,7 +274,8 @@ class _Pass:
                 if behind is not None:
                     self.behind[uid] = behind  # and still does
                 self._log(uid, None, "-", verdict)
-            yield from self.mailbox.fetch(wanted, size, self.folder.max_message_size)
+            yield from self.mailbox.fetch(wanted, size, self.folder.max_message_size,
+                                          self.by_header)
             self.unfetched += len(self.mailbox.unfetched)
 
     def _down(self, target: str) -> bool:
@@ -311,7 +315,11 @@ class _Pass:
             self._decide(key, message, fetched.size, "-", too_old(self.plan.why))
             return
         if message is None:
-            self._decide(key, None, fetched.size, "-", unreadable(
+            head = (Message.header_only(fetched.header, fetched.size)
+                    if fetched.header is not None else None)
+            if head is not None and self._by_header(key, head):
+                return
+            self._decide(key, head, fetched.size, "-", unreadable(
                 fetched.size, self.folder.max_message_size, fetched.raw is None, self.policy))
             return
         opened = self.smime.open(message)  # before the rules: they may match its verdict
@@ -327,6 +335,17 @@ class _Pass:
             self._decide(key, message, fetched.size, decision.rule, verdict)
             return
         self._submit(key, message, decision, record, fetched.internaldate)
+
+    def _by_header(self, key: Key, head: Message) -> bool:
+        """Decide a message too large to fetch by its header block, when the rules skip,
+        move, discard or hold it; False when they would submit it (it is too large)."""
+        decision = self.rules.evaluate(head)
+        verdict = by_rule(decision, self.policy)
+        if verdict is None:
+            return False
+        self.disposal.copy_with(key, decision.copies)
+        self._decide(key, head, head.size, decision.rule, verdict)
+        return True
 
     def _submit(self, key: Key, message: Message, decision: Decision, record: Record | None,
                 arrived: datetime | None) -> None:
@@ -467,9 +486,9 @@ class _Pass:
         if verdict.state is not None:
             assert verdict.to is not None  # a decision always says where the message goes
             self.ledger.decided(key, message.message_id if message else None,
-                                len(message.raw) if message else size,
-                                message.digest() if message else "", rule, verdict.result,
-                                verdict.reason, verdict.to, target)
+                                message.size if message else size,
+                                message.digest() if message and message.whole else "", rule,
+                                verdict.result, verdict.reason, verdict.to, target)
         if verdict.to is not None:
             self.disposal.add(key, verdict.to, verdict.instead)
         self._log(key.uid, message, rule, verdict)

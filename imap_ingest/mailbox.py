@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError, ProtocolError
 
 from .config import Account
+from .config.folders import FailureFolder
 from .errors import (
     CommandRefused,
     ConnectionLost,
@@ -30,6 +31,7 @@ from .errors import (
     MailboxError,
 )
 from .imap_connect import MAX_LITERAL, SLOWEST, Reader, connect, lost, server_text
+from .message import MAX_HEADER_BYTES
 from .namespace import Namespace
 from .oauth import Tokens
 from .source import Fetched
@@ -202,10 +204,12 @@ class Mailbox:
         with self._errors(self.folder):
             return sorted(self._client.search(criteria))
 
-    def fetch(self, uids: Sequence[int], batch_size: int, max_size: int) -> Iterator[Fetched]:
-        """The messages, a batch per FETCH; those over ``max_size`` come without their bytes,
-        whether the server said so in RFC822.SIZE or only their bytes show it. A message
-        the server answers without its body is left for the next pass."""
+    def fetch(self, uids: Sequence[int], batch_size: int, max_size: int,
+              headers: bool = False) -> Iterator[Fetched]:
+        """The messages, a batch per FETCH; those over ``max_size`` come without their bytes
+        (with ``headers``, with their header block), whether the server said so in
+        RFC822.SIZE or only their bytes show it. A message the server answers without its
+        body is left for the next pass."""
         self.unfetched = []
         if not uids:
             return
@@ -218,16 +222,17 @@ class Mailbox:
             if size is None:
                 continue  # expunged by another client meanwhile
             if size > max_size:
-                yield Fetched(uid, size, None)
+                yield Fetched(uid, size, None, header=self._header(uid) if headers else None)
                 continue
             if batch and (len(batch) >= batch_size or batch_bytes + size > _BATCH_BYTES):
-                yield from self._bodies(batch, batch_bytes, max_size)
+                yield from self._bodies(batch, batch_bytes, max_size, headers)
                 batch, batch_bytes = [], 0
             batch.append(uid)
             batch_bytes += size
-        yield from self._bodies(batch, batch_bytes, max_size)
+        yield from self._bodies(batch, batch_bytes, max_size, headers)
 
-    def _bodies(self, uids: list[int], expected: int, max_size: int) -> Iterator[Fetched]:
+    def _bodies(self, uids: list[int], expected: int, max_size: int,
+                headers: bool) -> Iterator[Fetched]:
         if not uids:
             return
         # One byte more than allowed: enough to know a message is too large.
@@ -249,8 +254,18 @@ class Mailbox:
                             "body; trying again next pass", self.account.name, self.folder, uid)
                 continue
             size = max(item.get(b"RFC822.SIZE", 0), len(raw))
-            yield Fetched(uid, size, raw if len(raw) <= max_size else None,
-                          item.get(b"INTERNALDATE"))
+            whole = len(raw) <= max_size
+            yield Fetched(uid, size, raw if whole else None, item.get(b"INTERNALDATE"),
+                          self._header(uid) if headers and not whole else None)
+
+    def _header(self, uid: int) -> bytes | None:
+        """The header block of a message too large to fetch (no more of it than the rules
+        read), or None when the server gives none."""
+        with self._errors(self.folder, literal=MAX_HEADER_BYTES):
+            item = self._client.fetch([uid], [f"BODY.PEEK[HEADER]<0.{MAX_HEADER_BYTES}>"])
+        answer = item.get(uid, {})
+        head = answer.get(b"BODY[HEADER]<0>", answer.get(b"BODY[HEADER]"))
+        return head if isinstance(head, bytes) else None
 
     def delete(self, uids: Sequence[int]) -> None:
         """Flag \\Deleted and expunge exactly these UIDs."""
@@ -404,3 +419,17 @@ def _uid_set(uids: Iterable[int]) -> str:
     return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
 
 
+
+
+def append_to(accounts: Sequence[Account], to: FailureFolder, raws: Sequence[bytes],
+              flags: Sequence[str], deadline: float | None = None) -> None:
+    """Append each of ``raws`` to ``to``, an IMAP folder of one of ``accounts``, in a session
+    of its own; with ``deadline`` (time.monotonic) each command ends before it, so that a
+    caller's own fallback (a spool) is still reached."""
+    account = next(account for account in accounts if account.name == to.account)
+    if deadline is not None:
+        account = account.model_copy(update={
+            "timeout": max(1.0, min(account.timeout, deadline - time.monotonic() - 1))})
+    with Mailbox(account) as mailbox:
+        for raw in raws:
+            mailbox.append(to.folder, raw, flags)

@@ -41,16 +41,31 @@ _TICKET_TAG = re.compile(r"\[[^\[\]]*#(\d+)\]")
 
 
 class Message:
-    """Raw bytes plus the unfolded header block as text; decoded views made on demand."""
+    """Raw bytes plus the unfolded header block as text; decoded views made on demand.
+    ``size`` is the message's size, which is more than ``raw`` holds for ``header_only``."""
 
-    __slots__ = ("_body", "_decoded", "_sender", "headers", "raw")
+    __slots__ = ("_body", "_decoded", "_sender", "headers", "raw", "size")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
+        self.size = len(raw)
         self.headers = _header_text(raw)
         self._decoded: str | None = None
         self._body: str | None = None
         self._sender: str | None = None
+
+    @classmethod
+    def header_only(cls, head: bytes, size: int) -> Message:
+        """The header block of a message of ``size`` bytes that was not fetched whole: for
+        rules that need no body, never for a tracker."""
+        message = cls(head)
+        message.size = max(size, len(head))
+        return message
+
+    @property
+    def whole(self) -> bool:
+        """``raw`` is the whole message, not its header block alone."""
+        return len(self.raw) == self.size
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name``, unfolded and stripped, or None."""

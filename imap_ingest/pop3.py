@@ -26,9 +26,18 @@ from pathlib import Path
 
 from . import spool
 from .config import Account
-from .errors import EX_CONFIG, AuthFailed, ConnectionLost, LoginRefused, MailboxError
+from .errors import (
+    EX_CONFIG,
+    AuthFailed,
+    ConnectionLost,
+    IngestError,
+    LoginRefused,
+    MailboxError,
+)
 from .imap_connect import SLOWEST, Reader, lost, server_text, tls_context
 from .ledger import Ledger, Record
+from .mailbox import append_to
+from .message import MAX_HEADER_BYTES
 from .oauth import Tokens
 from .source import Fetched
 from .states import FAILED, Result, State
@@ -58,8 +67,10 @@ class Maildrop:
 
     keywords = False  # POP3 marks nothing: the ledger remembers what was set aside
 
-    def __init__(self, account: Account, tokens: Tokens | None, ledger: Ledger | None) -> None:
+    def __init__(self, account: Account, tokens: Tokens | None, ledger: Ledger | None,
+                 accounts: Sequence[Account] = ()) -> None:
         self.account = account
+        self._accounts = accounts  # where a failure_folder's account is found
         self.uidvalidity = UIDVALIDITY
         self.unfetched: list[int] = []
         if tokens is None and account.uses_token:
@@ -119,20 +130,25 @@ class Maildrop:
         return sorted(uid for uid in self._numbers
                       if not _settled(records.get(uid), self.account.keep))
 
-    def fetch(self, uids: Sequence[int], batch_size: int, max_size: int) -> Iterator[Fetched]:
+    def fetch(self, uids: Sequence[int], batch_size: int, max_size: int,
+              headers: bool = False) -> Iterator[Fetched]:
         """RETR each message not over ``max_size`` by its LIST size; the others come
-        without their bytes."""
+        without their bytes (with ``headers``, with their header block: TOP n 0)."""
         self.unfetched = []
         for uid in uids:
-            size = self._sizes[uid]
+            size = self._sizes.get(uid)
+            if size is None:
+                continue  # not in the maildrop (any more)
             if size > max_size:
-                yield Fetched(uid, size, None)
+                yield Fetched(uid, size, None, header=self._top(uid) if headers else None)
                 continue
             raw = self._retr(uid, max_size)
             if raw is None:
                 self.unfetched.append(uid)
                 continue
-            yield Fetched(uid, max(size, len(raw)), raw if len(raw) <= max_size else None)
+            whole = len(raw) <= max_size
+            yield Fetched(uid, max(size, len(raw)), raw if whole else None,
+                          header=self._top(uid) if headers and not whole else None)
 
     def delete(self, uids: Sequence[int]) -> None:
         """DELE, committed at QUIT; with ``keep: true`` nothing: the ledger remembers."""
@@ -145,14 +161,28 @@ class Maildrop:
 
     def mark(self, uids: Sequence[int], keyword: str) -> None:
         """Left on the server (the ledger remembers); a refused one is copied to the
-        folder's ``failure_spool`` when set."""
-        spool_dir = self._folder.failure_spool
-        if keyword != FAILED or spool_dir is None:
+        folder's ``failure_folder`` when set, else (or when that fails) to its
+        ``failure_spool`` when set."""
+        folder = self._folder
+        if keyword != FAILED or (folder.failure_folder is None and folder.failure_spool is None):
             return
-        for uid in uids:
-            raw = self._retr(uid, max(self._sizes[uid], self._folder.max_message_size))
-            if raw is not None:
-                self._keep(spool_dir, uid, raw)
+        kept = {uid: raw for uid in uids if (raw := self._retr(
+            uid, max(self._sizes[uid], folder.max_message_size))) is not None}
+        if folder.failure_folder is not None and kept:
+            try:
+                append_to(self._accounts, folder.failure_folder, list(kept.values()), [FAILED])
+                log.info("account %s: %d refused message(s): a copy is in %s",
+                         self.account.name, len(kept), folder.failure_folder)
+                return
+            except IngestError as exc:  # still on the server: the spool, if any, takes it
+                log.warning("account %s: %s: %s%s", self.account.name, folder.failure_folder,
+                            exc, "; spooling instead" if folder.failure_spool else "")
+        if folder.failure_spool is not None:
+            for uid, raw in kept.items():
+                self._keep(folder.failure_spool, uid, raw)
+
+    def unmark(self, uids: Sequence[int], keyword: str) -> None:
+        """Nothing: ``mark`` set nothing on the server."""
 
     def move(self, uids: Sequence[int], folder: str) -> None:
         """Left on the server: POP3 has no folders (the ledger remembers where it went)."""
@@ -186,6 +216,21 @@ class Maildrop:
                     raise
                 log.warning("account %s: the server refused RETR of uid %d (%s); trying "
                             "again next pass", self.account.name, uid, server_text(exc))
+                return None
+
+    def _top(self, uid: int) -> bytes | None:
+        """TOP n 0: the header block (no more of it than the rules read); None when the
+        server refuses TOP (optional in RFC 1939)."""
+        client = self._session()
+        with self._errors(client):
+            try:
+                return client.message(f"TOP {self._numbers[uid]} 0", MAX_HEADER_BYTES,
+                                      self.account.timeout)
+            except poplib.error_proto as exc:
+                if not _is_err(exc):
+                    raise
+                log.info("account %s: the server refused TOP of uid %d (%s)",
+                         self.account.name, uid, server_text(exc))
                 return None
 
     def _list_uidls(self, client: _Client, numbers: list[int],

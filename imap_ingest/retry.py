@@ -14,16 +14,20 @@ from .config import Account
 from .ledger import Ledger
 from .mailbox import Mailbox
 from .message import Message
+from .pop3 import UIDVALIDITY
 from .states import FAILED, Result
 
 _ANY_SIZE = 2**62
 
 
-def retry_maildrop(ledger: Ledger, account: Account) -> Iterator[str]:
-    """A POP3 account's refused and quarantined messages, still on the server: released,
-    so that its next pass tries them again."""
+def retry_maildrop(ledger: Ledger, account: Account,
+                   only: list[int] | None = None) -> Iterator[str]:
+    """A POP3 account's refused and quarantined messages (``only`` these UIDs, when given),
+    still on the server: released, so that its next pass tries them again."""
     folder = account.folders[0].name
-    ids = ledger.set_aside(account.name, folder)
+    ids = [record.id for uid, record in ledger.set_aside(account.name, folder,
+                                                         UIDVALIDITY).items()
+           if record.outcome is not Result.HELD and (only is None or uid in only)]
     ledger.release(ids)
     yield f"released {len(ids)} message(s) of {account.name}/{folder}: tried on the next pass"
 

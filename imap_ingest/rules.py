@@ -99,6 +99,13 @@ class RuleSet:
         """The rules' names, in order."""
         return tuple(rule.name for rule in self._rules)
 
+    @property
+    def needs_body(self) -> bool:
+        """Whether a rule looks past the header block (the built-in checks never do), so
+        that a message too large to fetch cannot be decided on its header alone."""
+        return any(condition.needs_body for rule in self._rules if rule.enabled
+                   for condition in rule.conditions)
+
     @classmethod
     def for_folder(cls, folder: Folder, config: Config) -> RuleSet:
         checks = [name for name in loops.NAMES if config.loop_checks.get(name, True)]

@@ -158,7 +158,7 @@ class Service:
                     continue
                 try:
                     mailbox = mailbox or open_source(account, self.tokens.get(account.name),
-                                                     self.ledger)
+                                                     self.ledger, self.config.accounts)
                 except MailboxError as exc:
                     log_failure(exc)
                     return [*codes, exc.exit_code]

@@ -149,9 +149,11 @@ class Gate:
         verdict = {ENCRYPTION: encryption, SIGNATURE: ", ".join(
             f"{s.signer} ({s.verdict})" for s in signatures) or "Not signed"}
         steps.append("; ".join(f"{name}: {value}" for name, value in verdict.items()))
-        if self.mode == "verify" or original is None:
+        if self.mode == "verify" or (original is None and not settings.verdict_in_body):
             return Opened(Message(edit_headers(raw, verdict, (), None)), None, tuple(steps))
-        opened = _replace_body(raw, entity, original if settings.keep_original else None)
+        note = (f"S/MIME (imap-ingest): encryption {verdict[ENCRYPTION]}, signature "
+                f"{verdict[SIGNATURE]}") if settings.verdict_in_body else None
+        opened = _replace_body(raw, entity, original if settings.keep_original else None, note)
         return Opened(Message(edit_headers(opened, verdict, (), None)), None, tuple(steps))
 
     def _decrypt(self, entity: bytes, message: Message) -> tuple[bytes, str]:
@@ -252,9 +254,11 @@ class Gate:
                 os.close(fd)
 
 
-def _replace_body(raw: bytes, entity: bytes, original: bytes | None) -> bytes:
+def _replace_body(raw: bytes, entity: bytes, original: bytes | None,
+                  note: str | None = None) -> bytes:
     """The message's own headers (without its Content-* ones) over the opened ``entity``;
-    with ``original``, both in a multipart/mixed, the S/MIME original as an attachment."""
+    with ``note`` or ``original``, in a multipart/mixed: the note as a text part first, then
+    the entity, then the S/MIME original as an attachment."""
     newline = b"\r\n" if b"\r\n" in raw[:MAX_HEADER_BYTES] else b"\n"
     end = _END_OF_HEADER.search(raw[:MAX_HEADER_BYTES])
     head = raw[: end.start()] if end else raw
@@ -266,13 +270,24 @@ def _replace_body(raw: bytes, entity: bytes, original: bytes | None) -> bytes:
     if end is not None:
         inner = Message(entity).fields()
         others = [name for name, _ in inner if not name.lower().startswith("content-")]
-        entity = edit_headers(entity[: end.start()], {}, others, None) + entity[end.start():]
-    if original is None:
+        head = edit_headers(entity[: end.start()], {}, others, None)
+        # No Content-* field left (plain mail without any): the part starts with its empty line.
+        entity = head + entity[end.start():] if head else entity[end.start():].lstrip(b"\r")[1:]
+    parts = [entity]
+    if note is not None:
+        parts.insert(0, newline.join([b"Content-Type: text/plain; charset=utf-8",
+                                      b"Content-Transfer-Encoding: 8bit", b"",
+                                      note.encode()]))
+    if original is not None:
+        parts.append(_attachment(original, newline))
+    if len(parts) == 1:
         return kept + newline + entity
+    if Message(raw).header("MIME-Version") is None:  # plain mail may lack it; multipart needs it
+        kept = edit_headers(kept, {"MIME-Version": "1.0"}, (), None)
     boundary = f"imap-ingest-{uuid.uuid4().hex}".encode()
     return newline.join([kept, b"Content-Type: multipart/mixed; boundary=\"" + boundary + b'"',
-                         b"", b"--" + boundary, entity, b"--" + boundary,
-                         _attachment(original, newline), b"--" + boundary + b"--", b""])
+                         b"", *(line for part in parts for line in (b"--" + boundary, part)),
+                         b"--" + boundary + b"--", b""])
 
 
 def _attachment(original: bytes, newline: bytes) -> bytes:

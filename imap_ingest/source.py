@@ -20,12 +20,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """One message as the server gave it; ``raw`` is None when it was too large to fetch."""
+    """One message as the server gave it; ``raw`` is None when it was too large to fetch,
+    and then ``header`` is its header block, if asked for and the server gave it."""
 
     uid: int
     size: int
     raw: bytes | None
     internaldate: datetime | None = None
+    header: bytes | None = None
 
 
 class Source(Protocol):
@@ -42,11 +44,14 @@ class Source(Protocol):
 
     def select(self, folder: str, readonly: bool = False) -> None: ...
     def new_uids(self) -> list[int]: ...
-    def fetch(self, uids: Sequence[int], batch_size: int,
-              max_size: int) -> Iterator[Fetched]: ...
+    def fetch(self, uids: Sequence[int], batch_size: int, max_size: int,
+              headers: bool = False) -> Iterator[Fetched]:
+        """The messages; those over ``max_size`` without their bytes, and with ``headers``
+        with their header block instead (IMAP: BODY.PEEK[HEADER]; POP3: TOP n 0)."""
     def copy(self, uids: Sequence[int], folder: str) -> None: ...
     def move(self, uids: Sequence[int], folder: str) -> None: ...
     def mark(self, uids: Sequence[int], keyword: str) -> None: ...
+    def unmark(self, uids: Sequence[int], keyword: str) -> None: ...
     def delete(self, uids: Sequence[int]) -> None: ...
     def commit(self) -> None:
         """Make the pass's dispositions final (IMAP's are at once; POP3's at QUIT)."""
@@ -56,11 +61,13 @@ class Source(Protocol):
     def __exit__(self, *_: object) -> None: ...
 
 
-def open_source(account: Account, tokens: Tokens | None, ledger: Ledger | None) -> Source:
+def open_source(account: Account, tokens: Tokens | None, ledger: Ledger | None,
+                accounts: Sequence[Account] = ()) -> Source:
     """A session on ``account`` by its protocol; POP3 keeps what it knows in ``ledger``
-    (without one, as for `check`, every message in the maildrop counts as new)."""
+    (without one, as for `check`, every message in the maildrop counts as new) and finds
+    its failure_folder's account among ``accounts``."""
     if account.protocol == "pop3":
         from .pop3 import Maildrop
-        return Maildrop(account, tokens, ledger)
+        return Maildrop(account, tokens, ledger, accounts)
     from .mailbox import Mailbox
     return Mailbox(account, tokens)

@@ -307,7 +307,8 @@ class FolderWorker:
     def _connect(self) -> Source:
         if self.connection.mailbox is None:
             self.connection.mailbox = open_source(self.account, self.tokens,
-                                                  self.context.ledger)
+                                                  self.context.ledger,
+                                                  self.context.config.accounts)
             if self._failures:
                 self.context.metrics.reconnects.labels(self.account.name).inc()
                 log.info("%s: connected again", self.name)

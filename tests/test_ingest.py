@@ -19,6 +19,7 @@ from imap_ingest.trackers.redmine import Redmine, crlf
 from .support.dovecot import Dovecot, ImapAccount
 from .support.ingest_env import backlog, write_config
 from .support.mail import make
+from .support.process import wait_for
 from .support.redmine_server import FakeRedmine
 
 
@@ -248,6 +249,19 @@ def test_huge_message_is_moved_aside_without_being_fetched(
     assert len(redmine.requests) == 2
     assert [len(body) for _, body in imap.messages("Failed").values()] == [len(big)]
     assert "over max_message_size" in capsys.readouterr().err
+
+
+def test_oversized_message_is_moved_by_a_header_rule_without_fetching_its_body(
+        run: Run, dovecot: Dovecot, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """Over max_message_size, a header rule still moves the message: only its header is read."""
+    big = make(subject="[list] big", body=("x" * 76 + "\n") * 300)
+    imap.append("INBOX", big)
+    assert run(folder={"max_message_size": "10k", "rules": [
+        {"if": [r"^Subject: \[list\]"], "then": {"move": "Lists"}}]}) == 0
+    wait_for(lambda: dovecot.commands("imap", imap.username).get("hdr_count", 0) >= 1)
+    assert dovecot.commands("imap", imap.username)["body_count"] == 0
+    assert redmine.requests == []
+    assert [body for _, body in imap.messages("Lists").values()] == [big]
 
 
 def test_huge_message_within_a_raised_limit_is_submitted(run: Run, imap: ImapAccount,

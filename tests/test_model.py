@@ -147,7 +147,8 @@ class SimMailbox:
         return sorted(uid for uid, stored in self._selected().messages.items()
                       if not stored.flags & {FAILED, SKIPPED})
 
-    def fetch(self, uids: Sequence[int], batch_size: int, max_size: int) -> Iterator[Fetched]:
+    def fetch(self, uids: Sequence[int], batch_size: int, max_size: int,
+              headers: bool = False) -> Iterator[Fetched]:
         for uid in uids:
             self.killer.tick()
             stored = self._selected().messages.get(uid)

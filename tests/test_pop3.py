@@ -19,8 +19,8 @@ from imap_ingest.errors import EX_CONFIG, EX_OK
 from imap_ingest.pop3 import Maildrop
 
 from .support.daemon import Daemon
-from .support.dovecot import Dovecot, ImapAccount
-from .support.ingest_env import ROOT, command
+from .support.dovecot import Dovecot, ImapAccount, free_ports
+from .support.ingest_env import ROOT, command, pop3_config
 from .support.mail import make
 from .support.oauth_env import oauth2
 from .support.process import wait_for
@@ -33,23 +33,6 @@ from .support.token_service import TokenService
 def box(dovecot_pop3: Dovecot) -> ImapAccount:
     """A fresh mailbox on the dovecot that also serves POP3."""
     return dovecot_pop3.account()
-
-
-def pop3_config(path: Path, server: Dovecot, box: ImapAccount, redmine_url: str,
-                folder: dict[str, Any] | None = None, **account: Any) -> Path:
-    """One POP3 account (plain, keep: true unless told), one folder, a Redmine target."""
-    data = {
-        "accounts": [{"name": "pop", "protocol": "pop3", "host": box.host,
-                      "port": server.pop3_port, "security": "none", "username": box.username,
-                      "password": box.password,
-                      "folders": [{"name": "INBOX", "project": "support", **(folder or {})}],
-                      **account}],
-        "targets": {"redmine": {"type": "redmine", "url": redmine_url, "key": "s3cret-key",
-                                "timeout": "5s"}},
-        "state_dir": str(path.parent / "state"),
-    }
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def run_once(path: Path) -> int:
@@ -126,6 +109,54 @@ def test_refused_message_is_kept_spooled_shown_and_retried(tmp_path: Path,
     assert run_once(path) == EX_OK
     assert len(redmine.emails) == 2
     assert maildrop(dovecot_pop3, box) == []
+
+
+def with_desk(path: Path, desk: ImapAccount, port: int | None = None) -> Path:
+    """``path``'s config plus an IMAP account ``desk`` (its INBOX watched) on ``port``."""
+    data = yaml.safe_load(path.read_text())
+    data["accounts"].append({"name": "desk", "host": desk.host, "port": port or desk.port,
+                             "security": "none", "username": desk.username,
+                             "password": desk.password, "timeout": "5s",
+                             "folders": [{"name": "INBOX", "project": "support"}]})
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_refusal_is_copied_to_another_accounts_imap_folder_else_spooled(
+        tmp_path: Path, dovecot_pop3: Dovecot, box: ImapAccount, redmine: FakeRedmine,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A refusal is appended to desk's Refused (kept on the server); desk down: spooled."""
+    desk = dovecot_pop3.account()
+    box.append("INBOX", make(subject="refused"))
+    redmine.answer = lambda r: (422, b"no such project", 0)
+    refused = {"failure_folder": {"account": "desk", "folder": "Refused"},
+               "failure_spool": str(tmp_path / "spool")}
+    path = with_desk(pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url,
+                                 keep=False, folder=refused), desk)
+    assert run_once(path) == EX_OK
+    [(flags, body)] = desk.messages("Refused").values()
+    assert b"Subject: refused" in body and b"$ImapIngestFailed" in flags
+    assert "a copy is in IMAP folder Refused of account desk" in caplog.text
+    assert list((tmp_path / "spool").glob("*.eml")) == []
+    assert len(maildrop(dovecot_pop3, box)) == 1
+    assert run_once(path) == EX_OK  # recorded: neither tried nor copied again
+    assert len(desk.messages("Refused")) == 1
+
+    [closed] = free_ports(1)
+    other = dovecot_pop3.account()
+    other.append("INBOX", make(subject="refused, IMAP down"))
+    (tmp_path / "down").mkdir()
+    down = with_desk(pop3_config(tmp_path / "down" / "c.yaml", dovecot_pop3, other, redmine.url,
+                                 folder=refused), desk, port=closed)
+    assert run_once(down) != EX_OK  # desk's own INBOX cannot be read
+    [eml] = (tmp_path / "spool").glob("*.eml")
+    assert b"Subject: refused, IMAP down" in eml.read_bytes()
+    assert "spooling instead" in caplog.text
+
+    for wrong in ("nope", "pop"):
+        bad = pop3_config(tmp_path / f"{wrong}.yaml", dovecot_pop3, box, redmine.url,
+                          folder={"failure_folder": {"account": wrong, "folder": "X"}})
+        assert main(["check", "-c", str(bad)]) == EX_CONFIG
 
 
 def test_crash_between_retr_and_dele_neither_loses_nor_doubles(
@@ -289,3 +320,44 @@ def test_the_service_polls_the_maildrop_every_interval(tmp_path: Path, dovecot_p
     wait_for(lambda: maildrop(dovecot_pop3, box) == [])
     assert "Traceback" not in service.stop()
     assert len(redmine.emails) == 2
+
+
+BIG_BODY = ("x" * 76 + "\n") * 300  # 23 KB, over the 10k below
+
+
+def test_oversized_mail_is_decided_on_its_headers_and_never_retrieved(
+        tmp_path: Path, dovecot_pop3: Dovecot, box: ImapAccount, redmine: FakeRedmine,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Over max_message_size, TOP n 0 runs the header rules: discard DELEs, skip leaves, no RETR."""
+    box.append("INBOX", make(subject="[spam] big", body=BIG_BODY))
+    box.append("INBOX", make(subject="[list] big", body=BIG_BODY))
+    box.append("INBOX", make(subject="just big", body=BIG_BODY))
+    path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url, keep=False,
+                       folder={"max_message_size": "10k", "rules": [
+                           {"name": "spam", "if": [r"^Subject: \[spam\]"], "then": "discard"},
+                           {"name": "list", "if": [r"^Subject: \[list\]"], "then": "skip"}]})
+    assert run_once(path) == EX_OK
+    assert all(f"1 {outcome}" in caplog.text for outcome in ("discarded", "failed", "skipped"))
+    assert "over max_message_size" in caplog.text
+    wait_for(lambda: dovecot_pop3.commands("pop3", box.username).get("top") == 3)
+    assert dovecot_pop3.commands("pop3", box.username) == {"top": 3, "retr": 0, "del": 1}
+    assert run_once(path) == EX_OK  # all three settled: not looked at again
+    wait_for(lambda: dovecot_pop3.commands("pop3", box.username).get("top") == 3)
+    assert redmine.emails == []
+    left = maildrop(dovecot_pop3, box)
+    assert [b"[list] big" in raw or b"just big" in raw for raw in left] == [True, True]
+
+
+def test_oversized_mail_with_body_rules_is_refused_without_top(
+        tmp_path: Path, dovecot_pop3: Dovecot, box: ImapAccount, redmine: FakeRedmine,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A body rule needs the whole message: an oversized one is refused as too large, no TOP."""
+    box.append("INBOX", make(subject="[spam] big", body=BIG_BODY))
+    path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url,
+                       folder={"max_message_size": "10k", "rules": [
+                           {"if": [{"body": "x{70}"}], "then": "discard"}]})
+    assert run_once(path) == EX_OK
+    assert "over max_message_size" in caplog.text
+    wait_for(lambda: bool(dovecot_pop3.commands("pop3", box.username)))
+    assert dovecot_pop3.commands("pop3", box.username) == {"top": 0, "retr": 0, "del": 0}
+    assert len(maildrop(dovecot_pop3, box)) == 1

@@ -297,3 +297,25 @@ def test_engine_never_raises_on_any_header_bytes(lines: list[tuple[bytes, bytes]
     assert decision.act in (Act.SUBMIT, Act.HOLD)
     assert decision.submission(raw).endswith(body)
     assert isinstance(message.subject, str | None) and isinstance(message.body_text(), str)
+
+
+@pytest.mark.parametrize(("condition", "needs"), [
+    ("^Subject: x", False), ("size > 1M", False), ({"from_address": "*@example.org"}, False),
+    ({"body": "invoice"}, True), ({"any": ["^Subject: x", {"not": {"body": "y"}}]}, True),
+], ids=["header", "size", "address", "body", "body-in-a-group"])
+def test_rules_say_whether_they_need_the_body(condition: Any, needs: bool) -> None:
+    """A body condition anywhere, nested in groups too, makes the rules need the whole message."""
+    rules = RuleSet(folder({"if": [condition], "then": "skip"}))
+    assert rules.needs_body is needs
+    assert RuleSet(folder({"if": [condition], "then": "skip", "enabled": False})).needs_body \
+        is False
+
+
+def test_a_header_only_message_keeps_the_size_the_server_gave() -> None:
+    """Rules on a header block see the message's real size, and an empty body."""
+    head = Message.header_only(make(subject="big").split(b"\r\n\r\n")[0] + b"\r\n\r\n",
+                               30_000_000)
+    decision = RuleSet(folder({"if": ["size > 25M", "^Subject: big"], "then": "discard"})
+                       ).evaluate(head)
+    assert decision.act is Act.DISCARD and head.size == 30_000_000 and head.body_text() == ""
+    assert Message(PLAIN).size == len(PLAIN)

@@ -14,6 +14,7 @@ from imap_ingest.message import Message
 from imap_ingest.smime import ENCRYPTION, SIGNATURE, Gate, Opened
 
 from .support.pki import (
+    ALTERNATIVE,
     EXPIRED,
     PASSPHRASE,
     PLAIN,
@@ -24,6 +25,8 @@ from .support.pki import (
     STRANGER,
     Pki,
     mail,
+    outlook,
+    thunderbird,
 )
 
 
@@ -140,6 +143,42 @@ def test_wrong_passphrase_says_so_without_the_passphrase(pki: Pki) -> None:
     assert "not-the-one" not in " ".join(opened.steps) and PASSPHRASE not in opened.failure
 
 
+def test_fallback_passphrase(pki: Pki) -> None:
+    """The map's '' passphrase serves an address the map does not name (RT's fallback)."""
+    opened = run(pki, mail(pki.encrypt(PLAIN)), passphrase={"": PASSPHRASE})
+    assert verdict(opened) == ("Success", "Not signed")
+
+
+@pytest.mark.parametrize("header", ["Delivered-To", "To", "Cc"])
+def test_recipient_headers_name_the_key(pki: Pki, header: str) -> None:
+    """Without the folder's addresses, Delivered-To, To and Cc say whose key decrypts."""
+    to = PLAIN_QUEUE if header == "To" else "list@example.org"  # a To without a key
+    raw = mail(pki.encrypt(PLAIN, PLAIN_QUEUE), to=to,
+               headers={} if header == "To" else {header: PLAIN_QUEUE})
+    opened = Gate(SMime.model_validate({"keyring": pki.keyring})).open(Message(raw))
+    assert opened.failure is None
+    assert f"layer 1: enveloped-data, decrypted with the key of {PLAIN_QUEUE}" in opened.steps
+
+
+@pytest.mark.parametrize(("settings", "reason"), [
+    ({"max_size": 100}, "Bad data: {size} bytes, over smime max_size (100 bytes)"),
+    ({"max_layers": 1}, "Bad data: more than smime max_layers (1) S/MIME layers"),
+], ids=["max_size", "max_layers"])
+def test_limits_are_bad_data(pki: Pki, settings: dict[str, Any], reason: str) -> None:
+    """Over max_size, or more layers than max_layers: Bad data, a failure."""
+    raw = mail(pki.encrypt(pki.sign(PLAIN)))
+    assert run(pki, raw, **settings).failure == reason.format(size=len(raw))
+
+
+def test_openssl_over_the_timeout_is_bad_data(pki: Pki, tmp_path: Path) -> None:
+    """An openssl run over ``timeout`` is stopped: Bad data, a failure."""
+    slow = tmp_path / "openssl"
+    slow.write_text("#!/bin/sh\nsleep 10\n")
+    slow.chmod(0o755)
+    opened = run(pki, mail(pki.encrypt(PLAIN)), openssl=str(slow), timeout=0.2)
+    assert opened.failure == "Bad data: openssl cms took over 0.2s (smime timeout)"
+
+
 def test_bad_data_fails(pki: Pki) -> None:
     """An enveloped-data whose base64 is garbage: Bad data, a failure."""
     entity = re.sub(rb"\n\n.*", b"\n\nnot base64 at all !!!\n", pki.encrypt(PLAIN), flags=re.S)
@@ -209,42 +248,42 @@ def test_keep_original_attaches_the_p7m(pki: Pki) -> None:
     assert b'filename="smime.p7m"' in parts[2] and b"enveloped-data" in parts[2]
 
 
+def test_verdict_in_body_is_the_first_text_part(pki: Pki) -> None:
+    """verdict_in_body: the verdict also as a first text part (Redmine keeps no headers)."""
+    raw = mail(pki.encrypt(pki.sign(PLAIN)))
+    opened = run(pki, raw, verdict_in_body=True, keep_original=True)
+    note, text = opened.message.body_text().split("\n", 1)
+    assert note == f"S/MIME (imap-ingest): encryption Success, signature {SIGNER} (trusted)"
+    assert text == "The server room door is open.\r\n"
+    assert verdict(opened) == ("Success", f"{SIGNER} (trusted)")
+    assert b'filename="smime.p7m"' in opened.message.raw
+
+
+@pytest.mark.parametrize("content", [PLAIN, PLAIN.partition(b"\r\n")[2]],
+                         ids=["content-type", "none"])
+def test_verdict_in_body_of_plain_mail_keeps_its_content(pki: Pki, content: bytes) -> None:
+    """Plain mail gets the note too (a forged verdict gone), its own content unchanged."""
+    raw = mail(content, headers={SIGNATURE: "ceo@example.org (trusted)"})
+    opened = run(pki, raw.replace(b"MIME-Version: 1.0\r\n", b""), verdict_in_body=True)
+    assert opened.message.header("MIME-Version") == "1.0"  # it is a multipart now
+    assert opened.message.body_text() == ("S/MIME (imap-ingest): encryption Not encrypted, "
+                                          "signature Not signed\nThe server room door is "
+                                          "open.\r\n")
+    assert b"ceo@example.org" not in opened.message.raw
+    assert opened.message.header("Subject") == "Incident"
+
+
+@pytest.mark.parametrize("mode", ["verify", "pass-through"])
+def test_verdict_in_body_only_when_decrypting(pki: Pki, mode: str) -> None:
+    """verify and pass-through keep the original bytes: no note is written into them."""
+    raw = mail(pki.sign(PLAIN))
+    assert run(pki, raw, mode, verdict_in_body=True).message.raw.endswith(raw)
+
+
 def test_no_smime_configured_changes_nothing(pki: Pki) -> None:
     """A folder without smime: the message object itself goes on, forged header and all."""
     message = Message(mail(PLAIN, headers={SIGNATURE: "x (trusted)"}))
     assert Gate(None).open(message).message is message
-
-
-ALTERNATIVE = (b'Content-Type: multipart/alternative; boundary="_000_alt_"\r\n\r\n'
-               b"--_000_alt_\r\nContent-Type: text/plain; charset=\"us-ascii\"\r\n\r\n"
-               b"Door open.\r\n--_000_alt_\r\nContent-Type: text/html; charset=\"us-ascii\""
-               b"\r\n\r\n<p>Door open.</p>\r\n--_000_alt_--\r\n")
-
-
-def outlook(pki: Pki) -> bytes:
-    """Outlook's shape: x-pkcs7-mime, 3DES, base64 in 76 columns, its X-MS headers."""
-    entity = pki.encrypt(pki.sign(ALTERNATIVE, opaque=True), cipher="-des3").decode()
-    head, _, body = entity.partition("\n\n")
-    joined = "".join(body.split())
-    body = "\n".join(joined[i:i + 76] for i in range(0, len(joined), 76))
-    head = head.replace("application/pkcs7-mime", "application/x-pkcs7-mime")
-    return mail(f"{head}\n\n{body}\n".encode(), headers={
-        "Thread-Index": "AdnQ1x2y3z4w5v6u7t8s9r0q==", "X-MS-Has-Attach": "yes",
-        "X-MS-TNEF-Correlator": "", "Content-Language": "en-US"})
-
-
-def thunderbird(pki: Pki) -> bytes:
-    """Thunderbird's shape: its preamble and boundary, the signature part described."""
-    entity = pki.sign(ALTERNATIVE).decode()
-    boundary = re.search(r'boundary="([^"]+)"', entity)
-    assert boundary
-    entity = (entity.replace(boundary[1], "------------ms010203040506070809000102")
-              .replace("This is an S/MIME signed message",
-                       "This is a cryptographically signed message in MIME format.")
-              .replace('Content-Type: application/pkcs7-signature; name="smime.p7s"',
-                       'Content-Type: application/pkcs7-signature; name="smime.p7s"\n'
-                       "Content-Description: S/MIME Cryptographic Signature"))
-    return mail(entity.encode(), headers={"User-Agent": "Mozilla/5.0 Thunderbird/115.6.0"})
 
 
 @pytest.mark.parametrize("shape", [outlook, thunderbird], ids=["outlook", "thunderbird"])

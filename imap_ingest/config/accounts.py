@@ -178,9 +178,9 @@ class Account(WithSecret):
     @model_validator(mode="after")
     def _pop3_has_one_folder_and_no_others(self) -> Account:
         if self.protocol == "imap":
-            if any(folder.failure_spool for folder in self.folders):
-                raise ValueError("failure_spool is for POP3 accounts: an IMAP folder has "
-                                 "move_on_failure")
+            if any(folder.failure_spool or folder.failure_folder for folder in self.folders):
+                raise ValueError("failure_spool and failure_folder are for POP3 accounts: an "
+                                 "IMAP folder has move_on_failure")
             return self
         if len(self.folders) != 1:
             raise ValueError("a POP3 account has one folder, its maildrop: give one entry "
@@ -193,7 +193,8 @@ class Account(WithSecret):
         if used := [key for key, value in named.items() if value]:
             raise ValueError(f"POP3 has no folders to move or copy into ({', '.join(used)}): "
                              "accepted mail is deleted (keep: false) or left, refused mail is "
-                             "left and recorded, and copied to failure_spool when set")
+                             "left and recorded, and copied to failure_folder (an IMAP "
+                             "account's) or failure_spool when set")
         if folder.idle:
             raise ValueError("POP3 has no IDLE: the maildrop is polled every interval")
         return self
@@ -205,6 +206,12 @@ class Account(WithSecret):
     @property
     def idles(self) -> bool:
         """The protocol can announce new mail (IMAP IDLE); POP3 is polled only."""
+        return self.protocol == "imap"
+
+    @property
+    def has_folders(self) -> bool:
+        """The server has folders to move mail into and marks to set (IMAP); POP3 has its
+        maildrop only, and the ledger remembers the rest."""
         return self.protocol == "imap"
 
     @property

@@ -281,6 +281,16 @@ def _texts(options: SubmitOptions) -> list[str]:
             if isinstance(value, str)]
 
 
+class FailureFolder(Model):
+    """An IMAP folder (created if missing) of one of the config's IMAP accounts."""
+
+    account: str
+    folder: str
+
+    def __str__(self) -> str:
+        return f"IMAP folder {self.folder} of account {self.account}"
+
+
 class Folder(SubmitOptions):
     """One IMAP folder to ingest, with its tracker options and rules."""
 
@@ -289,6 +299,7 @@ class Folder(SubmitOptions):
     move_on_success: str | None = None
     move_on_failure: str | None = None
     failure_spool: Path | None = None  # POP3: a copy of each refused message, kept here
+    failure_folder: FailureFolder | None = None  # POP3: ... or appended here (spool: fallback)
     max_message_size: Size = parse_size("25M")
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 100
     loops_folder: str | None = None

@@ -6,18 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .archive import Archive
-from .folders import Folder, Rule, SubmitOptions
-from .values import Model, Size, parse_size
-
-
-class FailureFolder(Model):
-    """An IMAP folder (created if missing) of one of the config's accounts."""
-
-    account: str
-    folder: str
-
-    def __str__(self) -> str:
-        return f"IMAP folder {self.folder} of account {self.account}"
+from .folders import FailureFolder, Folder, Rule, SubmitOptions
+from .values import Size, parse_size
 
 
 class Route(SubmitOptions):

@@ -160,11 +160,16 @@ class Config(BaseSettings):
         if not value and not info.data.get("routes"):
             raise ValueError("List should have at least 1 item (or give routes: for mail "
                              "an MTA delivers)")
-        names = {account.name for account in value}
-        for name, route in info.data.get("routes", {}).items():
-            if route.failure_folder and route.failure_folder.account not in names:
-                raise ValueError(f"routes.{name}.failure_folder names account "
-                                 f"{route.failure_folder.account}, which is not in accounts")
+        protocols = {account.name: account.protocol for account in value}
+        places = [(f"routes.{name}", route.failure_folder)
+                  for name, route in info.data.get("routes", {}).items()]
+        places += [(f"accounts[{a}].folders[{f}]", folder.failure_folder)
+                   for a, account in enumerate(value) for f, folder in enumerate(account.folders)]
+        for where, to in places:
+            if to is not None and protocols.get(to.account) != "imap":
+                raise ValueError(f"{where}.failure_folder names account {to.account}, which "
+                                 + ("is POP3: it has no folders to append to"
+                                    if to.account in protocols else "is not in accounts"))
         return value
 
     def secrets(self) -> Iterator[str]:

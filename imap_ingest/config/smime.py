@@ -29,6 +29,8 @@ class SMime(Model):
     # None: pass-through for RT (its own SMIME runs on the raw bytes), decrypt for the others.
     mode: Mode | None = None
     keep_original: bool = False  # attach the S/MIME original (smime.p7m/.p7s) to what is sent
+    # The verdict also as the first text part (mode decrypt): Redmine shows no mail headers.
+    verdict_in_body: bool = False
     openssl: str = "openssl"  # RT's OpenSSL
     timeout: Duration = 30.0  # for each openssl run
     max_size: Size = parse_size("25M")

@@ -2,7 +2,7 @@
 configured, loopback unless told otherwise) behind the token in ``console.token_file``.
 
 Logging in with the token gives a session cookie (HttpOnly, SameSite=Strict) and a CSRF
-token tied to it; every action is a POST carrying both. Pages are in pages.py, the IMAP
+token tied to it; every action is a POST carrying both. Pages are in pages.py, the mail
 side in mail.py; this module is the HTTP edge only.
 """
 
@@ -95,7 +95,7 @@ class ConsoleServer:
         if path in ("/message", "/raw"):
             account, folder, uid = query.get("account", ""), query.get("folder", ""), int(
                 query.get("uid", "0") or 0)
-            raw = mail.raw(service.config, service.tokens, account, folder, uid)
+            raw = mail.raw(service.config, service.ledger, service.tokens, account, folder, uid)
             if raw is None:
                 return 404, {"Content-Type": "text/plain"}, b"no such message\n"
             if path == "/raw":
@@ -149,7 +149,8 @@ class ConsoleServer:
         return pages.dashboard(service.flow(), mail.set_aside(service.config, service.ledger,
                                                               service.tokens),
                                service.ledger.latest(LATEST),
-                               service.ledger.hourly(time.time() - DAY), csrf, notice)
+                               service.ledger.hourly(time.time() - DAY), csrf, notice,
+                               pages.ways(service.config))
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         console = self

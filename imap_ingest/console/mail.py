@@ -1,5 +1,6 @@
-"""The console's IMAP side: the messages set aside (held, failed, quarantined; moved away or
-marked in place), one message with its trace, and the Retry / Release actions."""
+"""The console's mail side: the messages set aside (held, failed, quarantined; moved away or
+marked in place on IMAP, left in the maildrop on POP3, where the ledger says which), one
+message with its trace, and the Retry / Release actions."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from ..ledger import Key, Ledger
 from ..mailbox import Mailbox
 from ..message import Message
 from ..oauth import Tokens
-from ..retry import retry
+from ..retry import retry, retry_maildrop
 from ..rules import RuleSet
+from ..source import Source, open_source
 from ..states import FAILED, SKIPPED, Result, State
 from ..trackers import Envelope, Kind, Tracker
 
 SHOWN = 30  # messages listed per folder, newest first
+_KINDS = {Result.HELD: "held", Result.FAILED: "failed", Result.QUARANTINED: "quarantined"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,10 @@ def set_aside(config: Config, ledger: Ledger, tokens: dict[str, Tokens]) -> list
     found: list[Aside] = []
     for account in config.accounts:
         try:
+            if not account.has_folders:
+                with open_source(account, tokens.get(account.name), ledger) as source:
+                    found += _in_maildrop(source, ledger, account)
+                continue
             with Mailbox(account, tokens.get(account.name)) as mailbox:
                 places = [(name, kind, ["UNDELETED"])
                           for name, kind in aside_folders(config, account).items()]
@@ -63,6 +70,22 @@ def set_aside(config: Config, ledger: Ledger, tokens: dict[str, Tokens]) -> list
         except MailboxError:
             continue
     return found
+
+
+def _in_maildrop(source: Source, ledger: Ledger, account: Account) -> list[Aside]:
+    """A POP3 maildrop's messages set aside, as the ledger knows them (the server keeps no
+    folders or marks), with the headers TOP gives."""
+    folder = account.folders[0].name
+    source.select(folder, readonly=True)
+    records = ledger.set_aside(account.name, folder, source.uidvalidity)
+    heads = source.fetch(sorted(records)[-SHOWN:], SHOWN, 0, headers=True)
+    listed = []
+    for one in reversed(list(heads)):
+        message, record = Message(one.header or b""), records[one.uid]
+        assert record.outcome is not None  # set_aside's are refused, quarantined or held
+        listed.append(Aside(account.name, folder, one.uid, message.subject or "(no subject)",
+                            message.sender, _KINDS[record.outcome], record.reason or ""))
+    return listed
 
 
 def _listed(mailbox: Mailbox, ledger: Ledger, account: Account, folder: str, kind: str,
@@ -95,13 +118,13 @@ def held_here(rows: list[dict[str, object]], account: str, folder: str, uid: int
     return here is not None and here["outcome"] == Result.HELD
 
 
-def raw(config: Config, tokens: dict[str, Tokens], account_name: str, folder: str,
-        uid: int) -> bytes | None:
+def raw(config: Config, ledger: Ledger, tokens: dict[str, Tokens], account_name: str,
+        folder: str, uid: int) -> bytes | None:
     """The message's bytes as the server has them, or None when it is not there."""
     account = _account(config, account_name)
-    with Mailbox(account, tokens.get(account.name)) as mailbox:
-        mailbox.select(folder, readonly=True)
-        for one in mailbox.fetch([uid], 1, 2**62):
+    with open_source(account, tokens.get(account.name), ledger) as source:
+        source.select(folder, readonly=True)
+        for one in source.fetch([uid], 1, 2**62):
             return one.raw
     return None
 
@@ -117,8 +140,11 @@ def trace(config: Config, account_name: str, folder: str, raw_bytes: bytes) -> l
 
 def do_retry(config: Config, ledger: Ledger, tokens: dict[str, Tokens], account_name: str,
              folder: str, uid: int) -> list[str]:
-    """`imap-ingest retry FOLDER` for this one message."""
+    """`imap-ingest retry FOLDER` for this one message (POP3: released in the ledger, as
+    nothing on the server says it was refused)."""
     account = _account(config, account_name)
+    if not account.has_folders:
+        return list(retry_maildrop(ledger, account, [uid]))
     with Mailbox(account, tokens.get(account.name)) as mailbox:
         return list(retry(mailbox, ledger, account, folder, [uid]))
 
@@ -128,7 +154,7 @@ def do_release(config: Config, ledger: Ledger, trackers: dict[str, Tracker],
     """Submit a held message despite the check that held it, as its source folder would;
     recorded as submitted, then disposed of as the source folder says."""
     account = _account(config, account_name)
-    with Mailbox(account, tokens.get(account.name)) as mailbox:
+    with open_source(account, tokens.get(account.name), ledger) as mailbox:
         mailbox.select(folder)
         fetched = next(iter(mailbox.fetch([uid], 1, 2**62)), None)
         if fetched is None or not fetched.raw:
@@ -154,6 +180,7 @@ def do_release(config: Config, ledger: Ledger, trackers: dict[str, Tracker],
             mailbox.move([uid], source.move_on_success)
         else:
             mailbox.delete([uid])
+        mailbox.commit()  # POP3: QUIT, so that a DELE takes effect
         ledger.disposed([key])
         return (f"uid {uid} released: submitted to {target}"
                 + (f" as {outcome.ticket}" if outcome.ticket else ""))

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from urllib.parse import urlencode
 
+from ..config import Account, Config, Folder
 from ..flow import Flow, FolderFlow
 from .mail import Aside
 
@@ -59,6 +60,39 @@ def _table(head: Sequence[str], rows: Iterable[Sequence[str]], classes: Iterable
             + f"</tr>{cells}</table></div>")
 
 
+def ways(config: Config) -> dict[str, tuple[str, str]]:
+    """Each folder's way in (pushed or polled) and out (what becomes of accepted and of
+    refused mail), by ``account/folder``; what POP3 cannot do is said so."""
+    return {f"{account.name}/{folder.name}": (_way_in(account, folder),
+                                              _way_out(account, folder))
+            for account in config.accounts for folder in account.folders}
+
+
+def _way_in(account: Account, folder: Folder) -> str:
+    every = f"polled every {folder.interval:.0f} s"
+    if not account.idles:
+        return f"POP3: {every} (no IDLE)"
+    if folder.idle is False:
+        return f"IMAP: {every}"
+    return "IMAP: pushed (IDLE)" + ("" if folder.idle else f" when offered, else {every}")
+
+
+def _way_out(account: Account, folder: Folder) -> str:
+    if account.has_folders:
+        return (f"accepted: {_moved(folder.move_on_success, 'deleted')}; refused: "
+                f"{_moved(folder.move_on_failure, 'marked in place')}")
+    copies = [str(where) for where in (folder.failure_folder, folder.failure_spool) if where]
+    return ("accepted: " + ("deleted (keep: false)" if not account.keep
+                            else "left on the server (keep: true)")
+            + "; refused: left on the server"
+            + (f", copied to {' or else '.join(copies)}" if copies else "")
+            + ", Retry releases it in the ledger; moves: none (POP3 has no folders)")
+
+
+def _moved(to: str | None, otherwise: str) -> str:
+    return f"moved to {to}" if to else otherwise
+
+
 def _button(action: str, label: str, item: Aside, csrf: str) -> str:
     return (f"<form method=post action=/{action}>"
             + "".join(f"<input type=hidden name={n} value='{escape(v)}'>" for n, v in (
@@ -72,14 +106,16 @@ def _where(item: Aside) -> str:
 
 
 def dashboard(flow: Flow, aside: list[Aside], latest: list[dict[str, object]],
-              hourly: list[tuple[int, str, int]], csrf: str, notice: str = "") -> bytes:
-    """Folders and their state, targets failing, messages set aside, the latest messages,
-    and the chart."""
+              hourly: list[tuple[int, str, int]], csrf: str, notice: str,
+              way_of: Mapping[str, tuple[str, str]]) -> bytes:
+    """Folders (their state, and how mail comes in and goes out), targets failing, messages
+    set aside, the latest messages, and the chart."""
     states = [_state(f) for f in flow.folders]
     folders = _table(
-        ["folder", "state", "oldest pending", "last pass", "waiting", "held", "failed",
-         "quarantined", "last error"],
-        ([escape(f.name), escape(why), _seconds(f.oldest_pending), _seconds(f.since_pass),
+        ["folder", "state", "mail", "after", "oldest pending", "last pass", "waiting", "held",
+         "failed", "quarantined", "last error"],
+        ([escape(f.name), escape(why), *(escape(way) for way in way_of.get(f.name, ("", ""))),
+          _seconds(f.oldest_pending), _seconds(f.since_pass),
           str(f.waiting), str(f.held), str(f.failed), str(f.quarantined),
           escape(f.last_error or "")] for f, (_, why) in zip(flow.folders, states, strict=True)),
         (kind for kind, _ in states))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -116,13 +117,11 @@ class Ledger(Reports, ArchiveBook):
         if not uids:
             return {}
         rows = self._read(lambda db: db.all(
-            "SELECT uid, id, state, outcome, dispose_to, attempts, first_seen, next_try, "
-            "reason, ticket FROM messages WHERE account = ? AND folder = ? AND "
+            f"SELECT {_RECORD} FROM messages WHERE account = ? AND folder = ? AND "
             "uidvalidity = ? AND uid BETWEEN ? AND ?",
             (account, folder, uidvalidity, min(uids), max(uids))))
         wanted = set(uids)
-        return {uid: Record(id, State(state), _result(outcome), _disposition(dispose_to), *rest)
-                for uid, id, state, outcome, dispose_to, *rest in rows if uid in wanted}
+        return {uid: record for uid, record in _records(rows) if uid in wanted}
 
     def marked(self, account: str, folder: str, uidvalidity: int, keyword: str) -> list[int]:
         """The UIDs of one folder left in place with ``keyword``, as the ledger remembers
@@ -267,12 +266,14 @@ class Ledger(Reports, ArchiveBook):
         return [Source(id, folder, _result(outcome), ticket)
                 for id, folder, outcome, ticket in rows]
 
-    def set_aside(self, account: str, folder: str) -> list[int]:
-        """The records of a folder's messages refused or quarantined, left where they are."""
+    def set_aside(self, account: str, folder: str, uidvalidity: int) -> dict[int, Record]:
+        """The records of a folder's messages refused, quarantined or held, by UID: all that
+        a server without folders or marks (POP3) shows of them."""
         rows = self._read(lambda db: db.all(
-            "SELECT id FROM messages WHERE account = ? AND folder = ? AND outcome IN (?, ?)",
-            (account, folder, Result.FAILED, Result.QUARANTINED)))
-        return [id for (id,) in rows]
+            f"SELECT {_RECORD} FROM messages WHERE account = ? AND folder = ? AND "
+            "uidvalidity = ? AND outcome IN (?, ?, ?) ORDER BY uid",
+            (account, folder, uidvalidity, Result.FAILED, Result.QUARANTINED, Result.HELD)))
+        return dict(_records(rows))
 
     def thread_ticket(self, target: str, message_ids: list[str]) -> str | None:
         """The ticket the latest of these messages became at ``target``, if known."""
@@ -409,3 +410,14 @@ def _disposition(text: str | None) -> Disposition | None:
 
 def _text(disposition: Disposition | None) -> str | None:
     return str(disposition) if disposition is not None else None
+
+
+# The columns a Record is made of, after the UID (_records).
+_RECORD = ("uid, id, state, outcome, dispose_to, attempts, first_seen, next_try, reason, "
+           "ticket")
+
+
+def _records(rows: list[Row]) -> Iterator[tuple[int, Record]]:
+    """(UID, Record) of rows read as _RECORD."""
+    for uid, id, state, outcome, dispose_to, *rest in rows:
+        yield uid, Record(id, State(state), _result(outcome), _disposition(dispose_to), *rest)

@@ -49,7 +49,12 @@ def rt_server() -> Iterator[RealRT]:
 @pytest.fixture
 def real_rt(rt_server: RealRT) -> RealRT:
     """The session's RT, back to the freshly seeded database with no outgoing mail."""
-    if not rt_server.running:  # an earlier test took it down: bring it back
-        rt_server.start()
-    rt_server.reset()
-    return rt_server
+    return fresh(rt_server)
+
+
+def fresh(server: RealRT) -> RealRT:
+    """``server`` running, back to the freshly seeded database with no outgoing mail."""
+    if not server.running:  # an earlier test took it down: bring it back
+        server.start()
+    server.reset()
+    return server

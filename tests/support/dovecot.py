@@ -48,6 +48,8 @@ _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+-]+$")
 _SAFE_PASSWORD = re.compile(r"^[A-Za-z0-9_.+@=-]+$")
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]", re.IGNORECASE)
 _CAPABILITY = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
+# A logout line's counters: pop3 "top=1/202, retr=0/0", imap "body_count=0".
+_COUNTED = re.compile(r"\b(top|retr|del|hdr_count|body_count)=(\d+)")
 
 # Post-login capability lists of a default-configured server, per dovecot binary.
 _capability_cache: dict[str, tuple[str, ...]] = {}
@@ -370,6 +372,17 @@ class Dovecot(Lifecycle):
                 f.seek(self._log_offsets.get(path, 0) if since_start else 0)
                 parts.append(f.read().decode(errors="replace"))
         return "".join(parts)
+
+    def commands(self, protocol: str, username: str) -> dict[str, int]:
+        """What ``username``'s finished sessions did, summed from dovecot's logout lines:
+        for pop3 ``top``, ``retr``, ``del`` (commands); for imap ``hdr_count``,
+        ``body_count`` (FETCHes of headers and of bodies)."""
+        counts: dict[str, int] = {}
+        for line in self.log_text().splitlines():
+            if f"{protocol}({username})" in line and "Disconnected" in line:
+                for name, value in _COUNTED.findall(line):
+                    counts[name] = counts.get(name, 0) + int(value)
+        return counts
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from .dovecot import ImapAccount
+from .dovecot import Dovecot, ImapAccount
 from .mail import make
 
 ROOT = Path(__file__).parents[2]
@@ -46,6 +46,26 @@ def write_config(path: Path, imap: ImapAccount, redmine_url: str, *, key: str = 
                                 "timeout": "5s", **(target or {})}},
         "state_dir": str(path.parent / "state"),
         **top,
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def pop3_config(path: Path, server: Dovecot, box: ImapAccount, redmine_url: str,
+                folder: dict[str, Any] | None = None, top: dict[str, Any] | None = None,
+                **account: Any) -> Path:
+    """One POP3 account (plain, keep: true unless told), one folder, a Redmine target;
+    ``top`` adds top-level keys."""
+    data = {
+        "accounts": [{"name": "pop", "protocol": "pop3", "host": box.host,
+                      "port": server.pop3_port, "security": "none", "username": box.username,
+                      "password": box.password,
+                      "folders": [{"name": "INBOX", "project": "support", **(folder or {})}],
+                      **account}],
+        "targets": {"redmine": {"type": "redmine", "url": redmine_url, "key": "s3cret-key",
+                                "timeout": "5s"}},
+        "state_dir": str(path.parent / "state"),
+        **(top or {}),
     }
     path.write_text(yaml.safe_dump(data))
     return path

@@ -78,6 +78,45 @@ def mail(entity: bytes, sender: str = SIGNER, to: str = QUEUE, subject: str = "I
     return "\r\n".join(lines).encode() + b"\r\n" + entity
 
 
+def alternative(text: str) -> bytes:
+    """A multipart/alternative entity, as mail clients write: ``text`` as plain and HTML."""
+    return (b'Content-Type: multipart/alternative; boundary="_000_alt_"\r\n\r\n'
+            b'--_000_alt_\r\nContent-Type: text/plain; charset="us-ascii"\r\n\r\n'
+            + text.encode() + b'\r\n--_000_alt_\r\nContent-Type: text/html; '
+            b'charset="us-ascii"\r\n\r\n<p>' + text.encode() + b"</p>\r\n--_000_alt_--\r\n")
+
+
+ALTERNATIVE = alternative("Door open.")
+
+
+def outlook(pki: Pki, content: bytes = ALTERNATIVE, **fields: str) -> bytes:
+    """Outlook's shape: x-pkcs7-mime, 3DES, base64 in 76 columns, its X-MS headers;
+    ``fields`` are ``mail``'s (subject, message_id)."""
+    entity = pki.encrypt(pki.sign(content, opaque=True), cipher="-des3").decode()
+    head, _, body = entity.partition("\n\n")
+    joined = "".join(body.split())
+    body = "\n".join(joined[i:i + 76] for i in range(0, len(joined), 76))
+    head = head.replace("application/pkcs7-mime", "application/x-pkcs7-mime")
+    return mail(f"{head}\n\n{body}\n".encode(), headers={
+        "Thread-Index": "AdnQ1x2y3z4w5v6u7t8s9r0q==", "X-MS-Has-Attach": "yes",
+        "X-MS-TNEF-Correlator": "", "Content-Language": "en-US"}, **fields)
+
+
+def thunderbird(pki: Pki, content: bytes = ALTERNATIVE, **fields: str) -> bytes:
+    """Thunderbird's shape: its preamble and boundary, the signature part described."""
+    entity = pki.sign(content).decode()
+    boundary = re.search(r'boundary="([^"]+)"', entity)
+    assert boundary
+    entity = (entity.replace(boundary[1], "------------ms010203040506070809000102")
+              .replace("This is an S/MIME signed message",
+                       "This is a cryptographically signed message in MIME format.")
+              .replace('Content-Type: application/pkcs7-signature; name="smime.p7s"',
+                       'Content-Type: application/pkcs7-signature; name="smime.p7s"\n'
+                       "Content-Description: S/MIME Cryptographic Signature"))
+    return mail(entity.encode(), headers={"User-Agent": "Mozilla/5.0 Thunderbird/115.6.0"},
+                **fields)
+
+
 def _ca(root: Path, name: str) -> None:
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", root / f"{name}.key",
             "-out", root / f"{name}.crt", "-days", "30", "-subj", f"/CN=Test {name}",
