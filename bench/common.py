@@ -38,10 +38,10 @@ def message(i: int, rng: random.Random) -> bytes:
 
 
 @contextmanager
-def sink(status: int = 201) -> Iterator[tuple[str, list[int]]]:
+def sink(status: int = 201, body: str = "") -> Iterator[tuple[str, list[int]]]:
     """The zero-cost tracker in its own process: (url, [requests answered] once stopped)."""
-    process = subprocess.Popen([sys.executable, "-m", "bench.sink", str(status)], cwd=ROOT,
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "bench.sink", str(status), body],
+                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     port = int(process.stdout.readline())
     answered: list[int] = []

@@ -1,13 +1,16 @@
 """Mail an MTA pipes in: one process per message, as Postfix's pipe(8) runs them.
 
-  - start-up cost: N messages through `imap-ingest rdm-mailhandler` into the zero-cost sink
-    (bench/sink.py answers 201 at once), beside N runs of a bare `python3 -c pass`, so that
-    what is imap-ingest's own (imports, config, ledger) stands out; wall and CPU per message
+  - start-up cost: N messages through the real /usr/bin/rt-mailgate, `imap-ingest
+    rt-mailgate` and `imap-ingest rdm-mailhandler` into the zero-cost sink (bench/sink.py
+    answers at once), beside N runs of a bare `python3 -c pass`, so that what is
+    imap-ingest's own (imports, config, ledger) stands out; wall and CPU per message
   - side by side into one real RT 5.0.3 (tests/e2e/rt.py, reset before each run): N messages
     through the real /usr/bin/rt-mailgate and N through `imap-ingest rt-mailgate` with the
     same flags, one after the other; each message must end as exactly one ticket
 
-Run: python -m bench.deliver [N] [--no-rt]      (default N: 50)
+Run: python -m bench.deliver [N] [--no-rt] [--before DIR]      (default N: 50)
+  --before DIR: a checkout of an earlier commit (git archive C | tar -x -C DIR), whose
+  rdm-mailhandler runs into the sink interleaved with this one's
 """
 
 from __future__ import annotations
@@ -19,19 +22,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from bench.common import message, sink
 from tests.support.ingest_env import ROOT
 
 
 def per_message(argvs: list[list[str]], messages: list[bytes],
-                env: dict[str, str] | None = None) -> tuple[float, float, list[int]]:
+                env: dict[str, str] | None = None,
+                cwd: Path = ROOT) -> tuple[float, float, list[int]]:
     """(wall s, CPU s) per message for one process per message, and the exit codes."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     codes = []
     started = time.perf_counter()
     for argv, raw in zip(argvs, messages, strict=True):
-        codes.append(subprocess.run(argv, input=raw, capture_output=True, env=env,
+        codes.append(subprocess.run(argv, input=raw, capture_output=True, env=env, cwd=cwd,
                                     check=False).returncode)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -43,24 +48,53 @@ def ours(*args: str) -> list[str]:
     return [sys.executable, "-m", "imap_ingest", *args]
 
 
-def child_env(pycache: str) -> dict[str, str]:
-    """The children's environment: the worktree first, and bytecode cached (in ``pycache``)
+def child_env(pycache: str, root: Path = ROOT) -> dict[str, str]:
+    """The children's environment: ``root`` first, and bytecode cached (in ``pycache``)
     as an installed package has it, whatever PYTHONDONTWRITEBYTECODE says here."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    return {**env, "PYTHONPATH": str(ROOT), "PYTHONPYCACHEPREFIX": pycache}
+    return {**env, "PYTHONPATH": str(root), "PYTHONPYCACHEPREFIX": f"{pycache}/{root.name}"}
 
 
-def startup(count: int, messages: list[bytes], env: dict[str, str]) -> None:
-    wall, cpu, _ = per_message([[sys.executable, "-c", "pass"]] * count, messages, env)
-    print(f"python3 -c pass:                      {wall * 1000:6.0f} ms wall, "
-          f"{cpu * 1000:6.0f} ms CPU per process")
-    with sink() as (url, answered), tempfile.TemporaryDirectory() as state:
-        argv = ours("rdm-mailhandler", "--url", url, "--key", "k", "--state-dir", state)
-        per_message([argv], messages[:1], env)  # compiles the bytecode once
-        wall, cpu, codes = per_message([argv] * count, messages, env)
-    print(f"imap-ingest rdm-mailhandler -> sink:  {wall * 1000:6.0f} ms wall, "
-          f"{cpu * 1000:6.0f} ms CPU per message; exits {sorted(set(codes))}, "
-          f"{answered[0]} requests for {count} messages")
+def startup(count: int, messages: list[bytes], pycache: str, before: Path | None) -> None:
+    """Each command once per message into the zero-cost sink (RT's "ok", Redmine's 201),
+    in five interleaved rounds so that the machine's load weighs on all of them alike."""
+    from bench.rt_tools import ACTION, MAILGATE, QUEUE
+
+    rounds = 5
+    with sink(200, "ok\n") as (rt_url, rt_answered), sink() as (rdm_url, rdm_answered), \
+            tempfile.TemporaryDirectory() as state:
+        rt_flags = ["--queue", QUEUE, "--action", ACTION, "--url", rt_url]
+        rdm = ["rdm-mailhandler", "--url", rdm_url, "--key", "k"]
+        commands = {
+            "python3 -c pass (the floor)": [sys.executable, "-c", "pass"],
+            "rt-mailgate (Perl)": [MAILGATE, *rt_flags],
+            "imap-ingest rt-mailgate": ours("rt-mailgate", *rt_flags, "--state-dir",
+                                            f"{state}/rt"),
+            "imap-ingest rdm-mailhandler": ours(*rdm, "--state-dir", f"{state}/rdm")}
+        trees = dict.fromkeys(commands, ROOT)
+        if before is not None:
+            name = f"imap-ingest rdm-mailhandler, {before.name}"
+            commands[name] = ours(*rdm, "--state-dir", f"{state}/before")
+            trees[name] = before
+        for name, argv in commands.items():  # compiles the bytecode once; nothing is posted
+            per_message([argv], [b""], child_env(pycache, trees[name]), trees[name])
+        seconds = {name: [0.0, 0.0] for name in commands}  # wall, CPU
+        exits: dict[str, set[int]] = {name: set() for name in commands}
+        for first in range(rounds):
+            part = messages[first::rounds]
+            for name, argv in commands.items():
+                wall, cpu, codes = per_message([argv] * len(part), part,
+                                               child_env(pycache, trees[name]), trees[name])
+                seconds[name][0] += wall * len(part)
+                seconds[name][1] += cpu * len(part)
+                exits[name].update(codes)
+    print(f"{'into the zero-cost sink, per message':<38} {'wall':>7} {'CPU':>7}  exits")
+    for name, (wall, cpu) in seconds.items():
+        print(f"{name:<38} {wall / count * 1000:4.0f} ms {cpu / count * 1000:4.0f} ms  "
+              f"{sorted(exits[name])}")
+    print(f"requests the sinks answered: RT "
+          f"{rt_answered[0]} for 2 x {count} messages, Redmine {rdm_answered[0]} for "
+          f"{count * len(set(trees.values()))}")
 
 
 def side_by_side(count: int, messages: list[bytes], env: dict[str, str]) -> None:
@@ -87,11 +121,12 @@ def main() -> None:
     rng = random.Random(18)
     messages = [message(i, rng) for i in range(count)]
     print(f"{count} messages, one process each; load average {os.getloadavg()[0]:.1f}")
+    before = Path(sys.argv[sys.argv.index("--before") + 1]).resolve() \
+        if "--before" in sys.argv else None
     with tempfile.TemporaryDirectory() as pycache:
-        env = child_env(pycache)
-        startup(count, messages, env)
+        startup(count, messages, pycache, before)
         if "--no-rt" not in sys.argv:
-            side_by_side(count, messages, env)
+            side_by_side(count, messages, child_env(pycache))
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

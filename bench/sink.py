@@ -1,8 +1,8 @@
 """A zero-cost tracker: an HTTP/1.1 keep-alive server in its own process that answers every
-request at once (201, empty body) and counts them. Prints its port, then runs until killed;
-on SIGTERM prints the number of requests it answered.
+request at once (201 and an empty body, or STATUS and BODY) and counts them. Prints its
+port, then runs until killed; on SIGTERM prints the number of requests it answered.
 
-    python -m bench.sink [STATUS]
+    python -m bench.sink [STATUS [BODY]]
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ ANSWERED = 0
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     global ANSWERED
     status = sys.argv[1] if len(sys.argv) > 1 else "201"
-    reply = f"HTTP/1.1 {status} Answered\r\nContent-Length: 0\r\n\r\n".encode()
+    body = sys.argv[2].encode() if len(sys.argv) > 2 else b""
+    reply = f"HTTP/1.1 {status} Answered\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")

@@ -10,7 +10,6 @@ import email
 import email.message
 import email.parser
 import email.policy
-import functools
 import hashlib
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -44,7 +43,7 @@ class Message:
     """Raw bytes plus the unfolded header block as text; decoded views made on demand.
     ``size`` is the message's size, which is more than ``raw`` holds for ``header_only``."""
 
-    __slots__ = ("_body", "_decoded", "_sender", "headers", "raw", "size")
+    __slots__ = ("_body", "_decoded", "_index", "_sender", "headers", "raw", "size")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
@@ -53,6 +52,7 @@ class Message:
         self._decoded: str | None = None
         self._body: str | None = None
         self._sender: str | None = None
+        self._index: dict[str, list[str]] | None = None
 
     @classmethod
     def header_only(cls, head: bytes, size: int) -> Message:
@@ -69,12 +69,24 @@ class Message:
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name``, unfolded and stripped, or None."""
-        match = _field(name).search(self.headers)
-        return match[1].strip() if match else None
+        values = self._fields().get(name.lower())
+        return values[0] if values else None
 
     def header_values(self, name: str) -> list[str]:
         """Every value of header ``name``, in order."""
-        return [value.strip() for value in _field(name).findall(self.headers)]
+        return list(self._fields().get(name.lower(), ()))
+
+    def _fields(self) -> dict[str, list[str]]:
+        """Values by lower-cased name, the header block split once: a regex per name
+        asked for costs more to compile than a short-lived process (an MTA's) asks of it.
+        A name is ASCII (RFC 5322), so no other text folds into one."""
+        if self._index is None:
+            self._index = {}
+            for line in self.headers.split("\n"):
+                name, colon, value = line.partition(":")
+                if colon and name.isascii():
+                    self._index.setdefault(name.lower(), []).append(value.strip())
+        return self._index
 
     def subaddress(self, addresses: Collection[str], separator: str,
                    headers: Sequence[str]) -> str | None:
@@ -161,11 +173,6 @@ class Message:
         digest = hashlib.sha256(_TRACE.sub(b"", head))
         digest.update(memoryview(self.raw)[split:])
         return digest.hexdigest()
-
-
-@functools.lru_cache(maxsize=256)
-def _field(name: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(name)}:[ \t]*(.*)$", re.IGNORECASE | re.MULTILINE)
 
 
 def _header_text(raw: bytes) -> str:

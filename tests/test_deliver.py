@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -158,18 +159,26 @@ def failure_folder_config(path: Path, imap: ImapAccount, rt: RecordingServer,
     return path
 
 
-def test_refusal_goes_to_the_failure_folder_else_the_spool(rt: RecordingServer, imap: ImapAccount,
-                                                           tmp_path: Path) -> None:
-    """`not ok` appends to failure_folder (created, keyword set); IMAP down: spool; 0 both."""
+def refused_into(imap: ImapAccount, folder: str, rt: RecordingServer,
+                 tmp_path: Path) -> tuple[Path, subprocess.CompletedProcess[bytes]]:
+    """Deliver a message RT refuses on the route failing into Refused; check it is in the
+    server's ``folder``, marked, and not spooled: (the config, the delivery)."""
     rt.answer = lambda request: NOT_OK
     config = failure_folder_config(tmp_path / "c.yaml", imap, rt)
     raw = make(subject="refused")
     done = pipe(raw, "deliver", "-c", str(config), "--route", "bugs")
     assert done.returncode == 0, done.stderr
-    [(flags, body)] = imap.messages("Refused").values()
+    [(flags, body)] = imap.messages(folder).values()
     assert body == raw and b"$ImapIngestFailed" in flags
-    assert b"kept in IMAP folder Refused of account test" in done.stderr
     assert list(tmp_path.glob("spool/bugs/*")) == []
+    return config, done
+
+
+def test_refusal_goes_to_the_failure_folder_else_the_spool(rt: RecordingServer, imap: ImapAccount,
+                                                           tmp_path: Path) -> None:
+    """`not ok` appends to failure_folder (created, keyword set); IMAP down: spool; 0 both."""
+    config, done = refused_into(imap, "Refused", rt, tmp_path)
+    assert b"kept in IMAP folder Refused of account test" in done.stderr
     status = subprocess.run(command("status", "-c", str(config)), cwd=ROOT, capture_output=True,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "spool/bugs: refused and held mail goes to IMAP folder Refused of account test" \
@@ -185,6 +194,12 @@ def test_refusal_goes_to_the_failure_folder_else_the_spool(rt: RecordingServer, 
     assert b"connection failed" in done.stderr
     wrong = failure_folder_config(tmp_path / "w.yaml", imap, rt, account="nope")
     assert pipe(other, "deliver", "-c", str(wrong), "--route", "bugs").returncode == 78
+
+
+def test_the_failure_folder_is_resolved_under_an_inbox_prefix(
+        rt: RecordingServer, imap_prefixed: ImapAccount, tmp_path: Path) -> None:
+    """On Cyrus, Courier (and dovecot so laid out) the failure folder Refused is INBOX.Refused."""
+    refused_into(imap_prefixed, "INBOX.Refused", rt, tmp_path)
 
 
 def test_route_rules_apply(rt: RecordingServer, tmp_path: Path) -> None:
@@ -277,3 +292,39 @@ def test_a_plain_http_url_is_taken_as_rt_mailgate_takes_it(
     assert "plain http" in caplog.text
     for target in (rt_target(rt), redmine_target(rdm)):
         registry.registered()[str(target["type"])].model.model_validate(target)
+
+
+# What a delivery must not import: an MTA starts a process per message, and each of these
+# costs milliseconds there for nothing (the service's scheduler, IMAP, OAuth, the console,
+# PostgreSQL, YAML without -c, pydantic-settings, whose sources the config does not use).
+NOT_ON_THE_DELIVERY_PATH = (
+    "apscheduler", "imapclient", "msal", "cryptography", "psycopg", "yaml", "dotenv",
+    "pydantic_settings", "prometheus_client", "imap_ingest.cli", "imap_ingest.console",
+    "imap_ingest.mailbox", "imap_ingest.oauth", "imap_ingest.service", "imap_ingest.worker",
+    "imap_ingest.pop3", "imap_ingest.metrics", "http.server")
+
+_MODULES_AFTER = """\
+import json, sys
+from imap_ingest.compat import entry
+code = entry(sys.argv[2:])
+with open(sys.argv[1], "w") as out:
+    json.dump(sorted(sys.modules), out)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("mode", ["rt-mailgate", "rdm-mailhandler"])
+def test_a_delivery_imports_only_what_it_uses(rt: RecordingServer, tmp_path: Path,
+                                              mode: str) -> None:
+    """A compatible mode posts, spools and exits without importing the service's modules."""
+    rt.answer = lambda request: (201, b"", 0) if mode == "rdm-mailhandler" else NOT_OK
+    args = mailgate(rt, tmp_path) if mode == "rt-mailgate" else [
+        "rdm-mailhandler", "--url", rt.url, "--key", "k", "--state-dir", str(tmp_path)]
+    out = tmp_path / "modules.json"
+    done = subprocess.run([sys.executable, "-c", _MODULES_AFTER, str(out), *args], input=make(),
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert len(rt.requests) == 1  # it posted (and, for RT's `not ok`, spooled)
+    loaded = set(json.loads(out.read_text()))
+    assert sorted(name for name in NOT_ON_THE_DELIVERY_PATH if name in loaded) == []

@@ -97,6 +97,14 @@ def test_header_block_ends_at_first_blank_line_with_bare_lf() -> None:
     assert message.header("X-Y") == "z" and message.header("X-Body") is None
 
 
+def test_header_names_match_in_any_ascii_case_only() -> None:
+    """A header is found in any ASCII case; the Kelvin sign's K does not fold into one."""
+    message = Message("SUBJECT: a\r\nx-y:  1 \r\nX-Y: 2\r\n\u212aeywords: k\r\n\r\n"
+                      .encode())
+    assert message.header("Subject") == "a" and message.header_values("X-y") == ["1", "2"]
+    assert message.header("Keywords") is None and message.header("No-Such") is None
+
+
 def test_eight_bit_headers_still_match() -> None:
     """Latin-1 header bytes do not stop ASCII patterns from matching."""
     message = Message(b"Subject: caf\xe9\r\nFrom: x@example.org\r\n\r\nbody")

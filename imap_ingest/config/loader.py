@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError
@@ -50,6 +49,8 @@ def _check_alert_address(config: Config, path: str | os.PathLike[str]) -> None:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml  # here: the compatible modes without -c read no file
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -10,14 +10,15 @@ from typing import Annotated, Literal, Self
 
 from pydantic import (
     AfterValidator,
+    BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ..urls import origin
 from .accounts import Account
@@ -115,10 +116,12 @@ def _check_postgres_url(url: str) -> str:
     return url
 
 
-class Config(BaseSettings):
-    """The whole configuration file."""
+class Config(BaseModel):
+    """The whole configuration file. load() merges the file and the environment (list items
+    included, which pydantic-settings' env source cannot address), so a plain model: an MTA
+    starts a process per message, and pydantic-settings costs ~50 ms of each."""
 
-    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     routes: dict[str, Route] = {}  # mail an MTA pipes in: `imap-ingest deliver --route NAME`
     accounts: list[Account] = Field([], validate_default=True)  # after routes: it reads them
@@ -144,15 +147,6 @@ class Config(BaseSettings):
     ledger: LedgerConfig = LedgerConfig()
     archive: Archive | None = None  # every folder's and route's, unless it has its own
     shutdown_grace: Duration = 30.0  # on SIGTERM, how long the message in hand may take
-
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        *_: PydanticBaseSettingsSource, **__: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # load() has already merged the file and the environment, list items included,
-        # which pydantic-settings' own env source cannot address.
-        return (init_settings,)
 
     @field_validator("accounts")
     @classmethod
