@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -48,6 +48,7 @@ from .verdict import (
     target_down,
     too_old,
     unreadable,
+    waits,
 )
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,27 @@ class _Sent:
     send: Callable[[], Outcome]
 
 
+class Behind:
+    """Which messages of each folder the last pass deferred because their target was
+    failing, by UID, kept between a service's passes: while that target still fails, a pass
+    does not fetch them again (a backlog behind a failing tracker would cost every pass a
+    fetch, a parse and the rules per message)."""
+
+    def __init__(self) -> None:
+        self._folders: dict[tuple[str, str], tuple[int, dict[int, str]]] = {}
+        self._lock = threading.Lock()  # passes of different folders run in their own threads
+
+    def of(self, account: str, folder: str, uidvalidity: int) -> dict[int, str]:
+        """UID: target, as the folder's last pass under this UIDVALIDITY left them."""
+        with self._lock:
+            kept = self._folders.get((account, folder))
+        return dict(kept[1]) if kept is not None and kept[0] == uidvalidity else {}
+
+    def keep(self, account: str, folder: str, uidvalidity: int, behind: dict[int, str]) -> None:
+        with self._lock:
+            self._folders[(account, folder)] = (uidvalidity, behind)
+
+
 @dataclass(frozen=True)
 class Context:
     """What every pass of a run shares."""
@@ -99,6 +121,7 @@ class Context:
     # Told of every message dealt with (alerts gather those set aside into a digest).
     observe: Callable[[str, Message | None, Verdict], None] | None = None
     tripped: Callable[[str, str], None] | None = None  # the flood breaker held one (alerts)
+    behind: Behind = field(default_factory=Behind)
 
 
 def ingest(mailbox: Source, folder: Folder, context: Context) -> PassReport:
@@ -127,6 +150,10 @@ class _Pass:
         self.down: set[str] = set()  # targets not to contact again during this pass
         self.failing: dict[str, tuple[int, float]] = {}  # target: (failures, next try)
         self.records: dict[int, Record] = {}  # what the ledger knew of this pass's UIDs
+        self.was_behind = context.behind.of(self.report.account, folder.name,
+                                            mailbox.uidvalidity)
+        self.behind: dict[int, str] = {}  # deferred by this pass for a failing target
+        self.unfetched = 0  # answered without their bytes
         self.paces = {name: tracker.pace for name, tracker in context.trackers.items()
                       if isinstance(tracker, Paced)}
         self.inflight: InFlight[_Sent] = InFlight(
@@ -164,8 +191,7 @@ class _Pass:
         progress = _Progress(self.where, len(uids)) if self.context.progress else None
         labels = (self.report.account, self.folder.name)
         try:
-            for fetched in self.mailbox.fetch(uids, self.folder.batch_size,
-                                              self.folder.max_message_size, self.by_header):
+            for fetched in self._fetch(uids):
                 if self.context.stop.is_set() or self.refused:
                     break
                 self.context.beat()
@@ -183,6 +209,8 @@ class _Pass:
             self.inflight.close()
             self.disposal.flush()
             self.ledger.flush()
+            self.context.behind.keep(self.report.account, self.folder.name,
+                                     self.mailbox.uidvalidity, self.behind)
             if progress:
                 progress.close()
             for sent, ticket in self.keeper.tickets():
@@ -190,7 +218,7 @@ class _Pass:
                       account=self.report.account, folder=self.folder.name,
                       message_id=sent.message_id, ticket=ticket)
         # Answered without their bytes: left for the next pass, so --once exits 75.
-        self.report.counts["left"] += len(self.mailbox.unfetched)
+        self.report.counts["left"] += self.unfetched
         self.report.undisposed = self.disposal.refused
         if self.refused:
             raise self.refused
@@ -228,6 +256,37 @@ class _Pass:
         self.plan = firstrun.plan(start, started, self.mailbox.uidvalidity, uids,
                                   self.folder.max_age, now)
         return self.plan.uids
+
+    def _fetch(self, uids: list[int]) -> Iterator[Fetched]:
+        """The pass's messages, a batch at a time; those that can only wait (as the ledger,
+        or the last pass and the target's state, tell without their bytes) are counted as
+        deferred, not fetched. Each batch is judged when the one before it is done, so mail
+        behind a target that failed during this pass is not fetched either."""
+        size = self.folder.batch_size
+        for start in range(0, len(uids), size):
+            now, wanted = time.time(), []
+            for uid in uids[start:start + size]:
+                behind = self.was_behind.get(uid)
+                if behind is not None and not self._down(behind):
+                    behind = None
+                verdict = waits(self.records.get(uid), behind, self.policy, now)
+                if verdict is None:
+                    wanted.append(uid)
+                    continue
+                if behind is not None:
+                    self.behind[uid] = behind  # and still does
+                self._log(uid, None, "-", verdict)
+            yield from self.mailbox.fetch(wanted, size, self.folder.max_message_size,
+                                          self.by_header)
+            self.unfetched += len(self.mailbox.unfetched)
+
+    def _down(self, target: str) -> bool:
+        """Whether ``target`` is not to be contacted again during this pass."""
+        if target not in self.failing:  # read once per pass and target
+            self.failing[target] = self.ledger.target_state(target)
+        if breaker_open(*self.failing[target], self.policy, time.time()):
+            self.down.add(target)
+        return target in self.down
 
     def _guarded(self, fetched: Fetched) -> None:
         """One message; a bug of ours that it sets off fails that message, not the pass."""
@@ -299,11 +358,8 @@ class _Pass:
         self._record(self.inflight.make_room(target, ties))
         if self.context.stop.is_set() or self.refused:
             return  # left for the next pass
-        if target not in self.failing:  # read once per pass and target
-            self.failing[target] = self.ledger.target_state(target)
-        if breaker_open(*self.failing[target], self.policy, time.time()):
-            self.down.add(target)
-        if target in self.down:
+        if self._down(target):
+            self.behind[key.uid] = target
             self._decide(key, message, len(message.raw), decision.rule, target_down(target))
             return
         if record is None and (held := self._flooded(message)) is not None:
