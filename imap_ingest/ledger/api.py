@@ -132,6 +132,16 @@ class Ledger(Reports, ArchiveBook):
             (account, folder, uidvalidity, State.DISPOSED, f"mark:{keyword}")))
         return [uid for (uid,) in rows]
 
+    def pending_deletes(self, account: str, folder: str, uidvalidity: int) -> dict[int, Record]:
+        """The records of one folder whose decided deletion is not yet recorded as done, by
+        UID (a pass stopped between flagging them \\Deleted and expunging them leaves these)."""
+        rows = self._read(lambda db: db.all(
+            f"SELECT {_RECORD} FROM messages WHERE account = ? AND folder = ? AND "
+            "uidvalidity = ? AND state IN (?, ?) AND dispose_to = ? ORDER BY uid",
+            (account, folder, uidvalidity, State.SUBMITTED, State.DECIDED,
+             str(Disposition("delete")))))
+        return dict(_records(rows))
+
     def begin_submit(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
                      target: str, dedupe: Dedupe) -> Begun | Earlier:
         """Record the message as ``submitting`` unless an earlier copy of it, for the same
