@@ -18,7 +18,6 @@ from .stamps import local
 from .states import FAILED, SKIPPED, Disposition, Result, State
 from .trackers import Kind, Outcome
 
-
 _DELETE = Disposition("delete")
 
 

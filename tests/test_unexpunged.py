@@ -1,0 +1,97 @@
+"""A pass stopped between flagging its messages \\Deleted and expunging them (SIGKILL, or the
+connection dropped) is finished by the next pass, with real dovecot; a person's \\Deleted
+mail, unknown to the ledger, stays."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from imapclient import IMAPClient
+
+from imap_ingest.cli import main
+from imap_ingest.errors import EX_TEMPFAIL
+from imap_ingest.message import Message
+
+from .support.dovecot import ImapAccount
+from .support.ingest_env import backlog, write_config
+from .support.mail import make
+from .support.redmine_server import FakeRedmine
+from .test_model import Killed
+
+DELETED = b"\\Deleted"
+
+
+def faults(kind: str) -> BaseException:
+    """What stops a pass between STORE and EXPUNGE: a SIGKILL (nothing after it runs, as
+    test_model's Killed) or a dropped connection."""
+    return Killed() if kind == "killed" else ConnectionResetError("connection reset by peer")
+
+
+@pytest.mark.parametrize("kind", ["killed", "dropped"])
+def test_next_pass_expunges_what_a_stopped_pass_flagged(
+        kind: str, tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Stopped after STORE \\Deleted: the next pass expunges and logs each once; theirs stays."""
+    raws = backlog(imap, 3)
+    theirs = make(subject="a person deleted this")
+    imap.append("INBOX", theirs, flags=[DELETED])
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url)
+    expunge, search = IMAPClient.uid_expunge, IMAPClient.search
+    searched: list[list[Any]] = []
+
+    def stopped(client: IMAPClient, messages: Any) -> Any:
+        raise faults(kind)
+
+    def counted(client: IMAPClient, criteria: Any = "ALL", charset: str | None = None) -> Any:
+        searched.append(list(criteria))
+        return search(client, criteria, charset)
+
+    monkeypatch.setattr(IMAPClient, "search", counted)
+    monkeypatch.setattr(IMAPClient, "uid_expunge", stopped)
+    if kind == "killed":
+        with pytest.raises(Killed):
+            main(["run", "--once", "-c", str(path)])
+    else:
+        assert main(["run", "--once", "-c", str(path)]) == EX_TEMPFAIL
+    left = present(imap)
+    assert len(left) == 4 and all(DELETED in flags for flags, _ in left.values()), (
+        "the stopped pass flagged every message \\Deleted and expunged none")
+    assert len(redmine.emails) == 3
+
+    monkeypatch.setattr(IMAPClient, "uid_expunge", expunge)
+    searched.clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="imap_ingest"):
+        assert main(["run", "--once", "-c", str(path)]) == 0
+    assert [body for _, body in present(imap).values()] == [theirs]
+    assert len(redmine.emails) == 3, "nothing is sent again"
+    finished = [r for r in caplog.records if "not yet expunged" in r.getMessage()]
+    assert sorted(r.getMessage().split(":")[0] for r in finished) == [
+        f"test/INBOX uid {uid}" for uid in (1, 2, 3)]
+    assert sum("DELETED" in criteria for criteria in searched) == 1
+
+    searched.clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="imap_ingest"):
+        assert main(["run", "--once", "-c", str(path)]) == 0
+    assert not [r for r in caplog.records if "not yet expunged" in r.getMessage()]
+    assert sum("DELETED" in criteria for criteria in searched) == 0, (
+        "a pass with no deletion pending costs no search")
+    assert [(DELETED in flags, body) for flags, body in present(imap).values()] == [
+        (True, theirs)], "a person's \\Deleted mail stays, flagged, unexpunged"
+    assert {Message(raw).message_id for raw in raws} == {
+        Message(raw).message_id for raw in redmine.emails}
+
+
+
+def present(imap: ImapAccount) -> dict[int, tuple[set[bytes], bytes]]:
+    """Every message still in INBOX, \\Deleted or not: UID -> (flags, raw)."""
+    with imap.client() as client:
+        client.select_folder("INBOX", readonly=True)
+        uids = client.search(["ALL"])
+        fetched = client.fetch(uids, ["FLAGS", "BODY.PEEK[]"]) if uids else {}
+    return {int(uid): ({bytes(f) for f in data[b"FLAGS"]}, bytes(data[b"BODY[]"]))
+            for uid, data in fetched.items()}
