@@ -13,6 +13,7 @@ from imapclient import IMAPClient
 
 from imap_ingest.cli import main
 from imap_ingest.errors import EX_TEMPFAIL
+from imap_ingest.ledger import Ledger
 from imap_ingest.message import Message
 
 from .support.dovecot import ImapAccount
@@ -30,26 +31,40 @@ def faults(kind: str) -> BaseException:
     return Killed() if kind == "killed" else ConnectionResetError("connection reset by peer")
 
 
+@pytest.fixture
+def searched(monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
+    """The criteria of every SEARCH the run sends, in order."""
+    search, criteria_sent = IMAPClient.search, []
+
+    def counted(client: IMAPClient, criteria: Any = "ALL", charset: str | None = None) -> Any:
+        criteria_sent.append(list(criteria))
+        return search(client, criteria, charset)
+
+    monkeypatch.setattr(IMAPClient, "search", counted)
+    return criteria_sent
+
+
+def finished(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The UIDs whose deletion a pass finished, as its log lines name them."""
+    return sorted(r.getMessage().split(":")[0] for r in caplog.records
+                  if "not yet expunged" in r.getMessage())
+
+
 @pytest.mark.parametrize("kind", ["killed", "dropped"])
 def test_next_pass_expunges_what_a_stopped_pass_flagged(
         kind: str, tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        searched: list[list[Any]], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """Stopped after STORE \\Deleted: the next pass expunges and logs each once; theirs stays."""
     raws = backlog(imap, 3)
     theirs = make(subject="a person deleted this")
     imap.append("INBOX", theirs, flags=[DELETED])
     path = write_config(tmp_path / "config.yaml", imap, redmine.url)
-    expunge, search = IMAPClient.uid_expunge, IMAPClient.search
-    searched: list[list[Any]] = []
+    expunge = IMAPClient.uid_expunge
 
     def stopped(client: IMAPClient, messages: Any) -> Any:
         raise faults(kind)
 
-    def counted(client: IMAPClient, criteria: Any = "ALL", charset: str | None = None) -> Any:
-        searched.append(list(criteria))
-        return search(client, criteria, charset)
-
-    monkeypatch.setattr(IMAPClient, "search", counted)
     monkeypatch.setattr(IMAPClient, "uid_expunge", stopped)
     if kind == "killed":
         with pytest.raises(Killed):
@@ -68,16 +83,14 @@ def test_next_pass_expunges_what_a_stopped_pass_flagged(
         assert main(["run", "--once", "-c", str(path)]) == 0
     assert [body for _, body in present(imap).values()] == [theirs]
     assert len(redmine.emails) == 3, "nothing is sent again"
-    finished = [r for r in caplog.records if "not yet expunged" in r.getMessage()]
-    assert sorted(r.getMessage().split(":")[0] for r in finished) == [
-        f"test/INBOX uid {uid}" for uid in (1, 2, 3)]
+    assert finished(caplog) == [f"test/INBOX uid {uid}" for uid in (1, 2, 3)]
     assert sum("DELETED" in criteria for criteria in searched) == 1
 
     searched.clear()
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="imap_ingest"):
         assert main(["run", "--once", "-c", str(path)]) == 0
-    assert not [r for r in caplog.records if "not yet expunged" in r.getMessage()]
+    assert finished(caplog) == []
     assert sum("DELETED" in criteria for criteria in searched) == 0, (
         "a pass with no deletion pending costs no search")
     assert [(DELETED in flags, body) for flags, body in present(imap).values()] == [
@@ -85,6 +98,34 @@ def test_next_pass_expunges_what_a_stopped_pass_flagged(
     assert {Message(raw).message_id for raw in raws} == {
         Message(raw).message_id for raw in redmine.emails}
 
+
+
+def test_without_uidplus_a_stopped_delete_is_finished_as_dispose_does(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, searched: list[list[Any]],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Without UIDPLUS the flag stays, as dispose leaves it, and the ledger's row is done."""
+    backlog(imap, 2)
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url)
+    capabilities, disposed = IMAPClient.capabilities, Ledger.disposed
+    monkeypatch.setattr(IMAPClient, "capabilities", lambda client: tuple(
+        cap for cap in capabilities(client) if cap != b"UIDPLUS"))
+
+    def killed(*_: object, **__: object) -> None:
+        raise Killed  # after STORE, before the ledger heard of it
+
+    monkeypatch.setattr(Ledger, "disposed", killed)
+    with pytest.raises(Killed):
+        main(["run", "--once", "-c", str(path)])
+    monkeypatch.setattr(Ledger, "disposed", disposed)
+    for expected, searches in ((["test/INBOX uid 1", "test/INBOX uid 2"], 1), ([], 0)):
+        searched.clear()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="imap_ingest"):
+            assert main(["run", "--once", "-c", str(path)]) == 0
+        assert finished(caplog) == expected
+        assert sum("DELETED" in criteria for criteria in searched) == searches
+        assert [DELETED in flags for flags, _ in present(imap).values()] == [True, True]
+    assert len(redmine.emails) == 2
 
 
 def present(imap: ImapAccount) -> dict[int, tuple[set[bytes], bytes]]:
