@@ -68,9 +68,11 @@ def test_a_posted_message_costs_one_ledger_transaction(
 
 def test_one_fetch_per_batch(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
                              fetches: list[list[str]]) -> None:
-    """60 messages in batches of 20: one FETCH of sizes, then one FETCH of bodies per batch."""
+    """60 messages in batches of 20: per batch, one FETCH of sizes, then one of bodies."""
+    # Each batch is judged just before it is fetched (mail behind a target that failed
+    # meanwhile is not fetched at all), so its sizes come with it, not for the whole pass.
     backlog(imap, MESSAGES)
     _pass(tmp_path, imap, redmine)
     bodies = [items for items in fetches if any(item.startswith("BODY") for item in items)]
     assert len(bodies) == MESSAGES // BATCH
-    assert len(fetches) == MESSAGES // BATCH + 1
+    assert fetches == [["RFC822.SIZE"], bodies[0]] * (MESSAGES // BATCH)
