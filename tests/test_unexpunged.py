@@ -5,6 +5,7 @@ mail, unknown to the ledger, stays."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,30 @@ def test_without_uidplus_a_stopped_delete_is_finished_as_dispose_does(
         assert sum("DELETED" in criteria for criteria in searched) == searches
         assert [DELETED in flags for flags, _ in present(imap).values()] == [True, True]
     assert len(redmine.emails) == 2
+
+
+def test_pending_deletes_read_only_the_rows_not_yet_disposed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The every-pass ledger read goes by the partial index, not the folder's every row."""
+    steps: list[int] = []
+    connect = sqlite3.connect
+
+    def counted(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        db: sqlite3.Connection = connect(*args, **kwargs)
+        db.set_progress_handler(lambda: steps.append(1), 100)  # every 100 VM instructions
+        return db
+
+    monkeypatch.setattr("imap_ingest.ledger.sqlite.sqlite3.connect", counted)
+    ledger = Ledger.open(tmp_path)
+    with connect(tmp_path / "ledger.sqlite3") as db:
+        db.executemany(
+            "INSERT INTO messages (account, folder, uidvalidity, uid, size, hash, state, "
+            "dispose_to, first_seen, updated) VALUES ('test', 'INBOX', 7, ?, 1, '', ?, "
+            "'delete', 0, 0)",
+            [(uid, "submitted" if uid == 5_000 else "disposed") for uid in range(1, 20_001)])
+    steps.clear()
+    assert list(ledger.pending_deletes("test", "INBOX", 7)) == [5_000]
+    assert len(steps) < 20, "the read went through the folder's 20,000 rows"
 
 
 def present(imap: ImapAccount) -> dict[int, tuple[set[bytes], bytes]]:
