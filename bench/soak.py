@@ -267,7 +267,7 @@ def main(count: int, seed: int = 1) -> None:
                 time.sleep(1)
             elapsed = time.monotonic() - started
             # What a stopped pass left flagged \Deleted, the folder's next passes expunge.
-            settle = time.monotonic() + SETTLE
+            at_end, settle = flagged(imap), time.monotonic() + SETTLE
             while flagged(imap) and time.monotonic() < settle:
                 time.sleep(1)
         finally:
@@ -286,10 +286,12 @@ def main(count: int, seed: int = 1) -> None:
         where = ", ".join(f"{folder}: {len(ids(imap, folder))}" for folder in ASIDE)
         print(f"  set aside: {aside.total()} ({where}); taken and set aside: "
               f"{sum(1 for i in aside if taken[i])}")
-        print(f"  left flagged \\Deleted, not expunged, {SETTLE:.0f} s after: {flagged(imap)}")
+        log = (Path(tmp) / "service.log").read_text(errors="replace")
+        print(f"  left flagged \\Deleted, not expunged: {at_end} when all was dealt with, "
+              f"{flagged(imap)} {SETTLE:.0f} s later; expunged by a later pass: "
+              f"{log.count('not yet expunged')}")
         # Every child waited for: each service process, killed or stopped (and the kicks).
         used = resource.getrusage(resource.RUSAGE_CHILDREN)
-        log = (Path(tmp) / "service.log").read_text(errors="replace")
         print(f"  fetched and judged only to be deferred: {log.count(': deferred: ')} times")
         print(f"  run time: {elapsed:.0f} s ({count / elapsed:.0f} msg/s); the service's CPU: "
               f"{used.ru_utime + used.ru_stime:.0f} s")
