@@ -130,9 +130,10 @@ def ids(imap: ImapAccount, folder: str, which: str = "ALL") -> list[int]:
                 fetched = client.fetch(client.search([which]),
                                        ["BODY.PEEK[HEADER.FIELDS (X-SOAK-ID)]"])
             break
-        except (imaplib.IMAP4.abort, OSError):
+        except (imaplib.IMAP4.error, OSError):
             # Our own look is hit by the faults too: a renumbering makes dovecot end the
-            # session ("state is inconsistent, please relogin"), a kick drops it.
+            # session ("state is inconsistent, please relogin") or refuse the SELECT
+            # ("Mailbox was deleted under us"), a kick drops it.
             if attempt == 9:
                 raise
             time.sleep(1)
