@@ -30,7 +30,7 @@ from .message import Message
 from .metrics import Metrics
 from .rules import Decision, RuleSet
 from .smime import Gate
-from .source import Fetched, Source
+from .source import Fetched, Flagged, Source
 from .states import Result, State
 from .trackers import Envelope, Kind, Outcome, Paced, Tracker
 from .verdict import (
@@ -47,6 +47,7 @@ from .verdict import (
     smime_failed,
     target_down,
     too_old,
+    unexpunged,
     unreadable,
     waits,
 )
@@ -181,6 +182,7 @@ class _Pass:
                                            self.mailbox.uidvalidity):
             log.warning("%s: UIDVALIDITY changed: every UID is new, so messages are matched "
                         "to earlier ones by Message-ID and content", self.where)
+        self._unexpunged()
         uids = self._started(self.mailbox.new_uids())
         self.records = self.ledger.records(self.report.account, self.folder.name,
                                            self.mailbox.uidvalidity, uids)
@@ -235,6 +237,20 @@ class _Pass:
               + (f" ({counts})" if counts else ""), account=self.report.account,
               folder=self.folder.name, new=len(uids), **self.report.counts)
         return self.report
+
+    def _unexpunged(self) -> None:
+        """Finish the deletions an earlier pass was stopped in, between flagging its messages
+        \\Deleted and expunging them: the search for new mail no longer finds those. Costs
+        one UID SEARCH, and only while the ledger has deletions not recorded as done."""
+        if not isinstance(self.mailbox, Flagged):
+            return  # a source that deletes in one step leaves nothing flagged behind
+        pending = self.ledger.pending_deletes(self.report.account, self.folder.name,
+                                              self.mailbox.uidvalidity)
+        for uid in self.mailbox.deleted(list(pending)) if pending else ():
+            if (verdict := unexpunged(pending[uid])) is not None:
+                self._decide(Key(self.report.account, self.folder.name,
+                                 self.mailbox.uidvalidity, uid), None, 0, "-", verdict)
+        self.disposal.flush()
 
     def _started(self, uids: list[int]) -> list[int]:
         """The UIDs this pass takes under the folder's start: and max_age:, the first run

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from .config import Account
@@ -59,6 +59,15 @@ class Source(Protocol):
     def close(self) -> None: ...
     def __enter__(self) -> Source: ...
     def __exit__(self, *_: object) -> None: ...
+
+
+@runtime_checkable
+class Flagged(Protocol):
+    """A source whose deletion takes two steps, flag and expunge (IMAP), so that a pass
+    stopped between them leaves messages flagged \\Deleted for the next one to expunge."""
+
+    def deleted(self, uids: Sequence[int]) -> list[int]:
+        """Which of these UIDs are flagged deleted but still there."""
 
 
 def open_source(account: Account, tokens: Tokens | None, ledger: Ledger | None,

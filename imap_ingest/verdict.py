@@ -18,6 +18,8 @@ from .stamps import local
 from .states import FAILED, SKIPPED, Disposition, Result, State
 from .trackers import Kind, Outcome
 
+_DELETE = Disposition("delete")
+
 
 @dataclass(frozen=True, slots=True)
 class Policy:
@@ -101,6 +103,19 @@ def resume(record: Record | None, policy: Policy, now: float) -> Verdict | Resub
         if record.next_try and record.next_try > now and not policy.retry_now:
             return Verdict(Result.DEFERRED, f"next try at {local(record.next_try, '%H:%M:%S')}")
     return Resubmit()
+
+
+def unexpunged(record: Record | None) -> Verdict | None:
+    """What becomes of a message found flagged \\Deleted: when the ledger says a pass of
+    ours decided to delete it (its target took it, or a rule discarded it) and was stopped
+    before recording it gone, the deletion is finished; None otherwise, for then the flag
+    is a person's, or another client's, and their choice (never expunged by us)."""
+    if (record is None or record.state not in (State.SUBMITTED, State.DECIDED)
+            or record.dispose_to != _DELETE):
+        return None
+    return Verdict(record.outcome or Result.RESUMED,
+                   "finishing an earlier pass: flagged \\Deleted, not yet expunged",
+                   to=_DELETE)
 
 
 def waits(record: Record | None, behind: str | None, policy: Policy,

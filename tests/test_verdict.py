@@ -25,6 +25,7 @@ from imap_ingest.verdict import (
     raced,
     resume,
     target_down,
+    unexpunged,
     unreadable,
     waits,
 )
@@ -340,3 +341,27 @@ def test_out_of_range_next_try_still_reads(next_try: float) -> None:
     verdict = resume(record(State.WAITING, Result.DEFERRED, attempts=1, next_try=next_try),
                      POLICY, NOW)
     assert isinstance(verdict, Verdict) and verdict.reason == "next try at -"
+
+
+@pytest.mark.parametrize(("earlier", "expected"), [
+    (None, None),  # not ours: a person's \\Deleted
+    (record(State.SUBMITTED, Result.SUBMITTED, DELETE), Result.SUBMITTED),
+    (record(State.DECIDED, Result.DUPLICATE, DELETE), Result.DUPLICATE),
+    (record(State.DECIDED, Result.DISCARDED, DELETE), Result.DISCARDED),
+    (record(State.SUBMITTED, None, DELETE), Result.RESUMED),
+    (record(State.DISPOSED, Result.SUBMITTED, DELETE), None),  # done (a server sans UIDPLUS)
+    (record(State.SUBMITTED, Result.SUBMITTED, Disposition("move", "Done")), None),
+    (record(State.DECIDED, Result.FAILED, MARK_FAILED), None),
+    (record(State.DECIDED, Result.QUARANTINED, QUARANTINE), None),
+    (SUBMITTING, None),  # in doubt: a person deleted it, not us
+    (WAITING_DUE, None),
+    (RELEASED, None),
+])
+def test_unexpunged(earlier: Record | None, expected: Result | None) -> None:
+    """Flagged \\Deleted mail is expunged only where the ledger has our pending delete."""
+    verdict = unexpunged(earlier)
+    if expected is None:
+        assert verdict is None
+    else:
+        assert verdict is not None
+        assert (verdict.result, verdict.state, verdict.to) == (expected, None, DELETE)

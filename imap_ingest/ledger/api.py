@@ -132,6 +132,18 @@ class Ledger(Reports, ArchiveBook):
             (account, folder, uidvalidity, State.DISPOSED, f"mark:{keyword}")))
         return [uid for (uid,) in rows]
 
+    def pending_deletes(self, account: str, folder: str, uidvalidity: int) -> dict[int, Record]:
+        """The records of one folder whose decided deletion is not yet recorded as done, by
+        UID (a pass stopped between flagging them \\Deleted and expunging them leaves these)."""
+        # The states as literals, as the partial index messages_pending spells them: SQLite
+        # uses it only for a query whose terms imply its own.
+        rows = self._read(lambda db: db.all(
+            f"SELECT {_RECORD} FROM messages WHERE account = ? AND folder = ? AND "
+            f"uidvalidity = ? AND state IN ('{State.SUBMITTED}', '{State.DECIDED}') "
+            "AND dispose_to = ? ORDER BY uid",
+            (account, folder, uidvalidity, str(Disposition("delete")))))
+        return dict(_records(rows))
+
     def begin_submit(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
                      target: str, dedupe: Dedupe) -> Begun | Earlier:
         """Record the message as ``submitting`` unless an earlier copy of it, for the same

@@ -6,7 +6,8 @@ SCHEMA_VERSION = 2  # 2: the flood, starts, archived and uidls tables
 
 # Version N's step takes a ledger at N - 1 to N; step 1 makes a new one. Both backends
 # apply the same steps (postgres.py rewrites the column types it spells differently).
-# Step 2 tolerates its tables half there: development ledgers marked 1 had flood and starts.
+# Step 2 tolerates its tables half there: development ledgers marked 1 had flood and starts;
+# it runs again on a current ledger, so a table or index added to it needs no new version.
 MIGRATIONS: dict[int, str] = {1: """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE folders (
@@ -52,6 +53,9 @@ CREATE INDEX IF NOT EXISTS archived_at ON archived (at);
 CREATE TABLE IF NOT EXISTS uidls (  -- a POP3 message's UIDL, and the UID it stands under
     uid INTEGER PRIMARY KEY, account TEXT NOT NULL, folder TEXT NOT NULL, uidl TEXT NOT NULL,
     UNIQUE (account, folder, uidl));
+-- the few rows still to be disposed of: a pass looks for unfinished deletions among them
+CREATE INDEX IF NOT EXISTS messages_pending ON messages (account, folder, uidvalidity, uid)
+    WHERE state IN ('submitted', 'decided');
 """}
 
 
