@@ -289,7 +289,9 @@ NOT_ON_THE_DELIVERY_PATH = (
     "imap_ingest.mailbox", "imap_ingest.oauth", "imap_ingest.service", "imap_ingest.worker",
     "imap_ingest.pop3", "imap_ingest.metrics", "http.server",
     # the trackers the mode does not post to (the registry imports a type's module alone)
-    "imap_ingest.trackers.webhook", "imap_ingest.trackers.directory")
+    "imap_ingest.trackers.webhook", "imap_ingest.trackers.directory",
+    # the IMAP and OAuth2 accounts' models, for a config with no accounts
+    "imap_ingest.config.accounts")
 # ... and the other compatible mode's tracker
 _OTHER_TRACKER = {"rt-mailgate": "imap_ingest.trackers.redmine",
                   "rdm-mailhandler": "imap_ingest.trackers.rt"}
