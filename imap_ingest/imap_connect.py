@@ -56,6 +56,7 @@ class Reader(socket.SocketIO):
         self._read_timeout = read_timeout
         self._deadline = math.inf
         self._literal = MAX_LITERAL
+        self._line_ended = True  # the last byte read ended a line
         self.file = io.BufferedReader(self)
 
     @classmethod
@@ -77,6 +78,23 @@ class Reader(socket.SocketIO):
             self._socket.settimeout(self._read_timeout)
 
     def readinto(self, buffer: memoryview) -> int | None:  # type: ignore[override]
+        if self._socket.gettimeout() == 0.0 and not self._line_ended:
+            # imapclient's idle_check reads without blocking, and takes a read that would
+            # block for the end of the server's news: in the middle of a line (split in two
+            # segments) that hands imaplib half a line, and it drops the session. Wait for
+            # the rest as any read does.
+            self._socket.settimeout(self._read_timeout)
+            try:
+                read = self._bounded_readinto(buffer)
+            finally:
+                self._socket.setblocking(False)
+        else:
+            read = self._bounded_readinto(buffer)
+        if read:
+            self._line_ended = buffer[read - 1] == ord("\n")
+        return read
+
+    def _bounded_readinto(self, buffer: memoryview) -> int | None:
         if self._deadline != math.inf:
             left = self._deadline - time.monotonic()
             if left <= 0:

@@ -302,7 +302,7 @@ class Mailbox:
         self._ensure(folder)
         # Sending the bytes gets the time a body FETCH of them would.
         with self._errors(folder, seconds=self.account.timeout + len(raw) / SLOWEST):
-            self._client.append(folder, raw, flags=tuple(flags))
+            self._client.append(self.resolve(folder), raw, flags=tuple(flags))
 
     def mark(self, uids: Sequence[int], keyword: str) -> None:
         """Remember on the server not to look at these again, where it keeps keywords (else
@@ -350,12 +350,18 @@ class Mailbox:
 
     def try_create(self, folder: str) -> None:
         """Create the configured ``folder`` and delete it again at once (if it is still
-        empty): the only sure way to know the server allows it. CommandRefused if not."""
+        empty), with the levels above it the server made: the only sure way to know the
+        server allows it. CommandRefused if not."""
         name = self.resolve(folder)
         with self._errors(folder):
+            made = [parent for parent in self.namespace.parents(name)
+                    if not self._client.folder_exists(parent)]
             self._client.create_folder(name)
             if self._client.folder_status(name, ["MESSAGES"]).get(b"MESSAGES") == 0:
                 self._client.delete_folder(name)
+                for parent in reversed(made):
+                    if self._client.folder_exists(parent):
+                        self._client.delete_folder(parent)
 
     def _ensure(self, folder: str) -> None:
         if folder in self._known_folders:

@@ -51,6 +51,15 @@ class Namespace:
             return _inbox_upper(name, self.prefix)
         return self.prefix + name
 
+    def parents(self, name: str) -> tuple[str, ...]:
+        """The levels above the server name ``name`` below its namespace's prefix, outermost
+        first: what creating ``name`` may make on the way (Cyrus makes them real folders)."""
+        if not self.separator:
+            return ()
+        prefix = next((p for p in (self.prefix, *self.prefixes) if p and _starts(name, p)), "")
+        levels = name[len(prefix):].split(self.separator)
+        return tuple(prefix + self.separator.join(levels[:n]) for n in range(1, len(levels)))
+
 
 def _starts(name: str, prefix: str) -> bool:
     # The inbox's name is case-insensitive (RFC 3501 5.1), so is a prefix that begins with it.

@@ -109,12 +109,16 @@ class Connection:
         self._guard = threading.Lock()
         self._queued: dict[FolderWorker, None] = {}  # in order, each once
 
-    def take(self, worker: FolderWorker) -> bool:
-        """The connection for ``worker``'s pass now, or False: queued for the holder."""
+    def take(self, worker: FolderWorker, announced: bool = False) -> bool:
+        """The connection for ``worker``'s pass now, or False: queued for the holder, at
+        the head if IDLE ``announced`` mail (a push must not wait behind the polls)."""
         with self._guard:
             if self.lock.acquire(blocking=False):
                 return True
-            self._queued[worker] = None
+            if announced:
+                self._queued = {worker: None, **{w: None for w in self._queued if w is not worker}}
+            else:
+                self._queued.setdefault(worker, None)
             return False
 
     def next_or_release(self) -> FolderWorker | None:
@@ -248,7 +252,7 @@ class FolderWorker:
                 with self.connection.lock:
                     self._drop()
             return EX_OK  # another replica's folder, or none's until the leases are renewed
-        if not self.connection.take(self):
+        if not self.connection.take(self, self._announced):
             return EX_OK  # the pass holding the connection runs ours next
         held = True
         try:

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 from selenium import webdriver
 
+from imap_ingest.demo import PASSWORD, USER, pymap_server
+
 from .support.browser import chromium
 from .support.daemon import Daemon
 from .support.dovecot import Dovecot, DovecotNotInstalled, ImapAccount, find_dovecot
+from .support.packaged import Courier, Cyrus, Packaged, missing
 from .support.pki import pki  # noqa: F401  (the session-scoped PKI fixture)
 from .support.postgres import Postgres
 from .support.redmine_server import FakeRedmine, FakeRT, RecordingServer
@@ -79,10 +82,41 @@ def dovecot_prefixed() -> Iterator[Dovecot]:
     server.close()
 
 
+@pytest.fixture(params=["dovecot_prefixed", "cyrus", "courier"])
+def imap_prefixed(request: pytest.FixtureRequest) -> ImapAccount:
+    """A fresh, empty mailbox on each server keeping folders under INBOX.: dovecot laid out
+    so, and Debian's Cyrus and Courier as they come."""
+    server: Dovecot | Packaged = request.getfixturevalue(request.param)
+    return server.account()
+
+
+def _packaged(kind: type[Packaged]) -> Iterator[Packaged]:
+    reason = missing()
+    if reason is not None:
+        pytest.fail(reason, pytrace=False)
+    with kind() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def cyrus() -> Iterator[Packaged]:
+    """Debian's Cyrus IMAP 3.6 as the package configures it (INBOX. namespace, no idled),
+    shared by the session (tests/support/packaged.py)."""
+    yield from _packaged(Cyrus)
+
+
+@pytest.fixture(scope="session")
+def courier() -> Iterator[Packaged]:
+    """Debian's Courier-IMAP 5.0 as the package configures it (INBOX. namespace,
+    IMAP_ENHANCEDIDLE=0), shared by the session."""
+    yield from _packaged(Courier)
+
+
 @pytest.fixture
-def imap_prefixed(dovecot_prefixed: Dovecot) -> ImapAccount:
-    """A fresh, empty mailbox on the INBOX.-prefixed server."""
-    return dovecot_prefixed.account()
+def pymap() -> Iterator[ImapAccount]:
+    """pymap's in-memory server (the demo's): PERMANENTFLAGS without \\*, so no keywords."""
+    with pymap_server() as port:
+        yield ImapAccount("127.0.0.1", port, 0, USER, PASSWORD, "")
 
 
 @pytest.fixture(scope="session")

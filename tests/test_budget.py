@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from imap_ingest.budget import Plan, default_budget, plan
 from imap_ingest.config import Folder
+from imap_ingest.worker import Connection, FolderWorker
 
 
 def folders(count: int, **settings: object) -> list[Folder]:
@@ -38,3 +41,15 @@ def test_folders_without_idle_are_polled_and_cost_no_watcher() -> None:
     """idle: false folders are polled; a budget of one polls everything over one connection."""
     assert plan(folders(3, idle=False), 10) == Plan(False, (), ("F0", "F1", "F2"))
     assert plan(folders(3), 1) == Plan(True, (), ("F0", "F1", "F2"))
+
+
+def test_an_announced_pass_goes_before_the_queued_polls() -> None:
+    """On a shared connection, the pass IDLE asked for runs next, ahead of queued polls."""
+    shared = Connection(shared=True)
+    holder, polled, other, pushed = (cast(FolderWorker, object()) for _ in range(4))
+    assert shared.take(holder)
+    for waiting in (polled, other, pushed):
+        assert not shared.take(waiting)
+    assert not shared.take(pushed, announced=True)  # IDLE heard of mail: it jumps the queue
+    assert [shared.next_or_release() for _ in range(3)] == [pushed, polled, other]
+    assert shared.next_or_release() is None

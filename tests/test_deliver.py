@@ -159,18 +159,26 @@ def failure_folder_config(path: Path, imap: ImapAccount, rt: RecordingServer,
     return path
 
 
-def test_refusal_goes_to_the_failure_folder_else_the_spool(rt: RecordingServer, imap: ImapAccount,
-                                                           tmp_path: Path) -> None:
-    """`not ok` appends to failure_folder (created, keyword set); IMAP down: spool; 0 both."""
+def refused_into(imap: ImapAccount, folder: str, rt: RecordingServer,
+                 tmp_path: Path) -> tuple[Path, subprocess.CompletedProcess[bytes]]:
+    """Deliver a message RT refuses on the route failing into Refused; check it is in the
+    server's ``folder``, marked, and not spooled: (the config, the delivery)."""
     rt.answer = lambda request: NOT_OK
     config = failure_folder_config(tmp_path / "c.yaml", imap, rt)
     raw = make(subject="refused")
     done = pipe(raw, "deliver", "-c", str(config), "--route", "bugs")
     assert done.returncode == 0, done.stderr
-    [(flags, body)] = imap.messages("Refused").values()
+    [(flags, body)] = imap.messages(folder).values()
     assert body == raw and b"$ImapIngestFailed" in flags
-    assert b"kept in IMAP folder Refused of account test" in done.stderr
     assert list(tmp_path.glob("spool/bugs/*")) == []
+    return config, done
+
+
+def test_refusal_goes_to_the_failure_folder_else_the_spool(rt: RecordingServer, imap: ImapAccount,
+                                                           tmp_path: Path) -> None:
+    """`not ok` appends to failure_folder (created, keyword set); IMAP down: spool; 0 both."""
+    config, done = refused_into(imap, "Refused", rt, tmp_path)
+    assert b"kept in IMAP folder Refused of account test" in done.stderr
     status = subprocess.run(command("status", "-c", str(config)), cwd=ROOT, capture_output=True,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "spool/bugs: refused and held mail goes to IMAP folder Refused of account test" \
@@ -186,6 +194,12 @@ def test_refusal_goes_to_the_failure_folder_else_the_spool(rt: RecordingServer, 
     assert b"connection failed" in done.stderr
     wrong = failure_folder_config(tmp_path / "w.yaml", imap, rt, account="nope")
     assert pipe(other, "deliver", "-c", str(wrong), "--route", "bugs").returncode == 78
+
+
+def test_the_failure_folder_is_resolved_under_an_inbox_prefix(
+        rt: RecordingServer, imap_prefixed: ImapAccount, tmp_path: Path) -> None:
+    """On Cyrus, Courier (and dovecot so laid out) the failure folder Refused is INBOX.Refused."""
+    refused_into(imap_prefixed, "INBOX.Refused", rt, tmp_path)
 
 
 def test_route_rules_apply(rt: RecordingServer, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ never a hang, a MemoryError or a traceback."""
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,6 +180,16 @@ def test_idle_that_announces_nothing_is_said_once_and_the_poll_goes_on(
     assert err.count("the server's IDLE did not announce new mail that a poll then found") \
         == 1
     assert "On Cyrus run idled" in err and "IMAP_ENHANCEDIDLE=1" in err
+
+
+def test_idle_news_split_mid_line_is_read_whole(script: Script) -> None:
+    """An IDLE announcement that arrives in two segments is one EXISTS, not a lost session."""
+    script.idle = script.idle_split = True
+    heard = threading.Event()
+    with HostileImap(script) as server, Mailbox(account(server)) as mailbox:
+        mailbox.select("INBOX", readonly=True)
+        mailbox.idle(heard, heard.set)
+    assert heard.is_set()
 
 
 def _written(directory: Path, count: int) -> bool:

@@ -46,3 +46,16 @@ def test_a_resolved_name_resolves_to_itself() -> None:
     for name in ("Done", "a/b", "INBOX", "x.y"):
         once = CYRUS.resolve(name)
         assert CYRUS.resolve(once) == once
+
+
+@pytest.mark.parametrize(("namespace", "name", "parents"), [
+    (CYRUS, "INBOX.Archive.2024", ("INBOX.Archive",)),
+    (CYRUS, "INBOX.Done", ()),
+    (DOVECOT, "Archive.2024", ("Archive",)),
+    (GMAIL, "a/b/c", ("a", "a/b")),
+    (COURIER, "#shared.Tickets.Old", ("#shared.Tickets",)),
+    (FLAT, "a/b", ()),
+])
+def test_parents(namespace: Namespace, name: str, parents: tuple[str, ...]) -> None:
+    """The levels above a server name, below its namespace's prefix: what a CREATE may make."""
+    assert namespace.parents(name) == parents

@@ -5,14 +5,12 @@ Courier are (``NAMESPACE (("INBOX." "."))``: nothing can be created outside INBO
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from imap_ingest.cli import main
-from imap_ingest.demo import PASSWORD, USER, pymap_server
 
 from .support.daemon import Daemon, start
 from .support.dovecot import ImapAccount
@@ -51,6 +49,26 @@ def test_readme_names_work_under_an_inbox_prefix(tmp_path: Path, imap_prefixed: 
     assert bodies(imap_prefixed, "INBOX.redmine.failed") == [failed]
     assert bodies(imap_prefixed, "INBOX.Lists") == [listed]
     assert "Done" not in imap_prefixed.folders()
+
+
+def test_retry_from_a_failure_folder_under_an_inbox_prefix(
+        tmp_path: Path, imap_prefixed: ImapAccount, redmine: FakeRedmine,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`retry redmine/failed` moves a refused message back to INBOX, and it then goes in."""
+    raw = make(subject="refused")
+    imap_prefixed.append("INBOX", raw)
+    redmine.answer = lambda request: (422, b"", 0)
+    folder = {"move_on_success": "Done", "move_on_failure": "redmine/failed"}
+    path = str(write_config(tmp_path / "c.yaml", imap_prefixed, redmine.url, folder=folder))
+    assert main(["run", "--once", "-c", path]) == 0
+    assert bodies(imap_prefixed, "INBOX.redmine.failed") == [raw]
+    capsys.readouterr()
+    assert main(["retry", "redmine/failed", "-c", path]) == 0
+    assert "moved 1 message(s) back to INBOX" in capsys.readouterr().out
+    redmine.answer = lambda request: (201, b"", 0)
+    assert main(["run", "--once", "-c", path]) == 0
+    assert bodies(imap_prefixed, "INBOX.redmine.failed") == bodies(imap_prefixed, "INBOX") == []
+    assert bodies(imap_prefixed, "INBOX.Done") == [raw]
 
 
 def test_a_folder_the_server_refuses_is_that_folders_failure(
@@ -110,13 +128,6 @@ def test_check_fails_a_destination_the_server_refuses(
     assert ("FAIL  account test folder ~Done (INBOX move_on_success): does not exist, and "
             "cannot be created: server said: create failed: [CANNOT] Invalid mailbox name")\
         in out
-
-
-@pytest.fixture
-def pymap() -> Iterator[ImapAccount]:
-    """pymap's in-memory server (the demo's): PERMANENTFLAGS without \\*, so no keywords."""
-    with pymap_server() as port:
-        yield ImapAccount("127.0.0.1", port, 0, USER, PASSWORD, "")
 
 
 def test_without_keywords_the_ledger_says_what_is_new(

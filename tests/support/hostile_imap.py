@@ -6,7 +6,8 @@ SEARCH and UID FETCH from a ``Script``: it can leave UIDVALIDITY out of SELECT, 
 sizes of its choosing, leave BODY[] out of a FETCH, announce a huge literal, drip its FETCH
 answer a byte at a time, or flood untagged ``* OK still thinking`` lines. Every other
 command is answered OK. With ``idle``, it offers IDLE and never reports anything in it, as
-Cyrus without idled and Courier without enhanced IDLE do. It records the commands it
+Cyrus without idled and Courier without enhanced IDLE do, or (``idle_split``) announces
+mail in two TCP segments split mid-line. It records the commands it
 received.
 """
 
@@ -35,6 +36,7 @@ class Script:
     body_fetch: Mode = "normal"
     select_uidvalidity: bool = True
     idle: bool = False  # offer IDLE, and stay silent in it
+    idle_split: bool = False  # in IDLE, announce mail in two segments, mid-line (as pymap may)
     drip_delay: float = 0.05
     commands: list[bytes] = field(default_factory=list)
     logins: list[bytes] = field(default_factory=list)
@@ -92,6 +94,11 @@ class _Handler(socketserver.StreamRequestHandler):
             self.send(b"* CAPABILITY %s\r\n" % self.capabilities)
         elif name == b"IDLE":
             self.send(b"+ idling\r\n")
+            if self.script.idle_split:
+                time.sleep(0.2)
+                self.send(b"* 1 EXI")
+                time.sleep(0.2)
+                self.send(b"STS\r\n")
             self.rfile.readline()  # DONE
         elif name == b"LOGIN":
             self.script.logins.append(command)
