@@ -155,8 +155,7 @@ def test_a_lookup_imports_only_its_trackers_module(kind: str) -> None:
 
 @pytest.mark.parametrize("name", ["toys", "_http", "registry", "../rt"])
 def test_a_type_no_tracker_has_is_unknown(name: str) -> None:
-    """A name that is not a tracker's type, or names a module of trackers/ that is none, is
-    a KeyError."""
+    """A name that is no tracker's type, or a module of trackers/ that is none: KeyError."""
     with pytest.raises(KeyError):
         registry.lookup(name)
 
