@@ -216,7 +216,7 @@ def _compat_config(args: argparse.Namespace, name: str, target: dict[str, object
             data: dict[str, Any] = {"targets": {name: target}, "routes": routes,
                                     "loop_checks": checks}
             return Config(**data, **({"state_dir": args.state_dir} if args.state_dir else {}))
-        model = registry.registered()[str(target["type"])].model
+        model = registry.lookup(str(target["type"])).model
         update: dict[str, object] = {
             "targets": {**base.targets, name: model.model_validate(target)},
             "routes": {**base.routes, **routes},

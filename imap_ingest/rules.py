@@ -16,11 +16,15 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from . import captures, conditions, loops
-from .config import Account, Action, Config, Folder, Rule, SubmitOptions
+from .config import Action, Config, Folder, Rule, SubmitOptions
 from .config.folders import AllowSenders
 from .message import Message, edit_headers
+
+if TYPE_CHECKING:
+    from .config import Account
 
 
 class Act(Enum):

@@ -80,13 +80,17 @@ class Tickets(Protocol):
 
 def open_tickets(target: Target) -> Tickets | None:
     """A lookup for ``target``, or None when it has no read credentials (or is a webhook)."""
-    from .trackers.redmine import RedmineTarget
-    from .trackers.rt import RtTarget
+    # A tracker's module only for a target of its type: a delivery imports its own alone.
+    if target.type == "rt":
+        from .trackers.rt import RtTarget
 
-    if isinstance(target, RtTarget) and (token := pick_secret(target, "rest_token")):
-        return RtTickets(target, token.get_secret_value())
-    if isinstance(target, RedmineTarget) and (key := pick_secret(target, "api_key")):
-        return RedmineTickets(target, key.get_secret_value())
+        if isinstance(target, RtTarget) and (token := pick_secret(target, "rest_token")):
+            return RtTickets(target, token.get_secret_value())
+    elif target.type == "redmine":
+        from .trackers.redmine import RedmineTarget
+
+        if isinstance(target, RedmineTarget) and (key := pick_secret(target, "api_key")):
+            return RedmineTickets(target, key.get_secret_value())
     return None
 
 

@@ -3,6 +3,9 @@ picked up by config loading, open_tracker, run, check, explain and init."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -13,10 +16,11 @@ import yaml
 from imap_ingest.cli import main
 from imap_ingest.config import SubmitOptions, Target, load, target_types, templates
 from imap_ingest.errors import ConfigError
-from imap_ingest.trackers import Envelope, Kind, Outcome, open_tracker
+from imap_ingest.trackers import Envelope, Kind, Outcome, open_tracker, registry
 from imap_ingest.trackers.registry import register
 
 from .support.dovecot import ImapAccount
+from .support.ingest_env import ROOT
 from .support.mail import make
 
 # The toy tracker: all a new tracker needs, in one place, as a module of trackers/ has it.
@@ -123,3 +127,47 @@ def test_init_offers_it_once_it_has_a_template(tmp_path: Path, monkeypatch: pyte
     out = tmp_path / "out.yaml"
     assert main(["init", "--tracker", "toy", "-o", str(out)]) == 0
     assert isinstance(load(out, {}).targets["play"], ToyTarget)
+
+
+_LOOKUP = """\
+import sys
+from imap_ingest.trackers import registry
+found = registry.lookup(sys.argv[1])
+print(found.model.__name__, *(m for m in sys.modules if m.startswith("imap_ingest.trackers.")))
+"""
+
+
+# What each type's module imports of the others: directory writes webhook's JSON document.
+_NEEDS = {"rt": set(), "redmine": set(), "webhook": set(), "directory": {"webhook"}}
+
+
+@pytest.mark.parametrize("kind", sorted(_NEEDS))
+def test_a_lookup_imports_only_its_trackers_module(kind: str) -> None:
+    """Looking one type up imports trackers/TYPE.py and no tracker it does not use."""
+    done = subprocess.run([sys.executable, "-c", _LOOKUP, kind], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    found, *modules = done.stdout.split()
+    assert found.lower() == f"{kind}target"
+    trackers = {f"imap_ingest.trackers.{name}" for name in _NEEDS}
+    assert trackers & set(modules) == {f"imap_ingest.trackers.{name}"
+                                       for name in {kind, *_NEEDS[kind]}}
+
+
+@pytest.mark.parametrize("name", ["toys", "_http", "registry", "../rt"])
+def test_a_type_no_tracker_has_is_unknown(name: str) -> None:
+    """A name that is no tracker's type, or a module of trackers/ that is none: KeyError."""
+    with pytest.raises(KeyError):
+        registry.lookup(name)
+
+
+def test_a_tracker_registered_elsewhere_is_found() -> None:
+    """The toy, registered by this file, is looked up like the package's own."""
+    assert registry.lookup("toy").model is ToyTarget
+
+
+def test_a_package_tracker_lives_in_the_module_its_type_names() -> None:
+    """A model of trackers/foo.py for type bar is refused: a lookup of bar would not find it."""
+    model = type("BarTarget", (Target,), {"__module__": "imap_ingest.trackers.foo",
+                                          "__annotations__": {"type": Literal["bar"]}})
+    with pytest.raises(TypeError, match=r"imap_ingest\.trackers\.bar"):
+        register(model, Toy)

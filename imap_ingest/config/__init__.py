@@ -12,7 +12,8 @@ rules, actions), ``accounts`` (IMAP and OAuth2), ``targets`` (what the trackers'
 share; each model lives with its tracker), ``settings`` (the whole file), ``loader``.
 """
 
-from .accounts import Account, OAuth2
+from typing import TYPE_CHECKING
+
 from .alerting import Alert, EmailAlert, WebhookAlert
 from .archive import Archive
 from .folders import Action, CheckName, Condition, Folder, Rule, SubmitOptions
@@ -38,6 +39,20 @@ from .values import (
     url_path_secrets,
     url_secrets,
 )
+
+if TYPE_CHECKING:
+    from .accounts import Account, OAuth2
+
+
+def __getattr__(name: str) -> object:
+    """Account and OAuth2 on first use: a config without accounts (mail an MTA pipes in)
+    does without their models."""
+    if name in ("Account", "OAuth2"):
+        from . import accounts
+
+        return getattr(accounts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CONFIG_VARIABLE", "ENV_PREFIX", "Account", "Action", "Alert", "AnyTarget", "Archive",

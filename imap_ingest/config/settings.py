@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -14,14 +15,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     SecretStr,
+    TypeAdapter,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from ..urls import origin
-from .accounts import Account
 from .alerting import Alert
 from .archive import Archive
 from .folders import AllowSenders, CheckName, Flood, Folder, Rule, SubmitOptions
@@ -116,6 +118,27 @@ def _check_postgres_url(url: str) -> str:
     return url
 
 
+def _accounts(value: object) -> list[Account]:
+    """``accounts:``, validated by the accounts module, which is imported only when there
+    are some: mail an MTA pipes in needs none, and their models cost each process time."""
+    return [] if value == [] else _account_list().validate_python(value)
+
+
+@cache
+def _account_list() -> TypeAdapter[list[Account]]:
+    from .accounts import Account
+
+    return TypeAdapter(list[Account])
+
+
+if TYPE_CHECKING:
+    from .accounts import Account
+
+    Accounts = list[Account]
+else:
+    Accounts = Annotated[list[Any], PlainValidator(_accounts)]
+
+
 class Config(BaseModel):
     """The whole configuration file. load() merges the file and the environment (list items
     included, which pydantic-settings' env source cannot address), so a plain model: an MTA
@@ -124,7 +147,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     routes: dict[str, Route] = {}  # mail an MTA pipes in: `imap-ingest deliver --route NAME`
-    accounts: list[Account] = Field([], validate_default=True)  # after routes: it reads them
+    accounts: Accounts = Field([], validate_default=True)  # after routes: it reads them
     targets: Annotated[dict[str, AnyTarget], Field(min_length=1)]
     rules: dict[str, Rule] = {}
     loops_folder: str | None = None

@@ -88,10 +88,13 @@ def _by_type(value: object) -> Target:
     tag = value.get("type")
     if tag is None:
         raise PydanticCustomError("union_tag_not_found", "no type")
-    known = registry.registered()
-    if not isinstance(tag, str) or tag not in known:
+    try:
+        model = registry.lookup(tag).model if isinstance(tag, str) else None
+    except KeyError:
+        model = None
+    if model is None:
         raise PydanticCustomError("union_tag_invalid", "unknown type")
-    return known[tag].model.model_validate(value)
+    return model.model_validate(value)
 
 
 AnyTarget = Annotated[SerializeAsAny[Target], PlainValidator(_by_type)]

@@ -98,4 +98,4 @@ class Paced(Protocol):
 
 def open_tracker(target: Target) -> Tracker:
     """The tracker for one entry of ``targets:``."""
-    return registry.registered()[target.type].tracker(target)
+    return registry.lookup(target.type).tracker(target)
