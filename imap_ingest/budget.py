@@ -52,6 +52,16 @@ class Plan:
         passes = 1 if self.shared else len(self.pushed) + len(self.polled) + len(self.notified)
         return passes + len(self.pushed) + (1 if self.notified else 0)
 
+    def summary(self, form: str) -> str:
+        """``form`` filled with the folders pushed by IDLE and those polled on a server
+        without NOTIFY, then which would be pushed by NOTIFY instead where it has it."""
+        plain = self.without_notify()
+        text = form.format(", ".join(plain.pushed) or "none", ", ".join(plain.polled) or "none")
+        if self.notified:
+            text += (f"; where the server has NOTIFY: {', '.join(self.notified)} pushed "
+                     f"(NOTIFY) instead")
+        return text
+
     def without_notify(self) -> Plan:
         """The plan for a server without NOTIFY: its watcher IDLEs on the first folder it
         had, the others are polled."""
