@@ -4,7 +4,8 @@ A folder on its own holds two: its passes' connection and its IDLE watcher's. Wh
 would exceed the account's budget (``max_connections``, else the provider's limit), the
 folders' passes share one connection, and as many folders as the rest allows are watched
 in IDLE; the others are polled at their interval. Where the server has NOTIFY (RFC 5465),
-the last of those watchers watches all the folders left over instead of one.
+the last of those watchers watches all the folders left over instead of one (those with
+ASCII names: see ``plan``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ def plan(folders: Sequence[Folder], budget: int, idles: bool = True,
     if len(folders) + len(wanting) <= budget:
         return Plan(False, tuple(wanting), tuple(never))
     room = max(0, budget - 1)
-    if notify and 0 < room < len(wanting):
-        return Plan(True, tuple(wanting[:room - 1]), tuple(never), tuple(wanting[room - 1:]))
+    over = wanting[room - 1:]
+    # dovecot 2.3.19 sends no NOTIFY news of a name sent in modified UTF-7 (RFC 5465), and
+    # its news of a UTF-8 name comes as a literal, which imapclient cannot read in IDLE.
+    notifiable = [name for name in over if name.isascii()]
+    if notify and room > 0 and len(over) > 1 and notifiable:
+        return Plan(True, tuple(wanting[:room - 1]),
+                    tuple([name for name in over if not name.isascii()] + never),
+                    tuple(notifiable))
     return Plan(True, tuple(wanting[:room]), tuple(wanting[room:] + never))

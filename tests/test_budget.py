@@ -65,3 +65,5 @@ def test_notify_watches_on_one_connection_what_idle_cannot_fit() -> None:
     assert plan(folders(5), 10, notify=True) == plan(folders(5), 10)  # all fit: no NOTIFY
     assert plan(folders(3), 2, notify=True) == Plan(True, (), (), ("F0", "F1", "F2"))
     assert plan(folders(3), 1, notify=True) == plan(folders(3), 1)  # no room for a watcher
+    named = [*folders(2), Folder(name="Ärger"), Folder(name="B")]
+    assert plan(named, 2, notify=True) == Plan(True, (), ("Ärger",), ("F0", "F1", "B"))
