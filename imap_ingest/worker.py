@@ -380,7 +380,8 @@ class Watcher:
             except MailboxError as exc:
                 failures += 1
                 delay = RECONNECT.delay(failures)
-                log.warning("%s: IDLE: %s; again in %.0f s", first.name, exc.reason, delay)
+                log.warning("%s: IDLE: %s; again in %.0f s", f"account {first.account.name} "
+                            "(NOTIFY)" if self.notify else first.name, exc.reason, delay)
                 stop.wait(delay)
 
     def _notify(self, mailbox: Mailbox) -> Callable[[str], None] | None:
