@@ -5,13 +5,17 @@ N realistic messages (2-20 KB, 10% with a 200 KB attachment) in a dovecot folder
   - imap-ingest run --once (Redmine target; delete on success; ledger on)
   - the floor: the same messages fetched with one UID FETCH per 500 and POSTed, form-encoded
     as Redmine wants them, over one keep-alive connection by a minimal script
+  - the same N messages spread over 2 and 4 folders of the account (one run --once)
+Prints each run's CPU time per message too (the machine's speed drifts; CPU time less).
 Run: python -m bench.backlog [N]     (default 10000)
 """
 
 from __future__ import annotations
 
 import http.client
+import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -27,23 +31,39 @@ from tests.support.dovecot import Dovecot, ImapAccount
 from tests.support.ingest_env import ROOT, command, write_config
 
 
-def fill(imap: ImapAccount, count: int) -> int:
+def fill(imap: ImapAccount, count: int, folders: int = 1) -> int:
+    """``count`` messages, dealt in turn into INBOX and folders F1 … F(folders - 1)."""
     rng = random.Random(1)
+    names = _folders(folders)
+    for name in names[1:]:
+        imap.create(name)
     size = 0
     with imap.client() as client:
         for i in range(count):
             raw = message(i, rng)
             size += len(raw)
-            client.append("INBOX", raw)
+            client.append(names[i % folders], raw)
     return size
 
 
-def ours(imap: ImapAccount, url: str, tmp: Path) -> float:
-    path = write_config(tmp / "config.yaml", imap, url, folder={"batch_size": 500})
+def _folders(count: int) -> list[str]:
+    return ["INBOX", *(f"F{n}" for n in range(1, count))]
+
+
+def ours(imap: ImapAccount, url: str, tmp: Path, folders: int = 1) -> tuple[float, float]:
+    """run --once over the account's ``folders``: (seconds, CPU seconds of the process)."""
+    # A ledger of its own: the runs' messages are the same, so a shared one would call them
+    # duplicates.
+    path = write_config(tmp / f"config{folders}.yaml", imap, url, folders=[
+        {"name": name, "project": "support", "batch_size": 500} for name in _folders(folders)],
+        state_dir=str(tmp / f"state{folders}"))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command("run", "--once", "-c", str(path)), cwd=ROOT, check=True,
                    stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def floor(imap: ImapAccount, url: str) -> float:
@@ -67,21 +87,29 @@ def floor(imap: ImapAccount, url: str) -> float:
 
 def main(count: int) -> None:
     with Dovecot() as dovecot, tempfile.TemporaryDirectory() as tmp:
-        print(f"{count} messages; dovecot on loopback; a 201 sink in its own process")
-        floor_imap, our_imap = dovecot.account(), dovecot.account()
+        print(f"{count} messages; dovecot on loopback; a 201 sink in its own process; "
+              f"load average {os.getloadavg()[0]:.1f}")
+        floor_imap = dovecot.account()
         size = fill(floor_imap, count)
-        fill(our_imap, count)
+        accounts = {n: dovecot.account() for n in (1, 2, 4)}
+        for folders, imap in accounts.items():
+            fill(imap, count, folders)
         print(f"  {size / count / 1024:.1f} KiB per message on average")
         with sink() as (url, _):
             base = floor(floor_imap, url)
-        with sink() as (url, answered):
-            elapsed = ours(our_imap, url, Path(tmp))
-        assert answered == [count], answered
-        assert our_imap.messages("INBOX") == {}
         print(f"  floor (batched FETCH + keep-alive POST): {count / base:7.0f} msg/s "
               f"({base:.1f} s)")
-        print(f"  imap-ingest run --once:                  {count / elapsed:7.0f} msg/s "
-              f"({elapsed:.1f} s)  = {base / elapsed:.0%} of the floor")
+        one = 0.0
+        for folders, imap in accounts.items():
+            with sink() as (url, answered):
+                elapsed, cpu = ours(imap, url, Path(tmp), folders)
+            assert answered == [count], answered
+            assert all(imap.messages(name) == {} for name in _folders(folders))
+            one = one or elapsed
+            print(f"  imap-ingest run --once, {folders} folder(s): {count / elapsed:7.0f} msg/s "
+                  f"({elapsed:.1f} s, {cpu / count * 1000:.2f} ms CPU per message)  = "
+                  f"{base / elapsed:.0%} of the floor, {one / elapsed:.2f}x one folder")
+        print(f"  load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import random
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from tests.support.ingest_env import ROOT
 
@@ -62,3 +64,47 @@ def timed_threads(work: Callable[[], None], count: int) -> float:
     for thread in threads:
         thread.join()
     return time.perf_counter() - started
+
+
+@contextmanager
+def submitted_over_time(ledger: Path, every: float = 0.5) -> Iterator[list[tuple[float, int]]]:
+    """(seconds since the start, messages the ledger records as submitted) every ``every``
+    seconds while the block runs: how fast a run went, moment by moment. Read-only reads of
+    the ledger (WAL: they never hold up its writer)."""
+    samples: list[tuple[float, int]] = []
+    done = threading.Event()
+    started = time.perf_counter()
+
+    def sample() -> None:
+        while not done.wait(every):
+            try:
+                with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1) as db:
+                    row = db.execute("SELECT count(*) FROM messages WHERE outcome = "
+                                     "'submitted'").fetchone()
+            except sqlite3.Error:
+                continue  # not made yet, or busy migrating
+            samples.append((time.perf_counter() - started, int(row[0])))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        thread.join()
+
+
+def rates(samples: list[tuple[float, int]], window: float = 2.0) -> tuple[list[float],
+                                                                          list[float]]:
+    """Messages/s over the ``window`` seconds before each of ``samples`` (from
+    submitted_over_time): single samples jump with each answer."""
+    times, values = [], []
+    first = 0
+    for t, n in samples:
+        while samples[first][0] < t - window:
+            first += 1
+        t0, n0 = samples[first]
+        if t > t0:
+            times.append(t)
+            values.append((n - n0) / (t - t0))
+    return times, values

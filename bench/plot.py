@@ -13,10 +13,11 @@ DOCS = Path(__file__).parent.parent / "docs"
 
 
 def line(name: str, title: str, xlabel: str, ylabel: str,
-         series: dict[str, tuple[list[float], list[float]]], logx: bool = False) -> Path:
+         series: dict[str, tuple[list[float], list[float]]], logx: bool = False,
+         marker: str = "o") -> Path:
     figure, axes = plt.subplots(figsize=(7, 4))
     for label, (xs, ys) in series.items():
-        axes.plot(xs, ys, marker="o", label=label)
+        axes.plot(xs, ys, marker=marker, label=label)
     if logx:
         axes.set_xscale("log")
     axes.set(title=title, xlabel=xlabel, ylabel=ylabel)

@@ -26,21 +26,19 @@ import json
 import queue
 import random
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import plot
-from bench.common import message, timed_threads
+from bench.common import message, rates, submitted_over_time, timed_threads
 from imap_ingest.trackers.redmine import Form, crlf
 from tests.e2e import redmine as e2e
-from tests.support.dovecot import Dovecot, ImapAccount, free_ports
+from tests.support.dovecot import Dovecot, ImapAccount
 from tests.support.ingest_env import ROOT, command, write_config
 
 PROCESSES = 2
@@ -48,67 +46,7 @@ CONCURRENCY: tuple[int | str, ...] = ("auto", 1, 2, 4, 8)
 IMMEDIATE = False
 CEILING_THREADS = 4
 SENDER = b"From: Alice Member <alice@example.org>"
-
-# Appended to the end-to-end config.ru: writers take SQLite's write lock when they begin.
-_IMMEDIATE = """
-ActiveRecord::ConnectionAdapters::SQLite3Adapter.prepend(Module.new do
-  def begin_db_transaction
-    log("begin immediate transaction", "TRANSACTION") { @connection.transaction(:immediate) }
-  end
-end)
-"""
-
-
-@contextmanager
-def redmine(template: Path) -> Iterator[tuple[str, Path]]:
-    """A fresh copy of the database served by Passenger: (base URL, the database file)."""
-    directory = Path(tempfile.mkdtemp(prefix="bench-redmine-"))
-    database = directory / "db" / "redmine.sqlite3"
-    e2e.write_instance(directory, database)
-    shutil.copyfile(template, database)
-    config = e2e.CONFIG_RU.format(root=e2e.REDMINE_ROOT, reset=e2e.RESET_PATH)
-    (directory / "config.ru").write_text(config.replace("use Rack::Lock\n", "")
-                                         + (_IMMEDIATE if IMMEDIATE else ""))
-    port, = free_ports(1)
-    env = e2e.ruby_env(directory, {"E2E_TOKEN": "-", "E2E_TEMPLATE": str(template)})
-    server = subprocess.Popen(
-        ["passenger", "start", str(directory), "--engine", "builtin", "--address", "127.0.0.1",
-         "--port", str(port), "--max-pool-size", str(PROCESSES), "--min-instances",
-         str(PROCESSES), "--environment", "production", "--log-file",
-         str(directory / "log" / "passenger.log"), "--pid-file",
-         str(directory / "tmp" / "passenger.pid"), "--disable-security-update-check",
-         "--disable-anonymous-telemetry"],
-        cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(url, server)
-        yield url, database
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _wait_for(url: str, server: subprocess.Popen[bytes]) -> None:
-    """Until both processes have answered (Passenger starts the second one on demand)."""
-    deadline = time.monotonic() + 120
-    answered = 0
-    while answered < 2 * PROCESSES:
-        assert server.poll() is None and time.monotonic() < deadline, "passenger did not start"
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]),
-                                                    timeout=60)
-            connection.request("GET", f"/mail_handler?key={e2e.MAIL_KEY}")
-            answered += connection.getresponse().status == 200
-            connection.close()
-        except OSError:
-            time.sleep(0.3)
-
-
-def issues(database: Path) -> int:
-    with sqlite3.connect(database) as db:
-        return int(db.execute("SELECT COUNT(*) FROM issues").fetchone()[0])
-
+TIMELINES: dict[str, list[tuple[float, int]]] = {}  # the last round's, by concurrency
 
 def fill(imap: ImapAccount, raws: list[bytes]) -> None:
     with imap.client() as client:
@@ -130,7 +68,7 @@ def rake(imap: ImapAccount, template: Path) -> tuple[float, int, int]:
         cwd=e2e.REDMINE_ROOT, env=e2e.ruby_env(directory, {}), check=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elapsed = time.perf_counter() - started
-    created = issues(database)
+    created = e2e.issue_count(database)
     shutil.rmtree(directory, ignore_errors=True)
     return elapsed, created, 0
 
@@ -145,13 +83,15 @@ def ours(imap: ImapAccount, url: str, database: Path, concurrency: int | str,
                             {} if concurrency == "auto" else {"concurrency": concurrency}),
                         state_dir=str(state))
     started = time.perf_counter()
-    subprocess.run(command("run", "--once", "-c", str(path)), cwd=ROOT,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with submitted_over_time(state / "ledger.sqlite3") as samples:
+        subprocess.run(command("run", "--once", "-c", str(path)), cwd=ROOT,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elapsed = time.perf_counter() - started
+    TIMELINES[str(concurrency)] = samples
     # Refused mail is kept there, marked; mail in doubt is moved to Quarantine.
     failed = len(imap.messages("INBOX")) + sum(
         len(imap.messages(folder)) for folder in imap.folders() if folder != "INBOX")
-    return elapsed, issues(database), failed
+    return elapsed, e2e.issue_count(database), failed
 
 
 def ceiling(raws: list[bytes], url: str, database: Path) -> tuple[float, int, int]:
@@ -179,7 +119,7 @@ def ceiling(raws: list[bytes], url: str, database: Path) -> tuple[float, int, in
         connection.close()
 
     elapsed = timed_threads(send, CEILING_THREADS)
-    return elapsed, issues(database), len(refused)
+    return elapsed, e2e.issue_count(database), len(refused)
 
 
 def main(count: int, rounds: int) -> None:
@@ -206,12 +146,12 @@ def main(count: int, rounds: int) -> None:
             for concurrency in CONCURRENCY:
                 def run(imap: ImapAccount, concurrency: int | str = concurrency) -> tuple[
                         float, int, int]:
-                    with redmine(template) as (url, database):
+                    with e2e.passenger(template, PROCESSES, IMMEDIATE) as (url, database):
                         return ours(imap, url, database, concurrency, Path(tmp))
                 record(f"imap-ingest concurrency {concurrency}", run)
 
             def top(imap: ImapAccount) -> tuple[float, int, int]:
-                with redmine(template) as (url, database):
+                with e2e.passenger(template, PROCESSES, IMMEDIATE) as (url, database):
                     return ceiling(raws, url, database)
             record(f"ceiling ({CEILING_THREADS} threads)", top)
     summarise(count, runs)
@@ -239,6 +179,10 @@ def summarise(count: int, runs: dict[str, list[tuple[float, int, int]]]) -> None
                   "rake receive_imap": ([1.0, float(levels[-1])], [tool, tool]),
               })
     (plot.DOCS / "redmine-throughput.json").write_text(json.dumps(rate, indent=1) + "\n")
+    plot.line("redmine-auto.png", f"Redmine (stock SQLite, Passenger x{PROCESSES}): "
+              "throughput over a run", "seconds", "messages/s (2 s average)",
+              {f"concurrency: {name}": rates(samples) for name, samples in TIMELINES.items()},
+              marker="")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ one round (7 runs of N) takes about 3.5 minutes and two rounds, with RT's start 
 about 7.5 minutes (under 10 on a busy machine); the 500 of the Redmine benchmark would take
 over half an hour.
 
-Run: python -m bench.rt_tools [N] [JSON]      (defaults: 100, no JSON; or BENCH_RT_JSON=path)
+Run: python -m bench.rt_tools [N] [JSON]      (defaults: 100, no JSON; or BENCH_RT_JSON=path;
+BENCH_RT_ROUNDS=1 for one round). imap-ingest runs at the default (auto) and at 1, 2 and 4.
 The JSON holds the data points for a chart: rt-mailgate, the ceiling (by threads) and
 imap-ingest (by concurrency), in messages per second, and the failures.
 """
@@ -58,7 +59,8 @@ from tests.e2e.rt import RealRT
 from tests.support.dovecot import Dovecot, ImapAccount
 from tests.support.ingest_env import ROOT, command
 
-ROUNDS = 2
+ROUNDS = int(os.environ.get("BENCH_RT_ROUNDS", "2"))
+AUTO = 0  # the setting that stands for concurrency: auto (the default: no number set)
 WORKERS = 2  # Starlet workers: one per core
 CONCURRENCY = (1, 2, 4)  # imap-ingest's RT target
 THREADS = (2, 4, 8)  # the ceiling client
@@ -95,7 +97,7 @@ class Run:
     @property
     def label(self) -> str:
         if self.kind == "imap-ingest":
-            return f"imap-ingest --once, concurrency {self.setting}"
+            return f"imap-ingest --once, concurrency {self.setting or 'auto'}"
         if self.kind == "ceiling":
             return f"ceiling, {self.setting} threads"
         return "rt-mailgate, a process per message"
@@ -142,7 +144,8 @@ def config(path: Path, imap: ImapAccount, url: str, concurrency: int) -> Path:
             "folders": [{"name": "INBOX", "batch_size": 500, "move_on_failure": FAILED}],
         }],
         "targets": {"rt": {"type": "rt", "url": url, "queue": QUEUE, "action": ACTION,
-                           "timeout": "180s", "concurrency": concurrency}},
+                           "timeout": "180s",
+                           **({"concurrency": concurrency} if concurrency != AUTO else {})}},
         "state_dir": str(path.parent / "state"),
     }
     path.write_text(yaml.safe_dump(data))
@@ -254,7 +257,7 @@ def main(count: int, json_path: str | None) -> None:
         subprocess.run([MAILGATE, "--queue", QUEUE, "--action", ACTION, "--url", rt.url],
                        input=messages[0], capture_output=True, check=False)
         for round_ in range(1, ROUNDS + 1):
-            plan = [("rt-mailgate", 1)]
+            plan = [("rt-mailgate", 1), ("imap-ingest", AUTO)]
             for c, t in zip(CONCURRENCY, THREADS, strict=True):
                 plan += [("imap-ingest", c), ("ceiling", t)]
             for kind, setting in plan:
@@ -281,7 +284,7 @@ def main(count: int, json_path: str | None) -> None:
           f"({top.setting} threads)")
     print(f"  {'':<40} {'msg/s':>6}  {'of ceiling':>10}  {'vs rt-mailgate':>14}  "
           f"{'RT CPU s/msg':>12}  {'RT cores busy':>13}  {'failures (all rounds)':>21}")
-    rows = [tool, *(best(runs, "imap-ingest", c) for c in CONCURRENCY),
+    rows = [tool, *(best(runs, "imap-ingest", c) for c in (AUTO, *CONCURRENCY)),
             *(best(runs, "ceiling", t) for t in THREADS)]
     for run in rows:
         failures = sum(r.failures for r in runs if (r.kind, r.setting) == (run.kind, run.setting))

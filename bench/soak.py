@@ -8,13 +8,15 @@ renumbered (new UIDVALIDITY: dovecot loses its uidlist). Then the faults stop an
 service finishes. Printed: messages lost, duplicated (and how many of those after an
 answer that never came, which is retried by design) and set aside, and the run time.
 
-Run: python -m bench.soak [N]     (default 10000)
+Run: python -m bench.soak [N]     (default 10000); a progress line every 10 s on stderr.
 """
 
 from __future__ import annotations
 
+import imaplib
 import random
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -118,12 +120,62 @@ def fill(imap: ImapAccount, count: int) -> None:
                 f"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n\r\nmessage {i}\r\n").encode())
 
 
-def ids(imap: ImapAccount, folder: str) -> list[int]:
-    with imap.client(timeout=60) as client:
-        client.select_folder(folder, readonly=True)
-        fetched = client.fetch(client.search(["ALL"]), ["BODY.PEEK[HEADER.FIELDS (X-SOAK-ID)]"])
+def ids(imap: ImapAccount, folder: str, which: str = "ALL") -> list[int]:
+    """The soak ids of the messages in ``folder`` that match the SEARCH key ``which``."""
+    for attempt in range(10):
+        try:
+            with imap.client(timeout=60) as client:
+                client.select_folder(folder, readonly=True)
+                fetched = client.fetch(client.search([which]),
+                                       ["BODY.PEEK[HEADER.FIELDS (X-SOAK-ID)]"])
+            break
+        except (imaplib.IMAP4.abort, OSError):
+            # Our own look is hit by the faults too: a renumbering makes dovecot end the
+            # session ("state is inconsistent, please relogin"), a kick drops it.
+            if attempt == 9:
+                raise
+            time.sleep(1)
     return [int(m[1]) for item in fetched.values()
             if (m := _ID.search(item[b"BODY[HEADER.FIELDS (X-SOAK-ID)]"]))]
+
+
+class Progress:
+    """A line on stderr every ``every`` seconds: how far the run is, to see where time goes."""
+
+    def __init__(self, count: int, sinks: dict[str, Sink], faults: Counter[str],
+                 every: float = 10.0) -> None:
+        self.count, self.sinks, self.faults, self.every = count, sinks, faults, every
+        self.left, self.counting = count, 0.0  # in the folders, and what counting them took
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def left_in(self, imap: ImapAccount) -> int:
+        """The messages still to deal with in the watched folders (remembered for the progress
+        line). Not those flagged \\Deleted: the service deleted them, and a kill or a dropped
+        connection between its STORE and its EXPUNGE leaves them so (it expunges only the
+        UIDs it has just flagged). Had it deleted one the sinks never took, that one is
+        counted lost."""
+        started = time.monotonic()
+        self.left = sum(len(ids(imap, f, "UNDELETED")) for f in FOLDERS)
+        self.counting = time.monotonic() - started
+        return self.left
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            posts = distinct = 0
+            for sink in self.sinks.values():
+                with sink.lock:
+                    posts += sink.taken.total()
+                    distinct += len(sink.taken)
+            elapsed = time.monotonic() - self.started
+            print(f"  {elapsed:5.0f} s: {self.left} of {self.count} left in the folders, "
+                  f"{distinct} taken ({posts} posts, {distinct / elapsed:.1f} msg/s); "
+                  f"faults {dict(self.faults)}; counting took {self.counting:.1f} s",
+                  file=sys.stderr, flush=True)
 
 
 def write_config(path: Path, imap: ImapAccount, sinks: dict[str, Sink]) -> None:
@@ -189,24 +241,28 @@ def main(count: int, seed: int = 1) -> None:
         started = time.monotonic()
         service = Service(config, Path(tmp) / "service.log")
         faults: Counter[str] = Counter()
-        # Faults until half the mail is dealt with, then none until all of it is.
-        while sum(len(ids(imap, f)) for f in FOLDERS) > count // 2:
-            time.sleep(rng.uniform(2, 6))
-            fault = rng.choice(("kick", "kick", "sigkill", "renumber"))
-            faults[fault] += 1
-            if fault == "kick":
-                kick(dovecot, imap)
-            elif fault == "sigkill":
-                service.kill_and_restart()
-            else:
-                renumber(dovecot, imap, rng.choice(list(FOLDERS)))
-        for sink in sinks.values():
-            with sink.lock:
-                sink.faulty = False
-        while sum(len(ids(imap, f)) for f in FOLDERS):
-            time.sleep(1)
-        elapsed = time.monotonic() - started
-        service.stop()
+        progress = Progress(count, sinks, faults)
+        try:
+            # Faults until half the mail is dealt with, then none until all of it is.
+            while progress.left_in(imap) > count // 2:
+                time.sleep(rng.uniform(2, 6))
+                fault = rng.choice(("kick", "kick", "sigkill", "renumber"))
+                faults[fault] += 1
+                if fault == "kick":
+                    kick(dovecot, imap)
+                elif fault == "sigkill":
+                    service.kill_and_restart()
+                else:
+                    renumber(dovecot, imap, rng.choice(list(FOLDERS)))
+            for sink in sinks.values():
+                with sink.lock:
+                    sink.faulty = False
+            while progress.left_in(imap):
+                time.sleep(1)
+            elapsed = time.monotonic() - started
+        finally:
+            progress.stop()
+            service.stop()
         taken = sum((sink.taken for sink in sinks.values()), Counter[int]())
         doubt = set().union(*(sink.doubt for sink in sinks.values()))
         aside = Counter(i for folder in ASIDE for i in ids(imap, folder))
@@ -220,7 +276,14 @@ def main(count: int, seed: int = 1) -> None:
         where = ", ".join(f"{folder}: {len(ids(imap, folder))}" for folder in ASIDE)
         print(f"  set aside: {aside.total()} ({where}); taken and set aside: "
               f"{sum(1 for i in aside if taken[i])}")
-        print(f"  run time: {elapsed:.0f} s ({count / elapsed:.0f} msg/s)")
+        deleted = sum(len(ids(imap, f, "DELETED")) for f in FOLDERS)
+        print(f"  left flagged \\Deleted, not expunged: {deleted}")
+        # Every child waited for: each service process, killed or stopped (and the kicks).
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
+        log = (Path(tmp) / "service.log").read_text(errors="replace")
+        print(f"  fetched and judged only to be deferred: {log.count(': deferred: ')} times")
+        print(f"  run time: {elapsed:.0f} s ({count / elapsed:.0f} msg/s); the service's CPU: "
+              f"{used.ru_utime + used.ru_stime:.0f} s")
         for sink in sinks.values():
             sink.close()
         if lost or set(duplicated) - doubt:

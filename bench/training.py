@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from imap_ingest import tickets
 from imap_ingest.archive import put
 from imap_ingest.config import Config
-from imap_ingest.ledger import Key, Ledger
+from imap_ingest.ledger import Begun, Key, Ledger
 from imap_ingest.states import Result, State
 from imap_ingest.training import export, parse_filter
 
@@ -65,10 +65,11 @@ def _archive(config: Config, n: int) -> None:
         raw = (f"Message-ID: <bench-{i}@example.org>\r\nSubject: message {i}\r\n\r\n"
                f"body {i}\r\n").encode()
         key = Key("bench", "INBOX", 1, i)
-        ledger.begin_submit(key, f"<bench-{i}@example.org>", len(raw), f"{i:064x}", "-", "rt",
-                            "message-id")
-        record = ledger.answered(key, "rt", State.SUBMITTED, Result.SUBMITTED, "RT took it")
-        ledger.archived(record, put(config.archive.maildir, f"{i}.bench", raw))
+        begun = ledger.begin_submit(key, f"<bench-{i}@example.org>", len(raw), f"{i:064x}",
+                                    "-", "rt", "message-id")
+        assert isinstance(begun, Begun)
+        ledger.answered(key, "rt", State.SUBMITTED, Result.SUBMITTED, "RT took it")
+        ledger.archived(begun.id, put(config.archive.maildir, f"{i}.bench", raw))
     ledger.close()
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
-from email.utils import getaddresses
 
 from .message import Message
 
@@ -63,7 +62,7 @@ def built_ins(message: Message, folder: str, addresses: Collection[str], separat
     if subaddress := message.subaddress(addresses, separator, list(headers)):
         values["subaddress"] = subaddress
     recipient = next((address.lower() for name in headers
-                      for _, address in getaddresses(message.header_values(name)) if address),
+                      for _, address in message.every_address(name) if address),
                      "")
     if recipient:
         values["recipient"] = recipient

@@ -142,14 +142,15 @@ class _Delivery:
             self.ledger.target_ok(self.target)
         assert verdict.state is not None  # every answer is recorded
         kept = self._keep(verdict) if verdict.to == self.spool else None
-        recorded = self.ledger.answered(self.key, self.target, verdict.state, verdict.result,
-                                      verdict.reason, status=outcome.status,
-                                      ticket=verdict.ticket, dispose_to=verdict.to,
-                                      next_try=verdict.next_try, attempt=verdict.attempt)
+        self.ledger.answered(self.key, self.target, verdict.state, verdict.result,
+                             verdict.reason, status=outcome.status, ticket=verdict.ticket,
+                             dispose_to=verdict.to, next_try=verdict.next_try,
+                             attempt=verdict.attempt)
         if verdict.result is Result.SUBMITTED:
             keeper = Keeper(self.config, self.ledger, self.config.archive_for(
                 self.route.as_folder(self.name)))
-            keeper.took(recorded, self.message, self.target, verdict.ticket, f"route {self.name}")
+            keeper.took(earlier_copy.id, self.message, self.target, verdict.ticket,
+                        f"route {self.name}")
             for _, ticket in keeper.tickets():
                 verdict = replace(verdict, ticket=ticket, reason=f"{verdict.reason} "
                                   f"(ticket {ticket})")

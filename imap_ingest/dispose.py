@@ -48,6 +48,8 @@ class Disposal:
         if not self._pending:
             self._copies, self._instead = {}, {}
             return
+        # What a message's disposition follows from is recorded before it is carried out.
+        self._ledger.flush()
         # IMAP has no fence: a replica that lost the folder must not touch its messages.
         first = next(iter(self._pending.values()))[0]
         self._ledger.check_lease(first.account, first.folder)
@@ -63,7 +65,7 @@ class Disposal:
                 continue
             if to.verb != "copy":
                 done += keys
-        self._ledger.disposed(done)
+        self._ledger.disposed(done, later=True)
         self._pending, self._copies, self._instead = {}, {}, {}
 
     def _carry_out(self, to: Disposition, keys: list[Key]) -> None:

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -48,6 +48,7 @@ from .verdict import (
     target_down,
     too_old,
     unreadable,
+    waits,
 )
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class _Sent:
     """A message in flight to its tracker, with what recording the answer needs."""
 
     key: Key
+    id: int  # its ledger record
     message: Message
     rule: str
     record: Record | None  # what the ledger knew before this attempt
@@ -81,6 +83,27 @@ class _Sent:
     target: str
     started: float  # time.monotonic()
     send: Callable[[], Outcome]
+
+
+class Behind:
+    """Which messages of each folder the last pass deferred because their target was
+    failing, by UID, kept between a service's passes: while that target still fails, a pass
+    does not fetch them again (a backlog behind a failing tracker would cost every pass a
+    fetch, a parse and the rules per message)."""
+
+    def __init__(self) -> None:
+        self._folders: dict[tuple[str, str], tuple[int, dict[int, str]]] = {}
+        self._lock = threading.Lock()  # passes of different folders run in their own threads
+
+    def of(self, account: str, folder: str, uidvalidity: int) -> dict[int, str]:
+        """UID: target, as the folder's last pass under this UIDVALIDITY left them."""
+        with self._lock:
+            kept = self._folders.get((account, folder))
+        return dict(kept[1]) if kept is not None and kept[0] == uidvalidity else {}
+
+    def keep(self, account: str, folder: str, uidvalidity: int, behind: dict[int, str]) -> None:
+        with self._lock:
+            self._folders[(account, folder)] = (uidvalidity, behind)
 
 
 @dataclass(frozen=True)
@@ -98,6 +121,7 @@ class Context:
     # Told of every message dealt with (alerts gather those set aside into a digest).
     observe: Callable[[str, Message | None, Verdict], None] | None = None
     tripped: Callable[[str, str], None] | None = None  # the flood breaker held one (alerts)
+    behind: Behind = field(default_factory=Behind)
 
 
 def ingest(mailbox: Source, folder: Folder, context: Context) -> PassReport:
@@ -126,6 +150,10 @@ class _Pass:
         self.down: set[str] = set()  # targets not to contact again during this pass
         self.failing: dict[str, tuple[int, float]] = {}  # target: (failures, next try)
         self.records: dict[int, Record] = {}  # what the ledger knew of this pass's UIDs
+        self.was_behind = context.behind.of(self.report.account, folder.name,
+                                            mailbox.uidvalidity)
+        self.behind: dict[int, str] = {}  # deferred by this pass for a failing target
+        self.unfetched = 0  # answered without their bytes
         self.paces = {name: tracker.pace for name, tracker in context.trackers.items()
                       if isinstance(tracker, Paced)}
         self.inflight: InFlight[_Sent] = InFlight(
@@ -163,8 +191,7 @@ class _Pass:
         progress = _Progress(self.where, len(uids)) if self.context.progress else None
         labels = (self.report.account, self.folder.name)
         try:
-            for fetched in self.mailbox.fetch(uids, self.folder.batch_size,
-                                              self.folder.max_message_size, self.by_header):
+            for fetched in self._fetch(uids):
                 if self.context.stop.is_set() or self.refused:
                     break
                 self.context.beat()
@@ -181,6 +208,9 @@ class _Pass:
             self._record(self.inflight.drain())
             self.inflight.close()
             self.disposal.flush()
+            self.ledger.flush()
+            self.context.behind.keep(self.report.account, self.folder.name,
+                                     self.mailbox.uidvalidity, self.behind)
             if progress:
                 progress.close()
             for sent, ticket in self.keeper.tickets():
@@ -188,7 +218,7 @@ class _Pass:
                       account=self.report.account, folder=self.folder.name,
                       message_id=sent.message_id, ticket=ticket)
         # Answered without their bytes: left for the next pass, so --once exits 75.
-        self.report.counts["left"] += len(self.mailbox.unfetched)
+        self.report.counts["left"] += self.unfetched
         self.report.undisposed = self.disposal.refused
         if self.refused:
             raise self.refused
@@ -226,6 +256,37 @@ class _Pass:
         self.plan = firstrun.plan(start, started, self.mailbox.uidvalidity, uids,
                                   self.folder.max_age, now)
         return self.plan.uids
+
+    def _fetch(self, uids: list[int]) -> Iterator[Fetched]:
+        """The pass's messages, a batch at a time; those that can only wait (as the ledger,
+        or the last pass and the target's state, tell without their bytes) are counted as
+        deferred, not fetched. Each batch is judged when the one before it is done, so mail
+        behind a target that failed during this pass is not fetched either."""
+        size = self.folder.batch_size
+        for start in range(0, len(uids), size):
+            now, wanted = time.time(), []
+            for uid in uids[start:start + size]:
+                behind = self.was_behind.get(uid)
+                if behind is not None and not self._down(behind):
+                    behind = None
+                verdict = waits(self.records.get(uid), behind, self.policy, now)
+                if verdict is None:
+                    wanted.append(uid)
+                    continue
+                if behind is not None:
+                    self.behind[uid] = behind  # and still does
+                self._log(uid, None, "-", verdict)
+            yield from self.mailbox.fetch(wanted, size, self.folder.max_message_size,
+                                          self.by_header)
+            self.unfetched += len(self.mailbox.unfetched)
+
+    def _down(self, target: str) -> bool:
+        """Whether ``target`` is not to be contacted again during this pass."""
+        if target not in self.failing:  # read once per pass and target
+            self.failing[target] = self.ledger.target_state(target)
+        if breaker_open(*self.failing[target], self.policy, time.time()):
+            self.down.add(target)
+        return target in self.down
 
     def _guarded(self, fetched: Fetched) -> None:
         """One message; a bug of ours that it sets off fails that message, not the pass."""
@@ -297,11 +358,8 @@ class _Pass:
         self._record(self.inflight.make_room(target, ties))
         if self.context.stop.is_set() or self.refused:
             return  # left for the next pass
-        if target not in self.failing:  # read once per pass and target
-            self.failing[target] = self.ledger.target_state(target)
-        if breaker_open(*self.failing[target], self.policy, time.time()):
-            self.down.add(target)
-        if target in self.down:
+        if self._down(target):
+            self.behind[key.uid] = target
             self._decide(key, message, len(message.raw), decision.rule, target_down(target))
             return
         if record is None and (held := self._flooded(message)) is not None:
@@ -311,7 +369,7 @@ class _Pass:
         if isinstance(begun, Verdict):
             self._decide(key, message, len(message.raw), decision.rule, begun, target)
             return
-        record = begun
+        record, id = begun
         if (leases := self.ledger.leases) and not leases.holds((key.account, key.folder)):
             # Paused past the lease (the fence refuses the answer): never post it then.
             raise LeaseLost(f"{self.where}: lease ran out before uid {key.uid} was posted")
@@ -321,8 +379,8 @@ class _Pass:
         send = functools.partial(_sending, self.where, key.uid,
                                  self.context.trackers[target].submit,
                                  decision.submission(message.raw), decision.options, envelope)
-        self.inflight.start(target, ties, _Sent(key, message, decision.rule, record, arrived,
-                                                target, time.monotonic(), send), send)
+        self.inflight.start(target, ties, _Sent(key, id, message, decision.rule, record,
+                                                arrived, target, time.monotonic(), send), send)
 
     def _flooded(self, message: Message) -> Verdict | None:
         """Counted by the flood breaker: None while under its limits, else the hold."""
@@ -339,10 +397,10 @@ class _Pass:
         return flooded(reason, self.flood_folder)
 
     def _begin(self, key: Key, message: Message, rule: str, target: str, digest: str,
-               record: Record | None) -> Verdict | Record | None:
+               record: Record | None) -> Verdict | tuple[Record | None, int]:
         """Record the message as being submitted, and return the record its answer follows
-        on; or the verdict an earlier copy of it makes (a duplicate, in doubt, or waiting
-        for a retry this copy takes over and that is not due yet)."""
+        on, with its id; or the verdict an earlier copy of it makes (a duplicate, in doubt,
+        or waiting for a retry this copy takes over and that is not due yet)."""
         size = len(message.raw)
         found = self.ledger.begin_submit(key, message.message_id, size, digest, rule, target,
                                          self.config.dedupe)
@@ -366,7 +424,7 @@ class _Pass:
             log.warning("%s uid %d: %s is also the Message-ID of a different message (%s); "
                         "submitting this one as a new message", self.where, key.uid,
                         message.message_id, found.reused)
-        return record
+        return record, found.id
 
     def _record(self, answers: list[tuple[_Sent, Outcome]]) -> None:
         for sent, outcome in answers:
@@ -379,6 +437,7 @@ class _Pass:
         """Send a message refused among others again, with nothing else in flight to its
         target (from any folder), and take that answer as the tracker's word."""
         self._record(self.inflight.drain(sent.target))
+        self.ledger.flush()  # every answer heard is recorded before another POST
         pace = self.paces.get(sent.target)
         with pace.alone() if pace else contextlib.nullcontext():
             outcome = replace(sent.send(), crowded=False)  # alone, whatever the Client saw
@@ -403,12 +462,14 @@ class _Pass:
             self.failing[target] = (self.failing[target][0] + 1, self.ledger.target_failed(
                 target, outcome.reason, self.policy.backoff,
                 at_least=outcome.retry_after or 0.0))
-        record = self.ledger.answered(key, target, verdict.state, verdict.result,
-                                      verdict.reason, status=outcome.status,
-                                      ticket=verdict.ticket, dispose_to=verdict.to,
-                                      next_try=verdict.next_try, attempt=verdict.attempt)
+        # Committed with the next message's "submitting", before its POST: a crash between
+        # leaves this one in doubt, as a crash before this line would.
+        self.ledger.answered(key, target, verdict.state, verdict.result, verdict.reason,
+                             status=outcome.status, ticket=verdict.ticket,
+                             dispose_to=verdict.to, next_try=verdict.next_try,
+                             attempt=verdict.attempt, later=True)
         if verdict.result is Result.SUBMITTED:
-            self.keeper.took(record, sent.message, target, verdict.ticket,
+            self.keeper.took(sent.id, sent.message, target, verdict.ticket,
                              f"{self.where} uid {key.uid}")
         if verdict.stop:
             self.refused = self.refused or TrackerRefused(
@@ -432,7 +493,7 @@ class _Pass:
             self.ledger.decided(key, message.message_id if message else None,
                                 message.size if message else size,
                                 message.digest() if message and message.whole else "", rule,
-                                verdict.result, verdict.reason, verdict.to, target)
+                                verdict.result, verdict.reason, verdict.to, target, later=True)
         if verdict.to is not None:
             self.disposal.add(key, verdict.to, verdict.instead)
         self._log(key.uid, message, rule, verdict)

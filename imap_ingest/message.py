@@ -43,7 +43,8 @@ class Message:
     """Raw bytes plus the unfolded header block as text; decoded views made on demand.
     ``size`` is the message's size, which is more than ``raw`` holds for ``header_only``."""
 
-    __slots__ = ("_body", "_decoded", "_index", "_sender", "headers", "raw", "size")
+    __slots__ = ("_body", "_decoded", "_index", "_recipients", "_sender", "headers", "raw",
+                 "size")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
@@ -53,6 +54,7 @@ class Message:
         self._body: str | None = None
         self._sender: str | None = None
         self._index: dict[str, list[str]] | None = None
+        self._recipients: dict[str, list[tuple[str, str]]] = {}
 
     @classmethod
     def header_only(cls, head: bytes, size: int) -> Message:
@@ -94,12 +96,19 @@ class Message:
         ``addresses`` (``user@domain``), as an MTA hands it to rt-mailgate; None without."""
         own = {address.lower() for address in addresses}
         for name in headers:
-            for _, address in getaddresses(self.header_values(name)):
+            for _, address in self.every_address(name):
                 local, _, domain = address.rpartition("@")
                 base, sep, extension = local.partition(separator)
                 if f"{base}@{domain}".lower() in own:
                     return extension if sep and extension else None
         return None
+
+    def every_address(self, name: str) -> list[tuple[str, str]]:
+        """(display name, address) in every header ``name``, raw; parsed once, as the rules
+        and the envelope both ask for the recipient headers."""
+        if name not in self._recipients:
+            self._recipients[name] = getaddresses(self.header_values(name))
+        return self._recipients[name]
 
     def decoded_header(self, name: str) -> str | None:
         """A header's value with RFC 2047 words decoded (display names only, in an

@@ -103,6 +103,22 @@ def resume(record: Record | None, policy: Policy, now: float) -> Verdict | Resub
     return Resubmit()
 
 
+def waits(record: Record | None, behind: str | None, policy: Policy,
+          now: float) -> Verdict | None:
+    """What a message can only wait for, known without its bytes: a retry the ledger says is
+    not due yet, or (for one the ledger has no record of) ``behind``, the target the last
+    pass deferred it for, still failing; None when it is to be fetched. Said at DEBUG: the
+    pass counts them, one line for all."""
+    if record is None:
+        verdict = None if behind is None else target_down(behind)
+    else:
+        # Only the retry not due: whatever else the record makes of it needs its bytes.
+        resumed = resume(record, policy, now)
+        verdict = (resumed if isinstance(resumed, Verdict) and resumed.result is Result.DEFERRED
+                   else None)
+    return None if verdict is None else replace(verdict, level=logging.DEBUG)
+
+
 def unreadable(size: int, limit: int, over_limit: bool, policy: Policy) -> Verdict:
     """A message with nothing to submit: over ``limit`` bytes (not fetched), or empty."""
     reason = (f"message is {size} bytes, over max_message_size ({limit} bytes)" if over_limit

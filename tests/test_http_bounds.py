@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,3 +149,22 @@ def test_a_small_answer_keeps_the_connection(hostile: list[HostileHttp]) -> None
         assert client.submit(RAW, SubmitOptions(), ENVELOPE).kind is Kind.SUCCESS
     client.close()
     assert server.served == 3 and server.connections == 1
+
+
+def test_requests_start_at_most_one_thread(hostile: list[HostileHttp],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twenty requests share one deadline watcher: at most one thread started, not one each."""
+    server = serve(hostile, huge(201, 100))
+    client = tracker("redmine", server.url)
+    started: list[threading.Thread] = []
+    start = threading.Thread.start
+
+    def counted(thread: threading.Thread) -> None:
+        started.append(thread)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counted)
+    for _ in range(20):
+        assert client.submit(RAW, SubmitOptions(), ENVELOPE).kind is Kind.SUCCESS
+    client.close()
+    assert len(started) <= 1

@@ -55,6 +55,12 @@ def test_backs_off_at_once(signal: Signal, before: int, after: int) -> None:
     assert limiter.sample(0.05, signal) == after
 
 
+def test_a_tracker_quicker_than_our_own_work_gets_one_at_a_time() -> None:
+    """Answers within QUICK (a sink, 1 ms): no second slot, a thread would cost more."""
+    limiter = Limiter(8)
+    assert {limiter.sample(0.001) for _ in range(20 * ROUND)} == {1}
+
+
 def test_unused_slots_are_not_added_to() -> None:
     """Answers sent while the limit was not all in use never raise it."""
     limiter = Limiter(8)

@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 
 from imap_ingest.config import SubmitOptions
 from imap_ingest.trackers import Envelope, Kind
-from imap_ingest.trackers.redmine import SLICE, Form, Redmine, RedmineTarget, classify, crlf
+from imap_ingest.trackers.redmine import (
+    LOCK_WAIT,
+    SLICE,
+    Form,
+    Redmine,
+    RedmineTarget,
+    classify,
+    crlf,
+    crowded,
+)
 
 from .support.mail import make
 from .support.redmine_server import FORBIDDEN, FakeRedmine, Request
@@ -41,6 +50,19 @@ def test_classify(status: int, body: str, kind: Kind) -> None:
     """Redmine's status and body map to the expected kind, with a reason."""
     outcome = classify(status, body)
     assert outcome.kind is kind and outcome.status == status and outcome.reason
+
+
+@pytest.mark.parametrize(("status", "among_others", "seconds", "in_doubt"), [
+    (422, True, 0.3, False),
+    (422, True, LOCK_WAIT, True),
+    (422, False, LOCK_WAIT + 5, False),
+    (201, True, LOCK_WAIT + 5, False),
+], ids=["fast-among-others", "slow-among-others", "slow-alone", "success"])
+def test_a_refusal_among_others_after_the_lock_wait_is_in_doubt(
+        status: int, among_others: bool, seconds: float, in_doubt: bool) -> None:
+    """A 422 among others that took SQLite's lock wait is in doubt (never sent again alone)."""
+    outcome = crowded(classify(status, ""), among_others, seconds)
+    assert (outcome.crowded, outcome.in_doubt) == (among_others, in_doubt)
 
 
 def test_too_large_for_rack_is_permanent() -> None:

@@ -26,6 +26,7 @@ from imap_ingest.verdict import (
     resume,
     target_down,
     unreadable,
+    waits,
 )
 
 NOW = 1_000_000.0
@@ -255,6 +256,25 @@ def test_breaker(failures: int, next_try: float, policy: Policy, open_: bool) ->
 def test_target_down_records_nothing() -> None:
     """A message held back by a failing target stays, unrecorded, for the next pass."""
     assert seen(target_down("redmine")) == (Result.DEFERRED, None, None, logging.INFO)
+
+
+@pytest.mark.parametrize(("earlier", "behind", "policy", "expected"), [
+    (None, None, POLICY, None),
+    (None, "redmine", POLICY, (Result.DEFERRED, None, None, logging.DEBUG)),
+    (WAITING_NOT_DUE, None, POLICY, (Result.DEFERRED, None, None, logging.DEBUG)),
+    (WAITING_NOT_DUE, None, RETRY_NOW, None),
+    (WAITING_DUE, None, POLICY, None),
+    (WAITING_OLD, None, POLICY, None),
+    (SUBMITTING, None, POLICY, None),
+    (record(State.SUBMITTED, Result.SUBMITTED, DELETE), None, POLICY, None),
+    (WAITING_DUE, "redmine", POLICY, None),
+], ids=["new", "behind-a-failing-target", "retry-not-due", "retry-now", "retry-due",
+        "too-old", "in-doubt", "to-dispose", "recorded-behind"])
+def test_what_waits_without_being_fetched(earlier: Record | None, behind: str | None,
+                                          policy: Policy, expected: Expected | None) -> None:
+    """Only a retry not due, or unrecorded mail behind a failing target, waits unfetched."""
+    verdict = waits(earlier, behind, policy, NOW)
+    assert (None if verdict is None else seen(verdict)) == expected
 
 
 DONE = Policy(Disposition("move", "Done"), MARK_FAILED, 3, HOUR, Backoff(30, 3600))

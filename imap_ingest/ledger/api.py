@@ -162,16 +162,18 @@ class Ledger(Reports, ArchiveBook):
                 f"SELECT account, folder, uid FROM messages WHERE {_COUNTS_AS_SENT} AND "
                 f"{_OTHER_COPY} AND message_id = ? AND hash IS DISTINCT FROM ? LIMIT 1",
                 (*args, message_id, digest)) if dedupe == "message-id" else None
-            db.one(
+            row = db.one(
                 "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
                 "rule, target, state, first_seen, updated) "
                 f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{State.SUBMITTING}', ?, ?) "
                 "ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET "
                 f"state = '{State.SUBMITTING}', rule = excluded.rule, target = excluded.target, "
-                "updated = excluded.updated",
+                "updated = excluded.updated RETURNING id",
                 (key.account, key.folder, key.uidvalidity, key.uid, message_id, size, digest,
                  rule, target, now, now))
-            return Begun(f"{reused[0]}/{reused[1]} uid {reused[2]}" if reused else None)
+            assert row is not None
+            return Begun(f"{reused[0]}/{reused[1]} uid {reused[2]}" if reused else None,
+                         int(row[0]))
         return self._write(fn, (key.account, key.folder))
 
     def take_over(self, earlier: Earlier, key: Key, message_id: str | None, size: int,
@@ -213,12 +215,14 @@ class Ledger(Reports, ArchiveBook):
     def answered(self, key: Key, target: str, state: State, outcome: Result, reason: str, *,
                  status: int | None = None, ticket: str | None = None,
                  dispose_to: Disposition | None = None,
-                 next_try: float | None = None, attempt: bool = True) -> int:
+                 next_try: float | None = None, attempt: bool = True,
+                 later: bool = False) -> None:
         """Record the tracker's answer and the message's new state; ``attempt`` counts it
-        against the message's max_attempts. Returns the message's record id."""
+        against the message's max_attempts. ``later``: with the next write (the message is
+        in doubt until then: a crash leaves it "submitting")."""
         now = time.time()
 
-        def fn(db: Tx) -> int:
+        def fn(db: Tx) -> None:
             row = db.one(
                 "UPDATE messages SET state = ?, outcome = ?, reason = ?, ticket = ?, "
                 "dispose_to = ?, next_try = ?, attempts = attempts + ?, updated = ? "
@@ -228,15 +232,19 @@ class Ledger(Reports, ArchiveBook):
             assert row is not None
             db.one("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
                    (row[0], now, target, outcome, status, ticket, reason))
-            return int(row[0])
-        return self._write(fn, (key.account, key.folder))
+        if later:
+            self._write_later(fn, (key.account, key.folder))
+        else:
+            self._write(fn, (key.account, key.folder))
 
     def decided(self, key: Key, message_id: str | None, size: int, digest: str, rule: str,
                 outcome: Result, reason: str, dispose_to: Disposition,
-                target: str | None = None) -> None:
-        """Record a decision made without the tracker (skip, move, duplicate, too large …)."""
+                target: str | None = None, later: bool = False) -> None:
+        """Record a decision made without the tracker (skip, move, duplicate, too large …);
+        ``later``: with the next write (a crash before it leaves the message undecided, and
+        still in its folder, for the next pass)."""
         now = time.time()
-        self._write(lambda db: db.one(
+        (self._write_later if later else self._write)(lambda db: db.one(
             "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, size, hash, "
             "rule, target, state, outcome, reason, dispose_to, first_seen, updated) "
             f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '{State.DECIDED}', ?, ?, ?, ?, ?) "
@@ -247,12 +255,14 @@ class Ledger(Reports, ArchiveBook):
              rule, target, outcome, reason, str(dispose_to), now, now)),
             (key.account, key.folder))
 
-    def disposed(self, keys: list[Key]) -> None:
-        """These messages, all of one folder, are gone from it (or marked): one transaction."""
+    def disposed(self, keys: list[Key], later: bool = False) -> None:
+        """These messages, all of one folder, are gone from it (or marked): one transaction;
+        ``later``: with the next write (a crash before it leaves their dispositions to be
+        carried out again, which finds them done)."""
         if not keys:
             return
         now = time.time()
-        self._write(lambda db: db.many(
+        (self._write_later if later else self._write)(lambda db: db.many(
             f"UPDATE messages SET state = '{State.DISPOSED}', updated = ? WHERE {_KEY}",
             [(now, k.account, k.folder, k.uidvalidity, k.uid) for k in keys]),
             (keys[0].account, keys[0].folder))

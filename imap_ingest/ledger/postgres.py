@@ -76,6 +76,7 @@ class PostgresLedger(Ledger):
     _hour = "CAST(floor(updated / 3600) AS BIGINT) * 3600"
 
     def __init__(self, url: str, password: str | None = None, wait: float = 60.0) -> None:
+        super().__init__()
         self.url, self._password, self.wait = url, password, wait
         info = conninfo_to_dict(url)
         self.where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/" \
@@ -149,7 +150,7 @@ class PostgresLedger(Ledger):
                     self._conn.close()
                     self._conn = self.connect()
 
-    def _write(self, fn: Callable[[Tx], T], fence: Folder | None = None) -> T:
+    def _transaction(self, fn: Callable[[Tx], T], fence: Folder | None = None) -> T:
         def body(cursor: psycopg.Cursor[Any]) -> T:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITERS,))
             if fence is not None and self.leases is not None:
@@ -157,7 +158,7 @@ class PostgresLedger(Ledger):
             return fn(_Tx(cursor))
         return self._run(body)
 
-    def _read(self, fn: Callable[[Tx], T]) -> T:
+    def _view(self, fn: Callable[[Tx], T]) -> T:
         return self._run(lambda cursor: fn(_Tx(cursor)))
 
     def lease(self, holder: str, folders: list[Folder], ttl: float,

@@ -4,7 +4,7 @@ transaction a backend lends the shared SQL."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -62,6 +62,7 @@ class Begun:
     """No earlier copy stands for the message: it is recorded as submitting."""
 
     reused: str | None = None  # where a different message with its Message-ID was seen
+    id: int = field(default=0, compare=False)  # the message's record
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -13,16 +14,53 @@ from .records import Archived, Folder, T, Tx
 
 
 class Store(ABC):
-    """A backend's transactions, which the shared SQL runs in."""
+    """A backend's transactions, which the shared SQL runs in.
+
+    A write that a crash may lose without harm (the next pass redoes its work, or reads the
+    message as in doubt) can wait, ``later``, for the next write transaction: a pass then
+    commits a message's answer together with the next message's "submitting", one
+    transaction per message instead of two. A read, or ``flush``, commits what waits first.
+    """
+
+    def __init__(self) -> None:
+        self._later: list[tuple[Folder | None, Callable[[Tx], object]]] = []
+        self._later_lock = threading.Lock()
 
     @abstractmethod
-    def _write(self, fn: Callable[[Tx], T], fence: Folder | None = None) -> T:
+    def _transaction(self, fn: Callable[[Tx], T], fence: Folder | None = None) -> T:
         """``fn`` in one write transaction, taken at once so that check-then-insert is
         atomic; with ``fence``, only while this process holds that folder's lease."""
 
     @abstractmethod
-    def _read(self, fn: Callable[[Tx], T]) -> T:
+    def _view(self, fn: Callable[[Tx], T]) -> T:
         """``fn`` over a consistent view."""
+
+    def _write(self, fn: Callable[[Tx], T], fence: Folder | None = None) -> T:
+        """``fn`` in a write transaction with the writes waiting for one (those fenced by
+        another folder first, in their own)."""
+        with self._later_lock:
+            waiting, self._later = self._later, []
+        for other in dict.fromkeys(their for their, _ in waiting if their != fence):
+            self._transaction(_all([g for their, g in waiting if their == other]), other)
+        mine = _all([g for their, g in waiting if their == fence])
+        return self._transaction(lambda db: (mine(db), fn(db))[1], fence)
+
+    def _write_later(self, fn: Callable[[Tx], object], fence: Folder | None = None) -> None:
+        """``fn`` in the next write transaction; lost, like the work of a killed process,
+        if that fails."""
+        with self._later_lock:
+            self._later.append((fence, fn))
+
+    def _read(self, fn: Callable[[Tx], T]) -> T:
+        if self._later:
+            self.flush()
+        return self._view(fn)
+
+    def flush(self) -> None:
+        """Commit the writes that wait for a transaction (before a side effect that
+        depends on them: a disposition on the server, the end of a pass)."""
+        if self._later:
+            self._write(lambda db: None)
 
 
 class Reports(Store):
@@ -120,3 +158,11 @@ class ArchiveBook(Store):
             "JOIN messages AS m ON m.id = a.message"))
         assert row is not None
         return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
+def _all(fns: list[Callable[[Tx], object]]) -> Callable[[Tx], None]:
+    """One function running ``fns`` in order."""
+    def run(db: Tx) -> None:
+        for fn in fns:
+            fn(db)
+    return run

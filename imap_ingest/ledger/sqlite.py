@@ -45,6 +45,7 @@ class SqliteLedger(Ledger):
     """One SQLite file shared by every folder, thread and process using the same state_dir."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
         self._lock = threading.Lock()
         try:
@@ -96,7 +97,7 @@ class SqliteLedger(Ledger):
                 raise
             self._db.execute("COMMIT")
 
-    def _write(self, fn: Callable[[Tx], T], fence: Folder | None = None) -> T:
+    def _transaction(self, fn: Callable[[Tx], T], fence: Folder | None = None) -> T:
         with self._lock, _disk_full(self.path):
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -108,7 +109,7 @@ class SqliteLedger(Ledger):
             self._db.execute("COMMIT")
             return result
 
-    def _read(self, fn: Callable[[Tx], T]) -> T:
+    def _view(self, fn: Callable[[Tx], T]) -> T:
         with self._lock:
             return fn(_Tx(self._db))
 

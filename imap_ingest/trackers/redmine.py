@@ -130,6 +130,24 @@ def _quote(data: bytes) -> bytes:
 RACK_FORM_LIMIT = 4 * 1024 * 1024
 
 
+# Rails' SQLite busy timeout (database.yml's ``timeout: 5000``, the default): how long a
+# write waits behind another writer before "database is locked".
+LOCK_WAIT = 5.0
+
+
+def crowded(outcome: Outcome, among_others: bool, seconds: float) -> Outcome:
+    """``outcome`` of a request that had others in flight beside it (``among_others``) and
+    took ``seconds``. A refusal then is sent again alone (verdict.answer), unless it took the
+    lock wait: an attachment's INSERT that waited it out fails after the issue was committed
+    (docs/concurrency.md; measured: a 422 whose issue exists), so sent again it would make
+    a second issue. That one is in doubt, for a person to look at."""
+    if among_others and outcome.kind is Kind.PERMANENT and seconds >= LOCK_WAIT:
+        return replace(outcome, crowded=True, in_doubt=True, reason=(
+            f"{outcome.reason}, after {seconds:.0f} s with others in flight: Redmine may "
+            "have made the issue before a lock wait ran out"))
+    return replace(outcome, crowded=among_others)
+
+
 def classify(status: int, body: str, wait: float | None = None, sent: int = 0) -> Outcome:
     """What Redmine's answer means for the message (``sent``: the form's size in bytes)."""
     if status in (413, 500) and sent > RACK_FORM_LIMIT:
@@ -181,9 +199,9 @@ class Redmine:
             "Content-Type": "application/x-www-form-urlencoded"})
         if isinstance(answer, Outcome):
             return answer
-        return replace(classify(answer.status_code, answer.text,
+        return crowded(classify(answer.status_code, answer.text,
                                 retry_after(answer.headers.get("Retry-After")), len(data)),
-                       crowded=answer.crowded)
+                       answer.crowded, answer.seconds)
 
     def preview(self, raw: bytes, options: SubmitOptions,
                 envelope: Envelope) -> tuple[str, list[tuple[str, str]]]:

@@ -38,21 +38,23 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import http.client
 import os
 import re
 import secrets
 import shutil
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from ..support.dovecot import Lifecycle, _die_with_parent
+from ..support.dovecot import Lifecycle, _die_with_parent, free_ports
 
 REDMINE_ROOT = Path("/usr/share/redmine")
 # Shared by every session on this machine. (Not configurable by an IMAP_INGEST_ variable:
@@ -492,6 +494,74 @@ class RealRedmine(Lifecycle):
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+
+# Appended to config.ru by ``passenger(immediate=True)``: writers take SQLite's write lock
+# when they begin.
+_IMMEDIATE = """
+ActiveRecord::ConnectionAdapters::SQLite3Adapter.prepend(Module.new do
+  def begin_db_transaction
+    log("begin immediate transaction", "TRANSACTION") { @connection.transaction(:immediate) }
+  end
+end)
+"""
+
+
+@contextlib.contextmanager
+def passenger(template: Path, processes: int = 2,
+              immediate: bool = False) -> Iterator[tuple[str, Path]]:
+    """Debian's Redmine under Passenger with ``processes`` processes on a fresh copy of the
+    template database, without Rack::Lock: concurrent POSTs meet SQLite's single writer as
+    they do in production (422 "database is locked"; ``immediate`` makes writers wait for
+    each other instead). Yields (base URL, the database file)."""
+    directory = Path(tempfile.mkdtemp(prefix="redmine-passenger-"))
+    database = directory / "db" / "redmine.sqlite3"
+    write_instance(directory, database)
+    shutil.copyfile(template, database)
+    config = CONFIG_RU.format(root=REDMINE_ROOT, reset=RESET_PATH)
+    (directory / "config.ru").write_text(config.replace("use Rack::Lock\n", "")
+                                         + (_IMMEDIATE if immediate else ""))
+    port, = free_ports(1)
+    env = ruby_env(directory, {"E2E_TOKEN": "-", "E2E_TEMPLATE": str(template)})
+    server = subprocess.Popen(
+        ["passenger", "start", str(directory), "--engine", "builtin", "--address", "127.0.0.1",
+         "--port", str(port), "--max-pool-size", str(processes), "--min-instances",
+         str(processes), "--environment", "production", "--log-file",
+         str(directory / "log" / "passenger.log"), "--pid-file",
+         str(directory / "tmp" / "passenger.pid"), "--disable-security-update-check",
+         "--disable-anonymous-telemetry"],
+        cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_passenger(url, server, processes)
+        yield url, database
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _wait_for_passenger(url: str, server: subprocess.Popen[bytes], processes: int) -> None:
+    """Until every process has answered (Passenger starts the second one on demand)."""
+    deadline = time.monotonic() + 120
+    answered = 0
+    while answered < 2 * processes:
+        assert server.poll() is None and time.monotonic() < deadline, "passenger did not start"
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]),
+                                                    timeout=60)
+            connection.request("GET", f"/mail_handler?key={MAIL_KEY}")
+            answered += connection.getresponse().status == 200
+            connection.close()
+        except OSError:
+            time.sleep(0.3)
+
+
+def issue_count(database: Path) -> int:
+    """Issues in a Redmine database file."""
+    with sqlite3.connect(database) as db:
+        return int(db.execute("SELECT COUNT(*) FROM issues").fetchone()[0])
 
 
 def write_instance(directory: Path, database: Path) -> None:
