@@ -198,8 +198,8 @@ def _written(directory: Path, count: int) -> bool:
 
 def test_notify_refused_is_said_once_and_the_folders_are_polled(
         script: Script, tmp_path: Path, daemon: list[Daemon]) -> None:
-    """NOTIFY advertised but refused: logged once, IDLE on the first folder, the rest polled."""
-    script.messages, script.idle, script.notify = {}, True, True
+    """NOTIFY refused: said once, not asked again on reconnecting; IDLE on one, rest polled."""
+    script.messages, script.idle, script.notify, script.idle_bye = {}, True, True, True
     with HostileImap(script) as server:
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump({
@@ -215,6 +215,7 @@ def test_notify_refused_is_said_once_and_the_folders_are_polled(
         wait_for(lambda: b"IDLE" in script.commands, timeout=10)
         script.messages[1] = MESSAGE
         wait_for(functools.partial(_written, tmp_path / "out", 1), timeout=10)
+        wait_for(lambda: script.commands.count(b"IDLE") >= 2, timeout=10)  # reconnected
         err = one.stop()
     notify = [c for c in script.commands if c.startswith(b"NOTIFY")]
     assert notify == [b'NOTIFY SET (mailboxes ("INBOX" "A" "B") (MessageNew MessageExpunge))']

@@ -8,7 +8,7 @@ answer a byte at a time, or flood untagged ``* OK still thinking`` lines. Every 
 command is answered OK. With ``idle``, it offers IDLE and never reports anything in it, as
 Cyrus without idled and Courier without enhanced IDLE do, or (``idle_split``) announces
 mail in two TCP segments split mid-line. With ``notify``, it offers NOTIFY and refuses
-it. It records the commands it received.
+it; with ``idle_bye``, it ends the session in IDLE. It records the commands it received.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Script:
     idle: bool = False  # offer IDLE, and stay silent in it
     idle_split: bool = False  # in IDLE, announce mail in two segments, mid-line (as pymap may)
     notify: bool = False  # offer NOTIFY, and answer NOTIFY SET with NO
+    idle_bye: bool = False  # in IDLE, say BYE and hang up
     drip_delay: float = 0.05
     commands: list[bytes] = field(default_factory=list)
     logins: list[bytes] = field(default_factory=list)
@@ -96,6 +97,9 @@ class _Handler(socketserver.StreamRequestHandler):
             self.send(b"* CAPABILITY %s\r\n" % self.capabilities)
         elif name == b"IDLE":
             self.send(b"+ idling\r\n")
+            if self.script.idle_bye:
+                self.send(b"* BYE going away\r\n")
+                return False
             if self.script.idle_split:
                 time.sleep(0.2)
                 self.send(b"* 1 EXI")
