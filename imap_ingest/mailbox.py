@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError, ProtocolError
+from imapclient.imap_utf7 import decode as decode_utf7
 
 from .config import Account
 from .config.folders import FailureFolder
@@ -83,6 +84,7 @@ class Mailbox:
         self._has_move = b"MOVE" in caps
         self._has_uidplus = b"UIDPLUS" in caps
         self._has_idle = b"IDLE" in caps
+        self._has_notify = b"NOTIFY" in caps
         self._keywords = False
         self._namespace: Namespace | None = None
         log.debug("account %s: moving with %s", account.name,
@@ -115,6 +117,24 @@ class Mailbox:
     @property
     def has_idle(self) -> bool:
         return self._has_idle
+
+    @property
+    def has_notify(self) -> bool:
+        return self._has_notify
+
+    def notify(self, folders: Sequence[str]) -> list[str]:
+        """Ask for news of new mail in the configured ``folders`` while in IDLE (RFC 5465
+        NOTIFY SET); their names on the server, which its STATUS news will carry.
+        CommandRefused if the server will not."""
+        names = [self.resolve(folder) for folder in folders]
+        # imapclient has no NOTIFY: a raw command, the names quoted and encoded as it does.
+        quoted = b" ".join(self._client._normalise_folder(name) for name in names)
+        with self._errors():
+            typ, data = self._client._raw_command(
+                b"NOTIFY", [b"SET", b"(mailboxes (" + quoted + b")",
+                            b"(MessageNew MessageExpunge))"], uid=False)
+            self._client._checkok("NOTIFY", typ, data)
+        return names
 
     @property
     def keywords(self) -> bool:
@@ -328,9 +348,11 @@ class Mailbox:
                 self._client.remove_flags(uids, [keyword], silent=True)
 
     def idle(self, stop: threading.Event, on_new_mail: Callable[[], None],
-             renew_after: float = IDLE_RENEW) -> None:
+             renew_after: float = IDLE_RENEW,
+             on_status: Callable[[str], None] | None = None) -> None:
         """Wait in IMAP IDLE until ``stop``; call ``on_new_mail`` when the server announces
-        mail. IDLE is re-issued before RFC 2177's 29 minutes run out."""
+        mail in the selected folder, ``on_status`` with a folder's server name when NOTIFY
+        news of it comes (a STATUS). IDLE is re-issued before RFC 2177's 29 minutes run out."""
         assert self._reader is not None
         with self._errors(self.folder):
             self._client.idle()
@@ -348,6 +370,9 @@ class Mailbox:
                                          account=self.account.name, folder=self.folder)
                 if any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
                     on_new_mail()
+                if on_status is not None:
+                    for name in {n for r in responses if (n := status_name(r)) is not None}:
+                        on_status(name)
                 # imapclient answers an EOF with no responses at once: a round trip (DONE,
                 # IDLE) then either proves the connection alive or raises.
                 early = not responses and time.monotonic() - waited < 0.5
@@ -412,6 +437,17 @@ class Mailbox:
         finally:
             if self._reader is not None:
                 self._reader.limit(math.inf, MAX_LITERAL)
+
+
+def status_name(response: tuple[object, ...]) -> str | None:
+    """The folder an untagged ``STATUS name (...)`` is about, decoded as imapclient decodes
+    LIST's names (modified UTF-7; a name of digits parses as a number); else None."""
+    if len(response) < 2 or response[0] != b"STATUS":
+        return None
+    name = response[1]
+    if isinstance(name, int):
+        return str(name)
+    return decode_utf7(name) if isinstance(name, bytes) else None
 
 
 def _missing(folder: str, name: str) -> str:

@@ -48,7 +48,7 @@ from .metrics import Metrics
 from .oauth import Tokens
 from .source import Source, open_source
 from .trackers import Tracker, open_tracker
-from .worker import Connection, FolderWorker, folder_pass, leased_here, log_failure
+from .worker import Connection, FolderWorker, Watcher, folder_pass, leased_here, log_failure
 
 if TYPE_CHECKING:
     from .ledger.leases import Leases
@@ -185,12 +185,12 @@ class Service:
                                    balance=True)
         for account in self.config.accounts:
             tokens = self.tokens.get(account.name)
-            fitted = plan(account.folders, budget_of(account), account.idles)
+            fitted = plan(account.folders, budget_of(account), account.idles, notify=True)
             if fitted.shared:  # not every folder has a connection of its own
-                log.info("account %s: %d connection(s) at most: IDLE on %s; polling %s",
-                         account.name, budget_of(account), ", ".join(fitted.pushed) or "none",
-                         ", ".join(fitted.polled))
+                log.info("account %s: %d connection(s) at most: %s", account.name,
+                         budget_of(account), fitted.summary("IDLE on {}; polling {}"))
             shared = Connection(shared=True) if fitted.shared else None
+            notified: list[FolderWorker] = []
             for folder in account.folders:
                 worker = FolderWorker(account, folder, context, tokens,
                                       shared or Connection())
@@ -204,6 +204,11 @@ class Service:
                 if folder.name in fitted.pushed:
                     threading.Thread(target=worker.watch, name=f"idle {worker.name}",
                                      daemon=True).start()
+                elif folder.name in fitted.notified:
+                    notified.append(worker)
+            if notified:
+                threading.Thread(target=Watcher(notified, notify=True).run,
+                                 name=f"notify {account.name}", daemon=True).start()
         if leases is not None:
             by_folder = {(w.account.name, w.folder.name): w for w in self.workers}
             for worker in self.workers:

@@ -45,10 +45,10 @@ def status(config: Config) -> int:
     if not folders:
         print(f"no messages recorded yet in {config.state_dir}")
     for each in config.accounts:
-        fitted = plan(each.folders, budget_of(each), each.idles)
+        fitted = plan(each.folders, budget_of(each), each.idles, notify=True)
         print(f"account {each.name}: {fitted.connections} of {budget_of(each)} "
-              f"connection(s) as a service; pushed (IDLE, where the server has it): "
-              f"{', '.join(fitted.pushed) or 'none'}; polled: {', '.join(fitted.polled) or 'none'}")
+              f"connection(s) as a service; "
+              + fitted.summary("pushed (IDLE, where the server has it): {}; polled: {}"))
     return EX_OK
 
 

@@ -7,7 +7,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -23,6 +23,7 @@ from .errors import (
     EX_SOFTWARE,
     EX_TEMPFAIL,
     AuthFailed,
+    CommandRefused,
     ConnectionLost,
     IngestError,
     LoginRefused,
@@ -334,33 +335,76 @@ class FolderWorker:
 
     def watch(self) -> None:
         """The IDLE watcher, on a connection of its own, until the service stops."""
-        stop, failures = self.context.stop, 0
+        Watcher([self]).run()
+
+
+class Watcher:
+    """IDLE on a connection of its own until the service stops: on the first of
+    ``workers``' folders, or, with ``notify`` where the server has NOTIFY (RFC 5465), on all
+    of them at once. A server without NOTIFY, or one that refuses it, leaves the others to
+    their polls."""
+
+    def __init__(self, workers: Sequence[FolderWorker], notify: bool = False) -> None:
+        self.workers, self.first = workers, workers[0]
+        self.notify = notify  # still to be tried: False once the server lacks or refused it
+
+    def run(self) -> None:
+        first = self.first
+        stop, failures = first.context.stop, 0
         while not stop.is_set():
-            if self.away.is_set():
+            if all(worker.away.is_set() for worker in self.workers):
                 stop.wait(1)
                 continue
             try:
-                with Mailbox(self.account, self.tokens) as mailbox:
+                with Mailbox(first.account, first.tokens) as mailbox:
                     if not mailbox.has_idle:
-                        if self.folder.idle:
-                            log.warning("%s: the server has no IDLE: polling only", self.name)
+                        if first.folder.idle:
+                            log.warning("%s: the server has no IDLE: polling only", first.name)
                         return
-                    mailbox.select(self.folder.name, readonly=True)
+                    heard = self._notify(mailbox)
+                    if heard is None:
+                        mailbox.select(first.folder.name, readonly=True)
                     if failures:
                         # Mail may have come while we were away.
-                        self.context.metrics.reconnects.labels(self.account.name).inc()
-                        self.poke()
+                        first.context.metrics.reconnects.labels(first.account.name).inc()
+                        for worker in self.workers if heard else [first]:
+                            worker.poke()
                     failures = 0
-                    self._idling_since = time.monotonic()
+                    if heard is None:
+                        first._idling_since = time.monotonic()
                     try:  # with leases, until the folder is lost or the worker closed
-                        mailbox.idle(self.away if self._leases else stop, self.poke)
+                        mailbox.idle(first.away if first._leases and heard is None else stop,
+                                     first.poke, on_status=heard)
                     finally:
-                        self._idling_since = None
+                        first._idling_since = None
             except MailboxError as exc:
                 failures += 1
                 delay = RECONNECT.delay(failures)
-                log.warning("%s: IDLE: %s; again in %.0f s", self.name, exc.reason, delay)
+                log.warning("%s: IDLE: %s; again in %.0f s", f"account {first.account.name} "
+                            "(NOTIFY)" if self.notify else first.name, exc.reason, delay)
                 stop.wait(delay)
+
+    def _notify(self, mailbox: Mailbox) -> Callable[[str], None] | None:
+        """NOTIFY SET for every folder, and what to do with the server's news of one; None
+        where the server lacks NOTIFY or refuses it (said once: it is not asked again)."""
+        if not self.notify:
+            return None
+        account, folders = self.first.account.name, [w.folder.name for w in self.workers]
+        if mailbox.has_notify:
+            try:
+                names = mailbox.notify(folders)
+            except CommandRefused as exc:
+                log.warning("account %s: NOTIFY refused (%s): IDLE on %s; polling %s",
+                            account, exc.reason, folders[0], ", ".join(folders[1:]))
+            else:
+                log.info("account %s: NOTIFY on %s", account, ", ".join(folders))
+                by_name = dict(zip(names, self.workers, strict=True))
+                return lambda name: by_name[name].poke() if name in by_name else None
+        else:
+            log.info("account %s: the server has no NOTIFY: IDLE on %s; polling %s",
+                     account, folders[0], ", ".join(folders[1:]))
+        self.notify = False
+        return None
 
 
 # IDLE in place this long before a poll: mail it found should have been announced.

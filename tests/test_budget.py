@@ -53,3 +53,17 @@ def test_an_announced_pass_goes_before_the_queued_polls() -> None:
     assert not shared.take(pushed, announced=True)  # IDLE heard of mail: it jumps the queue
     assert [shared.next_or_release() for _ in range(3)] == [pushed, polled, other]
     assert shared.next_or_release() is None
+
+
+def test_notify_watches_on_one_connection_what_idle_cannot_fit() -> None:
+    """With NOTIFY, one connection watches the folders past the IDLE watchers' room."""
+    twenty = plan(folders(20), 10, notify=True)
+    assert twenty.pushed == tuple(f"F{i}" for i in range(8))
+    assert twenty.notified == tuple(f"F{i}" for i in range(8, 20)) and twenty.polled == ()
+    assert twenty.connections == 10
+    assert twenty.without_notify() == plan(folders(20), 10)  # the server has no NOTIFY
+    assert plan(folders(5), 10, notify=True) == plan(folders(5), 10)  # all fit: no NOTIFY
+    assert plan(folders(3), 2, notify=True) == Plan(True, (), (), ("F0", "F1", "F2"))
+    assert plan(folders(3), 1, notify=True) == plan(folders(3), 1)  # no room for a watcher
+    named = [*folders(2), Folder(name="Ärger"), Folder(name="B")]
+    assert plan(named, 2, notify=True) == Plan(True, (), ("Ärger",), ("F0", "F1", "B"))

@@ -194,3 +194,30 @@ def test_idle_news_split_mid_line_is_read_whole(script: Script) -> None:
 
 def _written(directory: Path, count: int) -> bool:
     return len(list(directory.glob("*.eml"))) == count
+
+
+def test_notify_refused_is_said_once_and_the_folders_are_polled(
+        script: Script, tmp_path: Path, daemon: list[Daemon]) -> None:
+    """NOTIFY refused: said once, not asked again on reconnecting; IDLE on one, rest polled."""
+    script.messages, script.idle, script.notify, script.idle_bye = {}, True, True, True
+    with HostileImap(script) as server:
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump({
+            "accounts": [{"name": "a", "host": server.host, "port": server.port,
+                          "security": "none", "username": "user", "password": "pw",
+                          "max_connections": 2,
+                          "folders": [{"name": name, "interval": "1s"}
+                                      for name in ("INBOX", "A", "B")]}],
+            "state_dir": str(tmp_path / "state"),
+            "targets": {"files": {"type": "directory", "path": str(tmp_path / "out")}}}))
+        one = Daemon(path)
+        daemon.append(one)
+        wait_for(lambda: b"IDLE" in script.commands, timeout=10)
+        script.messages[1] = MESSAGE
+        wait_for(functools.partial(_written, tmp_path / "out", 1), timeout=10)
+        wait_for(lambda: script.commands.count(b"IDLE") >= 2, timeout=10)  # reconnected
+        err = one.stop()
+    notify = [c for c in script.commands if c.startswith(b"NOTIFY")]
+    assert notify == [b'NOTIFY SET (mailboxes ("INBOX" "A" "B") (MessageNew MessageExpunge))']
+    assert script.commands.index(b'EXAMINE "INBOX"') > script.commands.index(notify[0])
+    assert err.count("NOTIFY refused") == 1 and "IDLE on INBOX; polling A, B" in err

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from imap_ingest.config import Account, load
-from imap_ingest.mailbox import Mailbox
+from imap_ingest.mailbox import Mailbox, status_name
 from imap_ingest.states import FAILED, SKIPPED
 
 from .support.dovecot import ImapAccount
@@ -150,3 +150,16 @@ def test_a_folder_with_nothing_new_is_not_searched_whole_again(
         mailbox.select("INBOX")
         assert mailbox.new_uids() == []
     assert f"UID {uids[-1] + 1}:*" in searches(caplog)[1]
+
+
+@pytest.mark.parametrize(("response", "name"), [
+    ((b"STATUS", b"INBOX", (b"MESSAGES", 1)), "INBOX"),
+    ((b"STATUS", b"&AMQ-rger Post", (b"MESSAGES", 1)), "Ärger Post"),
+    ((b"STATUS", 2024, (b"MESSAGES", 1)), "2024"),
+    ((3, b"EXISTS"), None),
+    ((b"OK", b"Still here"), None),
+], ids=["plain", "modified-utf7", "digits", "exists", "ok"])
+def test_notify_news_names_the_folder_as_list_would(response: tuple[object, ...],
+                                                    name: str | None) -> None:
+    """A NOTIFY STATUS names its folder decoded as LIST's are; other news names none."""
+    assert status_name(response) == name

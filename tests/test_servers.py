@@ -181,3 +181,26 @@ def test_a_connection_budget_pushes_what_fits_and_polls_the_rest(
     err = one.stop()
     assert "3 connection(s) at most: IDLE on INBOX, A; polling B" in err
     assert "did not announce" not in err  # dovecot's IDLE is prompt
+
+
+def test_notify_watches_the_folders_idle_has_no_room_for(
+        daemon: list[Daemon], tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Four folders in three connections: INBOX in IDLE, A, B, C by NOTIFY, long before a poll."""
+    names = ("INBOX", "A", "B", "C Post")  # quoted on the wire
+    folders = [{"name": name, "project": "support", "interval": "600s"} for name in names]
+    for name in names[1:]:
+        imap.create(name)
+    one, _ = start(daemon, tmp_path, imap, redmine, folders=folders,
+                   account={"max_connections": 3})
+    assert main(["status", "-c", str(tmp_path / "config.yaml")]) == 0
+    assert ("pushed (IDLE, where the server has it): INBOX, A; polled: B, C Post; where the "
+            "server has NOTIFY: A, B, C Post pushed (NOTIFY) instead"
+            ) in capsys.readouterr().out
+    time.sleep(1)  # the first passes are done; the watchers are in IDLE
+    raws = {name: make(subject=name) for name in names}
+    for name in ("C Post", "A", "INBOX", "B"):
+        imap.append(name, raws[name])
+        wait_for(lambda raw=raws[name]: raw in redmine.emails, timeout=5)  # type: ignore[misc]
+    err = one.stop()
+    assert "account test: NOTIFY on A, B, C Post" in err and "NOTIFY refused" not in err

@@ -7,8 +7,8 @@ sizes of its choosing, leave BODY[] out of a FETCH, announce a huge literal, dri
 answer a byte at a time, or flood untagged ``* OK still thinking`` lines. Every other
 command is answered OK. With ``idle``, it offers IDLE and never reports anything in it, as
 Cyrus without idled and Courier without enhanced IDLE do, or (``idle_split``) announces
-mail in two TCP segments split mid-line. It records the commands it
-received.
+mail in two TCP segments split mid-line. With ``notify``, it offers NOTIFY and refuses
+it; with ``idle_bye``, it ends the session in IDLE. It records the commands it received.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class Script:
     select_uidvalidity: bool = True
     idle: bool = False  # offer IDLE, and stay silent in it
     idle_split: bool = False  # in IDLE, announce mail in two segments, mid-line (as pymap may)
+    notify: bool = False  # offer NOTIFY, and answer NOTIFY SET with NO
+    idle_bye: bool = False  # in IDLE, say BYE and hang up
     drip_delay: float = 0.05
     commands: list[bytes] = field(default_factory=list)
     logins: list[bytes] = field(default_factory=list)
@@ -69,7 +71,8 @@ class _Handler(socketserver.StreamRequestHandler):
 
     @property
     def capabilities(self) -> bytes:
-        return b"IMAP4rev1 AUTH=PLAIN UIDPLUS" + (b" IDLE" if self.script.idle else b"")
+        return (b"IMAP4rev1 AUTH=PLAIN UIDPLUS" + (b" IDLE" if self.script.idle else b"")
+                + (b" NOTIFY" if self.script.notify else b""))
 
     def handle(self) -> None:
         self.send(b"* OK [CAPABILITY %s] hostile ready\r\n" % self.capabilities)
@@ -94,12 +97,18 @@ class _Handler(socketserver.StreamRequestHandler):
             self.send(b"* CAPABILITY %s\r\n" % self.capabilities)
         elif name == b"IDLE":
             self.send(b"+ idling\r\n")
+            if self.script.idle_bye:
+                self.send(b"* BYE going away\r\n")
+                return False
             if self.script.idle_split:
                 time.sleep(0.2)
                 self.send(b"* 1 EXI")
                 time.sleep(0.2)
                 self.send(b"STS\r\n")
             self.rfile.readline()  # DONE
+        elif name == b"NOTIFY":
+            self.send(tag + b" NO [NOTIFICATIONOVERFLOW] not today\r\n")
+            return True
         elif name == b"LOGIN":
             self.script.logins.append(command)
         elif name == b"AUTHENTICATE":
