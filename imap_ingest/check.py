@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 from . import token_file
 from .config import Config, Folder, OAuth2
@@ -49,20 +50,10 @@ def check(config: Config, path: str | os.PathLike[str]) -> int:
                                f"{_first_run(mailbox, folder, uids)}")
                     except MailboxError as exc:
                         report(False, f"{what} folder {folder.name}", exc.reason, exc.exit_code)
-                if not isinstance(mailbox, Mailbox):
-                    continue  # POP3: one maildrop, no folders to move or copy into
-                for name, setting in destinations(account.folders, config).items():
-                    where = f"{what} folder {name} ({setting}{_as(mailbox, name)})"
-                    try:
-                        if mailbox.exists(name):
-                            report(True, where, "exists")
-                        else:
-                            mailbox.try_create(name)
-                            report(True, where, "does not exist yet; the server lets us "
-                                   "create it (created on first use)")
-                    except CommandRefused as exc:
-                        report(False, where, f"does not exist, and cannot be created: "
-                               f"{exc.reason}", exc.exit_code)
+                if isinstance(mailbox, Mailbox):  # POP3: no folders to move or copy into
+                    for name, setting in destinations(account.folders, config).items():
+                        _destination(mailbox, name, f"{what} folder {name} ({setting}"
+                                     f"{_as(mailbox, name)})", report)
         except MailboxError as exc:
             report(False, what, exc.reason, exc.exit_code)
         if account.oauth2 is not None and account.oauth2.refresh_token_file is not None:
@@ -119,6 +110,21 @@ def _first_run(mailbox: Source, folder: Folder, uids: list[int]) -> str:
             ["SINCE", f"{day.tm_mday}-{_MONTHS[day.tm_mon - 1]}-{day.tm_year}"])))
     return f"a first run would ingest {count} (start: {folder.start.mode}" + (
         f", max_age: {folder.max_age / 86400:g} days)" if folder.max_age else ")")
+
+
+def _destination(mailbox: Mailbox, name: str, where: str,
+                 report: Callable[[bool, str, str, int], None]) -> None:
+    """Whether mail can be moved or copied into folder ``name``: there, or creatable."""
+    try:
+        if mailbox.exists(name):
+            report(True, where, "exists", EX_OK)
+        else:
+            mailbox.try_create(name)
+            report(True, where, "does not exist yet; the server lets us create it (created "
+                   "on first use)", EX_OK)
+    except CommandRefused as exc:
+        report(False, where, f"does not exist, and cannot be created: {exc.reason}",
+               exc.exit_code)
 
 
 def _refresh_token_state(name: str, oauth2: OAuth2) -> tuple[bool, str]:

@@ -228,6 +228,18 @@ def test_xoauth2_login(tmp_path: Path, dovecot_pop3: Dovecot, box: ImapAccount,
     assert len(redmine.emails) == 1
 
 
+def test_check_reads_a_pop3_accounts_refresh_token(
+        tmp_path: Path, dovecot_pop3: Dovecot, box: ImapAccount, redmine: FakeRedmine,
+        provider: TokenService, capsys: pytest.CaptureFixture[str]) -> None:
+    """`check` on a POP3 XOAUTH2 account says what its stored refresh token is, as for IMAP."""
+    token_file = tmp_path / "refresh-token.json"
+    token_file.write_text(provider.grant(box.username) + "\n")
+    path = pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url, auth="xoauth2",
+                       password=None, oauth2=oauth2(provider, token_file))
+    assert main(["check", "-c", str(path)]) == EX_OK
+    assert "OK    account pop refresh token: " in capsys.readouterr().out
+
+
 def scripted_config(path: Path, server: ScriptedPop3, redmine_url: str, keep: bool) -> Path:
     data = {"accounts": [{"name": "old", "protocol": "pop3", "host": "127.0.0.1",
                           "port": server.port, "security": "none", "username": "u",
