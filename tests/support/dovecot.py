@@ -384,6 +384,11 @@ class Dovecot(Lifecycle):
                     counts[name] = counts.get(name, 0) + int(value)
         return counts
 
+    def sessions(self, protocol: str, username: str) -> int:
+        """How many of ``username``'s sessions have finished (logged their logout line)."""
+        return sum(f"{protocol}({username})" in line and "Disconnected" in line
+                   for line in self.log_text().splitlines())
+
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<Dovecot {self.host}:{self.port}/{self.ssl_port} {state} {self.directory}>"
