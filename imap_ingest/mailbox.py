@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError, ProtocolError
@@ -243,34 +243,38 @@ class Mailbox:
         if not uids:
             return
         with self._errors(self.folder):
-            sizes = self._client.fetch(uids, ["RFC822.SIZE"])
+            answer = self._client.fetch(uids, ["RFC822.SIZE"])
+        # Expunged by another client meanwhile: no size.
+        sizes = {uid: size for uid in uids
+                 if (size := answer.get(uid, {}).get(b"RFC822.SIZE")) is not None}
+        large = [uid for uid, size in sizes.items() if size > max_size]
+        heads = self._headers(large) if headers else {}
         batch: list[int] = []
         batch_bytes = 0
-        for uid in uids:
-            size = sizes.get(uid, {}).get(b"RFC822.SIZE")
-            if size is None:
-                continue  # expunged by another client meanwhile
+        for uid, size in sizes.items():
             if size > max_size:
-                yield Fetched(uid, size, None, header=self._header(uid) if headers else None)
+                yield Fetched(uid, size, None, header=heads.get(uid))
                 continue
             if batch and (len(batch) >= batch_size or batch_bytes + size > _BATCH_BYTES):
-                yield from self._bodies(batch, batch_bytes, max_size, headers)
+                yield from self._bodies(batch, sizes, max_size, headers)
                 batch, batch_bytes = [], 0
             batch.append(uid)
             batch_bytes += size
-        yield from self._bodies(batch, batch_bytes, max_size, headers)
+        yield from self._bodies(batch, sizes, max_size, headers)
 
-    def _bodies(self, uids: list[int], expected: int, max_size: int,
+    def _bodies(self, uids: list[int], sizes: Mapping[int, int], max_size: int,
                 headers: bool) -> Iterator[Fetched]:
         if not uids:
             return
         # One byte more than allowed: enough to know a message is too large.
         limit = min(max_size, _LARGEST) + 1
         # The time for the bytes announced, but never for more than are asked for.
+        expected = sum(sizes[uid] for uid in uids)
         seconds = self.account.timeout + min(expected, len(uids) * limit) / SLOWEST
         with self._errors(self.folder, seconds=seconds, literal=limit):
-            data = self._client.fetch(uids, [f"BODY.PEEK[]<0.{limit}>", "RFC822.SIZE",
-                                             "INTERNALDATE", "FLAGS"])
+            data = self._client.fetch(uids, [f"BODY.PEEK[]<0.{limit}>", "INTERNALDATE",
+                                             "FLAGS"])
+        raws: dict[int, bytes] = {}
         for uid in uids:
             item = data.get(uid)
             # Gone, or deleted by another client since the search: not ours any more.
@@ -282,19 +286,26 @@ class Mailbox:
                 log.warning("account %s folder %s: the server answered uid %d without its "
                             "body; trying again next pass", self.account.name, self.folder, uid)
                 continue
-            size = max(item.get(b"RFC822.SIZE", 0), len(raw))
+            raws[uid] = raw
+        # Larger than the server said: their headers, for the rules, in one FETCH.
+        heads = self._headers([uid for uid, raw in raws.items()
+                               if len(raw) > max_size]) if headers else {}
+        for uid, raw in raws.items():
             whole = len(raw) <= max_size
-            yield Fetched(uid, size, raw if whole else None, item.get(b"INTERNALDATE"),
-                          self._header(uid) if headers and not whole else None)
+            yield Fetched(uid, max(sizes[uid], len(raw)), raw if whole else None,
+                          data[uid].get(b"INTERNALDATE"), heads.get(uid))
 
-    def _header(self, uid: int) -> bytes | None:
-        """The header block of a message too large to fetch (no more of it than the rules
-        read), or None when the server gives none."""
-        with self._errors(self.folder, literal=MAX_HEADER_BYTES):
-            item = self._client.fetch([uid], [f"BODY.PEEK[HEADER]<0.{MAX_HEADER_BYTES}>"])
-        answer = item.get(uid, {})
-        head = answer.get(b"BODY[HEADER]<0>", answer.get(b"BODY[HEADER]"))
-        return head if isinstance(head, bytes) else None
+    def _headers(self, uids: list[int]) -> dict[int, bytes]:
+        """The header blocks of messages too large to fetch (no more of each than the rules
+        read), by one FETCH; a message the server gives none of is left out."""
+        if not uids:
+            return {}
+        with self._errors(self.folder, seconds=self.account.timeout
+                          + len(uids) * MAX_HEADER_BYTES / SLOWEST, literal=MAX_HEADER_BYTES):
+            data = self._client.fetch(uids, [f"BODY.PEEK[HEADER]<0.{MAX_HEADER_BYTES}>"])
+        heads = {uid: item.get(b"BODY[HEADER]<0>", item.get(b"BODY[HEADER]"))
+                 for uid, item in data.items()}
+        return {uid: head for uid, head in heads.items() if isinstance(head, bytes)}
 
     def delete(self, uids: Sequence[int]) -> None:
         """Flag \\Deleted and expunge exactly these UIDs."""

@@ -14,6 +14,7 @@ from imap_ingest.cli import main
 
 from .support.dovecot import ImapAccount
 from .support.ingest_env import backlog, write_config
+from .support.mail import make
 from .support.redmine_server import FakeRedmine
 
 MESSAGES = 60
@@ -76,3 +77,18 @@ def test_one_fetch_per_batch(tmp_path: Path, imap: ImapAccount, redmine: FakeRed
     bodies = [items for items in fetches if any(item.startswith("BODY") for item in items)]
     assert len(bodies) == MESSAGES // BATCH
     assert fetches == [["RFC822.SIZE"], bodies[0]] * (MESSAGES // BATCH)
+
+
+def test_headers_of_oversized_mail_in_one_fetch(tmp_path: Path, imap: ImapAccount,
+                                                redmine: FakeRedmine,
+                                                fetches: list[list[str]]) -> None:
+    """Five messages over max_message_size, decided by a header rule: one FETCH of headers."""
+    for i in range(5):
+        imap.append("INBOX", make(subject=f"[list] big {i}", body="x" * 20_000))
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url, folder={
+        "max_message_size": "10k",
+        "rules": [{"name": "list", "if": [r"^Subject: \[list\]"], "then": "discard"}]})
+    assert main(["run", "--once", "-c", str(path)]) == 0
+    headers = [items for items in fetches if any("HEADER" in item for item in items)]
+    assert len(headers) == 1
+    assert imap.messages("INBOX") == {} and redmine.emails == []
