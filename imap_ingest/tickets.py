@@ -115,11 +115,13 @@ class _Rest:
     def __init__(self, target: HttpTarget, headers: dict[str, str]) -> None:
         import requests  # the HTTP stack only when looking up: deliver starts fast
 
+        from .trackers._http import verify
+
         self.requests = 0
         self._timeout = target.timeout
         self._http: requests.Session = requests.Session()
         self._http.headers.update(headers)
-        self._http.verify = str(target.ca_file) if target.ca_file else target.verify_tls
+        self._http.verify = verify(target)
 
     def call(self, method: str, url: str, params: dict[str, str],
              body: object | None = None) -> Any:

@@ -182,8 +182,7 @@ class Client:
     def __init__(self, target: HttpTarget) -> None:
         self.timeout = target.timeout
         self._http = requests.Session()
-        self._http.verify = (str(target.ca_file) if target.ca_file and target.verify_tls
-                             else target.verify_tls)
+        self._http.verify = verify(target)
         self._http.headers["User-Agent"] = USER_AGENT
         # The proxy settings of the environment, read once: requests would read them (and
         # ~/.netrc) again for every request, half a millisecond each time.
@@ -265,6 +264,12 @@ class Client:
 
     def close(self) -> None:
         self._http.close()
+
+
+def verify(target: HttpTarget) -> bool | str:
+    """What requests checks the target's certificate against: its ``ca_file``, the system's
+    CAs, or nothing when ``verify_tls: false`` says so (which wins over a ``ca_file``)."""
+    return str(target.ca_file) if target.ca_file and target.verify_tls else target.verify_tls
 
 
 def _not_followed(url: str, location: str) -> Outcome | None:
