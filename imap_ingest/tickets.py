@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import Config, HttpTarget, Target, pick_secret
 from .message import Message
+from .urls import origin
 
 if TYPE_CHECKING:
     import requests
@@ -115,32 +116,39 @@ class _Rest:
     def __init__(self, target: HttpTarget, headers: dict[str, str]) -> None:
         import requests  # the HTTP stack only when looking up: deliver starts fast
 
-        from .trackers._http import verify
+        from .trackers._http import verify, watched
 
         self.requests = 0
         self._timeout = target.timeout
-        self._http: requests.Session = requests.Session()
+        self._http: requests.Session = watched(requests.Session())
         self._http.headers.update(headers)
         self._http.verify = verify(target)
 
     def call(self, method: str, url: str, params: dict[str, str],
              body: object | None = None) -> Any:
+        """The JSON answer of one request, read within the target's timeout in all."""
         import requests
+        import urllib3
+
+        from .trackers._http import total
 
         self.requests += 1
-        try:
-            with self._http.request(method, url, params=params, json=body,
-                                    timeout=self._timeout, stream=True,
-                                    allow_redirects=False) as answer:
-                data = answer.raw.read(_ANSWER_LIMIT + 1, decode_content=True)
-        except requests.RequestException as exc:
-            raise LookupFailed(f"{url}: no answer ({type(exc).__name__})") from None
+        with total(self._timeout) as deadline:
+            try:
+                with self._http.request(method, url, params=params, json=body,
+                                        timeout=self._timeout, stream=True,
+                                        allow_redirects=False) as answer:
+                    data = answer.raw.read(_ANSWER_LIMIT + 1, decode_content=True)
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                raise LookupFailed(f"{origin(url)}: no answer ({type(exc).__name__})") from None
+        if deadline.expired:
+            raise LookupFailed(f"{origin(url)}: no whole answer within {self._timeout:g} s")
         if answer.status_code != 200 or len(data) > _ANSWER_LIMIT:
-            raise LookupFailed(f"{url}: answered {answer.status_code}")
+            raise LookupFailed(f"{origin(url)}: answered {answer.status_code}")
         try:
             return json.loads(data)
         except ValueError:
-            raise LookupFailed(f"{url}: not JSON") from None
+            raise LookupFailed(f"{origin(url)}: not JSON") from None
 
     def close(self) -> None:
         self._http.close()

@@ -15,8 +15,10 @@ import pytest
 
 from imap_ingest.cli import main
 from imap_ingest.config import SubmitOptions
+from imap_ingest.tickets import LookupFailed, RtTickets, Submitted
 from imap_ingest.trackers import REASON_LIMIT, Envelope, Kind, Outcome, Tracker, open_tracker
 from imap_ingest.trackers.registry import registered
+from imap_ingest.trackers.rt import RtTarget
 
 from .support.dovecot import ImapAccount
 from .support.hostile_http import HostileHttp, Script, drip, huge, silent
@@ -57,6 +59,7 @@ def tracker(kind: str, url: str, **extra: Any) -> Tracker:
 PEAK = """
 import sys
 from imap_ingest.config import SubmitOptions
+from imap_ingest.tickets import LookupFailed, RtTickets, Submitted
 from imap_ingest.trackers import Envelope
 from tests.test_http_bounds import tracker
 
@@ -168,3 +171,38 @@ def test_requests_start_at_most_one_thread(hostile: list[HostileHttp],
         assert client.submit(RAW, SubmitOptions(), ENVELOPE).kind is Kind.SUCCESS
     client.close()
     assert len(started) <= 1
+
+
+def test_a_dripped_ticket_lookup_ends_within_its_timeout() -> None:
+    """RT's REST answer dripped a byte a second: the lookup fails at its timeout, not after."""
+    body = b'{"items": [], "pages": 1}' + b" " * 60
+    server = HostileHttp(drip(body, 1.0, head=b"HTTP/1.1 200 OK\r\nContent-Type: "
+                              b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body)))
+    target = RtTarget.model_validate({"type": "rt", "url": server.url, "queue": "General",
+                                      "allow_insecure": True, "timeout": "2s"})
+    tickets = RtTickets(target, "t0ken")
+    started = time.monotonic()
+    try:
+        with pytest.raises(LookupFailed):
+            tickets.find([Submitted(1, "<a@example.org>", "s", None, 0.0, "test/INBOX uid 1")])
+    finally:
+        tickets.close()
+        server.close()
+    assert time.monotonic() - started < 5
+
+
+def test_a_failed_ticket_lookup_names_the_server_only() -> None:
+    """A refused lookup's reason names scheme, host and port, never the URL's password."""
+    server = HostileHttp(huge(500, 10))
+    plain = server.url
+    url = plain.replace("http://", "http://reader:s3cret-pw@")
+    target = RtTarget.model_validate({"type": "rt", "url": url, "queue": "General",
+                                      "allow_insecure": True, "timeout": "2s"})
+    tickets = RtTickets(target, "t0ken")
+    try:
+        with pytest.raises(LookupFailed) as failed:
+            tickets.find([Submitted(1, "<a@example.org>", "s", None, 0.0, "test/INBOX uid 1")])
+    finally:
+        tickets.close()
+        server.close()
+    assert str(failed.value) == f"{plain}: answered 500"

@@ -13,7 +13,7 @@ import itertools
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -175,6 +175,26 @@ class _Adapter(requests.adapters.HTTPAdapter):
 _POOLS = {"http": _WatchedPool, "https": _WatchedHttpsPool}
 
 
+@contextlib.contextmanager
+def total(seconds: float) -> Iterator[_Deadline]:
+    """A deadline of ``seconds`` for the whole of the requests this thread makes inside,
+    over a session with the watched adapter (``watched``), whatever the server drips."""
+    _current.deadline = deadline = _Deadline(seconds)
+    try:
+        yield deadline
+    finally:
+        deadline.cancel()
+        _current.deadline = None
+
+
+def watched(session: requests.Session, adapter: _Adapter | None = None) -> requests.Session:
+    """``session``, its connections watched by the deadline of ``total``."""
+    adapter = adapter or _Adapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 class Client:
     """Keep-alive connections that verify TLS unless told not to, at most the target's
     ``concurrency`` requests at once (``pace``, the limiter's), whichever folders send them."""
@@ -190,9 +210,7 @@ class Client:
         self._http.trust_env = False
         self.pace = Pace(target.fixed_in_flight(), target.max_in_flight())
         # As many connections as the limit may ever reach: the pool keeps those in use.
-        pool = _Adapter(pool_connections=1, pool_maxsize=self.pace.most)
-        self._http.mount("http://", pool)
-        self._http.mount("https://", pool)
+        watched(self._http, _Adapter(pool_connections=1, pool_maxsize=self.pace.most))
         self._prepared: dict[tuple[str, str], requests.PreparedRequest] = {}
 
     def request(self, method: str, url: str, *, data: bytes | Iterable[bytes] | None = None,
@@ -203,12 +221,8 @@ class Client:
         ``repost`` times by sending the same request to the new location, as rt-mailgate
         does; the timeout covers them all."""
         with self.pace.slot() as ticket:
-            _current.deadline = deadline = _Deadline(self.timeout)
-            try:
+            with total(self.timeout) as deadline:
                 answer = self._follow(method, url, data, files, headers, repost, deadline)
-            finally:
-                deadline.cancel()
-                _current.deadline = None
             if isinstance(answer, Outcome):
                 self.pace.answered(ticket, Signal.OVERLOAD if answer.kind is Kind.TEMPORARY
                                    else Signal.ANSWER)
