@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
 import re
 import signal
 import socket
@@ -197,3 +198,20 @@ def test_a_targets_concurrency_counts_every_worker_process(
     assert len(set(dict(_WORKER.findall(run.stderr)).values())) == 2
     assert _ids(redmine.emails) == _ids(raws)
     assert overlap.most == 1
+
+
+def test_a_run_on_a_terminal_stays_in_one_process(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """With a terminal on stdin (the first run may ask there), the folders share one process."""
+    raws = _fill(imap, 2)
+    path = _config(tmp_path, imap, redmine.url, workers=2)
+    terminal, other = pty.openpty()
+    try:
+        run = subprocess.run(command("run", "--once", "-c", str(path)), cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, stdin=other)
+    finally:
+        os.close(terminal)
+        os.close(other)
+    assert run.returncode == 0, run.stderr
+    assert not _WORKER.search(run.stderr)
+    assert _ids(redmine.emails) == _ids(raws)
