@@ -13,7 +13,7 @@ from ..ledger import Key, Ledger
 from ..mailbox import Mailbox
 from ..message import Message
 from ..oauth import Tokens
-from ..retry import retry, retry_maildrop
+from ..retry import retry_account
 from ..rules import RuleSet
 from ..source import Source, open_source
 from ..states import FAILED, SKIPPED, Result, State
@@ -142,11 +142,8 @@ def do_retry(config: Config, ledger: Ledger, tokens: dict[str, Tokens], account_
              folder: str, uid: int) -> list[str]:
     """`imap-ingest retry FOLDER` for this one message (POP3: released in the ledger, as
     nothing on the server says it was refused)."""
-    account = _account(config, account_name)
-    if not account.has_folders:
-        return list(retry_maildrop(ledger, account, [uid]))
-    with Mailbox(account, tokens.get(account.name)) as mailbox:
-        return list(retry(mailbox, ledger, account, folder, [uid]))
+    return list(retry_account(ledger, _account(config, account_name), folder, [uid],
+                              tokens.get(account_name)))
 
 
 def do_release(config: Config, ledger: Ledger, trackers: dict[str, Tracker],
