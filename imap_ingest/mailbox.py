@@ -182,10 +182,18 @@ class Mailbox:
             return
         name = self.resolve(folder)
         with self._errors(folder):
-            if not self._client.folder_exists(name):
-                raise FolderMissing(_missing(folder, name), account=self.account.name,
-                                    folder=folder)
-            state = self._client.select_folder(name, readonly=readonly)
+            try:
+                state = self._client.select_folder(name, readonly=readonly)
+            except IMAPClientAbortError:
+                raise  # the connection is gone, not the folder
+            except IMAPClientError:
+                # A refused SELECT leaves no folder open (RFC 3501 6.3.1); only now does
+                # a LIST tell a missing folder from another refusal, not before every SELECT.
+                self.folder = None
+                if not self._client.folder_exists(name):
+                    raise FolderMissing(_missing(folder, name), account=self.account.name,
+                                        folder=folder) from None
+                raise
         if b"UIDVALIDITY" not in state:
             # Without it no UID can be remembered safely; the other folders may still work.
             raise MailboxError("the server's SELECT answer has no UIDVALIDITY (RFC 3501 "
