@@ -232,13 +232,14 @@ class Mailbox:
         with self._errors(self.folder):
             return sorted(self._client.search(criteria))
 
-    def deleted(self, uids: Sequence[int]) -> list[int]:
-        """Which of these UIDs are flagged \\Deleted (and not yet expunged), by one UID
-        SEARCH (over them alone, unless the set would outgrow the command line)."""
+    def among(self, uids: Sequence[int], criterion: str = "ALL") -> list[int]:
+        """Which of these UIDs are still there and match ``criterion`` (DELETED: flagged
+        \\Deleted, not yet expunged), by one UID SEARCH (over them alone, unless the set
+        would outgrow the command line)."""
         if not uids:
             return []
         wanted = _uid_set(uids)
-        criteria = ["UID", wanted, "DELETED"] if wanted.count(",") < _MAX_RUNS else ["DELETED"]
+        criteria = ["UID", wanted, criterion] if wanted.count(",") < _MAX_RUNS else [criterion]
         return sorted(set(self.search(criteria)).intersection(uids))
 
     def fetch(self, uids: Sequence[int], batch_size: int, max_size: int,
