@@ -233,6 +233,21 @@ def test_timeout_exits_75_and_the_retry_follows_in_doubt(rt: RecordingServer,
     assert json.loads(about.read_text())["result"] == "quarantined"
 
 
+def test_the_mtas_retry_with_a_new_envelope_line_is_the_same_message(
+        rt: RecordingServer, tmp_path: Path) -> None:
+    """Postfix's "From sender time_stamp" line differs per attempt: the retry is in doubt."""
+    rt.answer = lambda request: (200, b"ok\n", 5)
+    raw = make()
+    first = b"From alice@example.org  Wed Dec  2 06:55:06 2026\n" + raw
+    assert pipe(first, *mailgate(rt, tmp_path, "--timeout", "1")).returncode == 75
+    rt.answer = lambda request: OK
+    again = b"From alice@example.org  Wed Dec  2 07:05:06 2026\n" + raw
+    assert pipe(again, *mailgate(rt, tmp_path)).returncode == 0
+    assert len(rt.requests) == 1
+    [about] = (tmp_path / "spool" / "rt-mailgate").glob("*.json")
+    assert json.loads(about.read_text())["result"] == "quarantined"
+
+
 @pytest.mark.timeout(600)
 def test_fifty_concurrent_deliveries_submit_each_message_once(rt: RecordingServer,
                                                               tmp_path: Path) -> None:
