@@ -110,6 +110,23 @@ def test_extension_without_the_option_only_adds_the_header(rt: RecordingServer,
     assert request.field("message").startswith(b"X-RT-Mail-Extension: x\n")
 
 
+def test_alias_lines_rt_mailgate_takes_are_taken(rt: RecordingServer, tmp_path: Path) -> None:
+    """--extension in any case and --jar FILE (ignored) deliver, as rt-mailgate takes them."""
+    done = pipe(make(), *mailgate(rt, tmp_path, "--extension", "Queue", "--jar",
+                                  str(tmp_path / "jar")), extension="Billing")
+    assert done.returncode == 0, done.stderr
+    [request] = rt.requests
+    assert request.field("queue") == b"Billing"
+    assert not (tmp_path / "jar").exists()
+
+
+@pytest.mark.parametrize("mode", ["deliver", "rt-mailgate", "rdm-mailhandler"])
+def test_help_in_an_alias_line_bounces_the_mail(mode: str) -> None:
+    """--help prints the help and exits 64, as the tools exit 1: never 0, the mail is lost."""
+    done = pipe(make(), mode, "--help")
+    assert done.returncode == 64 and b"usage:" in done.stdout, done
+
+
 def test_auto_reply_is_held_unless_loop_checks_are_off(rt: RecordingServer,
                                                        tmp_path: Path) -> None:
     """An auto-reply is spooled as held, nothing posted; --no-loop-checks posts it."""
