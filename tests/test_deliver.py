@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -125,6 +126,47 @@ def test_help_in_an_alias_line_bounces_the_mail(mode: str) -> None:
     """--help prints the help and exits 64, as the tools exit 1: never 0, the mail is lost."""
     done = pipe(make(), mode, "--help")
     assert done.returncode == 64 and b"usage:" in done.stdout, done
+
+
+RT_MAILGATE = Path("/usr/bin/rt-mailgate")
+RDM_MAILHANDLER = Path("/usr/share/redmine/extra/mail_handler/rdm-mailhandler.rb")
+
+
+def _rt_mailgate_options() -> set[str]:
+    """The options of Debian's rt-mailgate, from its GetOptions call."""
+    spec = re.search(r"GetOptions\(\s*\$opts,(.*?)\);", RT_MAILGATE.read_text(), re.S)
+    assert spec is not None
+    options = set()
+    for name, negatable in re.findall(r'"([\w-]+)(?:=\w)?(!?)"', spec[1]):
+        options |= {f"--{name}", f"--no-{name}"} if negatable else {f"--{name}"}
+    return options
+
+
+def _rdm_mailhandler_options() -> set[str]:
+    """The options of Redmine's rdm-mailhandler.rb, from its opts.on calls."""
+    calls = re.findall(r"opts\.on\((.*?)\)\s*\{", RDM_MAILHANDLER.read_text(), re.S)
+    return {flag for call in calls for flag in re.findall(r'"(--?[\w-]+)', call)}
+
+
+def _table(first_column: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"| {first_column} | imap-ingest {first_column} |")
+    return readme[start:readme.index("\n\n", start)]
+
+
+@pytest.mark.parametrize(("tool", "path", "options"), [
+    ("rt-mailgate", RT_MAILGATE, _rt_mailgate_options),
+    ("rdm-mailhandler", RDM_MAILHANDLER, _rdm_mailhandler_options)])
+def test_the_readme_tables_name_every_option_of_the_installed_tools(
+        tool: str, path: Path, options: Callable[[], set[str]]) -> None:
+    """README's compatibility tables name each option of Debian's rt-mailgate, rdm-mailhandler."""
+    if not path.exists():
+        pytest.skip(f"{path} is not installed")
+    found = options()
+    assert len(found) > 8, found  # the parse found the options, not nothing
+    named = {token for span in re.findall(r"`([^`]*)`", _table(tool))
+             for token in re.split(r"[\s/,]+", span) if token.startswith("-")}
+    assert sorted(found - named) == []
 
 
 def test_auto_reply_is_held_unless_loop_checks_are_off(rt: RecordingServer,
