@@ -19,6 +19,8 @@ from email.utils import getaddresses
 
 # Mail is hostile input: rules look at no more header than this, and search no more body.
 MAX_HEADER_BYTES = 256 * 1024
+# Where the recipient is named: the MTA's envelope headers first, then what the sender wrote.
+RECIPIENT_HEADERS = ("Delivered-To", "X-Original-To", "To", "Cc")
 MAX_BODY_PARSED = 4 * 1024 * 1024
 MAX_BODY_TEXT = 1024 * 1024
 # MIME nesting opened at most this deep, as Postfix's mime_nesting_limit.
@@ -120,10 +122,10 @@ class Message:
         return _decode_field(name, value) if value is not None else None
 
     def addresses(self, name: str) -> list[tuple[str, str]]:
-        """(display name, address) of every address in the first header ``name``, parsed
-        from the raw value: an encoded word is a name, never an address."""
+        """(display name, address) of every address in every header ``name``, parsed from
+        the raw value: an encoded word is a name, never an address."""
         return [(_decode_words(display), address)
-                for display, address in getaddresses([self.header(name) or ""]) if address]
+                for display, address in self.every_address(name) if address]
 
     def fields(self) -> Iterator[tuple[str, str]]:
         """Every header field in order, as (name, decoded value)."""
