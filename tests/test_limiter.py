@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from signal import SIGKILL
 import threading
 import time
 from pathlib import Path
+from signal import SIGKILL
 
 import pytest
 from hypothesis import given
