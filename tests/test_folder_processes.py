@@ -18,6 +18,7 @@ from imap_ingest.message import Message
 
 from .support.dovecot import ImapAccount
 from .support.ingest_env import ROOT, backlog, command, write_config
+from .support.mail import make
 from .support.redmine_server import FakeRedmine, Request
 
 FOLDERS = ["INBOX", "F1", "F2", "F3"]
@@ -215,3 +216,29 @@ def test_a_run_on_a_terminal_stays_in_one_process(
     assert run.returncode == 0, run.stderr
     assert not _WORKER.search(run.stderr)
     assert _ids(redmine.emails) == _ids(raws)
+
+
+def test_a_copy_another_process_is_posting_waits_for_its_answer(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """One message in two folders worked at once, its first POST slow: the other copy
+    waits for the answer and is a duplicate, not in doubt."""
+    raw = make()
+    imap.append("INBOX", raw)
+    imap.append("Copy", raw)
+    first = threading.Event()
+
+    def slow_first(request: Request) -> tuple[int, bytes, float]:
+        delay = 0.0 if first.is_set() else 1.0
+        first.set()
+        return 201, b"", delay
+
+    redmine.answer = slow_first
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url, workers=2,
+                        folders=[{"name": "INBOX"}, {"name": "Copy"}])
+    run = subprocess.run(command("run", "--once", "-c", str(path)), cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stderr
+    assert len(set(dict(_WORKER.findall(run.stderr)).values())) == 2
+    assert redmine.emails == [raw]
+    assert re.search(r"duplicate: already submitted as test/(INBOX|Copy) uid 1", run.stderr)
+    assert imap.messages("INBOX") == imap.messages("Copy") == imap.messages("Quarantine") == {}
