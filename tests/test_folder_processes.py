@@ -71,8 +71,7 @@ class _Hold:
 
 def test_a_worker_killed_mid_run_fails_its_folder_only_and_loses_nothing(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
-    """SIGKILL of the worker posting F1's mail: the other folders finish; the next run
-    delivers the rest; no message is lost or posted twice."""
+    """A worker killed mid-POST fails its folder only; the next run loses and doubles none."""
     raws = _fill(imap, 4)
     hold = _Hold((Message(raws[5]).message_id or "").encode())  # F1's second
     redmine.answer = hold.answer
@@ -220,8 +219,7 @@ def test_a_run_on_a_terminal_stays_in_one_process(
 
 def test_a_copy_another_process_is_posting_waits_for_its_answer(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
-    """One message in two folders worked at once, its first POST slow: the other copy
-    waits for the answer and is a duplicate, not in doubt."""
+    """A copy whose twin another process is posting waits: a duplicate, not in doubt."""
     raw = make()
     imap.append("INBOX", raw)
     imap.append("Copy", raw)
