@@ -216,8 +216,7 @@ def test_exit_codes_are_those_of_the_in_process_path(server: Server, rt: Recordi
 
 def test_a_dripping_tracker_ends_at_the_timeout_through_the_server(server: Server,
                                                                    tmp_path: Path) -> None:
-    """A tracker dripping its answer: the child's HTTP deadline ends it before --timeout, and
-    the post in doubt is quarantined in the spool (exit 0), as in-process."""
+    """A dripping tracker: the child's HTTP deadline ends it before --timeout; in doubt: spooled."""
     dripping = HostileHttp(drip(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", 0.2))
     try:
         started = time.monotonic()
@@ -333,8 +332,7 @@ def test_the_socket_is_private(server: Server) -> None:
 def test_a_server_killed_mid_delivery_means_75_then_one_ticket(server: Server,
                                                                rt: RecordingServer,
                                                                place: Path) -> None:
-    """Server and child killed mid-post: the client exits 75; the MTA's retry (in-process,
-    the socket now stale) finds the post in doubt and spools it: nothing posted twice."""
+    """Server and child killed mid-post: 75; the retry (in-process) spools it in doubt, no repost."""
     rt.answer = lambda request: (200, b"ok\n", 30)
     raw = make(subject="killed")
     with ThreadPoolExecutor(1) as pool:
