@@ -149,6 +149,7 @@ def _accept(listener: socket.socket, keep_out: tuple[int, ...]) -> int:
             os.close(fd)
         _child(connection)
     connection.close()
+    log.debug("deliver-server: child %d delivers for a connection", pid)
     return pid
 
 
