@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from imap_ingest import errors, handoff
+from imap_ingest.config import load
 from imap_ingest.handoff import HEADER_LIMIT, Request, decode, encode, length, wait_seconds
 from tests.support.hostile_http import HostileHttp, drip
 from tests.support.ingest_env import ROOT, command
@@ -130,6 +131,14 @@ def test_the_client_waits_as_long_as_the_command_may(argv: list[str], seconds: f
 def test_the_clients_tempfail_is_the_commands() -> None:
     """handoff's copy of EX_TEMPFAIL (errors.py imports logging) is errors.EX_TEMPFAIL."""
     assert handoff.EX_TEMPFAIL == errors.EX_TEMPFAIL
+
+
+def test_the_socket_variable_is_no_config_key(tmp_path: Path) -> None:
+    """$IMAP_INGEST_DELIVER_SOCKET, in the config overrides' namespace, is not read as a key."""
+    config = tmp_path / "c.yaml"
+    config.write_text("targets:\n  rt: {type: rt, url: 'http://127.0.0.1:1'}\nroutes: {r: {}}\n")
+    assert load(config, {handoff.SOCKET_VARIABLE: "/x", "IMAP_INGEST_STATE_DIR": str(tmp_path)}
+                ).state_dir == tmp_path
 
 
 _PRELOADED = """\
@@ -332,7 +341,7 @@ def test_the_socket_is_private(server: Server) -> None:
 def test_a_server_killed_mid_delivery_means_75_then_one_ticket(server: Server,
                                                                rt: RecordingServer,
                                                                place: Path) -> None:
-    """Server and child killed mid-post: 75; the retry (in-process) spools it in doubt, no repost."""
+    """Server and child killed mid-post: 75; the retry (in-process) spools it in doubt."""
     rt.answer = lambda request: (200, b"ok\n", 30)
     raw = make(subject="killed")
     with ThreadPoolExecutor(1) as pool:
@@ -350,6 +359,26 @@ def test_a_server_killed_mid_delivery_means_75_then_one_ticket(server: Server,
     assert len(rt.requests) == 1
     [about] = (place / "state" / "spool" / "rt-mailgate").glob("*.json")
     assert json.loads(about.read_text())["result"] == "quarantined"
+
+
+def test_a_killed_server_leaves_its_child_and_no_listener(server: Server, rt: RecordingServer,
+                                                          place: Path) -> None:
+    """The server alone killed: the delivery in hand ends 0; the next client delivers itself."""
+    rt.answer = lambda request: (200, b"ok\n", 3)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(client, make(subject="in hand"), *mailgate(rt, place / "state"),
+                              sock=server.socket)
+        while not rt.requests:
+            time.sleep(0.05)
+        server.process.kill()
+        server.process.wait()
+        rt.answer = lambda request: OK
+        started = time.monotonic()
+        after = client(make(subject="after"), *mailgate(rt, place / "state", "--timeout", "60"),
+                       sock=server.socket)
+        assert after.returncode == 0 and time.monotonic() - started < 30  # not the timeout
+        assert pending.result().returncode == 0
+    assert len(rt.requests) == 2
 
 
 def test_sigterm_finishes_the_delivery_in_hand(server: Server, rt: RecordingServer,
