@@ -175,7 +175,8 @@ def _child(connection: socket.socket) -> NoReturn:
         code = _exit_code(compat.run, request.argv)
         sys.stdout.flush()
         sys.stderr.flush()
-        connection.sendall(bytes([code & 0xFF]))
+        with contextlib.suppress(OSError):  # the client is gone (the MTA killed it)
+            connection.sendall(bytes([code & 0xFF]))
     except BaseException:  # whatever it was, the client sees EOF
         traceback.print_exc()
         sys.stderr.flush()

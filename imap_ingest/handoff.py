@@ -106,8 +106,10 @@ def hand_over(argv: Sequence[str]) -> int | None:
     """Deliver through the server: the exit code, or None when there is no server of ours
     to hand over to (the caller then delivers in-process)."""
     try:
+        for fd in (0, 1, 2):  # each open, else the socket would take its number
+            os.fstat(fd)
         frame = encode(Request(list(argv), dict(os.environ), os.getcwd()))
-    except (OSError, ValueError):  # the cwd is gone, or the environment is huge
+    except (OSError, ValueError):  # a closed fd, the cwd gone, or a huge environment
         return None
     connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
@@ -121,6 +123,9 @@ def hand_over(argv: Sequence[str]) -> int | None:
         try:
             sent = connection.sendmsg([frame], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
                                                  array.array("i", (0, 1, 2)))])
+        except OSError:  # nothing went: deliver it here
+            return None
+        try:
             while sent < len(frame):
                 sent += connection.send(frame[sent:])
             code = connection.recv(1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -41,7 +42,8 @@ class Server:
         self.log = path.parent.parent / "server.log"
         self._log = self.log.open("wb")
         self.process = subprocess.Popen(
-            command("deliver-server", "--socket", str(path)), cwd=ROOT, stderr=self._log,
+            command("deliver-server", "--socket", str(path), "--debug"), cwd=ROOT,
+            stderr=self._log,
             env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
         deadline = time.monotonic() + 60
         while b"listening on" not in self.log.read_bytes():
@@ -186,6 +188,7 @@ def test_a_handed_over_delivery_imports_nothing_heavy(server: Server, rt: Record
                               handoff.SOCKET_VARIABLE: str(server.socket)})
     assert done.returncode == 0, done.stderr
     assert len(rt.requests) == 1 and b"submitted" in done.stderr
+    assert "delivers for a connection" in server.log.read_text()
     loaded = set(json.loads(out.read_text()))
     heavy = ("pydantic", "requests", "urllib3", "argparse", "logging", "sqlite3", "yaml",
              "imap_ingest.config", "imap_ingest.logs", "imap_ingest.errors",
@@ -221,6 +224,21 @@ def test_exit_codes_are_those_of_the_in_process_path(server: Server, rt: Recordi
         rt.answer = lambda request: OK
     assert len(rt.requests) == 4  # delivered and refused, each both ways
     assert b"refused a client" not in server.log.read_bytes()
+
+
+def test_a_client_with_a_closed_fd_delivers_itself(server: Server, rt: RecordingServer,
+                                                   place: Path) -> None:
+    """stdout closed (no fd 1 to pass, its number free for the socket): delivered in-process."""
+    out = place / "modules.json"
+    argv = shlex.join([sys.executable, "-c", _MODULES_AFTER, str(out),
+                       *mailgate(rt, place / "state")])
+    done = subprocess.run(["sh", "-c", f"exec {argv} >&-"], input=make(), cwd=ROOT,
+                          stderr=subprocess.PIPE, timeout=60, env={
+                              **os.environ, "PYTHONPATH": str(ROOT),
+                              handoff.SOCKET_VARIABLE: str(server.socket)})
+    assert done.returncode == 0, done.stderr
+    assert len(rt.requests) == 1
+    assert "pydantic" in json.loads(out.read_text())  # built its config itself
 
 
 def test_a_dripping_tracker_ends_at_the_timeout_through_the_server(server: Server,
