@@ -429,8 +429,8 @@ def _parser() -> argparse.ArgumentParser:
                     "and fork a child for each delivery the MTA's commands hand over: they "
                     "then cost about a bare Python start-up. Only clients of this process's "
                     "uid are served; without a server the commands deliver by themselves, "
-                    "only slower. Runs in the foreground, logs to stderr; SIGTERM or Ctrl-C "
-                    "stop it (the deliveries in hand finish first).",
+                    "only slower. Runs in the foreground, logs to stderr; SIGTERM stops it "
+                    "(the deliveries in hand finish first).",
         epilog="example:\n  imap-ingest deliver-server    # as the user the MTA's pipe runs as"
                "\n\nexits 73 when another server listens on the socket.")
     server.add_argument("--socket", default=handoff.socket_path(os.environ), metavar="PATH",

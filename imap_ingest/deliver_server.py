@@ -95,8 +95,9 @@ def serve(path: Path) -> int:
             readable, _, _ = select.select(ready, [], [])
             if wake_read in readable:
                 os.read(wake_read, 512)
-            if listening in readable:
-                children.add(_accept(listener, (wake_read, wake_write)))
+            if listening in readable and (
+                    pid := _accept(listener, (wake_read, wake_write))) is not None:
+                children.add(pid)
     finally:
         listener.close()
         path.unlink(missing_ok=True)
@@ -136,19 +137,28 @@ def _listen(path: Path) -> socket.socket:
     return listener
 
 
-def _accept(listener: socket.socket, keep_out: tuple[int, ...]) -> int:
-    """Fork a child for the next connection; its pid."""
-    connection, _ = listener.accept()
-    if threading.active_count() != 1:  # a thread would be copied mid-way, its locks held
-        raise RuntimeError("deliver-server has threads: forking is unsafe")
-    pid = os.fork()
-    if pid == 0:
-        signal.set_wakeup_fd(-1)  # before its fd is closed (and its number reused)
-        listener.close()  # else a dead server's clients would queue on the child's copy
-        for fd in keep_out:
-            os.close(fd)
-        _child(connection)
-    connection.close()
+def _accept(listener: socket.socket, keep_out: tuple[int, ...]) -> int | None:
+    """Fork a child for the next connection; its pid, None when there was none to serve
+    (the client gave up, or no fd or process was to be had: its client sees EOF, 75)."""
+    try:
+        connection, _ = listener.accept()
+    except OSError as exc:  # ECONNABORTED, EMFILE: the next connection may do
+        log.warning("deliver-server: cannot accept a connection: %s", exc.strerror)
+        return None
+    with connection:
+        if threading.active_count() != 1:  # a thread would be copied mid-way, locks held
+            raise RuntimeError("deliver-server has threads: forking is unsafe")
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            log.warning("deliver-server: cannot fork a child: %s", exc.strerror)
+            return None
+        if pid == 0:
+            signal.set_wakeup_fd(-1)  # before its fd is closed (and its number reused)
+            listener.close()  # else a dead server's clients would queue on the child's copy
+            for fd in keep_out:
+                os.close(fd)
+            _child(connection)
     log.debug("deliver-server: child %d delivers for a connection", pid)
     return pid
 

@@ -26,7 +26,7 @@ from imap_ingest.handoff import HEADER_LIMIT, Request, decode, encode, length, w
 from tests.support.hostile_http import HostileHttp, drip
 from tests.support.ingest_env import ROOT, command
 from tests.support.mail import make
-from tests.support.redmine_server import RecordingServer
+from tests.support.redmine_server import Answer, RecordingServer
 
 from .test_deliver import _MODULES_AFTER, NOT_OK, OK, mailgate, messages
 
@@ -37,12 +37,14 @@ class Server:
     """`imap-ingest deliver-server` on ``socket``, in a session (and process group) of its
     own; its stderr in ``log``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, in_flight: int | None = None) -> None:
         self.socket = path
         self.log = path.parent.parent / "server.log"
         self._log = self.log.open("wb")
+        args = ["deliver-server", "--socket", str(path), "--debug"]
         self.process = subprocess.Popen(
-            command("deliver-server", "--socket", str(path), "--debug"), cwd=ROOT,
+            command(*args) if in_flight is None else [sys.executable, "-c", _BOUNDED,
+                                                      str(in_flight), *args], cwd=ROOT,
             stderr=self._log,
             env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
         deadline = time.monotonic() + 60
@@ -57,6 +59,14 @@ class Server:
         code = self.process.wait(30)
         self._log.close()
         return code
+
+
+_BOUNDED = """\
+import sys
+from imap_ingest import compat, deliver_server
+deliver_server.IN_FLIGHT = int(sys.argv[1])
+sys.exit(compat.run(sys.argv[2:]))
+"""
 
 
 @pytest.fixture
@@ -412,6 +422,29 @@ def test_sigterm_finishes_the_delivery_in_hand(server: Server, rt: RecordingServ
         assert server.process.wait(30) == 0
         assert not server.socket.exists()
         assert pending.result().returncode == 0
+
+
+def test_children_in_flight_are_bounded(rt: RecordingServer, place: Path) -> None:
+    """With room for 2 children, a third connection is served once one of them has exited."""
+    arrived: list[float] = []
+
+    def slow(request: object) -> Answer:
+        arrived.append(time.monotonic())
+        return 200, b"ok\n", 3
+
+    rt.answer = slow
+    server = Server(place / "run" / "deliver.sock", in_flight=2)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            codes = list(pool.map(lambda i: client(
+                make(subject=f"bounded {i}"), *mailgate(rt, place / "state"),
+                sock=server.socket).returncode, range(3)))
+    finally:
+        server.stop()
+    assert codes == [0, 0, 0]
+    first, second, third = sorted(arrived)
+    assert second - first < 2.5 <= third - first
+    assert server.log.read_text().count("delivers for a connection") == 3
 
 
 @pytest.mark.timeout(300)
