@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -328,6 +329,32 @@ def _as_nobody(work: Callable[[], str]) -> str:
         got = out.read().decode()
     os.waitpid(pid, 0)
     return got
+
+
+def test_the_client_waits_no_longer_than_its_timeout(rt: RecordingServer, place: Path) -> None:
+    """A server that takes the message and never answers: 75 at --timeout + GRACE seconds."""
+    path = place / "silent.sock"
+    held: list[socket.socket] = []
+
+    def take() -> None:  # the fds closed (else the client's pipes stay open), no answer
+        connection, _ = silent.accept()
+        held.append(connection)
+        for fd in socket.recv_fds(connection, 1 << 17, 3)[1]:
+            os.close(fd)
+
+    with socket.socket(socket.AF_UNIX) as silent:
+        silent.bind(str(path))
+        silent.listen()
+        taker = threading.Thread(target=take)
+        taker.start()
+        started = time.monotonic()
+        done = client(make(), *mailgate(rt, place / "state", "--timeout", "1"), sock=path)
+        elapsed = time.monotonic() - started
+        taker.join()
+    held[0].close()
+    assert done.returncode == 75
+    assert 1 + handoff.GRACE <= elapsed < 1 + handoff.GRACE + 10
+    assert rt.requests == []  # handed over (to no one), not delivered in-process
 
 
 def test_a_stale_socket_means_in_process(rt: RecordingServer, place: Path) -> None:
