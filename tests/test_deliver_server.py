@@ -291,14 +291,12 @@ def test_the_server_serves_only_its_own_uid(server: Server, rt: RecordingServer,
     assert rt.requests == []
 
 
-def test_the_client_hands_over_only_to_its_own_uid(server: Server) -> None:
+def test_the_client_hands_over_only_to_its_own_uid(server: Server,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A client of another uid delivers in-process rather than give a root server its fds."""
     _open_to_all(server.socket)
-    os.environ[handoff.SOCKET_VARIABLE] = str(server.socket)
-    try:
-        got = _as_nobody(lambda: repr(handoff.hand_over(["rt-mailgate", "--url", "http://x"])))
-    finally:
-        del os.environ[handoff.SOCKET_VARIABLE]
+    monkeypatch.setenv(handoff.SOCKET_VARIABLE, str(server.socket))
+    got = _as_nobody(lambda: repr(handoff.hand_over(["rt-mailgate", "--url", "http://x"])))
     assert got == "None"  # without its own check: 75, from the server's refusal
 
 
