@@ -175,7 +175,11 @@ def _child(connection: socket.socket) -> NoReturn:
                         "it delivers in-process with its own rights)", uid, os.geteuid())
             os._exit(code)
         connection.settimeout(HEADER_WAIT)
-        request = _receive(connection)
+        try:
+            request = _receive(connection)
+        except (OSError, ValueError) as exc:  # too slow, too big, malformed; or its cwd
+            log.warning("deliver-server: a client's hand-off failed: %s", exc)
+            os._exit(code)
         if request.argv[:1] not in ([command] for command in COMMANDS):
             log.warning("deliver-server: refused a client's command %r", request.argv[:1])
             os._exit(code)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from imap_ingest import errors, handoff
+from imap_ingest import deliver_server, errors, handoff
 from imap_ingest.config import load
 from imap_ingest.handoff import HEADER_LIMIT, Request, decode, encode, length, wait_seconds
 from tests.support.hostile_http import HostileHttp, drip
@@ -327,6 +327,36 @@ def _as_nobody(work: Callable[[], str]) -> str:
         got = out.read().decode()
     os.waitpid(pid, 0)
     return got
+
+
+def test_a_client_that_sends_nothing_is_dropped(server: Server) -> None:
+    """A connection without a header is closed after HEADER_WAIT seconds, its child gone."""
+    with socket.socket(socket.AF_UNIX) as connection:
+        connection.connect(str(server.socket))
+        connection.settimeout(deliver_server.HEADER_WAIT + 20)
+        started = time.monotonic()
+        assert connection.recv(1) == b""
+        assert time.monotonic() - started >= deliver_server.HEADER_WAIT - 1
+    assert "a client's hand-off failed: timed out" in server.log.read_text()
+
+
+@pytest.mark.parametrize(("frame", "said"), [
+    ((HEADER_LIMIT + 1).to_bytes(4, "big"), "announced, over"),
+    (b"\0\0\0\2[]", "not an object"),
+    (b"\0\0\0\xff{", "closed mid-header")], ids=["too-big", "malformed", "cut"])
+def test_a_bad_header_is_refused_by_the_server(server: Server, frame: bytes,
+                                               said: str) -> None:
+    """A header over the bound, malformed or cut short: EOF, logged, nothing run."""
+    with socket.socket(socket.AF_UNIX) as connection:
+        connection.connect(str(server.socket))
+        read, write = os.pipe()
+        socket.send_fds(connection, [frame], [read, write, write])
+        connection.shutdown(socket.SHUT_WR)
+        os.close(read)
+        os.close(write)
+        assert connection.recv(1) == b""
+    time.sleep(0.3)
+    assert said in server.log.read_text()
 
 
 def test_the_client_waits_no_longer_than_its_timeout(rt: RecordingServer, place: Path) -> None:
