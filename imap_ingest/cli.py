@@ -19,8 +19,7 @@ from .explain import explain
 from .from_fetchmail import convert as from_fetchmail
 from .from_rake import convert
 from .ledger import open_ledger
-from .mailbox import Mailbox
-from .retry import retry, retry_maildrop
+from .retry import retry_account
 from .service import Service, serve
 from .status import history, status
 
@@ -170,13 +169,8 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
         return EX_USAGE
     ledger = open_ledger(config)
     try:
-        if not candidates[0].has_folders:  # nothing to move: the ledger holds the state
-            for line in retry_maildrop(ledger, candidates[0]):
-                print(line)
-        else:
-            with Mailbox(candidates[0]) as mailbox:
-                for line in retry(mailbox, ledger, candidates[0], args.folder):
-                    print(line)
+        for line in retry_account(ledger, candidates[0], args.folder):
+            print(line)
     finally:
         ledger.close()
     return EX_OK

@@ -37,11 +37,28 @@ def add_commands(commands: Any, config_default: str) -> None:
     import argparse
     from pathlib import Path
 
+    from .errors import EX_USAGE
+
+    class _Help(argparse.Action):
+        """-h/--help: the help, then 64, as rt-mailgate and rdm-mailhandler exit 1: in an
+        alias line by mistake, it makes the MTA bounce the mail, where 0 would lose it."""
+
+        def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+            super().__init__(option_strings, argparse.SUPPRESS, nargs=0,
+                             default=argparse.SUPPRESS,
+                             help="show this help and exit 64 (an MTA bounces the mail)")
+
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                     values: object, option_string: str | None = None) -> None:
+            parser.print_help()
+            parser.exit(EX_USAGE)
+
     def sub(name: str, help: str, description: str, epilog: str,
             run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = commands.add_parser(
-            name, help=help, description=description, epilog=epilog,
+            name, help=help, description=description, epilog=epilog, add_help=False,
             formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("-h", "--help", action=_Help)
         parser.set_defaults(command=run, standalone=True, log_format="text")
         parser.add_argument("--log-format", choices=("text", "json"), default="text",
                             help="log lines to stderr as text (default) or JSON")
@@ -68,7 +85,7 @@ def add_commands(commands: Any, config_default: str) -> None:
     rt.add_argument("--action", default="correspond",
                     help="correspond, comment, take or resolve, chained with - (default "
                          "correspond)")
-    rt.add_argument("--extension", choices=("queue", "action", "ticket"),
+    rt.add_argument("--extension", choices=("queue", "action", "ticket"), type=str.lower,
                     help="$EXTENSION (the MTA's +ext) gives this field")
     rt.add_argument("--timeout", type=float, default=RT_TIMEOUT, metavar="S",
                     help="seconds before giving up with 75 (default 180)")
@@ -78,6 +95,8 @@ def add_commands(commands: Any, config_default: str) -> None:
                      help="do not verify RT's certificate")
     tls.add_argument("--verify-ssl", action="store_true", help="verify it (the default)")
     rt.add_argument("--debug", action="store_true", help="log the HTTP exchange")
+    # Taken so that an alias line with it still delivers: RT's gateway keeps no session.
+    rt.add_argument("--jar", metavar="FILE", help="ignored (RT's mail gateway needs no cookies)")
     _ours(rt, "rt-mailgate")
 
     rdm = sub("rdm-mailhandler", "a drop-in for rdm-mailhandler: same flags, plus rules "
@@ -131,7 +150,8 @@ _EXITS = """\
 exit codes (sysexits.h), as an MTA reads them:
   0   delivered, or kept in the spool (refused for good, held, skipped: see status)
   75  not now (tracker down, timeout, ledger busy): the MTA keeps it and tries again
-  67  no such route            78  the config file is invalid            64  usage
+  67  no such route            78  the config file is invalid
+  2   a bad or missing flag (argparse's usage error): the MTA bounces the mail
 """
 
 
