@@ -209,7 +209,7 @@ def test_a_handed_over_delivery_imports_nothing_heavy(server: Server, rt: Record
 
 def test_exit_codes_are_those_of_the_in_process_path(server: Server, rt: RecordingServer,
                                                      place: Path) -> None:
-    """0, 75, 67, 78 and argparse's 2: the same through the server as in-process, same posts."""
+    """0, 75, 67, 78, 2 (usage) and 64 (--help): the same through the server as in-process."""
     down = RecordingServer()
     closed = down.url
     down.close()
@@ -225,7 +225,8 @@ def test_exit_codes_are_those_of_the_in_process_path(server: Server, rt: Recordi
                                   str(place / run)]),
         "no route": (67, lambda run: ["deliver", "-c", str(config), "--route", "nope"]),
         "bad config": (78, lambda run: ["deliver", "-c", str(bad), "--route", "bugs"]),
-        "usage": (2, lambda run: ["rt-mailgate", "--queue", "q"])}
+        "usage": (2, lambda run: ["rt-mailgate", "--queue", "q"]),
+        "help": (64, lambda run: ["rdm-mailhandler", "--help"])}
     for name, (expected, argv) in cases.items():
         if name == "refused, spooled":
             rt.answer = lambda request: NOT_OK
