@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from imap_ingest.handoff import SOCKET_VARIABLE
 from imap_ingest.message import Message
 
 from ..support.ingest_env import ROOT, command
 from ..support.mail import make
-from ..support.postfix import DOMAIN, Postfix, postfix
+from ..support.postfix import DOMAIN, USER, Postfix, postfix
 from ..support.relay import Mode, Relay, closed_ports
 from .redmine import MAIL_KEY, RealRedmine
 from .rt import RTNAME, RealRT
@@ -286,3 +289,47 @@ def test_resubmit_in_doubt_leaves_it_to_postfix_then_files_it(
     assert relay.accepted == 2
     _in_rt_once(real_rt, raw, "Lost in transit")
     assert list((mta.state / "doubt").glob("spool/*/*.eml")) == []
+
+
+@pytest.fixture(scope="module")
+def fast_mta(rt_server: RealRT) -> Iterator[tuple[Postfix, Path]]:
+    """A Postfix whose pipes find a deliver-server running as their user: (it, its log)."""
+    rt_server.start()
+    top = Path(tempfile.mkdtemp(prefix="ds-"))
+    top.chmod(0o755)
+    run = top / "run"
+    run.mkdir(mode=0o700)
+    user = pwd.getpwnam(USER)
+    os.chown(run, user.pw_uid, user.pw_gid)
+    socket = run / "deliver.sock"
+    aliases = {"fast": f"rt-mailgate --url {rt_server.url} --queue Support --action "
+                       "correspond --state-dir {state}/fast"}
+    log = top / "server.log"
+    try:
+        with postfix(aliases, {SOCKET_VARIABLE: str(socket)}) as instance, \
+                log.open("wb") as err:
+            server = subprocess.Popen([str(instance.program), "deliver-server", "--socket",
+                                       str(socket), "--debug"], stderr=err, cwd="/",
+                                      user=user.pw_uid, group=user.pw_gid, extra_groups=[])
+            try:
+                deadline = time.monotonic() + 60
+                while b"listening on" not in log.read_bytes():
+                    assert server.poll() is None and time.monotonic() < deadline, \
+                        log.read_text()
+                    time.sleep(0.1)
+                yield instance, log
+            finally:
+                server.terminate()
+                server.wait(30)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_an_alias_through_the_deliver_server(real_rt: RealRT,
+                                             fast_mta: tuple[Postfix, Path]) -> None:
+    """fast@ pipes into rt-mailgate, which hands the message to the server: one RT ticket."""
+    mta, log = fast_mta
+    mta.send(make(subject="Handed over", sender=ALICE), "fast")
+    mta.wait_for(r"to=<fast@.*status=sent")
+    assert [(t.subject, t.queue) for t in real_rt.tickets()] == [("Handed over", "Support")]
+    assert "delivers for a connection" in log.read_text()
