@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import os
 import random
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -97,6 +98,7 @@ class Ticket:
     entered: int  # how many requests had entered when this one did
     crowded: bool  # another request to the target was in flight when it began
     saturated: bool
+    elsewhere: Callable[[], bool] | None = None  # the same, in the run's other processes
 
 
 class Pace:
@@ -139,8 +141,9 @@ class Pace:
             if shared is None:
                 yield ticket
             else:
-                with shared.slot():
+                with shared.slot() as elsewhere:
                     ticket.started = self._clock()  # not the wait for the other processes
+                    ticket.elsewhere = elsewhere
                     yield ticket
         finally:
             with self._ready:
@@ -148,12 +151,11 @@ class Pace:
                 self._ready.notify_all()
 
     def crowded(self, ticket: Ticket) -> bool:
-        """Whether another request to the target was in flight at any time during this one;
-        always, beside other processes: theirs cannot be seen, so a refusal is taken back
-        alone before it is believed."""
+        """Whether another request to the target was in flight at any time during this one
+        (in any of the run's processes); ask before the slot is let go."""
         with self._ready:
-            return (self.shared is not None or ticket.crowded
-                    or self._entered != ticket.entered + 1)
+            here = ticket.crowded or self._entered != ticket.entered + 1
+        return here or (ticket.elsewhere is not None and ticket.elsewhere())
 
     def elapsed(self, ticket: Ticket) -> float:
         """Seconds since the request took its slot."""
@@ -200,13 +202,15 @@ class Slots:
         # holds would only convert that lock, never wait for it.
         self._gate, self._gate_alone = _open(directory / f"{name}.gate"), \
             _open(directory / f"{name}.gate")
+        self._counts = _open(directory / f"{name}.counts")
         self._lock = threading.Lock()
         self._used: set[int] = set()  # by this process's threads (a flock is per description)
 
     @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
+    def slot(self) -> Iterator[Callable[[], bool]]:
         """Hold one slot; the caller's Pace keeps this process within ``most``, so one of
-        the files is always free here."""
+        the files is always free here. Yields whether another request (of any process) was
+        in flight at any time since it was taken."""
         fcntl.flock(self._gate, fcntl.LOCK_SH)
         try:
             with self._lock:
@@ -222,7 +226,11 @@ class Slots:
             if not taken:  # all busy in other processes: wait for one, out of the gate
                 fcntl.flock(self._files[index], fcntl.LOCK_EX)
             try:
-                yield
+                active, entered = self._count(1)
+                try:
+                    yield lambda: active > 0 or self._count(0)[1] != entered + 1
+                finally:
+                    self._count(-1)
             finally:
                 fcntl.flock(self._files[index], fcntl.LOCK_UN)
         finally:
@@ -245,9 +253,32 @@ class Slots:
         finally:
             fcntl.flock(self._gate_alone, fcntl.LOCK_UN)
 
+    def _count(self, change: int) -> tuple[int, int]:
+        """Requests in flight and requests ever entered, in all processes, before adding
+        ``change`` to the first (and counting an entry when it is 1). A process killed
+        mid-request leaves one in flight for good: every later one then counts as crowded,
+        which only costs a refusal its retry alone."""
+        with self._lock:  # the flock alone does not keep this process's threads apart
+            return self._counted(change)
+
+    def _counted(self, change: int) -> tuple[int, int]:
+        fcntl.flock(self._counts, fcntl.LOCK_EX)
+        try:
+            active, entered = _COUNTS.unpack(os.pread(self._counts, _COUNTS.size, 0)
+                                             .ljust(_COUNTS.size, b"\0"))
+            if change:
+                os.pwrite(self._counts, _COUNTS.pack(active + change,
+                                                     entered + (change > 0)), 0)
+            return active, entered
+        finally:
+            fcntl.flock(self._counts, fcntl.LOCK_UN)
+
     def close(self) -> None:
-        for fd in (*self._files, self._gate, self._gate_alone):
+        for fd in (*self._files, self._gate, self._gate_alone, self._counts):
             os.close(fd)
+
+
+_COUNTS = struct.Struct("=qq")  # in flight, entered
 
 
 def _open(path: Path) -> int:

@@ -245,3 +245,17 @@ def test_a_killed_process_lets_go_of_its_slots(tmp_path: Path) -> None:
 
     threading.Thread(target=alone, daemon=True).start()
     assert done.wait(5)
+
+
+def test_crowded_sees_the_other_processes_requests(tmp_path: Path) -> None:
+    """A request beside another process's is crowded; one alone afterwards is not."""
+    held = _FORK.Event()
+    other = _FORK.Process(target=_hold, args=(tmp_path, held, 0.3))
+    other.start()
+    assert held.wait(10)
+    pace = _shared(tmp_path)
+    with pace.slot() as beside:
+        assert pace.crowded(beside)
+    other.join(10)
+    with pace.slot() as lonely:
+        assert not pace.crowded(lonely)
