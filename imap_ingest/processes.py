@@ -21,14 +21,12 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import queue
 import signal
 import sys
 import tempfile
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass
-from logging.handlers import QueueHandler
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkContext
 from multiprocessing.process import BaseProcess
@@ -185,11 +183,6 @@ class _Parent:
             self._start(context, slots)
 
     def _answer(self, worker: _Worker, answer: tuple[object, ...]) -> None:
-        if answer[0] == "log":
-            record = answer[1]
-            assert isinstance(record, logging.LogRecord)
-            logging.getLogger(record.name).handle(record)
-            return
         if answer[0] == "broken":  # it could not start (the ledger, say): it has ended
             worker.done = True
             self.codes.append(int(str(answer[1])))
@@ -216,31 +209,13 @@ def _gone() -> contextlib.suppress:
     return contextlib.suppress(ProcessLookupError, BrokenPipeError, ConnectionResetError)
 
 
-class _Pipe(QueueHandler):
-    """A worker's log records, to the parent's handlers: one stream, in one format, with
-    secrets hidden by the parent, and seen wherever the parent's logging goes."""
-
-    def __init__(self, conn: Connection, lock: threading.Lock) -> None:
-        super().__init__(queue.SimpleQueue())
-        self.conn, self.sending = conn, lock
-
-    def enqueue(self, record: logging.LogRecord) -> None:
-        with self.sending:  # the submitting threads log too
-            self.conn.send(("log", record))
-
-
 def _work(config: Config, retry_now: bool, conn: Connection, slots: Path) -> None:
     """A worker process: the folders the parent sends, one at a time, until it sends None."""
-    lock, root = threading.Lock(), logging.getLogger()
-    for handler in root.handlers:
-        root.removeHandler(handler)
-    root.addHandler(_Pipe(conn, lock))
     try:
         service = Service(config, retry_now, cautions=False)
     except IngestError as exc:
         log.error("%s", exc)
-        with lock:
-            conn.send(("broken", exc.exit_code))
+        conn.send(("broken", exc.exit_code))
         return
     shared = [Slots(slots, str(n), tracker.pace.most)
               for n, tracker in enumerate(service.trackers.values())
@@ -262,8 +237,7 @@ def _work(config: Config, retry_now: bool, conn: Connection, slots: Path) -> Non
                 reports: list[PassReport] = []
                 code = run.folder(account.folders[f], reports.append)
                 counts = {str(what): n for report in reports for what, n in report.counts.items()}
-                with lock:
-                    conn.send(("done", code, counts, run.over))
+                conn.send(("done", code, counts, run.over))
     finally:
         for run in runs.values():
             run.close()
