@@ -36,6 +36,7 @@ from .budget import budget_of
 from .config import Config
 from .errors import EX_OK, EX_SOFTWARE, IngestError, worst
 from .ingest import PassReport
+from .ledger import open_ledger
 from .limiter import Slots
 from .service import AccountRun, Service, log_cautions, signals
 from .trackers import Paced
@@ -88,6 +89,8 @@ class _Parent:
 
     def run(self) -> int:
         log_cautions(self.config)
+        # Made (and migrated) once, before the workers: two creating it at once can collide.
+        open_ledger(self.config).close()
         context = multiprocessing.get_context("fork")  # nothing is open yet
         with tempfile.TemporaryDirectory(prefix="imap-ingest-slots-") as slots, \
                 signals(self.stop):
