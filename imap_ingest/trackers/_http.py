@@ -208,7 +208,8 @@ class Client:
         # ~/.netrc) again for every request, half a millisecond each time.
         self._http.proxies = requests.utils.get_environ_proxies(target.url)
         self._http.trust_env = False
-        self.pace = Pace(target.fixed_in_flight(), target.max_in_flight())
+        self.pace = Pace(target.fixed_in_flight(), target.max_in_flight(),
+                         name=origin(target.url))
         # As many connections as the limit may ever reach: the pool keeps those in use.
         watched(self._http, _Adapter(pool_connections=1, pool_maxsize=self.pace.most))
         self._prepared: dict[tuple[str, str], requests.PreparedRequest] = {}
@@ -225,10 +226,9 @@ class Client:
                 answer = self._follow(method, url, data, files, headers, repost, deadline)
             if isinstance(answer, Outcome):
                 self.pace.answered(ticket, Signal.OVERLOAD if answer.kind is Kind.TEMPORARY
-                                   else Signal.ANSWER)
+                                   else Signal.REFUSED)
                 return answer
-            self.pace.answered(ticket, Signal.OVERLOAD if answer.status_code == 429
-                               or answer.status_code >= 500 else Signal.ANSWER)
+            self.pace.answered(ticket, Signal.of(answer.status_code))
             return replace(answer, crowded=self.pace.crowded(ticket),
                            seconds=self.pace.elapsed(ticket))
 
