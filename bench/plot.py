@@ -39,13 +39,13 @@ def distribution(name: str, title: str, xlabel: str, samples: dict[str, list[flo
 
 
 def timeline(name: str, title: str, rates: dict[str, tuple[list[float], list[float]]],
-             limits: dict[str, tuple[list[float], list[float]]]) -> Path:
+             limits: dict[str, tuple[list[float], list[float]]], window: float = 2.0) -> Path:
     """Messages/s against seconds for each run, above the auto limit against seconds."""
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True,
                                          height_ratios=(2, 1))
     for label, (xs, ys) in rates.items():
         top.plot(xs, ys, label=label)
-    top.set(title=title, ylabel="messages/s (2 s average)")
+    top.set(title=title, ylabel=f"messages/s ({window:g} s average)")
     for label, (xs, ys) in limits.items():
         bottom.plot(xs, ys, label=label)
     bottom.set(xlabel="seconds", ylabel="requests at once")

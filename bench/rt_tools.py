@@ -72,6 +72,7 @@ AUTO = 0  # the setting that stands for concurrency: auto (the default: no numbe
 BASE_AUTO = -1  # auto, run from the tree BENCH_BASE names (bench/common.py)
 TIMELINES: dict[str, tuple[list[float], list[float]]] = {}  # messages/s over the last round
 LIMITS: dict[str, tuple[list[float], list[float]]] = {}  # auto's limit over the last round
+WINDOW = 10.0  # seconds each point of the throughput over time averages: RT takes ~0.3 s
 WORKERS = 2  # Starlet workers: one per core
 CONCURRENCY = (1, 2, 4)  # imap-ingest's RT target
 THREADS = (2, 4, 8)  # the ceiling client
@@ -184,7 +185,7 @@ def ours(dovecot: Dovecot, rt: RealRT, messages: list[bytes], concurrency: int) 
         run.problems[f"imap-ingest exit {status}"] += 1
         print(log[-2000:], file=sys.stderr)
     if concurrency <= 0:
-        TIMELINES[setting_name(concurrency)] = rates(samples, window=10.0)
+        TIMELINES[setting_name(concurrency)] = rates(samples, window=WINDOW)
         LIMITS[setting_name(concurrency)] = limits_over_time(log)
     if left := len(imap.messages("INBOX")):
         run.problems["left in INBOX (deferred)"] += left
@@ -326,7 +327,8 @@ def main(count: int, json_path: str | None) -> None:
     plot.timeline("rt-auto.png", f"RT (SQLite, Starlet, {WORKERS} workers): throughput over "
                   "a run", {f"concurrency: {name}": steps for name, steps in TIMELINES.items()},
                   {f"{name}: limit": steps for name, steps in LIMITS.items()
-                   if name != "auto base"})  # an older tree does not log its limit
+                   if name != "auto base"},  # an older tree does not log its limit
+                  WINDOW)
     if json_path:
         data = {
             "messages": count, "rounds": ROUNDS, "statistic": "best of rounds",

@@ -9,7 +9,7 @@ seen as the tracker's own service time, ``limit * (1 - lowest / now)`` estimates
 requests wait in its queue. Each round of answers sent with the limit all in use, fewer than
 ``alpha(limit)`` waiting adds a slot and more than ``beta(limit)`` takes one away. A tracker
 of N workers settles near N + 2 (two requests always waiting, so no worker idles while we
-record one answer and send the next), a tracker that serialises (RT on SQLite) at 2. Errors
+record one answer and send the next), a tracker that takes one at a time at 2. Errors
 that say "too much" (5xx, 429, no answer) halve the limit at once, as AIMD would; lock
 conflicts take one away only when they are a good part of a round. A refusal (a 4xx) is no
 latency: it made nothing. A tracker that answers within QUICK gets one at a time: there our
@@ -32,9 +32,8 @@ log = logging.getLogger(__name__)
 # Requests waiting at the tracker, below which a slot is added and above which one is taken
 # away. They grow with the limit as concurrency-limits' VegasLimit has them (3 and 6 times
 # log10 of the limit): a tracker of N workers then settles near N + 2 (Redmine under
-# Passenger x2 at 4, its best fixed setting), with two requests waiting, enough to cover the
-# pass's pauses between answers on a loaded machine. The floors keep a tracker that takes
-# one at a time (RT on SQLite) near 2.
+# Passenger x2 at 4-5), with two requests waiting, enough to cover the pass's pauses between
+# answers on a loaded machine. The floors keep a tracker that takes one at a time near 2.
 ALPHA = 0.95
 BETA = 2.0
 ROUND = 8  # answers averaged before each decision, at least (and at least the limit)
@@ -44,8 +43,8 @@ ROUND = 8  # answers averaged before each decision, at least (and at least the l
 QUICK = 0.005
 # A round in which more than this share of the answers were lock conflicts: one slot fewer.
 # A conflict alone says little: on SQLite two writers deadlock now and then however many
-# more wait behind them (Redmine under Passenger x2: a 422 in 10 messages at any limit of 2
-# or more), and taking a slot away for each held auto at 1-2, half the best fixed setting.
+# more wait behind them (Redmine under Passenger x2: 24-46 in 500 messages at every limit
+# from 2 to 8), and taking a slot away for each held auto between 1 and 2.
 CONFLICTS = 0.25
 
 

@@ -64,8 +64,7 @@ def steady_round(limiter: Limiter, conflicts: int) -> int:
 
 @pytest.mark.parametrize(("conflicts", "after"), [(0, 4), (1, 4), (2, 4), (3, 3), (8, 3)])
 def test_only_a_round_of_many_lock_conflicts_takes_a_slot(conflicts: int, after: int) -> None:
-    """A conflict now and then takes nothing (SQLite deadlocks two writers at any limit above
-    one); more than a quarter of a round's answers, and one slot goes."""
+    """Lock conflicts take a slot only when they are more than a quarter of a round."""
     assert steady_round(Limiter(8, limit=4), conflicts) == after
 
 
