@@ -103,25 +103,31 @@ class Disposal:
 
     def _refused(self, to: Disposition, keys: list[Key], exc: CommandRefused,
                  done: list[Key], planned: dict[Key, Disposition]) -> list[Key]:
-        """Send what the configuration now says instead; return the keys left in place."""
+        """Send what the configuration now says instead, one command per destination;
+        return the keys left in place."""
         left: list[Key] = []
+        instead: dict[Disposition, list[Key]] = {}
         for key in keys:
-            instead = planned.get(key)
-            if instead is not None:
-                try:
-                    self._carry_out(instead, [key])
-                except CommandRefused:
-                    pass
-                else:
-                    log.warning("%s/%s uid %d: not %s (%s); %s instead, as configured now",
-                                key.account, key.folder, key.uid, to.describe(), exc.reason,
-                                instead.describe())
-                    done.append(key)
-                    continue
-            left.append(key)
+            if (other := planned.get(key)) is not None:
+                instead.setdefault(other, []).append(key)
+            else:
+                left.append(key)
+        for other, some in instead.items():
+            try:
+                self._carry_out(other, some)
+            except CommandRefused:
+                left += some
+                continue
+            log.warning("%s/%s uid %s: not %s (%s); %s instead, as configured now",
+                        some[0].account, some[0].folder, _uids(some), to.describe(),
+                        exc.reason, other.describe())
+            done += some
         if left:
             self.refused += len(left)
             log.error("%s/%s uid %s: not %s: %s; left in place for the next pass",
-                      keys[0].account, keys[0].folder, ",".join(str(k.uid) for k in left),
-                      to.describe(), exc.reason)
+                      keys[0].account, keys[0].folder, _uids(left), to.describe(), exc.reason)
         return left
+
+
+def _uids(keys: list[Key]) -> str:
+    return ",".join(str(key.uid) for key in sorted(keys, key=lambda key: key.uid))

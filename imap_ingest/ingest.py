@@ -254,16 +254,23 @@ class _Pass:
     def _unexpunged(self) -> None:
         """Finish the deletions an earlier pass was stopped in, between flagging its messages
         \\Deleted and expunging them: the search for new mail no longer finds those. Costs
-        one UID SEARCH, and only while the ledger has deletions not recorded as done."""
+        one UID SEARCH, and only while the ledger has deletions not recorded as done; one
+        more when some of them are not flagged: those no longer there were expunged by a
+        pass stopped before it recorded that, and are recorded now."""
         if not isinstance(self.mailbox, Flagged):
             return  # a source that deletes in one step leaves nothing flagged behind
-        pending = self.ledger.pending_deletes(self.report.account, self.folder.name,
-                                              self.mailbox.uidvalidity)
-        for uid in self.mailbox.deleted(list(pending)) if pending else ():
+        account, folder, uidvalidity = (self.report.account, self.folder.name,
+                                        self.mailbox.uidvalidity)
+        pending = self.ledger.pending_deletes(account, folder, uidvalidity)
+        flagged = self.mailbox.among(list(pending), "DELETED") if pending else []
+        for uid in flagged:
             if (verdict := unexpunged(pending[uid])) is not None:
-                self._decide(Key(self.report.account, self.folder.name,
-                                 self.mailbox.uidvalidity, uid), None, 0, "-", verdict)
+                self._decide(Key(account, folder, uidvalidity, uid), None, 0, "-", verdict)
         self.disposal.flush()
+        if unflagged := sorted(set(pending) - set(flagged)):
+            # Still there and not flagged: the pass's search finds and disposes of them.
+            gone = set(unflagged) - set(self.mailbox.among(unflagged))
+            self.ledger.disposed([Key(account, folder, uidvalidity, uid) for uid in sorted(gone)])
 
     def _started(self, uids: list[int]) -> list[int]:
         """The UIDs this pass takes under the folder's start: and max_age:, the first run

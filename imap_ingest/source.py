@@ -96,8 +96,8 @@ class Flagged(Protocol):
     """A source whose deletion takes two steps, flag and expunge (IMAP), so that a pass
     stopped between them leaves messages flagged \\Deleted for the next one to expunge."""
 
-    def deleted(self, uids: Sequence[int]) -> list[int]:
-        """Which of these UIDs are flagged deleted but still there."""
+    def among(self, uids: Sequence[int], criterion: str = "ALL") -> list[int]:
+        """Which of these UIDs are still there and match the SEARCH ``criterion``."""
 
 
 def open_source(account: Account, tokens: Tokens | None, ledger: Ledger | None,
