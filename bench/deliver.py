@@ -2,8 +2,10 @@
 
   - start-up cost: N messages through the real /usr/bin/rt-mailgate, `imap-ingest
     rt-mailgate` and `imap-ingest rdm-mailhandler` into the zero-cost sink (bench/sink.py
-    answers at once), beside N runs of a bare `python3 -c pass`, so that what is
-    imap-ingest's own (imports, config, ledger) stands out; wall and CPU per message
+    answers at once), in-process and handed over to a running `imap-ingest deliver-server`,
+    beside N runs of a bare `python3 -c pass`, so that what is imap-ingest's own (imports,
+    config, ledger) stands out; wall and CPU per message (through the server: the client's
+    CPU plus the server's and its children's, from /proc)
   - side by side into one real RT 5.0.3 (tests/e2e/rt.py, reset before each run): N messages
     through the real /usr/bin/rt-mailgate and N through `imap-ingest rt-mailgate` with the
     same flags, one after the other; each message must end as exactly one ticket
@@ -22,17 +24,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.common import message, sink
+from imap_ingest.handoff import SOCKET_VARIABLE
 from tests.support.ingest_env import ROOT
+
+VIA = "imap-ingest via deliver-server: "
 
 
 def per_message(argvs: list[list[str]], messages: list[bytes],
-                env: dict[str, str] | None = None,
-                cwd: Path = ROOT) -> tuple[float, float, list[int]]:
-    """(wall s, CPU s) per message for one process per message, and the exit codes."""
+                env: dict[str, str] | None = None, cwd: Path = ROOT,
+                server: int | None = None) -> tuple[float, float, list[int]]:
+    """(wall s, CPU s) per message for one process per message, and the exit codes; the CPU
+    also counts the process ``server`` and its reaped children."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    served = server_cpu(server)
     codes = []
     started = time.perf_counter()
     for argv, raw in zip(argvs, messages, strict=True):
@@ -41,7 +50,34 @@ def per_message(argvs: list[list[str]], messages: list[bytes],
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu += server_cpu(server) - served
     return wall / len(messages), cpu / len(messages), codes
+
+
+def server_cpu(pid: int | None) -> float:
+    """CPU seconds of process ``pid`` and its reaped children so far (0 for None)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime, stime, cutime, cstime: fields 14-17 of proc(5), counted after the ")"
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def deliver_server(env: dict[str, str], directory: str) -> Iterator[tuple[int, str]]:
+    """A running `imap-ingest deliver-server`: (its pid, its socket)."""
+    path = f"{directory}/deliver.sock"
+    server = subprocess.Popen(ours("deliver-server", "--socket", path), env=env, cwd=ROOT,
+                              stderr=subprocess.DEVNULL)
+    try:
+        while not Path(path).exists():
+            if server.poll() is not None:
+                raise RuntimeError("deliver-server did not start")
+            time.sleep(0.05)
+        yield server.pid, path
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def ours(*args: str) -> list[str]:
@@ -62,7 +98,8 @@ def startup(count: int, messages: list[bytes], pycache: str, before: Path | None
 
     rounds = 5
     with sink(200, "ok\n") as (rt_url, rt_answered), sink() as (rdm_url, rdm_answered), \
-            tempfile.TemporaryDirectory() as state:
+            tempfile.TemporaryDirectory() as state, \
+            deliver_server(child_env(pycache), f"{state}/run") as (server, socket):
         rt_flags = ["--queue", QUEUE, "--action", ACTION, "--url", rt_url]
         rdm = ["rdm-mailhandler", "--url", rdm_url, "--key", "k"]
         commands = {
@@ -70,49 +107,60 @@ def startup(count: int, messages: list[bytes], pycache: str, before: Path | None
             "rt-mailgate (Perl)": [MAILGATE, *rt_flags],
             "imap-ingest rt-mailgate": ours("rt-mailgate", *rt_flags, "--state-dir",
                                             f"{state}/rt"),
-            "imap-ingest rdm-mailhandler": ours(*rdm, "--state-dir", f"{state}/rdm")}
+            "imap-ingest rdm-mailhandler": ours(*rdm, "--state-dir", f"{state}/rdm"),
+            VIA + "rt-mailgate": ours("rt-mailgate", *rt_flags, "--state-dir",
+                                      f"{state}/via-rt"),
+            VIA + "rdm-mailhandler": ours(*rdm, "--state-dir", f"{state}/via-rdm")}
         trees = dict.fromkeys(commands, ROOT)
         if before is not None:
             name = f"imap-ingest rdm-mailhandler, {before.name}"
             commands[name] = ours(*rdm, "--state-dir", f"{state}/before")
             trees[name] = before
+        envs = {name: {**child_env(pycache, trees[name]), SOCKET_VARIABLE: socket
+                       if name.startswith(VIA) else f"{state}/no-server"} for name in commands}
         for name, argv in commands.items():  # compiles the bytecode once; nothing is posted
-            per_message([argv], [b""], child_env(pycache, trees[name]), trees[name])
+            per_message([argv], [b""], envs[name], trees[name])
         seconds = {name: [0.0, 0.0] for name in commands}  # wall, CPU
         exits: dict[str, set[int]] = {name: set() for name in commands}
         for first in range(rounds):
             part = messages[first::rounds]
             for name, argv in commands.items():
-                wall, cpu, codes = per_message([argv] * len(part), part,
-                                               child_env(pycache, trees[name]), trees[name])
+                wall, cpu, codes = per_message([argv] * len(part), part, envs[name],
+                                               trees[name],
+                                               server if name.startswith(VIA) else None)
                 seconds[name][0] += wall * len(part)
                 seconds[name][1] += cpu * len(part)
                 exits[name].update(codes)
-    print(f"{'into the zero-cost sink, per message':<38} {'wall':>7} {'CPU':>7}  exits")
+    print(f"{'into the zero-cost sink, per message':<52} {'wall':>7} {'CPU':>7}  exits")
     for name, (wall, cpu) in seconds.items():
-        print(f"{name:<38} {wall / count * 1000:4.0f} ms {cpu / count * 1000:4.0f} ms  "
+        print(f"{name:<52} {wall / count * 1000:4.0f} ms {cpu / count * 1000:4.0f} ms  "
               f"{sorted(exits[name])}")
     print(f"requests the sinks answered: RT "
-          f"{rt_answered[0]} for 2 x {count} messages, Redmine {rdm_answered[0]} for "
-          f"{count * len(set(trees.values()))}")
+          f"{rt_answered[0]} for 3 x {count} messages, Redmine {rdm_answered[0]} for "
+          f"{count * (len(set(trees.values())) + 1)}")
 
 
 def side_by_side(count: int, messages: list[bytes], env: dict[str, str]) -> None:
     from bench.rt_tools import ACTION, MAILGATE, QUEUE, Run, verify  # needs matplotlib
     from tests.e2e.rt import RealRT
 
-    with RealRT() as rt:
+    with RealRT() as rt, tempfile.TemporaryDirectory() as run_dir, \
+            deliver_server(env, run_dir) as (server, socket):
         flags = ["--queue", QUEUE, "--action", ACTION, "--url", rt.url]
-        for name, argv in (("rt-mailgate", [MAILGATE, *flags]),
-                           ("imap-ingest rt-mailgate", None)):
+        for name, argv, pid in (("rt-mailgate", [MAILGATE, *flags], None),
+                                ("imap-ingest rt-mailgate", None, None),
+                                ("imap-ingest via deliver-server", None, server)):
             rt.reset()
             with tempfile.TemporaryDirectory() as state:
                 command = argv or ours("rt-mailgate", *flags, "--state-dir", state)
-                wall, cpu, codes = per_message([command] * count, messages, env)
+                wall, cpu, codes = per_message(
+                    [command] * count, messages,
+                    {**env, SOCKET_VARIABLE: socket if pid else f"{state}/no-server"},
+                    server=pid)
             run = Run(name, 1, wall * count, count)
             verify(rt, messages, run)
-            print(f"{name:<24} {wall * 1000:6.0f} ms wall, {cpu * 1000:6.0f} ms CPU of the "
-                  f"client per message; exits {sorted(set(codes))}; problems "
+            print(f"{name:<30} {wall * 1000:6.0f} ms wall, {cpu * 1000:6.0f} ms CPU (client, "
+                  f"and server) per message; exits {sorted(set(codes))}; problems "
                   f"{dict(run.problems) or 'none'}")
 
 

@@ -154,10 +154,14 @@ def send_mail(alert: Alert, config: EmailAlert) -> None:
 
 
 def send_webhook(alert: Alert, config: WebhookAlert) -> None:
-    """POST ``{"text": ...}``; raises requests' errors, or HTTPError for a non-2xx answer."""
+    """POST ``{"text": ...}``; raises requests' errors, or HTTPError for an answer other
+    than 2xx. A redirect is not followed: it would carry the alert (mail subjects) to
+    wherever it points."""
     answer = requests.post(config.url, json={"text": f"{alert.subject}\n{alert.body}",
-                                             "kind": alert.kind}, timeout=config.timeout)
-    answer.raise_for_status()
+                                             "kind": alert.kind}, timeout=config.timeout,
+                           allow_redirects=False)
+    if not 200 <= answer.status_code < 300:
+        raise requests.HTTPError(f"answered {answer.status_code}")
 
 
 class Alerter:

@@ -11,7 +11,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, authorize, compat, deliver, demo, logs
+from . import __version__, authorize, compat, deliver, demo, handoff, logs
 from .check import check
 from .config import CONFIG_VARIABLE, Config, load, parse_duration, templates
 from .errors import EX_CANTCREAT, EX_OK, EX_USAGE, IngestError
@@ -19,8 +19,7 @@ from .explain import explain
 from .from_fetchmail import convert as from_fetchmail
 from .from_rake import convert
 from .ledger import open_ledger
-from .mailbox import Mailbox
-from .retry import retry, retry_maildrop
+from .retry import retry_account
 from .service import Service, serve
 from .status import history, status
 
@@ -170,13 +169,8 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
         return EX_USAGE
     ledger = open_ledger(config)
     try:
-        if not candidates[0].has_folders:  # nothing to move: the ledger holds the state
-            for line in retry_maildrop(ledger, candidates[0]):
-                print(line)
-        else:
-            with Mailbox(candidates[0]) as mailbox:
-                for line in retry(mailbox, ledger, candidates[0], args.folder):
-                    print(line)
+        for line in retry_account(ledger, candidates[0], args.folder):
+            print(line)
     finally:
         ledger.close()
     return EX_OK
@@ -210,6 +204,12 @@ def _from_rake(args: argparse.Namespace) -> int:
 def _from_fetchmail(args: argparse.Namespace) -> int:
     print(from_fetchmail(Path(args.file).expanduser().read_text(encoding="utf-8")), end="")
     return EX_OK
+
+
+def _deliver_server(args: argparse.Namespace) -> int:
+    from .deliver_server import serve
+
+    return serve(Path(args.socket))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -416,4 +416,18 @@ def _parser() -> argparse.ArgumentParser:
     rake.add_argument("options", nargs="+", metavar="KEY=VALUE",
                       help="the rake line, or just its key=value options")
     compat.add_commands(commands, DEFAULT_CONFIG)
+    server = add(
+        "deliver-server", _deliver_server, standalone=True,
+        help="serve deliver, rt-mailgate and rdm-mailhandler without their start-up cost",
+        description="Import once what a delivery needs, listen on a Unix socket (mode 0600) "
+                    "and fork a child for each delivery the MTA's commands hand over: they "
+                    "then cost about a bare Python start-up. Only clients of this process's "
+                    "uid are served; without a server the commands deliver by themselves, "
+                    "only slower. Runs in the foreground, logs to stderr; SIGTERM stops it "
+                    "(the deliveries in hand finish first).",
+        epilog="example:\n  imap-ingest deliver-server    # as the user the MTA's pipe runs as"
+               "\n\nexits 73 when another server listens on the socket.")
+    server.add_argument("--socket", default=handoff.socket_path(os.environ), metavar="PATH",
+                        help=f"the socket (default: ${handoff.SOCKET_VARIABLE}, else "
+                             f"{handoff.DEFAULT_SOCKET}); the commands use the same default")
     return parser

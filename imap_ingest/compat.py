@@ -8,38 +8,57 @@ stdin to deliver.py under a hard deadline: the MTA is never blocked past --timeo
 
 from __future__ import annotations
 
-import argparse
-import logging
-import math
 import os
-import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .errors import EX_NOUSER, EX_TEMPFAIL, IngestError
+from .handoff import COMMANDS, RDM_TIMEOUT, RT_TIMEOUT, hand_over
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the rest is imported on use: a hand-off to the server needs none of it
+    import argparse
+    import logging
+    from types import FrameType
+
     from .config import Config
 
-log = logging.getLogger("imap_ingest")
-
-RT_TIMEOUT = 180.0  # rt-mailgate's default
-RDM_TIMEOUT = 60.0  # rdm-mailhandler has none: Net::HTTP's open and read timeouts
 _RT_TARGET = "rt-mailgate"
 _RDM_TARGET = "rdm-mailhandler"
 
 
+def _log() -> logging.Logger:
+    import logging
+
+    return logging.getLogger("imap_ingest")
+
+
 def add_commands(commands: Any, config_default: str) -> None:
     """Add deliver, rt-mailgate and rdm-mailhandler to the CLI's subcommands."""
+    import argparse
+    from pathlib import Path
+
+    from .errors import EX_USAGE
+
+    class _Help(argparse.Action):
+        """-h/--help: the help, then 64, as rt-mailgate and rdm-mailhandler exit 1: in an
+        alias line by mistake, it makes the MTA bounce the mail, where 0 would lose it."""
+
+        def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+            super().__init__(option_strings, argparse.SUPPRESS, nargs=0,
+                             default=argparse.SUPPRESS,
+                             help="show this help and exit 64 (an MTA bounces the mail)")
+
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                     values: object, option_string: str | None = None) -> None:
+            parser.print_help()
+            parser.exit(EX_USAGE)
+
     def sub(name: str, help: str, description: str, epilog: str,
             run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = commands.add_parser(
-            name, help=help, description=description, epilog=epilog,
+            name, help=help, description=description, epilog=epilog, add_help=False,
             formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("-h", "--help", action=_Help)
         parser.set_defaults(command=run, standalone=True, log_format="text")
         parser.add_argument("--log-format", choices=("text", "json"), default="text",
                             help="log lines to stderr as text (default) or JSON")
@@ -66,7 +85,7 @@ def add_commands(commands: Any, config_default: str) -> None:
     rt.add_argument("--action", default="correspond",
                     help="correspond, comment, take or resolve, chained with - (default "
                          "correspond)")
-    rt.add_argument("--extension", choices=("queue", "action", "ticket"),
+    rt.add_argument("--extension", choices=("queue", "action", "ticket"), type=str.lower,
                     help="$EXTENSION (the MTA's +ext) gives this field")
     rt.add_argument("--timeout", type=float, default=RT_TIMEOUT, metavar="S",
                     help="seconds before giving up with 75 (default 180)")
@@ -76,6 +95,8 @@ def add_commands(commands: Any, config_default: str) -> None:
                      help="do not verify RT's certificate")
     tls.add_argument("--verify-ssl", action="store_true", help="verify it (the default)")
     rt.add_argument("--debug", action="store_true", help="log the HTTP exchange")
+    # Taken so that an alias line with it still delivers: RT's gateway keeps no session.
+    rt.add_argument("--jar", metavar="FILE", help="ignored (RT's mail gateway needs no cookies)")
     _ours(rt, "rt-mailgate")
 
     rdm = sub("rdm-mailhandler", "a drop-in for rdm-mailhandler: same flags, plus rules "
@@ -111,6 +132,8 @@ def add_commands(commands: Any, config_default: str) -> None:
 
 def _ours(parser: argparse.ArgumentParser, route: str) -> None:
     """What the compatible modes add: a config file, a route in it, the state dir."""
+    from pathlib import Path
+
     group = parser.add_argument_group("imap-ingest's own")
     group.add_argument("-c", "--config", metavar="FILE",
                        help="a config file for rules, loop checks, dedupe and state_dir")
@@ -127,7 +150,8 @@ _EXITS = """\
 exit codes (sysexits.h), as an MTA reads them:
   0   delivered, or kept in the spool (refused for good, held, skipped: see status)
   75  not now (tracker down, timeout, ledger busy): the MTA keeps it and tries again
-  67  no such route            78  the config file is invalid            64  usage
+  67  no such route            78  the config file is invalid
+  2   a bad or missing flag (argparse's usage error): the MTA bounces the mail
 """
 
 
@@ -189,7 +213,7 @@ def _in_clear(url: str) -> bool:
     take it (refusing it would bounce the mail), with a warning on every delivery."""
     if not url.lower().startswith("http://"):
         return False
-    log.warning("--url %s is plain http: the mail (and a Redmine key) cross the network in "
+    _log().warning("--url %s is plain http: the mail (and a Redmine key) cross the network in "
                 "clear; use https://", url.split("?")[0])
     return True
 
@@ -233,6 +257,13 @@ def _compat_config(args: argparse.Namespace, name: str, target: dict[str, object
 def _pipe(make_config: Callable[[], Config], route: str, timeout: float,
           extension: str | None) -> int:
     """Deliver stdin through ``route`` within ``timeout`` seconds; the exit code."""
+    import math
+    import signal
+    import time
+
+    from .errors import EX_NOUSER, EX_TEMPFAIL, IngestError
+
+    log = _log()
     deadline = time.monotonic() + timeout
     signal.signal(signal.SIGALRM, _out_of_time)
     signal.alarm(max(1, math.ceil(timeout)))
@@ -267,31 +298,41 @@ def _pipe(make_config: Callable[[], Config], route: str, timeout: float,
 def _out_of_time(signum: int, frame: FrameType | None) -> None:
     """The MTA must not wait longer: what was committed stays, the rest is its to retry.
     A post that may have reached the tracker is in the ledger as in doubt."""
+    from .errors import EX_TEMPFAIL
+
     os.write(2, b"imap-ingest: --timeout reached; left to the MTA to try again\n")
     os._exit(EX_TEMPFAIL)
 
 
-COMMANDS = ("deliver", "rt-mailgate", "rdm-mailhandler")
-
-
 def entry(argv: Sequence[str] | None = None) -> int:
-    """The imap-ingest program: the MTA's commands without importing the rest of the CLI
+    """The imap-ingest program. The MTA's commands are handed to a running deliver-server
+    when there is one (handoff.py), else run here, without importing the rest of the CLI
     (the scheduler, IMAP, OAuth): an MTA starts one process per message."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in COMMANDS and (code := hand_over(argv)) is not None:
+        return code
+    return run(argv)
+
+
+def run(argv: list[str]) -> int:
+    """The command ``argv`` in this process: what entry() does without a server, and what
+    the server's child does with a client's command."""
     if argv[:1] and argv[0] in COMMANDS:
+        import argparse
+
+        from . import logs
         from .config import CONFIG_VARIABLE
+        from .errors import IngestError
 
         parser = argparse.ArgumentParser(prog="imap-ingest")
         add_commands(parser.add_subparsers(), os.environ.get(CONFIG_VARIABLE, "config.yaml"))
         args = parser.parse_args(argv)
-        from . import logs
-
         with logs.configured(args.log_format, args.debug):
             try:
                 code: int = args.command(args)
                 return code
             except IngestError as exc:
-                log.error("%s", exc)
+                _log().error("%s", exc)
                 return exc.exit_code
     from .cli import main
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
+import imaplib
 import io
 import logging
 import math
@@ -16,8 +17,9 @@ import socket
 import ssl
 import time
 from contextlib import suppress
+from typing import Any
 
-from imapclient import IMAPClient, SocketTimeout
+from imapclient import IMAPClient, SocketTimeout, imap4, tls
 from imapclient.exceptions import IMAPClientError, LoginError
 
 from .config import Account
@@ -60,9 +62,9 @@ class Reader(socket.SocketIO):
         self.file = io.BufferedReader(self)
 
     @classmethod
-    def install(cls, client: IMAPClient, read_timeout: float) -> Reader:
-        """Read ``client``'s connection through a new reader (again after STARTTLS)."""
-        imap = client._imap
+    def install(cls, imap: Any, read_timeout: float) -> Reader:
+        """Read the connection of ``imap`` (an imaplib.IMAP4) through a new reader (again
+        after STARTTLS)."""
         reader = cls(imap.sock, read_timeout)
         imap.file = reader.file
         # imaplib reads a literal with read(size), before which the size can be refused.
@@ -115,23 +117,66 @@ class Reader(socket.SocketIO):
         return data
 
 
+class _Greeted(imaplib.IMAP4):
+    """imaplib's connection, reading the server's greeting within ``seconds`` in all: it is
+    read in the constructor, before any reader of ours could be installed, and a server
+    sending a byte at a time (each within the socket's timeout) would hold the pass for
+    ever. (A TLS handshake is bounded already: ssl's timeout covers all of it.)"""
+
+    seconds: float
+
+    def open(self, host: str = "", port: int = 143,
+             timeout: float | None = None) -> None:
+        super().open(host, port, timeout)
+        Reader.install(self, self.seconds).limit(self.seconds, MAX_LITERAL)
+
+
+# imapclient has no type hints: to mypy its classes are Any.
+class _Plain(_Greeted, imap4.IMAP4WithTimeout):  # type: ignore[misc]
+    def __init__(self, host: str, port: int, timeout: float | None, seconds: float) -> None:
+        self.seconds = seconds
+        imap4.IMAP4WithTimeout.__init__(self, host, port, timeout)
+
+
+class _Tls(_Greeted, tls.IMAP4_TLS):  # type: ignore[misc]
+    def __init__(self, host: str, port: int, context: ssl.SSLContext | None,
+                 timeout: float | None, seconds: float) -> None:
+        self.seconds = seconds
+        tls.IMAP4_TLS.__init__(self, host, port, context, timeout)
+
+
+class _Client(IMAPClient):  # type: ignore[misc]
+    """IMAPClient on a connection whose greeting is bounded (:class:`_Greeted`)."""
+
+    def __init__(self, account: Account, context: ssl.SSLContext) -> None:
+        self._seconds = account.timeout
+        super().__init__(account.host, port=account.effective_port,
+                         ssl=account.security == "ssl", ssl_context=context,
+                         timeout=SocketTimeout(connect=min(account.timeout, 30.0),
+                                               read=account.timeout))
+
+    def _create_IMAP4(self) -> imaplib.IMAP4:
+        connect = self._timeout.connect
+        if self.ssl:
+            return _Tls(self.host, self.port, self.ssl_context, connect, self._seconds)
+        return _Plain(self.host, self.port, connect, self._seconds)
+
+
 def connect(account: Account, tokens: Tokens | None) -> tuple[IMAPClient, Reader]:
     """A logged-in client, and the reader that bounds its commands."""
-    timeout = SocketTimeout(connect=min(account.timeout, 30.0), read=account.timeout)
     context = tls_context(account)
-    client = IMAPClient(account.host, port=account.effective_port,
-                        ssl=account.security == "ssl", ssl_context=context, timeout=timeout)
+    client = _Client(account, context)
     # imapclient sets imaplib's trace level to 5 and routes it to logging, so imaplib formats
     # every response as text, each fetched message whole, before logging drops it. Trace
     # only when someone reads it (--debug).
     client._imap.debug = 5 if logging.getLogger("imapclient.imaplib").isEnabledFor(
         logging.DEBUG) else 0
     try:
-        reader = Reader.install(client, account.timeout)
+        reader = Reader.install(client._imap, account.timeout)
         reader.limit(account.timeout, MAX_LITERAL)
         if account.security == "starttls":
             client.starttls(context)
-            reader = Reader.install(client, account.timeout)
+            reader = Reader.install(client._imap, account.timeout)
             reader.limit(account.timeout, MAX_LITERAL)
         if tokens is None:
             _login(client, account.username, account.secret.get_secret_value())

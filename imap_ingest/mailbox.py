@@ -57,6 +57,10 @@ class Mailbox:
     A token login takes its token from ``tokens``, shared by the account's sessions (a
     cache of its own when not given)."""
 
+    # A pass may give this session its commands from a thread of their own (source.Serial),
+    # never two at once.
+    overlaps = True
+
     def __init__(self, account: Account, tokens: Tokens | None = None) -> None:
         self.account = account
         self.folder: str | None = None
@@ -182,10 +186,18 @@ class Mailbox:
             return
         name = self.resolve(folder)
         with self._errors(folder):
-            if not self._client.folder_exists(name):
-                raise FolderMissing(_missing(folder, name), account=self.account.name,
-                                    folder=folder)
-            state = self._client.select_folder(name, readonly=readonly)
+            try:
+                state = self._client.select_folder(name, readonly=readonly)
+            except IMAPClientAbortError:
+                raise  # the connection is gone, not the folder
+            except IMAPClientError:
+                # A refused SELECT leaves no folder open (RFC 3501 6.3.1); only now does
+                # a LIST tell a missing folder from another refusal, not before every SELECT.
+                self.folder = None
+                if not self._client.folder_exists(name):
+                    raise FolderMissing(_missing(folder, name), account=self.account.name,
+                                        folder=folder) from None
+                raise
         if b"UIDVALIDITY" not in state:
             # Without it no UID can be remembered safely; the other folders may still work.
             raise MailboxError("the server's SELECT answer has no UIDVALIDITY (RFC 3501 "
@@ -224,13 +236,14 @@ class Mailbox:
         with self._errors(self.folder):
             return sorted(self._client.search(criteria))
 
-    def deleted(self, uids: Sequence[int]) -> list[int]:
-        """Which of these UIDs are flagged \\Deleted (and not yet expunged), by one UID
-        SEARCH (over them alone, unless the set would outgrow the command line)."""
+    def among(self, uids: Sequence[int], criterion: str = "ALL") -> list[int]:
+        """Which of these UIDs are still there and match ``criterion`` (DELETED: flagged
+        \\Deleted, not yet expunged), by one UID SEARCH (over them alone, unless the set
+        would outgrow the command line)."""
         if not uids:
             return []
         wanted = _uid_set(uids)
-        criteria = ["UID", wanted, "DELETED"] if wanted.count(",") < _MAX_RUNS else ["DELETED"]
+        criteria = ["UID", wanted, criterion] if wanted.count(",") < _MAX_RUNS else [criterion]
         return sorted(set(self.search(criteria)).intersection(uids))
 
     def fetch(self, uids: Sequence[int], batch_size: int, max_size: int,

@@ -19,6 +19,8 @@ from email.utils import getaddresses
 
 # Mail is hostile input: rules look at no more header than this, and search no more body.
 MAX_HEADER_BYTES = 256 * 1024
+# Where the recipient is named: the MTA's envelope headers first, then what the sender wrote.
+RECIPIENT_HEADERS = ("Delivered-To", "X-Original-To", "To", "Cc")
 MAX_BODY_PARSED = 4 * 1024 * 1024
 MAX_BODY_TEXT = 1024 * 1024
 # MIME nesting opened at most this deep, as Postfix's mime_nesting_limit.
@@ -31,6 +33,9 @@ _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _TRACE = re.compile(rb"^(?:Received|Return-Path|Delivered-To|X-Original-To|Envelope-To|"
                     rb"X-Envelope-To|X-Delivered-To|X-Spam-[\w-]+|Authentication-Results|"
                     rb"ARC-[\w-]+):.*\n(?:[ \t].*\n)*", re.IGNORECASE | re.MULTILINE)
+# The mbox envelope line an MTA puts first ("From sender time_stamp": Postfix's local(8)
+# does so for a pipe), with the time of each delivery attempt.
+_ENVELOPE = re.compile(rb"\AFrom [^\n]*\n")
 
 
 # What ties mail to other mail: Message-IDs, and a ticket tag in the subject as Redmine
@@ -117,10 +122,10 @@ class Message:
         return _decode_field(name, value) if value is not None else None
 
     def addresses(self, name: str) -> list[tuple[str, str]]:
-        """(display name, address) of every address in the first header ``name``, parsed
-        from the raw value: an encoded word is a name, never an address."""
+        """(display name, address) of every address in every header ``name``, parsed from
+        the raw value: an encoded word is a name, never an address."""
         return [(_decode_words(display), address)
-                for display, address in getaddresses([self.header(name) or ""]) if address]
+                for display, address in self.every_address(name) if address]
 
     def fields(self) -> Iterator[tuple[str, str]]:
         """Every header field in order, as (name, decoded value)."""
@@ -173,13 +178,13 @@ class Message:
         return self._body
 
     def digest(self) -> str:
-        """SHA-256 of the message without its trace headers, so that the same mail delivered
-        twice (other Received: lines) has the same digest. The body is hashed in place: a
-        big message is not copied."""
+        """SHA-256 of the message without its envelope line and trace headers, so that the
+        same mail delivered twice (other Received: lines, another time stamp) has the same
+        digest. The body is hashed in place: a big message is not copied."""
         end = _END_OF_HEADER.search(self.raw[:MAX_HEADER_BYTES])
         split = end.end() if end else min(len(self.raw), MAX_HEADER_BYTES)
         head = self.raw[:split].replace(b"\r\n", b"\n")
-        digest = hashlib.sha256(_TRACE.sub(b"", head))
+        digest = hashlib.sha256(_TRACE.sub(b"", _ENVELOPE.sub(b"", head, count=1)))
         digest.update(memoryview(self.raw)[split:])
         return digest.hexdigest()
 
@@ -207,6 +212,8 @@ _LINE_BREAKS = re.compile(r"[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 
 
 def _decode_words(value: str) -> str:
+    if "=?" not in value:
+        return _LINE_BREAKS.sub(" ", value)  # no encoded word: what the email package gives
     try:
         decoded = str(make_header(decode_header(value)))
     except (ValueError, LookupError, UnicodeError, AssertionError):

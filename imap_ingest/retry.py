@@ -14,10 +14,22 @@ from .config import Account
 from .ledger import Ledger
 from .mailbox import Mailbox
 from .message import Message
+from .oauth import Tokens
 from .pop3 import UIDVALIDITY
 from .states import FAILED, Result
 
 _ANY_SIZE = 2**62
+
+
+def retry_account(ledger: Ledger, account: Account, folder: str,
+                  only: list[int] | None = None, tokens: Tokens | None = None) -> Iterator[str]:
+    """:func:`retry` on the account's server, or :func:`retry_maildrop` for a POP3
+    account, whose refused messages are known to the ledger only."""
+    if not account.has_folders:
+        yield from retry_maildrop(ledger, account, only)
+        return
+    with Mailbox(account, tokens) as mailbox:
+        yield from retry(mailbox, ledger, account, folder, only)
 
 
 def retry_maildrop(ledger: Ledger, account: Account,

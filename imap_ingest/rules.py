@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from . import captures, conditions, loops
 from .config import Action, Config, Folder, Rule, SubmitOptions
 from .config.folders import AllowSenders
-from .message import Message, edit_headers
+from .message import RECIPIENT_HEADERS, Message, edit_headers
 
 if TYPE_CHECKING:
     from .config import Account
@@ -179,7 +179,7 @@ class RuleSet:
                                        account.addresses if account else (),
                                        account.subaddress_separator if account else "+",
                                        account.recipient_headers if account
-                                       else ("Delivered-To", "X-Original-To", "To", "Cc")),
+                                       else RECIPIENT_HEADERS),
                   **captured}
         steps = [Step("capture", name, True, repr(value)) for name, value in captured.items()]
         try:

@@ -32,7 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from .config import Account, Config, Folder
 from .config.smime import Mode, SMime
-from .message import MAX_HEADER_BYTES, Message, edit_headers
+from .message import MAX_HEADER_BYTES, RECIPIENT_HEADERS, Message, edit_headers
 
 ENCRYPTION = "X-Imap-Ingest-Encryption"
 SIGNATURE = "X-Imap-Ingest-Signature"
@@ -71,7 +71,7 @@ class Gate:
 
     def __init__(self, settings: SMime | None, mode: Mode = "decrypt",
                  own: Sequence[str] = (),
-                 recipient_headers: Sequence[str] = ("Delivered-To", "To", "Cc")) -> None:
+                 recipient_headers: Sequence[str] = RECIPIENT_HEADERS) -> None:
         self.settings, self.mode = settings, mode
         self.own, self.recipient_headers = tuple(own), tuple(recipient_headers)
 

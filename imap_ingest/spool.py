@@ -5,13 +5,12 @@ again. An MTA pipe has no failure folder, and mail it handed over must never be 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import private_dir
+from .files import private_dir, write_atomic
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +35,8 @@ def keep(directory: Path, name: str, raw: bytes, about: dict[str, object]) -> Pa
     before it appears; the same NAME again replaces the entry. Returns the .eml path."""
     private_dir(directory)
     eml = directory / f"{name}.eml"
-    _write(eml, raw)
-    _write(eml.with_suffix(".json"),
+    write_atomic(eml, raw)
+    write_atomic(eml.with_suffix(".json"),
            json.dumps({**about, "at": time.time()}, indent=1).encode())
     return eml
 
@@ -56,21 +55,3 @@ def entries(directory: Path) -> Iterator[Spooled]:
         if eml.is_file() and isinstance(data, dict):
             found.append(Spooled(eml, data))
     yield from sorted(found, key=lambda entry: float(str(entry.about.get("at", 0))))
-
-
-def _write(path: Path, data: bytes) -> None:
-    """Write to a temporary name, flush to disk, then rename: never a half file."""
-    part = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(part, path)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

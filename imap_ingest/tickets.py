@@ -22,14 +22,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from .config import Config, HttpTarget, Target, pick_secret
 from .message import Message
 from .urls import origin
-
-if TYPE_CHECKING:
-    import requests
 
 BATCH = 100  # Message-IDs or tickets per request
 _ANSWER_LIMIT = 32 * 1024 * 1024  # a hundred Redmine issues carry their descriptions
@@ -114,15 +111,12 @@ class _Rest:
     """GET and POST JSON under a timeout, answers bounded; errors as LookupFailed."""
 
     def __init__(self, target: HttpTarget, headers: dict[str, str]) -> None:
-        import requests  # the HTTP stack only when looking up: deliver starts fast
-
-        from .trackers._http import verify, watched
+        from .trackers._http import session  # the HTTP stack only when looking up
 
         self.requests = 0
         self._timeout = target.timeout
-        self._http: requests.Session = watched(requests.Session())
+        self._http = session(target)
         self._http.headers.update(headers)
-        self._http.verify = verify(target)
 
     def call(self, method: str, url: str, params: dict[str, str],
              body: object | None = None) -> Any:

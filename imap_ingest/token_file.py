@@ -10,14 +10,12 @@ another tool may have written it, is read too; it becomes JSON at the first rota
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .files import private_dir
+from .files import private_dir, write_atomic
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,23 +66,7 @@ def write(path: Path, token: StoredToken) -> None:
     private_dir(path.parent)
     data = {"refresh_token": token.refresh_token, "issued_at": token.issued_at,
             "expires_at": token.expires_at}
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    # The rename itself must survive a power cut: the provider has retired the old token.
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomic(path, (json.dumps(data) + "\n").encode())
 
 
 def _number(value: object) -> float | None:

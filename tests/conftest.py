@@ -9,6 +9,7 @@ import pytest
 from selenium import webdriver
 
 from imap_ingest.demo import PASSWORD, USER, pymap_server
+from imap_ingest.handoff import SOCKET_VARIABLE
 
 from .support.browser import chromium
 from .support.daemon import Daemon
@@ -23,6 +24,16 @@ NOT_INSTALLED = (
     "Dovecot is required for the IMAP tests but no dovecot binary was found "
     "(Debian package dovecot-imapd). Run the test command from README.md, which installs it."
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_deliver_server() -> Iterator[None]:
+    """The commands the tests run deliver in-process: a deliver-server this machine runs on
+    the default socket (another tree's code) gets none of them; the tests that want one
+    start their own (tests/test_deliver_server.py)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SOCKET_VARIABLE, "/nonexistent/imap-ingest-tests/deliver.sock")
+        yield
 
 
 # Cyrus's and Courier's layout: personal folders under INBOX., levels separated by dots.

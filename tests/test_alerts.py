@@ -132,3 +132,22 @@ def test_a_flood_trip_is_alerted_once_per_limit_until_the_next_digest() -> None:
         assert "subject:printer on fire" in texts[1]
     finally:
         hook.close()
+
+
+@pytest.mark.parametrize("status", [302, 307, 308])
+def test_an_alert_hook_that_redirects_is_not_followed(status: int,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A hook answering with a redirect gets no second POST: the alert (mail subjects) stays."""
+    elsewhere = RecordingServer()
+    hook = RecordingServer()
+    hook.answer = lambda request: (status, b"", 0, {"Location": f"{elsewhere.url}/x"})
+    try:
+        alerter = Alerter(AlertConfig(webhook=WebhookAlert(url=hook.url)), Flow,
+                          threading.Event())
+        alerter.tripped("sender:a@example.org", "over 20 per hour")
+        assert len(hook.requests) == 1
+        assert elsewhere.requests == []
+        assert "could not be sent by webhook" in caplog.text
+    finally:
+        hook.close()
+        elsewhere.close()

@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -108,6 +109,64 @@ def test_extension_without_the_option_only_adds_the_header(rt: RecordingServer,
     [request] = rt.requests
     assert request.field("queue") == b"General"
     assert request.field("message").startswith(b"X-RT-Mail-Extension: x\n")
+
+
+def test_alias_lines_rt_mailgate_takes_are_taken(rt: RecordingServer, tmp_path: Path) -> None:
+    """--extension in any case and --jar FILE (ignored) deliver, as rt-mailgate takes them."""
+    done = pipe(make(), *mailgate(rt, tmp_path, "--extension", "Queue", "--jar",
+                                  str(tmp_path / "jar")), extension="Billing")
+    assert done.returncode == 0, done.stderr
+    [request] = rt.requests
+    assert request.field("queue") == b"Billing"
+    assert not (tmp_path / "jar").exists()
+
+
+@pytest.mark.parametrize("mode", ["deliver", "rt-mailgate", "rdm-mailhandler"])
+def test_help_in_an_alias_line_bounces_the_mail(mode: str) -> None:
+    """--help prints the help and exits 64, as the tools exit 1: never 0, the mail is lost."""
+    done = pipe(make(), mode, "--help")
+    assert done.returncode == 64 and b"usage:" in done.stdout, done
+
+
+RT_MAILGATE = Path("/usr/bin/rt-mailgate")
+RDM_MAILHANDLER = Path("/usr/share/redmine/extra/mail_handler/rdm-mailhandler.rb")
+
+
+def _rt_mailgate_options() -> set[str]:
+    """The options of Debian's rt-mailgate, from its GetOptions call."""
+    spec = re.search(r"GetOptions\(\s*\$opts,(.*?)\);", RT_MAILGATE.read_text(), re.S)
+    assert spec is not None
+    options = set()
+    for name, negatable in re.findall(r'"([\w-]+)(?:=\w)?(!?)"', spec[1]):
+        options |= {f"--{name}", f"--no-{name}"} if negatable else {f"--{name}"}
+    return options
+
+
+def _rdm_mailhandler_options() -> set[str]:
+    """The options of Redmine's rdm-mailhandler.rb, from its opts.on calls."""
+    calls = re.findall(r"opts\.on\((.*?)\)\s*\{", RDM_MAILHANDLER.read_text(), re.S)
+    return {flag for call in calls for flag in re.findall(r'"(--?[\w-]+)', call)}
+
+
+def _table(first_column: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"| {first_column} | imap-ingest {first_column} |")
+    return readme[start:readme.index("\n\n", start)]
+
+
+@pytest.mark.parametrize(("tool", "path", "options"), [
+    ("rt-mailgate", RT_MAILGATE, _rt_mailgate_options),
+    ("rdm-mailhandler", RDM_MAILHANDLER, _rdm_mailhandler_options)])
+def test_the_readme_tables_name_every_option_of_the_installed_tools(
+        tool: str, path: Path, options: Callable[[], set[str]]) -> None:
+    """README's compatibility tables name each option of Debian's rt-mailgate, rdm-mailhandler."""
+    if not path.exists():
+        pytest.skip(f"{path} is not installed")
+    found = options()
+    assert len(found) > 8, found  # the parse found the options, not nothing
+    named = {token for span in re.findall(r"`([^`]*)`", _table(tool))
+             for token in re.split(r"[\s/,]+", span) if token.startswith("-")}
+    assert sorted(found - named) == []
 
 
 def test_auto_reply_is_held_unless_loop_checks_are_off(rt: RecordingServer,
@@ -228,6 +287,21 @@ def test_timeout_exits_75_and_the_retry_follows_in_doubt(rt: RecordingServer,
     assert time.monotonic() - started < 4
     rt.answer = lambda request: OK
     assert pipe(raw, *mailgate(rt, tmp_path)).returncode == 0
+    assert len(rt.requests) == 1
+    [about] = (tmp_path / "spool" / "rt-mailgate").glob("*.json")
+    assert json.loads(about.read_text())["result"] == "quarantined"
+
+
+def test_the_mtas_retry_with_a_new_envelope_line_is_the_same_message(
+        rt: RecordingServer, tmp_path: Path) -> None:
+    """Postfix's "From sender time_stamp" line differs per attempt: the retry is in doubt."""
+    rt.answer = lambda request: (200, b"ok\n", 5)
+    raw = make()
+    first = b"From alice@example.org  Wed Dec  2 06:55:06 2026\n" + raw
+    assert pipe(first, *mailgate(rt, tmp_path, "--timeout", "1")).returncode == 75
+    rt.answer = lambda request: OK
+    again = b"From alice@example.org  Wed Dec  2 07:05:06 2026\n" + raw
+    assert pipe(again, *mailgate(rt, tmp_path)).returncode == 0
     assert len(rt.requests) == 1
     [about] = (tmp_path / "spool" / "rt-mailgate").glob("*.json")
     assert json.loads(about.read_text())["result"] == "quarantined"

@@ -115,6 +115,14 @@ def test_from_address_matches_the_parsed_address(sender: str, holds: bool) -> No
     assert parse({"from_address": "*@example.org"}).holds(Message(make(sender=sender))) is holds
 
 
+@pytest.mark.parametrize("header", ["To", "Cc"])
+def test_to_address_reads_every_recipient_header(header: str) -> None:
+    """to_address also finds an address in a second To: or Cc: field, not the first only."""
+    raw = make().replace(b"Subject:", f"{header}: someone@else.example\r\n"
+                         f"{header}: rt-ops@example.org\r\nSubject:".encode())
+    assert parse({"to_address": "rt-ops@*"}).holds(Message(raw))
+
+
 def test_allow_senders_lifts_named_checks_and_says_so() -> None:
     """Precedence: bulk from an allowlisted domain is submitted, its rule naming the list."""
     raw = make(sender="bot@crm.partner.example", headers={"Precedence": "bulk"})

@@ -129,6 +129,18 @@ def once(tmp_path: Path, *servers: HostileImap | ImapAccount) -> int:
     return main(["run", "--once", "-c", str(path)])
 
 
+@pytest.mark.parametrize(("greeting", "security"), [
+    ("drip", "none"), ("tls-drip", "ssl"), ("starttls-drip", "starttls")])
+def test_a_dripped_greeting_or_handshake_ends_within_the_timeout(
+        server: HostileImap, script: Script, greeting: str, security: str) -> None:
+    """A greeting, TLS handshake or STARTTLS handshake dripped a byte at a time ends in time."""
+    script.greeting = greeting  # type: ignore[assignment]
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost):
+        Mailbox(account(server, security=security))
+    assert time.monotonic() - started < TIMEOUT + 1.5
+
+
 def test_once_that_cannot_finish_frees_its_lock(server: HostileImap, script: Script,
                                                 tmp_path: Path) -> None:
     """--once on a dripping server exits 75 in time and leaves the folder lock free."""

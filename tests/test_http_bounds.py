@@ -23,6 +23,7 @@ from imap_ingest.trackers.rt import RtTarget
 from .support.dovecot import ImapAccount
 from .support.hostile_http import HostileHttp, Script, drip, huge, silent
 from .support.ingest_env import ROOT
+from .support.redmine_server import RecordingServer
 from .test_webhook import write
 
 ENVELOPE = Envelope("test", "INBOX", 1, 1)
@@ -206,3 +207,24 @@ def test_a_failed_ticket_lookup_names_the_server_only() -> None:
         tickets.close()
         server.close()
     assert str(failed.value) == f"{plain}: answered 500"
+
+
+def test_a_ticket_lookup_is_sent_as_posting_is(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lookup says who it is and keeps its token: a ~/.netrc entry for the host is not read."""
+    server = RecordingServer()
+    server.answer = lambda request: (200, b'{"items": [], "pages": 1}', 0)
+    (tmp_path / ".netrc").write_text("machine 127.0.0.1 login someone password netrc-pw\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    target = RtTarget.model_validate({"type": "rt", "url": server.url, "queue": "General",
+                                      "allow_insecure": True, "timeout": "2s"})
+    tickets = RtTickets(target, "t0ken")
+    try:
+        tickets.find([Submitted(1, "<a@example.org>", "s", None, 0.0, "test/INBOX uid 1")])
+    finally:
+        tickets.close()
+        server.close()
+    [request] = server.requests
+    assert request.headers["Authorization"] == "token t0ken"
+    assert request.headers["User-Agent"].startswith("imap-ingest/")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from imap_ingest.config import Account, load
+from imap_ingest.errors import FolderMissing
 from imap_ingest.mailbox import Mailbox, status_name
 from imap_ingest.states import FAILED, SKIPPED
 
@@ -150,6 +151,24 @@ def test_a_folder_with_nothing_new_is_not_searched_whole_again(
         mailbox.select("INBOX")
         assert mailbox.new_uids() == []
     assert f"UID {uids[-1] + 1}:*" in searches(caplog)[1]
+
+
+def test_switching_folders_costs_a_select_and_no_list(
+        imap: ImapAccount, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each folder switch is one SELECT; LIST is asked only when a SELECT is refused."""
+    imap.create("Other")
+    caplog.set_level(logging.DEBUG, logger="imapclient")
+    with Mailbox(account_of(imap, tmp_path)) as mailbox:
+        for folder in ("INBOX", "Other", "INBOX", "Other"):
+            mailbox.select(folder)
+        sent = [record.getMessage() for record in caplog.records
+                if record.getMessage().startswith("> ")]
+        assert sum(" SELECT " in line for line in sent) == 4
+        assert not [line for line in sent if " LIST " in line]
+        with pytest.raises(FolderMissing):
+            mailbox.select("Nope")
+        mailbox.select("Other")  # a refused SELECT closed the open folder: opened again
+        assert mailbox.new_uids() == []
 
 
 @pytest.mark.parametrize(("response", "name"), [

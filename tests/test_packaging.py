@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from imap_ingest import handoff
 from imap_ingest.cli import _parser
 from imap_ingest.config import CONFIG_VARIABLE, load
 from imap_ingest.errors import EX_CONFIG, EX_NOPERM
@@ -101,3 +102,20 @@ def test_systemd_unit_and_crontab() -> None:
                 if line and not line.startswith("#"))
     command = shlex.split(line.split(None, 5)[5].split("2>>")[0])
     assert command[0] == SCRIPT and _parser().parse_args(command[1:]).once
+
+
+def test_deliver_server_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deliver-server unit runs it on the commands' default socket, and outwaits them."""
+    monkeypatch.delenv(handoff.SOCKET_VARIABLE, raising=False)
+    unit = (ROOT / "contrib" / "imap-ingest-deliver.service").read_text()
+    exec_start = shlex.split(re.search(r"^ExecStart=(.*)$", unit, re.MULTILINE)[1])  # type: ignore[index]
+    assert Path(exec_start[0]).name == SCRIPT
+    args = _parser().parse_args(exec_start[1:])
+    assert args.socket == handoff.DEFAULT_SOCKET
+    runtime = re.search(r"^RuntimeDirectory=(.*)$", unit, re.MULTILINE)
+    assert runtime and f"/run/{runtime[1]}/deliver.sock" == handoff.DEFAULT_SOCKET
+    assert "RuntimeDirectoryMode=0700" in unit
+    stop = re.search(r"^TimeoutStopSec=(\d+)$", unit, re.MULTILINE)
+    assert stop and int(stop[1]) > handoff.RT_TIMEOUT + handoff.GRACE
+    for option in ("PrivateTmp", "ProtectHome", "ProtectSystem"):  # the pipe's view of files
+        assert f"\n{option}=" not in unit

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from imapclient import IMAPClient
 
 from imap_ingest.cli import main
 
@@ -93,6 +94,29 @@ def test_a_folder_the_server_refuses_is_that_folders_failure(
     err = capsys.readouterr().err
     assert "not moved to ~Done" in err and "moved to Done instead, as configured now" in err
     assert once(tmp_path, imap, redmine, folders=folders) == 0
+
+
+def test_what_the_config_now_says_instead_is_one_command_for_all(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages left by a refused move go where the config now says in one MOVE, not one each."""
+    sent = [make(subject=f"m{n}") for n in range(5)]
+    for raw in sent:
+        imap.append("INBOX", raw)
+    folders = [{"name": "INBOX", "project": "support", "move_on_success": "~Done"}]
+    assert once(tmp_path, imap, redmine, folders=folders) == 75
+    folders[0]["move_on_success"] = "Done"
+    moves: list[tuple[object, str]] = []
+    move = IMAPClient.move
+
+    def counted(client: IMAPClient, messages: Any, folder: str) -> Any:
+        moves.append((messages, folder))
+        return move(client, messages, folder)
+
+    monkeypatch.setattr(IMAPClient, "move", counted)
+    assert once(tmp_path, imap, redmine, folders=folders) == 0
+    assert len(redmine.requests) == 5 and sorted(bodies(imap, "Done")) == sorted(sent)
+    assert len(moves) == 1, moves
 
 
 def test_check_resolves_and_verifies_every_destination(

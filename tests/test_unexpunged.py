@@ -101,6 +101,32 @@ def test_next_pass_expunges_what_a_stopped_pass_flagged(
 
 
 
+def test_a_deletion_done_but_not_recorded_is_recorded_by_the_next_pass(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
+        searched: list[list[Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after EXPUNGE, before the ledger's write: the next pass records them gone, once."""
+    backlog(imap, 3)
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url)
+    expunge = IMAPClient.uid_expunge
+
+    def expunged_then_killed(client: IMAPClient, messages: Any) -> Any:
+        expunge(client, messages)
+        raise Killed()
+
+    monkeypatch.setattr(IMAPClient, "uid_expunge", expunged_then_killed)
+    with pytest.raises(Killed):
+        main(["run", "--once", "-c", str(path)])
+    assert present(imap) == {} and len(redmine.emails) == 3
+    monkeypatch.setattr(IMAPClient, "uid_expunge", expunge)
+    for _ in range(2):
+        assert main(["run", "--once", "-c", str(path)]) == 0
+    searched.clear()
+    assert main(["run", "--once", "-c", str(path)]) == 0
+    assert sum("DELETED" in criteria for criteria in searched) == 0, (
+        "a deletion already done is looked for again on every pass")
+    assert len(redmine.emails) == 3
+
+
 def test_without_uidplus_a_stopped_delete_is_finished_as_dispose_does(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, searched: list[list[Any]],
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -151,6 +177,11 @@ def test_pending_deletes_read_only_the_rows_not_yet_disposed(
     steps.clear()
     assert list(ledger.pending_deletes("test", "INBOX", 7)) == [5_000]
     assert len(steps) < 20, "the read went through the folder's 20,000 rows"
+    with connect(tmp_path / "ledger.sqlite3") as db:
+        db.execute("DROP INDEX messages_pending")
+    steps.clear()
+    assert list(ledger.pending_deletes("test", "INBOX", 7)) == [5_000]
+    assert len(steps) >= 20, "without the index the count above could not have failed"
 
 
 def present(imap: ImapAccount) -> dict[int, tuple[set[bytes], bytes]]:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, FilePath, SecretStr, ValidationInfo, field_validator, model_validator
 
+from ..message import RECIPIENT_HEADERS
 from .folders import Folder
 from .values import (
     Duration,
@@ -146,7 +147,7 @@ class Account(WithSecret):
     # the sub-address EXT (RT's extension: queue, ticket or action).
     addresses: list[str] = []
     subaddress_separator: Annotated[str, Field(min_length=1, max_length=1)] = "+"
-    recipient_headers: list[str] = ["Delivered-To", "X-Original-To", "To", "Cc"]
+    recipient_headers: list[str] = list(RECIPIENT_HEADERS)
     folders: Annotated[list[Folder], Field(min_length=1)]
 
     @field_validator("security")

@@ -11,11 +11,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import ConfigError
+from ..handoff import SOCKET_VARIABLE
 from .settings import Config
 from .targets import target_types
 
 ENV_PREFIX = "IMAP_INGEST_"
 CONFIG_VARIABLE = "IMAP_INGEST_CONFIG"  # names the file itself, not a key in it
+_NOT_KEYS = (CONFIG_VARIABLE, SOCKET_VARIABLE)  # the latter: the deliver-server's socket
 
 
 def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -23,7 +25,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     environ = os.environ if environ is None else environ
     data = _read_yaml(Path(path))
     for name, value in sorted(environ.items()):
-        if name.startswith(ENV_PREFIX) and name != CONFIG_VARIABLE:
+        if name.startswith(ENV_PREFIX) and name not in _NOT_KEYS:
             _override(data, name, value, path)
     try:
         config = Config(**data)

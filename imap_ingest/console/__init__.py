@@ -102,7 +102,7 @@ class ConsoleServer:
                 return 200, {"Content-Type": "application/octet-stream",
                              "Content-Disposition": f'attachment; filename="{uid}.eml"'}, raw
             item = next((i for i in mail.set_aside(service.config, service.ledger,
-                                                   service.tokens)
+                                                   service.tokens, (account, folder))
                          if (i.account, i.folder, i.uid) == (account, folder, uid)), None)
             if item is None:
                 return 404, {"Content-Type": "text/plain"}, b"not set aside\n"

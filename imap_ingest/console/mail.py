@@ -13,7 +13,7 @@ from ..ledger import Key, Ledger
 from ..mailbox import Mailbox
 from ..message import Message
 from ..oauth import Tokens
-from ..retry import retry, retry_maildrop
+from ..retry import retry_account
 from ..rules import RuleSet
 from ..source import Source, open_source
 from ..states import FAILED, SKIPPED, Result, State
@@ -46,11 +46,14 @@ def aside_folders(config: Config, account: Account) -> dict[str, str]:
     return found
 
 
-def set_aside(config: Config, ledger: Ledger, tokens: dict[str, Tokens]) -> list[Aside]:
-    """Every message set aside, with what the ledger says of why; a folder that cannot be
-    read (not created yet) lists nothing."""
+def set_aside(config: Config, ledger: Ledger, tokens: dict[str, Tokens],
+              only: tuple[str, str] | None = None) -> list[Aside]:
+    """Every message set aside (``only`` those in this account's folder), with what the
+    ledger says of why; a folder that cannot be read (not created yet) lists nothing."""
     found: list[Aside] = []
     for account in config.accounts:
+        if only is not None and account.name != only[0]:
+            continue
         try:
             if not account.has_folders:
                 with open_source(account, tokens.get(account.name), ledger) as source:
@@ -66,6 +69,8 @@ def set_aside(config: Config, ledger: Ledger, tokens: dict[str, Tokens]) -> list
                 places += [(f.name, "held", ["UNDELETED", "KEYWORD", SKIPPED])
                            for f in account.folders]
                 for name, kind, criteria in places:
+                    if only is not None and name != only[1]:
+                        continue
                     found += _listed(mailbox, ledger, account, name, kind, criteria)
         except MailboxError:
             continue
@@ -142,11 +147,8 @@ def do_retry(config: Config, ledger: Ledger, tokens: dict[str, Tokens], account_
              folder: str, uid: int) -> list[str]:
     """`imap-ingest retry FOLDER` for this one message (POP3: released in the ledger, as
     nothing on the server says it was refused)."""
-    account = _account(config, account_name)
-    if not account.has_folders:
-        return list(retry_maildrop(ledger, account, [uid]))
-    with Mailbox(account, tokens.get(account.name)) as mailbox:
-        return list(retry(mailbox, ledger, account, folder, [uid]))
+    return list(retry_account(ledger, _account(config, account_name), folder, [uid],
+                              tokens.get(account_name)))
 
 
 def do_release(config: Config, ledger: Ledger, trackers: dict[str, Tracker],

@@ -187,31 +187,16 @@ def total(seconds: float) -> Iterator[_Deadline]:
         _current.deadline = None
 
 
-def watched(session: requests.Session, adapter: _Adapter | None = None) -> requests.Session:
-    """``session``, its connections watched by the deadline of ``total``."""
-    adapter = adapter or _Adapter()
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
 class Client:
     """Keep-alive connections that verify TLS unless told not to, at most the target's
     ``concurrency`` requests at once (``pace``, the limiter's), whichever folders send them."""
 
     def __init__(self, target: HttpTarget) -> None:
         self.timeout = target.timeout
-        self._http = requests.Session()
-        self._http.verify = verify(target)
-        self._http.headers["User-Agent"] = USER_AGENT
-        # The proxy settings of the environment, read once: requests would read them (and
-        # ~/.netrc) again for every request, half a millisecond each time.
-        self._http.proxies = requests.utils.get_environ_proxies(target.url)
-        self._http.trust_env = False
         self.pace = Pace(target.fixed_in_flight(), target.max_in_flight(),
                          name=origin(target.url))
         # As many connections as the limit may ever reach: the pool keeps those in use.
-        watched(self._http, _Adapter(pool_connections=1, pool_maxsize=self.pace.most))
+        self._http = session(target, _Adapter(pool_connections=1, pool_maxsize=self.pace.most))
         self._prepared: dict[tuple[str, str], requests.PreparedRequest] = {}
 
     def request(self, method: str, url: str, *, data: bytes | Iterable[bytes] | None = None,
@@ -278,6 +263,22 @@ class Client:
 
     def close(self) -> None:
         self._http.close()
+
+
+def session(target: HttpTarget, adapter: _Adapter | None = None) -> requests.Session:
+    """A session for one target, watched by the deadlines: TLS checked as :func:`verify`
+    says, our User-Agent, the environment's proxies read once (requests would read them
+    again for every request, half a millisecond each time) and ~/.netrc never (its password
+    would replace the token or key a tracker is sent)."""
+    http = requests.Session()
+    http.verify = verify(target)
+    http.headers["User-Agent"] = USER_AGENT
+    http.proxies = requests.utils.get_environ_proxies(target.url)
+    http.trust_env = False
+    adapter = adapter or _Adapter()  # its connections watched by the deadline of total()
+    http.mount("http://", adapter)
+    http.mount("https://", adapter)
+    return http
 
 
 def verify(target: HttpTarget) -> bool | str:

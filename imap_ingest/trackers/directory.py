@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 from ..config import SubmitOptions, Target
-from ..files import private_dir
+from ..files import private_dir, write_atomic
 from . import Envelope, Kind, Outcome
 from .registry import register
 from .webhook import document
@@ -46,9 +45,9 @@ class Directory:
         del summary["raw_base64"]  # the .eml beside it is the raw message
         try:
             private_dir(self._path)
-            _write(self._path / f"{stem}.eml", raw)
-            _write(self._path / f"{stem}.json",
-                   json.dumps(summary, ensure_ascii=False, indent=2).encode())
+            write_atomic(self._path / f"{stem}.eml", raw)
+            write_atomic(self._path / f"{stem}.json",
+                         json.dumps(summary, ensure_ascii=False, indent=2).encode())
         except OSError as exc:
             return Outcome(Kind.TEMPORARY, f"cannot write to {self._path}: {exc.strerror}")
         return Outcome(Kind.SUCCESS, f"written to {self._path / stem}.eml", ticket=stem)
@@ -65,20 +64,6 @@ class Directory:
 
     def close(self) -> None:
         pass
-
-
-def _write(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically (a reader never sees half a file), readable by its owner
-    only. The temporary file gets an unpredictable name, created O_EXCL | O_NOFOLLOW by
-    mkstemp: a symlink planted beside it is never written through."""
-    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
 
 
 register(DirectoryTarget, Directory)

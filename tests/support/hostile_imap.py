@@ -8,7 +8,9 @@ answer a byte at a time, or flood untagged ``* OK still thinking`` lines. Every 
 command is answered OK. With ``idle``, it offers IDLE and never reports anything in it, as
 Cyrus without idled and Courier without enhanced IDLE do, or (``idle_split``) announces
 mail in two TCP segments split mid-line. With ``notify``, it offers NOTIFY and refuses
-it; with ``idle_bye``, it ends the session in IDLE. It records the commands it received.
+it; with ``idle_bye``, it ends the session in IDLE. With ``greeting``, it drips its greeting
+a byte at a time without end, or the start of a TLS handshake (at once, or after agreeing to
+STARTTLS). It records the commands it received.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from typing import Literal, Self
 _PARTIAL = re.compile(rb"<0\.(\d+)>")
 
 Mode = Literal["normal", "no-body", "huge-literal", "drip", "flood"]
+Greeting = Literal["normal", "drip", "tls-drip", "starttls-drip"]
+# A TLS record header announcing a 16 KB handshake record, whose bytes then come one by one.
+_TLS_RECORD = b"\x16\x03\x03\x40\x00"
 
 
 @dataclass
@@ -40,6 +45,7 @@ class Script:
     notify: bool = False  # offer NOTIFY, and answer NOTIFY SET with NO
     idle_bye: bool = False  # in IDLE, say BYE and hang up
     drip_delay: float = 0.05
+    greeting: Greeting = "normal"
     commands: list[bytes] = field(default_factory=list)
     logins: list[bytes] = field(default_factory=list)
     echo_logins: bool = False  # refuse every login, echoing the credentials it was sent
@@ -72,11 +78,14 @@ class _Handler(socketserver.StreamRequestHandler):
     @property
     def capabilities(self) -> bytes:
         return (b"IMAP4rev1 AUTH=PLAIN UIDPLUS" + (b" IDLE" if self.script.idle else b"")
-                + (b" NOTIFY" if self.script.notify else b""))
+                + (b" NOTIFY" if self.script.notify else b"")
+                + (b" STARTTLS" if self.script.greeting == "starttls-drip" else b""))
 
     def handle(self) -> None:
-        self.send(b"* OK [CAPABILITY %s] hostile ready\r\n" % self.capabilities)
         try:
+            if self.script.greeting in ("drip", "tls-drip"):
+                self.drip_forever(b"* OK " if self.script.greeting == "drip" else _TLS_RECORD)
+            self.send(b"* OK [CAPABILITY %s] hostile ready\r\n" % self.capabilities)
             while line := self.rfile.readline():
                 tag, _, rest = line.rstrip(b"\r\n").partition(b" ")
                 self.script.commands.append(rest)
@@ -84,6 +93,13 @@ class _Handler(socketserver.StreamRequestHandler):
                     return
         except OSError:
             return  # the client gave up on us: that is what the tests want
+
+    def drip_forever(self, head: bytes) -> None:
+        """``head``, then a byte at a time until the client hangs up (an OSError here)."""
+        self.send(head)
+        while True:
+            time.sleep(self.script.drip_delay)
+            self.send(b"x" if head.startswith(b"*") else b"\x00")
 
     def send(self, data: bytes) -> None:
         self.wfile.write(data)
@@ -106,6 +122,9 @@ class _Handler(socketserver.StreamRequestHandler):
                 time.sleep(0.2)
                 self.send(b"STS\r\n")
             self.rfile.readline()  # DONE
+        elif name == b"STARTTLS":
+            self.send(tag + b" OK begin TLS\r\n")
+            self.drip_forever(_TLS_RECORD)
         elif name == b"NOTIFY":
             self.send(tag + b" NO [NOTIFICATIONOVERFLOW] not today\r\n")
             return True

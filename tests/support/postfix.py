@@ -87,6 +87,7 @@ class Postfix:
     port: int
     log: Path
     state: Path  # the imap-ingest state dir the aliases use, owned by USER
+    program: Path  # the imap-ingest that USER can run
 
     def send(self, raw: bytes, to: str) -> None:
         """Submit ``raw`` over SMTP for ``to`` (a local part of DOMAIN)."""
@@ -115,9 +116,11 @@ class Postfix:
 
 
 @contextmanager
-def postfix(aliases: dict[str, str]) -> Iterator[Postfix]:
+def postfix(aliases: dict[str, str], environment: dict[str, str] | None = None
+            ) -> Iterator[Postfix]:
     """A Postfix on 127.0.0.1 for DOMAIN; ``aliases`` maps a local part to arguments of
-    ``imap-ingest`` (``{state}`` is the state dir). Stopped and removed afterwards."""
+    ``imap-ingest`` (``{state}`` is the state dir), whose commands also get ``environment``
+    (import_environment, export_environment). Stopped and removed afterwards."""
     # Under /tmp, not pytest's tmp_path: that is root's alone, and USER must reach it.
     top = Path(tempfile.mkdtemp(prefix="postfix-"))
     top.chmod(0o755)
@@ -151,13 +154,20 @@ def postfix(aliases: dict[str, str]) -> Iterator[Postfix]:
             # Retry soon: the test flushes the queue itself, the scheduler must not first.
             "minimal_backoff_time": "300s", "maximal_backoff_time": "600s",
             "queue_run_delay": "300s", "smtputf8_enable": "no"}
+        if environment:
+            imported = subprocess.run(["postconf", "-dh", "import_environment",
+                                       "export_environment"], check=True, text=True,
+                                      capture_output=True).stdout.splitlines()
+            settings["import_environment"] = " ".join(
+                [imported[0], *(f"{k}={v}" for k, v in environment.items())])
+            settings["export_environment"] = " ".join([imported[1], *environment])
         subprocess.run(["postconf", "-c", str(config), "-e",
                         *(f"{key}={value}" for key, value in settings.items())], check=True)
         subprocess.run(["postalias", "-c", str(config), f"hash:{config}/aliases"], check=True)
         started = subprocess.run(["postfix", "-c", str(config), "start"], capture_output=True,
                                  text=True)
         assert started.returncode == 0, started.stderr
-        instance = Postfix(config, port, top / "maillog", state)
+        instance = Postfix(config, port, top / "maillog", state, wrapper)
         try:
             _wait_listening(port)
             yield instance
