@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
+import os
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 from tests.support.ingest_env import ROOT
@@ -108,3 +113,48 @@ def rates(samples: list[tuple[float, int]], window: float = 2.0) -> tuple[list[f
             times.append(t)
             values.append((n - n0) / (t - t0))
     return times, values
+
+
+# BENCH_BASE=DIR: also run the default (auto) from the imap-ingest tree in DIR (say, main
+# exported with git archive), beside this one, in the same run.
+BASE = os.environ.get("BENCH_BASE")
+
+
+def run_once(config: Path, base: bool = False) -> tuple[float, str, int]:
+    """``imap-ingest run --once`` (this tree's, or BASE's): its seconds, its log (JSON) and
+    its exit status."""
+    root = Path(BASE) if base and BASE else ROOT
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "imap_ingest", "run", "--once", "--log-format",
+                           "json", "-c", str(config)], cwd=root, capture_output=True, text=True,
+                          env=os.environ | {"PYTHONPATH": str(root)}, check=False)
+    return time.perf_counter() - started, done.stderr, done.returncode
+
+
+def log_events(log: str) -> Iterator[tuple[float, str]]:
+    """(time, message) of each JSON log line."""
+    for line in log.splitlines():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            entry = json.loads(line)
+            yield datetime.fromisoformat(entry["time"]).timestamp(), entry["message"]
+
+
+def limits_over_time(log: str) -> tuple[list[float], list[float]]:
+    """The auto limit from the log's "N requests at once (was M ...)", as a step line from
+    the first log line's time; empty before the limiter logged (older trees)."""
+    events = list(log_events(log))
+    if not events:
+        return [], []
+    start, times, values = events[0][0], [0.0], [1.0]
+    for at, text in events:
+        if found := re.search(r": (\d+) requests at once \(was (\d+)", text):
+            times += [at - start, at - start]
+            values += [values[-1], float(found[1])]
+    times.append(events[-1][0] - start)
+    values.append(values[-1])
+    return times, values
+
+
+def retried_alone(log: str) -> int:
+    """How many refusals among others the pass sent again alone."""
+    return sum("sending it again alone" in text for _, text in log_events(log))

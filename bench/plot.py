@@ -38,6 +38,23 @@ def distribution(name: str, title: str, xlabel: str, samples: dict[str, list[flo
     return _save(figure, name)
 
 
+def timeline(name: str, title: str, rates: dict[str, tuple[list[float], list[float]]],
+             limits: dict[str, tuple[list[float], list[float]]], window: float = 2.0) -> Path:
+    """Messages/s against seconds for each run, above the auto limit against seconds."""
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True,
+                                         height_ratios=(2, 1))
+    for label, (xs, ys) in rates.items():
+        top.plot(xs, ys, label=label)
+    top.set(title=title, ylabel=f"messages/s ({window:g} s average)")
+    for label, (xs, ys) in limits.items():
+        bottom.plot(xs, ys, label=label)
+    bottom.set(xlabel="seconds", ylabel="requests at once")
+    for axes in (top, bottom):
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize="small")
+    return _save(figure, name)
+
+
 def _save(figure: matplotlib.figure.Figure, name: str) -> Path:
     DOCS.mkdir(exist_ok=True)
     path = DOCS / name

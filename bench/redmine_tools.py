@@ -4,10 +4,12 @@ Debian's Redmine 5.0.4 (SQLite) served by Passenger with 2 processes, as Debian'
 recommends; the same N messages (default 500, from a member of the project, one in ten with a
 200 KB attachment) each time, on a fresh copy of the database, in alternating rounds:
   - rake redmine:email:receive_imap (Redmine's own IMAP reader: one Ruby process, no HTTP)
-  - imap-ingest run --once with the default (concurrency: auto) and concurrency at 1, 2, 4, 8
+  - imap-ingest run --once with the default (concurrency: auto) and concurrency at 1, 2, 3,
+    4, 8; with BENCH_BASE=DIR, also the default of the imap-ingest tree in DIR ("auto base")
   - the ceiling: the same N form POSTs from a minimal client with 4 threads, 4 keep-alive
     connections, messages already in memory
-Every run is checked: the number of issues Redmine created, and the 422s.
+Every run is checked: the number of issues Redmine created (more than N: doubled), the
+messages not filed, and the 422s imap-ingest sent again alone ("retried").
 
 SQLite deadlocks two writers that both began reading (Redmine answers 422 "database is
 locked"). By default the server is Debian's as it comes (stock SQLite): imap-ingest sends
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import queue
 import random
 import shutil
@@ -35,18 +38,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import plot
-from bench.common import message, rates, submitted_over_time, timed_threads
+from bench.common import (
+    BASE,
+    limits_over_time,
+    message,
+    rates,
+    retried_alone,
+    run_once,
+    submitted_over_time,
+    timed_threads,
+)
 from imap_ingest.trackers.redmine import Form, crlf
 from tests.e2e import redmine as e2e
 from tests.support.dovecot import Dovecot, ImapAccount
-from tests.support.ingest_env import ROOT, command, write_config
+from tests.support.ingest_env import write_config
 
 PROCESSES = 2
-CONCURRENCY: tuple[int | str, ...] = ("auto", 1, 2, 4, 8)
+CONCURRENCY: tuple[int | str, ...] = ("auto", *(("auto base",) if BASE else ()), 1, 2, 3, 4, 8)
 IMMEDIATE = False
 CEILING_THREADS = 4
 SENDER = b"From: Alice Member <alice@example.org>"
 TIMELINES: dict[str, list[tuple[float, int]]] = {}  # the last round's, by concurrency
+LIMITS: dict[str, tuple[list[float], list[float]]] = {}  # auto's limit over the last round
+Result = tuple[float, int, int, int]  # seconds, issues, messages not filed, retried alone
 
 def fill(imap: ImapAccount, raws: list[bytes]) -> None:
     with imap.client() as client:
@@ -54,7 +68,7 @@ def fill(imap: ImapAccount, raws: list[bytes]) -> None:
             client.append("INBOX", raw)
 
 
-def rake(imap: ImapAccount, template: Path) -> tuple[float, int, int]:
+def rake(imap: ImapAccount, template: Path) -> Result:
     """Redmine's own reader, straight into a fresh copy of the database (no web server)."""
     directory = Path(tempfile.mkdtemp(prefix="bench-rake-"))
     database = directory / "db" / "redmine.sqlite3"
@@ -70,31 +84,31 @@ def rake(imap: ImapAccount, template: Path) -> tuple[float, int, int]:
     elapsed = time.perf_counter() - started
     created = e2e.issue_count(database)
     shutil.rmtree(directory, ignore_errors=True)
-    return elapsed, created, 0
+    return elapsed, created, 0, 0
 
 
 def ours(imap: ImapAccount, url: str, database: Path, concurrency: int | str,
-         tmp: Path) -> tuple[float, int, int]:
+         tmp: Path) -> Result:
     # A fresh ledger each run: the last run's would rightly call these mails duplicates.
     state = Path(tempfile.mkdtemp(dir=tmp))
     path = write_config(state / "config.yaml", imap, url, key=e2e.MAIL_KEY,
                         folder={"project": e2e.PROJECT, "batch_size": 100},
                         target={"timeout": "120s"} | (
-                            {} if concurrency == "auto" else {"concurrency": concurrency}),
+                            {"concurrency": concurrency} if isinstance(concurrency, int)
+                            else {}),
                         state_dir=str(state))
-    started = time.perf_counter()
     with submitted_over_time(state / "ledger.sqlite3") as samples:
-        subprocess.run(command("run", "--once", "-c", str(path)), cwd=ROOT,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    elapsed = time.perf_counter() - started
+        elapsed, log, _ = run_once(path, base=concurrency == "auto base")
     TIMELINES[str(concurrency)] = samples
+    if isinstance(concurrency, str):
+        LIMITS[concurrency] = limits_over_time(log)
     # Refused mail is kept there, marked; mail in doubt is moved to Quarantine.
     failed = len(imap.messages("INBOX")) + sum(
         len(imap.messages(folder)) for folder in imap.folders() if folder != "INBOX")
-    return elapsed, e2e.issue_count(database), failed
+    return elapsed, e2e.issue_count(database), failed, retried_alone(log)
 
 
-def ceiling(raws: list[bytes], url: str, database: Path) -> tuple[float, int, int]:
+def ceiling(raws: list[bytes], url: str, database: Path) -> Result:
     """The least client work: forms built beforehand, CEILING_THREADS keep-alive senders."""
     port = int(url.rsplit(":", 1)[1])
     bodies: queue.SimpleQueue[bytes] = queue.SimpleQueue()
@@ -119,7 +133,7 @@ def ceiling(raws: list[bytes], url: str, database: Path) -> tuple[float, int, in
         connection.close()
 
     elapsed = timed_threads(send, CEILING_THREADS)
-    return elapsed, e2e.issue_count(database), len(refused)
+    return elapsed, e2e.issue_count(database), len(refused), 0
 
 
 def main(count: int, rounds: int) -> None:
@@ -129,45 +143,56 @@ def main(count: int, rounds: int) -> None:
             for i in range(count)]
     print(f"{count} messages ({sum(map(len, raws)) / count / 1024:.1f} KiB on average); "
           f"Redmine {e2e.require_installed()} on SQLite, Passenger with {PROCESSES} processes")
-    runs: dict[str, list[tuple[float, int, int]]] = {}
+    runs: dict[str, list[Result]] = {}
+    print(f"load average {load()}")
     with Dovecot() as dovecot, tempfile.TemporaryDirectory() as tmp:
-        def record(name: str, run: Callable[[ImapAccount], tuple[float, int, int]]) -> None:
+        def record(name: str, run: Callable[[ImapAccount], Result]) -> None:
             imap = dovecot.account()
             imap.create("INBOX")
             fill(imap, raws)
+            before = load()
             runs.setdefault(name, []).append(run(imap))
-            elapsed, created, failed = runs[name][-1]
-            print(f"  {name:<28} {count / elapsed:6.1f} msg/s  {created} issues, "
-                  f"{failed} refused", flush=True)
+            elapsed, created, failed, retried = runs[name][-1]
+            print(f"  {name:<34} {count / elapsed:6.1f} msg/s  {created} issues, "
+                  f"{failed} refused, {retried} retried alone; load {before} -> {load()}",
+                  flush=True)
 
         for round_ in range(rounds):
             print(f"round {round_ + 1}")
             record("rake receive_imap", lambda imap: rake(imap, template))
             for concurrency in CONCURRENCY:
-                def run(imap: ImapAccount, concurrency: int | str = concurrency) -> tuple[
-                        float, int, int]:
+                def run(imap: ImapAccount, concurrency: int | str = concurrency) -> Result:
                     with e2e.passenger(template, PROCESSES, IMMEDIATE) as (url, database):
                         return ours(imap, url, database, concurrency, Path(tmp))
                 record(f"imap-ingest concurrency {concurrency}", run)
 
-            def top(imap: ImapAccount) -> tuple[float, int, int]:
+            def top(imap: ImapAccount) -> Result:
                 with e2e.passenger(template, PROCESSES, IMMEDIATE) as (url, database):
                     return ceiling(raws, url, database)
             record(f"ceiling ({CEILING_THREADS} threads)", top)
+    print(f"load average {load()}")
     summarise(count, runs)
 
 
-def summarise(count: int, runs: dict[str, list[tuple[float, int, int]]]) -> None:
-    rate = {name: count / statistics.median(elapsed for elapsed, _, _ in results)
+def load() -> str:
+    return "/".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def summarise(count: int, runs: dict[str, list[Result]]) -> None:
+    rate = {name: count / statistics.median(elapsed for elapsed, *_ in results)
             for name, results in runs.items()}
     best = rate[f"ceiling ({CEILING_THREADS} threads)"]
     tool = rate["rake receive_imap"]
     print(f"\nmedian of {len(next(iter(runs.values())))} rounds:")
-    print(f"  {'':<28} {'msg/s':>6}  {'of ceiling':>10}  {'vs rake':>7}  issues/refused")
+    fixed = max(value for name, value in rate.items()
+                if name.removeprefix("imap-ingest concurrency ").isdigit())
+    print(f"  {'':<34} {'msg/s':>6}  {'of ceiling':>10}  {'of best fixed':>13}  {'vs rake':>7}"
+          "  issues/refused/retried")
     for name, value in rate.items():
-        outcomes = ", ".join(f"{created}/{failed}" for _, created, failed in runs[name])
-        print(f"  {name:<28} {value:6.1f}  {value / best:10.0%}  {value / tool:6.2f}x  "
-              f"{outcomes}")
+        outcomes = ", ".join(f"{created}/{failed}/{retried}"
+                             for _, created, failed, retried in runs[name])
+        print(f"  {name:<34} {value:6.1f}  {value / best:10.0%}  {value / fixed:13.0%}  "
+              f"{value / tool:6.2f}x  {outcomes}")
     levels = [c for c in CONCURRENCY if isinstance(c, int)]
     plot.line("redmine-throughput.png", f"Redmine 5.0.4 (SQLite, Passenger, {PROCESSES} "
               f"processes), {count} messages", "concurrency (requests in flight)", "messages/s", {
@@ -179,10 +204,12 @@ def summarise(count: int, runs: dict[str, list[tuple[float, int, int]]]) -> None
                   "rake receive_imap": ([1.0, float(levels[-1])], [tool, tool]),
               })
     (plot.DOCS / "redmine-throughput.json").write_text(json.dumps(rate, indent=1) + "\n")
-    plot.line("redmine-auto.png", f"Redmine (stock SQLite, Passenger x{PROCESSES}): "
-              "throughput over a run", "seconds", "messages/s (2 s average)",
-              {f"concurrency: {name}": rates(samples) for name, samples in TIMELINES.items()},
-              marker="")
+    plot.timeline("redmine-auto.png", f"Redmine (stock SQLite, Passenger x{PROCESSES}): "
+                  "throughput over a run",
+                  {f"concurrency: {name}": rates(samples) for name, samples in TIMELINES.items()
+                   if name in ("auto", "auto base", "2", "4")},
+                  {f"{name}: limit": steps for name, steps in LIMITS.items()
+                   if name != "auto base"})  # an older tree does not log its limit
 
 
 if __name__ == "__main__":

@@ -53,14 +53,26 @@ from urllib.parse import urlsplit
 import yaml
 
 from bench import plot
-from bench.common import message, timed_threads
+from bench.common import (
+    BASE,
+    limits_over_time,
+    message,
+    rates,
+    retried_alone,
+    run_once,
+    submitted_over_time,
+    timed_threads,
+)
 from imap_ingest.trackers.rt import GATEWAY
 from tests.e2e.rt import RealRT
 from tests.support.dovecot import Dovecot, ImapAccount
-from tests.support.ingest_env import ROOT, command
 
 ROUNDS = int(os.environ.get("BENCH_RT_ROUNDS", "2"))
 AUTO = 0  # the setting that stands for concurrency: auto (the default: no number set)
+BASE_AUTO = -1  # auto, run from the tree BENCH_BASE names (bench/common.py)
+TIMELINES: dict[str, tuple[list[float], list[float]]] = {}  # messages/s over the last round
+LIMITS: dict[str, tuple[list[float], list[float]]] = {}  # auto's limit over the last round
+WINDOW = 10.0  # seconds each point of the throughput over time averages: RT takes ~0.3 s
 WORKERS = 2  # Starlet workers: one per core
 CONCURRENCY = (1, 2, 4)  # imap-ingest's RT target
 THREADS = (2, 4, 8)  # the ceiling client
@@ -80,6 +92,7 @@ class Run:
     problems: Counter[str] = field(default_factory=Counter)
     rt_cpu: float = 0.0  # CPU seconds RT's rt-server and workers spent, per message
     load: float = 0.0  # the 1-minute load average at the run's end
+    retried: int = 0  # refusals among others imap-ingest sent again alone
 
     @property
     def rate(self) -> float:
@@ -97,10 +110,14 @@ class Run:
     @property
     def label(self) -> str:
         if self.kind == "imap-ingest":
-            return f"imap-ingest --once, concurrency {self.setting or 'auto'}"
+            return f"imap-ingest --once, concurrency {setting_name(self.setting)}"
         if self.kind == "ceiling":
             return f"ceiling, {self.setting} threads"
         return "rt-mailgate, a process per message"
+
+
+def setting_name(setting: int) -> str:
+    return {AUTO: "auto", BASE_AUTO: "auto base"}.get(setting, str(setting))
 
 
 def subject_of(raw: bytes) -> str:
@@ -145,7 +162,7 @@ def config(path: Path, imap: ImapAccount, url: str, concurrency: int) -> Path:
         }],
         "targets": {"rt": {"type": "rt", "url": url, "queue": QUEUE, "action": ACTION,
                            "timeout": "180s",
-                           **({"concurrency": concurrency} if concurrency != AUTO else {})}},
+                           **({"concurrency": concurrency} if concurrency > 0 else {})}},
         "state_dir": str(path.parent / "state"),
     }
     path.write_text(yaml.safe_dump(data))
@@ -160,13 +177,16 @@ def ours(dovecot: Dovecot, rt: RealRT, messages: list[bytes], concurrency: int) 
             client.append("INBOX", raw)
     with tempfile.TemporaryDirectory() as tmp:
         path = config(Path(tmp) / "config.yaml", imap, rt.url, concurrency)
-        started = time.perf_counter()
-        done = subprocess.run(command("run", "--once", "-c", str(path)), cwd=ROOT,
-                              capture_output=True, text=True, check=False)
-        run = Run("imap-ingest", concurrency, time.perf_counter() - started, len(messages))
-    if done.returncode != 0:
-        run.problems[f"imap-ingest exit {done.returncode}"] += 1
-        print(done.stderr[-2000:], file=sys.stderr)
+        with submitted_over_time(path.parent / "state" / "ledger.sqlite3") as samples:
+            seconds, log, status = run_once(path, base=concurrency == BASE_AUTO)
+        run = Run("imap-ingest", concurrency, seconds, len(messages),
+                  retried=retried_alone(log))
+    if status != 0:
+        run.problems[f"imap-ingest exit {status}"] += 1
+        print(log[-2000:], file=sys.stderr)
+    if concurrency <= 0:
+        TIMELINES[setting_name(concurrency)] = rates(samples, window=WINDOW)
+        LIMITS[setting_name(concurrency)] = limits_over_time(log)
     if left := len(imap.messages("INBOX")):
         run.problems["left in INBOX (deferred)"] += left
     if failed := len(imap.messages(FAILED)):
@@ -257,12 +277,13 @@ def main(count: int, json_path: str | None) -> None:
         subprocess.run([MAILGATE, "--queue", QUEUE, "--action", ACTION, "--url", rt.url],
                        input=messages[0], capture_output=True, check=False)
         for round_ in range(1, ROUNDS + 1):
-            plan = [("rt-mailgate", 1), ("imap-ingest", AUTO)]
+            plan = [("rt-mailgate", 1), ("imap-ingest", AUTO),
+                    *([("imap-ingest", BASE_AUTO)] if BASE else [])]
             for c, t in zip(CONCURRENCY, THREADS, strict=True):
                 plan += [("imap-ingest", c), ("ceiling", t)]
             for kind, setting in plan:
                 rt.reset()
-                cpu = rt_cpu(rt)
+                cpu, before = rt_cpu(rt), os.getloadavg()[0]
                 if kind == "rt-mailgate":
                     run = mailgate(rt, messages)
                 elif kind == "imap-ingest":
@@ -276,15 +297,16 @@ def main(count: int, json_path: str | None) -> None:
                 said = ", ".join(f"{n} {what}" for what, n in run.problems.items()) or "none"
                 print(f"  round {round_}: {run.label:<40} {run.rate:5.2f} msg/s "
                       f"({run.seconds:5.1f} s)  RT {run.rt_cpu:.3f} CPU s/msg, "
-                      f"{run.rt_busy:.2f} cores busy  "
-                      f"load {run.load:.2f}  failures: {said}")
+                      f"{run.rt_busy:.2f} cores busy  load {before:.2f} -> {run.load:.2f}  "
+                      f"retried alone {run.retried}  failures: {said}", flush=True)
     print(f"load average after: {load()}")
     tool, top = best(runs, "rt-mailgate"), best(runs, "ceiling")
     print(f"\nbest of {ROUNDS} rounds, {count} messages each; ceiling = best thread count "
           f"({top.setting} threads)")
     print(f"  {'':<40} {'msg/s':>6}  {'of ceiling':>10}  {'vs rt-mailgate':>14}  "
           f"{'RT CPU s/msg':>12}  {'RT cores busy':>13}  {'failures (all rounds)':>21}")
-    rows = [tool, *(best(runs, "imap-ingest", c) for c in (AUTO, *CONCURRENCY)),
+    autos = (AUTO, BASE_AUTO) if BASE else (AUTO,)
+    rows = [tool, *(best(runs, "imap-ingest", c) for c in (*autos, *CONCURRENCY)),
             *(best(runs, "ceiling", t) for t in THREADS)]
     for run in rows:
         failures = sum(r.failures for r in runs if (r.kind, r.setting) == (run.kind, run.setting))
@@ -302,6 +324,11 @@ def main(count: int, json_path: str | None) -> None:
                                                [best(runs, "ceiling", t).rate for t in THREADS]),
                   "rt-mailgate, a process per message": ([1.0, widest], [tool.rate] * 2),
               })
+    plot.timeline("rt-auto.png", f"RT (SQLite, Starlet, {WORKERS} workers): throughput over "
+                  "a run", {f"concurrency: {name}": steps for name, steps in TIMELINES.items()},
+                  {f"{name}: limit": steps for name, steps in LIMITS.items()
+                   if name != "auto base"},  # an older tree does not log its limit
+                  WINDOW)
     if json_path:
         data = {
             "messages": count, "rounds": ROUNDS, "statistic": "best of rounds",

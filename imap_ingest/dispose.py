@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 
 from .errors import CommandRefused
 from .ledger import Key, Ledger
-from .source import Source
+from .source import Serial, Source
 from .states import Disposition
 
 log = logging.getLogger(__name__)
@@ -21,12 +22,14 @@ class Disposal:
     configuration says now when an earlier pass had planned it.
     """
 
-    def __init__(self, mailbox: Source, ledger: Ledger) -> None:
+    def __init__(self, mailbox: Source, ledger: Ledger, serial: Serial | None = None) -> None:
         self._mailbox = mailbox
         self._ledger = ledger
+        self._serial = serial or Serial(threaded=False)
         self._pending: dict[Disposition, list[Key]] = {}
         self._copies: dict[Key, tuple[str, ...]] = {}
         self._instead: dict[Key, Disposition] = {}
+        self._sent: Future[list[Key]] | None = None  # carried out, not yet recorded
         self.refused = 0  # messages left in place because the server refused their disposition
 
     def __len__(self) -> int:
@@ -45,28 +48,47 @@ class Disposal:
             self._instead[key] = instead
 
     def flush(self) -> None:
-        if not self._pending:
-            self._copies, self._instead = {}, {}
+        """Carry out what was queued, and record it done."""
+        self.send()
+        self.settle()
+
+    def send(self) -> None:
+        """Carry out what was queued, after the source's earlier commands (on its thread,
+        if it has one); it is recorded done by the next ``send`` or ``settle``."""
+        self.settle()
+        pending, instead = self._pending, self._instead
+        self._pending, self._copies, self._instead = {}, {}, {}
+        if not pending:
             return
         # What a message's disposition follows from is recorded before it is carried out.
         self._ledger.flush()
         # IMAP has no fence: a replica that lost the folder must not touch its messages.
-        first = next(iter(self._pending.values()))[0]
+        first = next(iter(pending.values()))[0]
         self._ledger.check_lease(first.account, first.folder)
+        self._sent = self._serial.later(lambda: self._carry_out_all(pending, instead))
+
+    def settle(self) -> None:
+        """Record what was sent as done, once the server has done it (its error raised)."""
+        if self._sent is not None:
+            sent, self._sent = self._sent, None
+            self._ledger.disposed(sent.result(), later=True)
+
+    def _carry_out_all(self, pending: dict[Disposition, list[Key]],
+                       instead: dict[Key, Disposition]) -> list[Key]:
+        """The keys disposed of; those whose disposition the server refused stay."""
         done: list[Key] = []
         kept: set[Key] = set()  # a refused copy keeps the message where it is
         # Copies first: a message may be copied and then moved or deleted.
-        for to in sorted(self._pending, key=lambda to: to.verb != "copy"):
-            keys = [key for key in self._pending[to] if key not in kept]
+        for to in sorted(pending, key=lambda to: to.verb != "copy"):
+            keys = [key for key in pending[to] if key not in kept]
             try:
                 self._carry_out(to, keys)
             except CommandRefused as exc:
-                kept.update(self._refused(to, keys, exc, done))
+                kept.update(self._refused(to, keys, exc, done, instead))
                 continue
             if to.verb != "copy":
                 done += keys
-        self._ledger.disposed(done, later=True)
-        self._pending, self._copies, self._instead = {}, {}, {}
+        return done
 
     def _carry_out(self, to: Disposition, keys: list[Key]) -> None:
         uids = [key.uid for key in keys]
@@ -80,13 +102,13 @@ class Disposal:
             self._mailbox.delete(uids)
 
     def _refused(self, to: Disposition, keys: list[Key], exc: CommandRefused,
-                 done: list[Key]) -> list[Key]:
+                 done: list[Key], planned: dict[Key, Disposition]) -> list[Key]:
         """Send what the configuration now says instead, one command per destination;
         return the keys left in place."""
         left: list[Key] = []
         instead: dict[Disposition, list[Key]] = {}
         for key in keys:
-            if (other := self._instead.get(key)) is not None:
+            if (other := planned.get(key)) is not None:
                 instead.setdefault(other, []).append(key)
             else:
                 left.append(key)

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -31,7 +32,7 @@ from .message import Message
 from .metrics import Metrics
 from .rules import Decision, RuleSet
 from .smime import Gate
-from .source import Fetched, Flagged, Source
+from .source import Fetched, Flagged, Serial, Source
 from .states import Result, State
 from .trackers import Envelope, Kind, Outcome, Paced, Tracker
 from .verdict import (
@@ -54,6 +55,10 @@ from .verdict import (
 )
 
 log = logging.getLogger(__name__)
+
+# Bytes of fetched mail the pass reads ahead of the message it is deciding, at most (plus
+# one message, and the FETCH the source is reading).
+AHEAD_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -150,7 +155,10 @@ class _Pass:
         self.rules = RuleSet.for_folder(folder, self.config)
         self.smime = Gate.for_folder(self.config, mailbox.account, folder)
         self.policy = Policy.of(self.config, folder, context.retry_now)
-        self.disposal = Disposal(mailbox, self.ledger)
+        # A source that does not say it can runs its commands in the pass's own thread.
+        self.serial = Serial(threaded=getattr(mailbox, "overlaps", False))
+        self.disposal = Disposal(mailbox, self.ledger, self.serial)
+        self.ahead: Future[tuple[list[Fetched], list[int] | None]] | None = None
         self.report = PassReport(mailbox.account.name, folder.name)
         self.where = f"{self.report.account}/{folder.name}"
         self.down: set[str] = set()  # targets not to contact again during this pass
@@ -206,7 +214,7 @@ class _Pass:
                 self._guarded(fetched)
                 self._record(self.inflight.finished())
                 if len(self.disposal) >= self.folder.batch_size:
-                    self.disposal.flush()
+                    self.disposal.send()
                 if progress:
                     progress.show(self.report.counts.total())
         finally:
@@ -214,7 +222,10 @@ class _Pass:
             # pass is cut short.
             self._record(self.inflight.drain())
             self.inflight.close()
-            self.disposal.flush()
+            try:
+                self.disposal.flush()
+            finally:
+                self.serial.close()
             self.ledger.flush()
             self.context.behind.keep(self.report.account, self.folder.name,
                                      self.mailbox.uidvalidity, self.behind)
@@ -229,6 +240,8 @@ class _Pass:
         self.report.undisposed = self.disposal.refused
         if self.refused:
             raise self.refused
+        if self.ahead is not None:
+            self.ahead.result()  # read ahead for nothing, but its error is the session's
         if self.context.stop.is_set() and (left := len(uids) - self.report.counts.total()):
             # Stopped early: untouched, for the next pass; counted so that --once exits 75.
             self.report.counts["left"] += left
@@ -288,25 +301,59 @@ class _Pass:
     def _fetch(self, uids: list[int]) -> Iterator[Fetched]:
         """The pass's messages, a batch at a time; those that can only wait (as the ledger,
         or the last pass and the target's state, tell without their bytes) are counted as
-        deferred, not fetched. Each batch is judged when the one before it is done, so mail
-        behind a target that failed during this pass is not fetched either."""
+        deferred, not fetched. The source reads up to AHEAD_BYTES ahead while the pass decides
+        and posts, so a batch is judged when the one before it is being read, and each
+        message again when its turn comes: mail behind a target that failed meanwhile is
+        deferred then, and the batches after it are not fetched."""
         size = self.folder.batch_size
-        for start in range(0, len(uids), size):
-            now, wanted = time.time(), []
-            for uid in uids[start:start + size]:
-                behind = self.was_behind.get(uid)
-                if behind is not None and not self._down(behind):
-                    behind = None
-                verdict = waits(self.records.get(uid), behind, self.policy, now)
-                if verdict is None:
-                    wanted.append(uid)
-                    continue
-                if behind is not None:
-                    self.behind[uid] = behind  # and still does
-                self._log(uid, None, "-", verdict)
-            yield from self.mailbox.fetch(wanted, size, self.folder.max_message_size,
-                                          self.by_header)
-            self.unfetched += len(self.mailbox.unfetched)
+        batches = iter(range(0, len(uids), size))
+        reading: Iterator[Fetched] | None = None  # the batch the source is reading
+
+        def read_on() -> Future[tuple[list[Fetched], list[int] | None]] | None:
+            nonlocal reading
+            if reading is None:
+                start = next(batches, None)
+                if start is None:
+                    return None
+                wanted = [uid for uid in uids[start:start + size] if self._wanted(uid)]
+                reading = self.mailbox.fetch(wanted, size, self.folder.max_message_size,
+                                             self.by_header)
+            return self.serial.later(functools.partial(self._read, reading))
+
+        self.ahead = read_on()
+        while self.ahead is not None:
+            fetched, unfetched = self.ahead.result()
+            if unfetched is not None:  # that batch is read
+                reading = None
+                self.unfetched += len(unfetched)
+            self.ahead = read_on()
+            yield from (one for one in fetched if self._wanted(one.uid))
+
+    def _read(self, reading: Iterator[Fetched]) -> tuple[list[Fetched], list[int] | None]:
+        """The next AHEAD_BYTES of a batch, and when it is all read, what the source could
+        not fetch of it (else None)."""
+        fetched: list[Fetched] = []
+        held = 0
+        for one in reading:
+            fetched.append(one)
+            held += len(one.raw or b"")
+            if held >= AHEAD_BYTES:
+                return fetched, None
+        return fetched, list(self.mailbox.unfetched)
+
+    def _wanted(self, uid: int) -> bool:
+        """Whether a message is to be fetched (or, fetched, decided) now; else it is
+        counted as deferred."""
+        behind = self.was_behind.get(uid)
+        if behind is not None and not self._down(behind):
+            behind = None
+        verdict = waits(self.records.get(uid), behind, self.policy, time.time())
+        if verdict is None:
+            return True
+        if behind is not None:
+            self.behind[uid] = behind  # and still does
+        self._log(uid, None, "-", verdict)
+        return False
 
     def _down(self, target: str) -> bool:
         """Whether ``target`` is not to be contacted again during this pass."""

@@ -6,12 +6,14 @@ tracker fails, halves, and climbs again, so it keeps driving the tracker into th
 we least want: on SQLite those are lock conflicts that look like refusals, each one costing a
 retry alone. Vegas reads the knee from latency, before any error: with the lowest latency
 seen as the tracker's own service time, ``limit * (1 - lowest / now)`` estimates how many
-requests wait in its queue. While fewer than ALPHA wait, a slot is added; beyond BETA, one is
-taken away. A tracker of N workers settles near N + 1 (one request always waiting, so no
-worker idles while we fetch and decide the next message), a tracker that serialises (RT on
-SQLite) near 2. Errors that say "too much" (5xx, 429, no answer) halve the limit at once,
-as AIMD would; a lock conflict takes one away. A tracker that answers within QUICK gets one
-at a time: there our own work is the bottleneck, and a thread per request costs more.
+requests wait in its queue. Each round of answers sent with the limit all in use, fewer than
+``alpha(limit)`` waiting adds a slot and more than ``beta(limit)`` takes one away. A tracker
+of N workers settles near N + 2 (two requests always waiting, so no worker idles while we
+record one answer and send the next), a tracker that takes one at a time at 2. Errors
+that say "too much" (5xx, 429, no answer) halve the limit at once, as AIMD would; lock
+conflicts take one away only when they are a good part of a round. A refusal (a 4xx) is no
+latency: it made nothing. A tracker that answers within QUICK gets one at a time: there our
+own work is the bottleneck, and a thread per request costs more.
 
 The worker processes of a run (processes.py) each have a Pace; ``Slots`` makes a target's
 limit hold for all of them together: at most ``most`` requests in flight in all, and
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
+import math
 import os
 import random
 import struct
@@ -33,19 +37,47 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-ALPHA = 0.95  # fewer requests than (about) one waiting at the tracker: add a slot
-BETA = 2.0  # more than this waiting: take one away
+log = logging.getLogger(__name__)
+
+# Requests waiting at the tracker, below which a slot is added and above which one is taken
+# away. They grow with the limit as concurrency-limits' VegasLimit has them (3 and 6 times
+# log10 of the limit): a tracker of N workers then settles near N + 2 (Redmine under
+# Passenger x2 at 4-5), with two requests waiting, enough to cover the pass's pauses between
+# answers on a loaded machine. The floors keep a tracker that takes one at a time near 2.
+ALPHA = 0.95
+BETA = 2.0
 ROUND = 8  # answers averaged before each decision, at least (and at least the limit)
 # A tracker that answers this fast is not what the pass waits for: our own work per message
 # (1-3 ms) is, and a second slot only adds a thread's cost (against a zero-cost sink, auto
 # climbing made 212-298 msg/s where one at a time made 322-346). Real trackers take 25-300 ms.
 QUICK = 0.005
+# A round in which more than this share of the answers were lock conflicts: one slot fewer.
+# A conflict alone says little: on SQLite two writers deadlock now and then however many
+# more wait behind them (Redmine under Passenger x2: 24-46 in 500 messages at every limit
+# from 2 to 8), and taking a slot away for each held auto between 1 and 2.
+CONFLICTS = 0.25
+
+
+def alpha(limit: int) -> float:
+    return max(ALPHA, 3 * math.log10(limit))
+
+
+def beta(limit: int) -> float:
+    return max(BETA, 6 * math.log10(limit))
 
 
 class Signal(Enum):
-    ANSWER = "answer"  # the tracker answered, whatever it said
+    ANSWER = "answer"  # the tracker took the message (or answered as it does when it does)
+    REFUSED = "refused"  # a 4xx other than 429: made nothing, so its latency says nothing
     OVERLOAD = "overload"  # 5xx, 429, or no answer in time
     CONFLICT = "conflict"  # a refusal while others were in flight, taken back alone
+
+    @classmethod
+    def of(cls, status: int) -> Signal:
+        """What an HTTP answer's status tells the limiter."""
+        if status == 429 or status >= 500:
+            return cls.OVERLOAD
+        return cls.REFUSED if status >= 400 else cls.ANSWER
 
 
 @dataclass
@@ -55,39 +87,50 @@ class Limiter:
     most: int
     limit: int = 1
     lowest: float | None = None  # the lowest round average: the tracker's own service time
+    latest: float = 0.0  # the last round's average
     _total: float = 0.0
     _count: int = 0
     _idle: int = 0  # answers sent while the limit was not all in use
+    _conflicts: int = 0
 
     def sample(self, latency: float, signal: Signal = Signal.ANSWER,
                saturated: bool = True) -> int:
         """Take one answer's latency (seconds); ``saturated``: the limit was all in use when
         it was sent (else it says nothing about more). Returns the limit."""
-        if signal is not Signal.ANSWER:
-            cut = self.limit // 2 if signal is Signal.OVERLOAD else self.limit - 1
-            self.limit = max(1, cut)
+        if signal is Signal.OVERLOAD:
+            self.limit = max(1, self.limit // 2)
             self._reset()
             return self.limit
-        self._total += latency
+        if signal is not Signal.ANSWER:
+            self._conflicts += signal is Signal.CONFLICT
+            return self.limit
         self._count += 1
-        self._idle += not saturated
+        if saturated:
+            self._total += latency
+        else:
+            # Sent with a slot to spare: it waited behind fewer than the limit, so its
+            # latency would make the limit look less crowded than it is.
+            self._idle += 1
         if self._count < max(ROUND, self.limit):
             return self.limit
-        now = self._total / self._count
+        if self._idle * 2 > self._count:
+            self._reset()  # the pass did not keep the limit in use: nothing to learn
+            return self.limit
+        now = self.latest = self._total / (self._count - self._idle)
         # The lowest is kept for good: a tracker that got slower for good looks congested,
-        # but at the limit of 1 nothing waits (1 - lowest / now < 1 = ALPHA), so it climbs
-        # again as far as its own latency allows.
+        # but at the limit of 1 it looks less than 1 waiting (1 - lowest / now), so it
+        # climbs again unless 20 times slower, as far as its own latency then allows.
         self.lowest = now if self.lowest is None else min(now, self.lowest)
         waiting = self.limit * (1 - self.lowest / now) if now > 0 else 0.0
-        if waiting > BETA:
+        if waiting > beta(self.limit) or self._conflicts > CONFLICTS * self._count:
             self.limit = max(1, self.limit - 1)
-        elif waiting < ALPHA and self._idle * 2 <= self._count and now >= QUICK:
+        elif waiting < alpha(self.limit) and now >= QUICK:
             self.limit = min(self.most, self.limit + 1)
         self._reset()
         return self.limit
 
     def _reset(self) -> None:
-        self._total, self._count, self._idle = 0.0, 0, 0
+        self._total, self._count, self._idle, self._conflicts = 0.0, 0, 0, 0
 
 
 @dataclass(slots=True)
@@ -106,8 +149,9 @@ class Pace:
     ``alone()`` for a request that must have the target to itself. Thread-safe."""
 
     def __init__(self, fixed: int | None, most: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, name: str = "the target") -> None:
         self.fixed = fixed
+        self.name = name  # for the log: the target's origin, never its URL's secrets
         self.limiter = Limiter(most)
         self._clock = clock
         self._ready = threading.Condition()
@@ -165,14 +209,24 @@ class Pace:
         """Tell the limiter how the request went."""
         if self.fixed is None:
             with self._ready:
-                self.limiter.sample(self._clock() - ticket.started, signal, ticket.saturated)
+                self._sample(self._clock() - ticket.started, signal, ticket.saturated)
                 self._ready.notify_all()
 
     def conflicted(self) -> None:
         """A refusal while others were in flight was taken back alone: too many at once."""
         if self.fixed is None:
             with self._ready:
-                self.limiter.sample(0.0, Signal.CONFLICT)
+                self._sample(0.0, Signal.CONFLICT, True)
+
+    def _sample(self, latency: float, signal: Signal, saturated: bool) -> None:
+        before = self.limiter.limit
+        if (after := self.limiter.sample(latency, signal, saturated)) != before:
+            # What auto settles on, and why it moved: at most once a round of answers.
+            lowest = self.limiter.lowest
+            log.info("%s: %d requests at once (was %d; %s)", self.name, after, before,
+                     signal.value if signal is not Signal.ANSWER else
+                     f"{self.limiter.latest * 1000:.0f} ms a request, "
+                     f"{(lowest or 0) * 1000:.0f} at best")
 
     @contextlib.contextmanager
     def alone(self) -> Iterator[None]:

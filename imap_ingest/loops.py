@@ -38,7 +38,7 @@ def _header(name: str, pattern: str = "") -> Callable[[Message, Collection[str]]
 
     def test(message: Message, _own: Collection[str]) -> str | None:
         value = message.header(name)
-        found = value is not None and value_re.search(value, timeout=conditions.MATCH_SECONDS)
+        found = value is not None and conditions.search_header(value_re, value)
         return f"{name}: {value}" if found else None
 
     return test
@@ -49,7 +49,7 @@ def _any_header(prefix: str) -> Callable[[Message, Collection[str]], str | None]
                             regex.IGNORECASE | regex.MULTILINE)
 
     def test(message: Message, _own: Collection[str]) -> str | None:
-        match = pattern.search(message.headers, timeout=conditions.MATCH_SECONDS)
+        match = conditions.search_header(pattern, message.headers)
         return match[0][:120] if match else None
 
     return test

@@ -57,6 +57,10 @@ class Mailbox:
     A token login takes its token from ``tokens``, shared by the account's sessions (a
     cache of its own when not given)."""
 
+    # A pass may give this session its commands from a thread of their own (source.Serial),
+    # never two at once.
+    overlaps = True
+
     def __init__(self, account: Account, tokens: Tokens | None = None) -> None:
         self.account = account
         self.folder: str | None = None

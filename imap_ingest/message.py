@@ -212,6 +212,8 @@ _LINE_BREAKS = re.compile(r"[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 
 
 def _decode_words(value: str) -> str:
+    if "=?" not in value:
+        return _LINE_BREAKS.sub(" ", value)  # no encoded word: what the email package gives
     try:
         decoded = str(make_header(decode_header(value)))
     except (ValueError, LookupError, UnicodeError, AssertionError):

@@ -7,10 +7,11 @@ and folders; POP3 only DELE, and the ledger for the rest) is its own business.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from .config import Account
@@ -59,6 +60,35 @@ class Source(Protocol):
     def close(self) -> None: ...
     def __enter__(self) -> Source: ...
     def __exit__(self, *_: object) -> None: ...
+
+
+T = TypeVar("T")
+
+
+class Serial:
+    """A pass's commands to its source, carried out one at a time in the order given: on a
+    thread of their own when ``threaded`` (the pass decides and posts one batch while the
+    next is fetched and the last one's dispositions carried out: the GIL is free while the
+    server answers), else at once. The order is the same either way."""
+
+    def __init__(self, threaded: bool) -> None:
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="source") if threaded else None
+
+    def later(self, work: Callable[[], T]) -> Future[T]:
+        """``work``'s result (or its error) to come, after everything given before it."""
+        if self._thread is not None:
+            return self._thread.submit(work)
+        done: Future[T] = Future()
+        try:
+            done.set_result(work())
+        except BaseException as exc:  # a simulated kill too: raised where it is waited for
+            done.set_exception(exc)
+        return done
+
+    def close(self) -> None:
+        """Wait for what was given; nothing may be given afterwards."""
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
 
 
 @runtime_checkable

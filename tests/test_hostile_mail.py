@@ -7,11 +7,15 @@ import os
 import stat
 import subprocess
 import sys
+from email.header import decode_header, make_header
 from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from imap_ingest.conditions import parse
 from imap_ingest.config import SubmitOptions
-from imap_ingest.message import Message
+from imap_ingest.message import _LINE_BREAKS, Message, _decode_words
 from imap_ingest.trackers import Envelope, Kind
 from imap_ingest.trackers.directory import Directory, DirectoryTarget, name_for
 from imap_ingest.trackers.webhook import document
@@ -39,6 +43,14 @@ def test_every_line_separator_in_a_decoded_word_becomes_a_space() -> None:
     """CR, VT, FF, NEL and U+2028 decode to spaces as well."""
     raw = make(subject="=?utf-8?q?a=0Db=0Bc=0Cd=C2=85e=E2=80=A8f?=")
     assert Message(raw).subject == "a b c d e f"
+
+
+# Header text is decoded from bytes (UTF-8, else Latin-1): never a lone surrogate.
+@given(st.text(st.characters(blacklist_categories=["Cs"])).filter(lambda t: "=?" not in t))
+def test_text_without_an_encoded_word_reads_as_the_email_package_reads_it(text: str) -> None:
+    """Text with no encoded word decodes as the email package decodes it."""
+    expected = _LINE_BREAKS.sub(" ", str(make_header(decode_header(text))))
+    assert _decode_words(text) == expected
 
 
 def test_addresses_come_from_the_raw_header() -> None:

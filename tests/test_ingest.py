@@ -431,20 +431,22 @@ def test_mail_another_client_takes_during_a_pass_is_not_counted_left(
         run: Run, imap: ImapAccount, redmine: FakeRedmine) -> None:
     """Mail another client deletes mid-pass is not counted left: the pass exits 0."""
     # A message another client deletes between our search and our fetch is simply not ours
-    # any more: the pass ends 0, not 75 as if it had left mail for later.
+    # any more: the pass ends 0, not 75 as if it had left mail for later. The pass reads a
+    # batch ahead: the second is fetched while the first is posted, the third is not yet.
     imap.append("INBOX", make())
-    second = imap.append("INBOX", make())
+    imap.append("INBOX", make())
+    third = imap.append("INBOX", make())
 
     def answer(request: object) -> tuple[int, bytes, float]:
         with imap.client() as other:
             other.select_folder("INBOX")
-            other.delete_messages([second])
+            other.delete_messages([third])
             other.expunge()
         return 201, b"", 0
 
     redmine.answer = answer
     assert run(folder={"batch_size": 1}) == 0
-    assert len(redmine.requests) == 1
+    assert len(redmine.requests) == 2
     assert imap.messages("INBOX") == {}
 
 

@@ -193,7 +193,8 @@ class Client:
 
     def __init__(self, target: HttpTarget) -> None:
         self.timeout = target.timeout
-        self.pace = Pace(target.fixed_in_flight(), target.max_in_flight())
+        self.pace = Pace(target.fixed_in_flight(), target.max_in_flight(),
+                         name=origin(target.url))
         # As many connections as the limit may ever reach: the pool keeps those in use.
         self._http = session(target, _Adapter(pool_connections=1, pool_maxsize=self.pace.most))
         self._prepared: dict[tuple[str, str], requests.PreparedRequest] = {}
@@ -210,10 +211,9 @@ class Client:
                 answer = self._follow(method, url, data, files, headers, repost, deadline)
             if isinstance(answer, Outcome):
                 self.pace.answered(ticket, Signal.OVERLOAD if answer.kind is Kind.TEMPORARY
-                                   else Signal.ANSWER)
+                                   else Signal.REFUSED)
                 return answer
-            self.pace.answered(ticket, Signal.OVERLOAD if answer.status_code == 429
-                               or answer.status_code >= 500 else Signal.ANSWER)
+            self.pace.answered(ticket, Signal.of(answer.status_code))
             return replace(answer, crowded=self.pace.crowded(ticket),
                            seconds=self.pace.elapsed(ticket))
 
