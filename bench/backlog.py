@@ -5,7 +5,8 @@ N realistic messages (2-20 KB, 10% with a 200 KB attachment) in a dovecot folder
   - imap-ingest run --once (Redmine target; delete on success; ledger on)
   - the floor: the same messages fetched with one UID FETCH per 500 and POSTed, form-encoded
     as Redmine wants them, over one keep-alive connection by a minimal script
-  - the same N messages spread over 2 and 4 folders of the account (one run --once)
+  - the same N messages spread over 2 and 4 folders of the account (one run --once, with
+    the default workers: auto, a process per core)
 Prints each run's CPU time per message too (the machine's speed drifts; CPU time less).
 Run: python -m bench.backlog [N]     (default 10000)
 """
@@ -59,8 +60,9 @@ def ours(imap: ImapAccount, url: str, tmp: Path, folders: int = 1) -> tuple[floa
         state_dir=str(tmp / f"state{folders}"))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
+    # No terminal: a run on one stays in one process (processes.py).
     subprocess.run(command("run", "--once", "-c", str(path)), cwd=ROOT, check=True,
-                   stderr=subprocess.DEVNULL)
+                   stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elapsed = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

@@ -19,8 +19,9 @@ from .explain import explain
 from .from_fetchmail import convert as from_fetchmail
 from .from_rake import convert
 from .ledger import open_ledger
+from .processes import once
 from .retry import retry_account
-from .service import Service, serve
+from .service import serve
 from .status import history, status
 
 log = logging.getLogger("imap_ingest")
@@ -88,11 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(config: Config, args: argparse.Namespace) -> int:
     if not args.once:
         return serve(args.config, config, retry_now=args.retry_now)
-    service = Service(config, retry_now=args.retry_now)
-    try:
-        return service.run_once()
-    finally:
-        service.close()
+    return once(config, args.retry_now)
 
 
 def _check(config: Config, args: argparse.Namespace) -> int:

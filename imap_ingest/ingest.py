@@ -21,11 +21,12 @@ from datetime import datetime
 
 from . import firstrun, flood
 from .archive import Keeper
-from .config import Config, Folder, SubmitOptions
+from .config import Config, Folder, HttpTarget, SubmitOptions
 from .dispose import Disposal
 from .errors import EX_OK, EX_TEMPFAIL, IngestError, TrackerRefused
 from .inflight import InFlight
-from .ledger import Earlier, Key, LeaseLost, Ledger, Record
+from .ledger import Begun, Earlier, Key, LeaseLost, Ledger, Record
+from .locks import working
 from .logs import event
 from .message import Message
 from .metrics import Metrics
@@ -91,6 +92,10 @@ class _Sent:
     started: float  # time.monotonic()
     at: float  # time.time(), when it was handed to its tracker
     send: Callable[[], Outcome]
+
+
+# How often a pass looks again at a copy another pass is posting.
+_SETTLING = 0.02
 
 
 class Behind:
@@ -483,8 +488,11 @@ class _Pass:
         on, with its id; or the verdict an earlier copy of it makes (a duplicate, in doubt,
         or waiting for a retry this copy takes over and that is not due yet)."""
         size = len(message.raw)
-        found = self.ledger.begin_submit(key, message.message_id, size, digest, rule, target,
-                                         self.config.dedupe)
+        found = self._settled(functools.partial(
+            self.ledger.begin_submit, key, message.message_id, size, digest, rule, target,
+            self.config.dedupe), target)
+        if isinstance(found, Verdict):
+            return found
         if isinstance(found, Earlier):
             verdict = copy_of(found, self.policy)
             if isinstance(verdict, Verdict):
@@ -506,6 +514,28 @@ class _Pass:
                         "submitting this one as a new message", self.where, key.uid,
                         message.message_id, found.reused)
         return record, found.id
+
+    def _settled(self, begin: Callable[[], Begun | Earlier], target: str
+                 ) -> Begun | Earlier | Verdict:
+        """``begin()``, again while the copy it finds is being posted by another folder's
+        pass running now (in another process or thread): its answer, not doubt, decides
+        this one. Only a copy no pass is posting was left by a run that stopped."""
+        timeout = self.config.targets[target]
+        deadline = time.monotonic() + 2 * (
+            timeout.timeout if isinstance(timeout, HttpTarget) else 60.0)
+        while (isinstance(found := begin(), Earlier) and found.state is State.SUBMITTING
+               and found.folder != (self.report.account, self.folder.name)
+               and self._working(*found.folder)):
+            if time.monotonic() > deadline or self.context.stop.wait(_SETTLING):
+                return raced(found.where)
+            self.context.beat()
+        return found
+
+    def _working(self, account: str, folder: str) -> bool:
+        """Whether a pass over the folder runs now: its lock file, or a live lease."""
+        if self.ledger.leases is None:
+            return working(self.config.state_dir, account, folder)
+        return any((a, f) == (account, folder) for a, f, _, _ in self.ledger.holders())
 
     def _record(self, answers: list[tuple[_Sent, Outcome]]) -> None:
         for sent, outcome in answers:

@@ -14,18 +14,28 @@ that say "too much" (5xx, 429, no answer) halve the limit at once, as AIMD would
 conflicts take one away only when they are a good part of a round. A refusal (a 4xx) is no
 latency: it made nothing. A tracker that answers within QUICK gets one at a time: there our
 own work is the bottleneck, and a thread per request costs more.
+
+The worker processes of a run (processes.py) each have a Pace; ``Slots`` makes a target's
+limit hold for all of them together: at most ``most`` requests in flight in all, and
+``alone()`` with nothing in flight in any. Each process's limiter still finds its own level
+under that ceiling.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import math
+import os
+import random
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +149,7 @@ class Ticket:
     entered: int  # how many requests had entered when this one did
     crowded: bool  # another request to the target was in flight when it began
     saturated: bool
+    elsewhere: Callable[[], bool] | None = None  # the same, in the run's other processes
 
 
 class Pace:
@@ -155,6 +166,7 @@ class Pace:
         self._active = 0
         self._entered = 0
         self._owner: int | None = None  # the thread that has the target to itself
+        self.shared: Slots | None = None  # the slots of the other processes of the run
 
     @property
     def limit(self) -> int:
@@ -175,17 +187,27 @@ class Pace:
                             self._active + 1 >= self.limit)
             self._active += 1
             self._entered += 1
+            # The thread alone holds every process's slots already.
+            shared = self.shared if self._owner != me else None
         try:
-            yield ticket
+            if shared is None:
+                yield ticket
+            else:
+                with shared.slot() as elsewhere:
+                    ticket.started = self._clock()  # not the wait for the other processes
+                    ticket.elsewhere = elsewhere
+                    yield ticket
         finally:
             with self._ready:
                 self._active -= 1
                 self._ready.notify_all()
 
     def crowded(self, ticket: Ticket) -> bool:
-        """Whether another request to the target was in flight at any time during this one."""
+        """Whether another request to the target was in flight at any time during this one
+        (in any of the run's processes); ask before the slot is let go."""
         with self._ready:
-            return ticket.crowded or self._entered != ticket.entered + 1
+            here = ticket.crowded or self._entered != ticket.entered + 1
+        return here or (ticket.elsewhere is not None and ticket.elsewhere())
 
     def elapsed(self, ticket: Ticket) -> float:
         """Seconds since the request took its slot."""
@@ -230,8 +252,112 @@ class Pace:
             self._ready.wait_for(lambda: self._owner is None and self._active == 0)
             self._owner = me
         try:
-            yield
+            with self.shared.alone() if self.shared else contextlib.nullcontext():
+                yield
         finally:
             with self._ready:
                 self._owner = None
                 self._ready.notify_all()
+
+
+class Slots:
+    """One target's slots across the processes of a run, as ``most`` lock files in
+    ``directory`` (flock: the kernel lets go of a killed process's). A request holds one;
+    ``alone()`` holds them all. A gate file keeps new requests out while alone() gathers
+    them, so that it is not starved. Thread-safe; each process opens its own."""
+
+    def __init__(self, directory: Path, name: str, most: int) -> None:
+        self._files = [_open(directory / f"{name}.{n}") for n in range(most)]
+        # Two descriptions of the gate: flock on one that a thread of this process already
+        # holds would only convert that lock, never wait for it.
+        self._gate, self._gate_alone = _open(directory / f"{name}.gate"), \
+            _open(directory / f"{name}.gate")
+        self._counts = _open(directory / f"{name}.counts")
+        self._lock = threading.Lock()
+        self._used: set[int] = set()  # by this process's threads (a flock is per description)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[Callable[[], bool]]:
+        """Hold one slot; the caller's Pace keeps this process within ``most``, so one of
+        the files is always free here. Yields whether another request (of any process) was
+        in flight at any time since it was taken."""
+        fcntl.flock(self._gate, fcntl.LOCK_SH)
+        try:
+            with self._lock:
+                free = [n for n in range(len(self._files)) if n not in self._used]
+                random.shuffle(free)  # the processes would all try the first one first
+                index = next((n for n in free if _try(self._files[n])), None)
+                taken = index is not None
+                index = free[0] if index is None else index
+                self._used.add(index)
+        finally:
+            fcntl.flock(self._gate, fcntl.LOCK_UN)
+        try:
+            if not taken:  # all busy in other processes: wait for one, out of the gate
+                fcntl.flock(self._files[index], fcntl.LOCK_EX)
+            try:
+                active, entered = self._count(1)
+                try:
+                    yield lambda: active > 0 or self._count(0)[1] != entered + 1
+                finally:
+                    self._count(-1)
+            finally:
+                fcntl.flock(self._files[index], fcntl.LOCK_UN)
+        finally:
+            with self._lock:
+                self._used.discard(index)
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        """Wait until no process has a request in flight, and keep it so meanwhile; the
+        caller's Pace has none of this process's in flight."""
+        fcntl.flock(self._gate_alone, fcntl.LOCK_EX)
+        try:
+            for file in self._files:
+                fcntl.flock(file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                for file in self._files:
+                    fcntl.flock(file, fcntl.LOCK_UN)
+        finally:
+            fcntl.flock(self._gate_alone, fcntl.LOCK_UN)
+
+    def _count(self, change: int) -> tuple[int, int]:
+        """Requests in flight and requests ever entered, in all processes, before adding
+        ``change`` to the first (and counting an entry when it is 1). A process killed
+        mid-request leaves one in flight for good: every later one then counts as crowded,
+        which only costs a refusal its retry alone."""
+        with self._lock:  # the flock alone does not keep this process's threads apart
+            return self._counted(change)
+
+    def _counted(self, change: int) -> tuple[int, int]:
+        fcntl.flock(self._counts, fcntl.LOCK_EX)
+        try:
+            active, entered = _COUNTS.unpack(os.pread(self._counts, _COUNTS.size, 0)
+                                             .ljust(_COUNTS.size, b"\0"))
+            if change:
+                os.pwrite(self._counts, _COUNTS.pack(active + change,
+                                                     entered + (change > 0)), 0)
+            return active, entered
+        finally:
+            fcntl.flock(self._counts, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        for fd in (*self._files, self._gate, self._gate_alone, self._counts):
+            os.close(fd)
+
+
+_COUNTS = struct.Struct("=qq")  # in flight, entered
+
+
+def _open(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _try(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

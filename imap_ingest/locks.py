@@ -39,6 +39,21 @@ def folder_lock(state_dir: Path, account: str, folder: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def working(state_dir: Path, account: str, folder: str) -> bool:
+    """Whether a pass over the folder runs now (in any process, this one included)."""
+    try:
+        fd = os.open(_lock_path(state_dir, account, folder), os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def _lock_path(state_dir: Path, account: str, folder: str) -> Path:
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{account}--{folder}")[:80]
     digest = hashlib.sha256(f"{account}\0{folder}".encode()).hexdigest()[:12]

@@ -18,7 +18,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -30,7 +30,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .alerts import Alerter
 from .budget import budget_of, plan
-from .config import Account, Config, load
+from .config import Account, Config, Folder, load
 from .console import ConsoleServer
 from .errors import (
     EX_OK,
@@ -41,7 +41,7 @@ from .errors import (
 )
 from .flow import Flow, FlowCollector, Worker, assess
 from .health import StatusServer
-from .ingest import Context
+from .ingest import Context, PassReport
 from .ledger import open_ledger
 from .logs import hide
 from .metrics import Metrics
@@ -58,10 +58,10 @@ log = logging.getLogger(__name__)
 class Service:
     """The trackers, ledger and metrics of one configuration, and the passes that use them."""
 
-    def __init__(self, config: Config, retry_now: bool = False) -> None:
+    def __init__(self, config: Config, retry_now: bool = False, cautions: bool = True) -> None:
         self.config = config
-        for key, caution in config.cautions():  # at each start and reload
-            log.warning("%s: %s", key, caution)
+        if cautions:  # at each start and reload; by the parent of worker processes
+            log_cautions(config)
         self.stop = threading.Event()
         self.metrics = Metrics()
         self.ledger = open_ledger(config)
@@ -132,48 +132,34 @@ class Service:
         """One pass over every folder of every account, one connection per account."""
         codes = [EX_OK]
         context = self.context(progress=True)
-        # Several hosts may run --once at the same time: each folder goes to the one that
-        # takes its lease first, kept (renewed) only for its pass.
-        leases = self.ledger.lease(self.replica, self.folders(), self.config.ledger.lease_ttl,
-                                   balance=False)
-        if leases is not None:
-            leases.start()
-        with _signals(self.stop):
+        leases = self.once_leases()
+        with signals(self.stop):
             for account in self.config.accounts:
                 codes += self._account_once(account, context, leases)
         return worst(*codes)
 
+    def once_leases(self) -> Leases | None:
+        """For --once, with leases: several hosts may run --once at the same time, and each
+        folder goes to the one that takes its lease first, kept (renewed) only for its pass."""
+        leases = self.ledger.lease(self.replica, self.folders(), self.config.ledger.lease_ttl,
+                                   balance=False)
+        if leases is not None:
+            leases.start()
+        return leases
+
     def _account_once(self, account: Account, context: Context,
                       leases: Leases | None) -> list[int]:
-        """Each folder of ``account`` once. A connection lost during a folder's pass is made
-        again for the next folder; one that cannot be made, or a refused login, ends the
-        account."""
+        """Each folder of ``account`` once, on one connection."""
         codes: list[int] = []
-        mailbox: Source | None = None
+        run = AccountRun(self, account, context, leases)
         try:
             for folder in account.folders:
-                if self.stop.is_set():
+                if self.stop.is_set() or run.over:
                     break
-                if not leased_here(leases, account, folder):
-                    continue
-                try:
-                    mailbox = mailbox or open_source(account, self.tokens.get(account.name),
-                                                     self.ledger, self.config.accounts)
-                except MailboxError as exc:
-                    log_failure(exc)
-                    return [*codes, exc.exit_code]
-                try:
-                    codes.append(folder_pass(mailbox, account, folder, context))
-                except MailboxError as exc:  # the session is gone (_pass keeps the rest)
-                    log_failure(exc)
-                    codes.append(exc.exit_code)
-                    mailbox.close()
-                    mailbox = None
-                    if isinstance(exc, LoginRefused):
-                        return codes
+                if (code := run.folder(folder)) is not None:
+                    codes.append(code)
         finally:
-            if mailbox is not None:
-                mailbox.close()
+            run.close()
         return codes
 
     def start(self, scheduler: BackgroundScheduler) -> None:
@@ -220,6 +206,52 @@ class Service:
         self.alerter.start()
 
 
+class AccountRun:
+    """An account's folders in a --once run, on one connection: made when first needed, and
+    again for the next folder after a lost one. One that cannot be made, or a refused
+    login, ends the account (``over``)."""
+
+    def __init__(self, service: Service, account: Account, context: Context,
+                 leases: Leases | None) -> None:
+        self.service, self.account, self.context, self.leases = service, account, context, leases
+        self.mailbox: Source | None = None
+        self.over = False
+
+    def folder(self, folder: Folder, done: Callable[[PassReport], None] | None = None
+               ) -> int | None:
+        """One pass over ``folder``, its report given to ``done``: its exit code; None when
+        another replica has it."""
+        if not leased_here(self.leases, self.account, folder):
+            return None
+        service = self.service
+        try:
+            self.mailbox = self.mailbox or open_source(
+                self.account, service.tokens.get(self.account.name), service.ledger,
+                service.config.accounts)
+        except MailboxError as exc:
+            log_failure(exc)
+            self.over = True
+            return exc.exit_code
+        try:
+            return folder_pass(self.mailbox, self.account, folder, self.context, done)
+        except MailboxError as exc:  # the session is gone (folder_pass keeps the rest)
+            log_failure(exc)
+            self.close()
+            self.over = isinstance(exc, LoginRefused)
+            return exc.exit_code
+
+    def close(self) -> None:
+        if self.mailbox is not None:
+            self.mailbox.close()
+            self.mailbox = None
+
+
+def log_cautions(config: Config) -> None:
+    """Say what the configuration lets cross the network unprotected."""
+    for key, caution in config.cautions():
+        log.warning("%s: %s", key, caution)
+
+
 def replica_id(config: Config) -> str:
     """This process's name among the replicas: ledger.replica or the host name, and the pid."""
     return f"{config.ledger.replica or socket.gethostname()}:{os.getpid()}"
@@ -230,7 +262,7 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
     stop, reload = threading.Event(), threading.Event()
     status = StatusServer(config.http) if config.http else None
     console = ConsoleServer(config.console) if config.console else None
-    with _signals(stop, reload):
+    with signals(stop, reload):
         while True:
             service = Service(config, retry_now)
             # A thread per pass connection: a pass waiting for its account's shared
@@ -291,7 +323,7 @@ def _shut_down(scheduler: BackgroundScheduler, service: Service, grace: float) -
 
 
 @contextmanager
-def _signals(stop: threading.Event,
+def signals(stop: threading.Event,
              reload: threading.Event | None = None) -> Iterator[None]:
     """SIGTERM and SIGINT set ``stop``; SIGHUP sets ``reload``."""
     def handler(signum: int, _frame: object) -> None:

@@ -76,8 +76,9 @@ def test_posted_moved_marked_retried_and_checked(
     imap.append(server.folder("Plain"), flaky)  # last: a 500 defers what comes after it
     statuses = {"refused": 422, "flaky": 500}
     redmine.answer = answering(redmine, statuses)
+    # One process: the POSTs in the folders' order (worker processes would interleave them).
     path = str(write_config(tmp_path / "c.yaml", imap, redmine.url, folders=FOLDERS,
-                            retry={"first_delay": 0.1}))
+                            retry={"first_delay": 0.1}, workers=1))
     named = f", as {server.folder('Done')}" if server.prefix else ""
 
     assert main(["check", "-c", path]) == 0

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import threading
 import time
+from pathlib import Path
+from signal import SIGKILL
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imap_ingest.limiter import ROUND, Limiter, Pace, Signal
+from imap_ingest.limiter import ROUND, Limiter, Pace, Signal, Slots
 
 
 def settle(workers: int, most: int = 8, answers: int = 400, service: float = 0.04) -> list[int]:
@@ -187,6 +191,106 @@ def test_crowded_means_another_request_overlapped() -> None:
     with pace.slot() as lonely:
         pass
     assert not pace.crowded(lonely)
+
+
+_FORK = multiprocessing.get_context("fork")
+
+
+def _shared(directory: Path, fixed: int | None = 3, most: int = 3) -> Pace:
+    pace = Pace(fixed, most)
+    pace.shared = Slots(directory, "t", most)
+    return pace
+
+
+def _requests(directory: Path, now: multiprocessing.sharedctypes.Synchronized[int],
+              most: multiprocessing.sharedctypes.Synchronized[int]) -> None:
+    pace = _shared(directory)
+
+    def request() -> None:
+        with pace.slot():
+            with now.get_lock():
+                now.value += 1
+                most.value = max(most.value, now.value)
+            time.sleep(0.02)
+            with now.get_lock():
+                now.value -= 1
+
+    threads = [threading.Thread(target=request) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_slots_hold_the_limit_across_processes(tmp_path: Path) -> None:
+    """Three processes, each let up to 3 in by its Pace: 3 in flight at most in all."""
+    now, most = _FORK.Value("i", 0), _FORK.Value("i", 0)
+    processes = [_FORK.Process(target=_requests, args=(tmp_path, now, most)) for _ in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(30)
+        assert process.exitcode == 0
+    assert most.value == 3
+
+
+def _hold(directory: Path, held: threading.Event, seconds: float) -> None:
+    with _shared(directory).slot():
+        held.set()
+        time.sleep(seconds)
+
+
+def test_alone_waits_for_other_processes_and_keeps_them_out(tmp_path: Path) -> None:
+    """alone() begins when another process's request ends; the others wait for its end."""
+    held = _FORK.Event()
+    other = _FORK.Process(target=_hold, args=(tmp_path, held, 0.3))
+    other.start()
+    assert held.wait(10)
+    pace, began = _shared(tmp_path), time.monotonic()
+    with pace.alone():
+        assert not other.is_alive() or time.monotonic() - began >= 0.25
+        late_held = _FORK.Event()
+        late = _FORK.Process(target=_hold, args=(tmp_path, late_held, 0))
+        late.start()
+        with pace.slot():  # the thread alone still gets its own request in
+            pass
+        assert not late_held.wait(0.3)
+    assert late_held.wait(10)
+    for process in (other, late):
+        process.join(10)
+    assert time.monotonic() - began >= 0.55
+
+
+def test_a_killed_process_lets_go_of_its_slots(tmp_path: Path) -> None:
+    """SIGKILL of a process holding a slot: alone() still gets every slot."""
+    held = _FORK.Event()
+    other = _FORK.Process(target=_hold, args=(tmp_path, held, 60))
+    other.start()
+    assert held.wait(10) and other.pid is not None
+    os.kill(other.pid, SIGKILL)
+    other.join(10)
+    done = threading.Event()
+
+    def alone() -> None:
+        with _shared(tmp_path).alone():
+            done.set()
+
+    threading.Thread(target=alone, daemon=True).start()
+    assert done.wait(5)
+
+
+def test_crowded_sees_the_other_processes_requests(tmp_path: Path) -> None:
+    """A request beside another process's is crowded; one alone afterwards is not."""
+    held = _FORK.Event()
+    other = _FORK.Process(target=_hold, args=(tmp_path, held, 0.3))
+    other.start()
+    assert held.wait(10)
+    pace = _shared(tmp_path)
+    with pace.slot() as beside:
+        assert pace.crowded(beside)
+    other.join(10)
+    with pace.slot() as lonely:
+        assert not pace.crowded(lonely)
 
 
 def test_a_change_of_limit_is_logged_with_the_origin(caplog: pytest.LogCaptureFixture) -> None:

@@ -131,8 +131,9 @@ def test_refusal_is_copied_to_another_accounts_imap_folder_else_spooled(
     redmine.answer = lambda r: (422, b"no such project", 0)
     refused = {"failure_folder": {"account": "desk", "folder": "Refused"},
                "failure_spool": str(tmp_path / "spool")}
+    # One process: caplog sees only this process's records, not a worker process's.
     path = with_desk(pop3_config(tmp_path / "c.yaml", dovecot_pop3, box, redmine.url,
-                                 keep=False, folder=refused), desk)
+                                 keep=False, folder=refused, top={"workers": 1}), desk)
     assert run_once(path) == EX_OK
     [(flags, body)] = desk.messages("Refused").values()
     assert b"Subject: refused" in body and b"$ImapIngestFailed" in flags
@@ -147,7 +148,7 @@ def test_refusal_is_copied_to_another_accounts_imap_folder_else_spooled(
     other.append("INBOX", make(subject="refused, IMAP down"))
     (tmp_path / "down").mkdir()
     down = with_desk(pop3_config(tmp_path / "down" / "c.yaml", dovecot_pop3, other, redmine.url,
-                                 folder=refused), desk, port=closed)
+                                 folder=refused, top={"workers": 1}), desk, port=closed)
     assert run_once(down) != EX_OK  # desk's own INBOX cannot be read
     [eml] = (tmp_path / "spool").glob("*.eml")
     assert b"Subject: refused, IMAP down" in eml.read_bytes()

@@ -170,6 +170,9 @@ class Config(BaseModel):
     ledger: LedgerConfig = LedgerConfig()
     archive: Archive | None = None  # every folder's and route's, unless it has its own
     shutdown_grace: Duration = 30.0  # on SIGTERM, how long the message in hand may take
+    # run --once: processes working the folders at once, each on a connection of its own
+    # (within each account's max_connections); auto: one per CPU core (processes.py).
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
 
     @field_validator("accounts")
     @classmethod
@@ -222,6 +225,11 @@ class Config(BaseModel):
     def own_addresses(self) -> set[str]:
         """Every target's own From addresses, lower-cased, for the own-address check."""
         return {a.lower() for target in self.targets.values() for a in target.addresses}
+
+    @property
+    def worker_processes(self) -> int:
+        """How many processes run --once may use: ``workers``, or the cores it may run on."""
+        return len(os.sched_getaffinity(0)) if self.workers == "auto" else self.workers
 
     def concurrency(self, target: str) -> int:
         """How many requests ``target`` may have in flight."""

@@ -168,7 +168,7 @@ class Ledger(Reports, ArchiveBook):
             if row is not None:
                 id, account, folder, uid, state, outcome, ticket = row
                 return Earlier(id, f"{account}/{folder} uid {uid}", State(state),
-                               _result(outcome), ticket)
+                               _result(outcome), ticket, (account, folder))
             # A different message with this Message-ID: worth a warning, not a dedupe.
             reused = db.one(
                 f"SELECT account, folder, uid FROM messages WHERE {_COUNTS_AS_SENT} AND "

@@ -55,6 +55,7 @@ class Earlier:
     state: State
     outcome: Result | None
     ticket: str | None
+    folder: tuple[str, str] = ("", "")  # its (account, folder)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ Folders are kept to one process by lock files (locks.py), so there are no leases
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -57,6 +59,8 @@ class SqliteLedger(Ledger):
             # here); only a power cut can lose the last transactions.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            self._write_lock = os.open(f"{path}.writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                       0o600)
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"ledger {path}: cannot be used ({exc}); move it aside to start "
@@ -69,6 +73,7 @@ class SqliteLedger(Ledger):
 
     def close(self) -> None:
         self._db.close()
+        os.close(self._write_lock)
 
     def check_lease(self, account: str, folder: str) -> None:
         return None  # the folder's lock file is held for the whole pass
@@ -98,7 +103,7 @@ class SqliteLedger(Ledger):
             self._db.execute("COMMIT")
 
     def _transaction(self, fn: Callable[[Tx], T], fence: Folder | None = None) -> T:
-        with self._lock, _disk_full(self.path):
+        with self._lock, self._writer(), _disk_full(self.path):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(_Tx(self._db))
@@ -108,6 +113,17 @@ class SqliteLedger(Ledger):
                 raise
             self._db.execute("COMMIT")
             return result
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """Writers of other processes (run --once's workers) in turn: SQLite's own wait for
+        its lock polls, sleeping 1 ms and more each time, where a flock wakes the next at
+        once."""
+        fcntl.flock(self._write_lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._write_lock, fcntl.LOCK_UN)
 
     def _view(self, fn: Callable[[Tx], T]) -> T:
         with self._lock:
