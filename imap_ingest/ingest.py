@@ -583,6 +583,10 @@ class _Pass:
                            at=sent.at)
         taken, unsure = self.context.lately.alike(sent.target, sent.id, one.subject,
                                                   one.at - 2 * SLACK)
+        if (pace := self.paces.get(sent.target)) is not None and pace.shared is not None:
+            # The run's other processes post too, and what they posted is not seen here:
+            # an issue of its subject may be theirs, so one found is in doubt.
+            unsure += 1
         try:
             made = lookup.made(one, taken, unsure)
         except LookupFailed as exc:

@@ -6,6 +6,7 @@ import itertools
 import json
 import logging
 import sqlite3
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ from imap_ingest.cli import main
 from imap_ingest.message import Message
 
 from .support.dovecot import ImapAccount
-from .support.ingest_env import backlog, write_config
+from .support.ingest_env import ROOT, backlog, command, write_config
 from .support.mail import make
 from .support.redmine_server import Answer, FakeRedmine, Request
 
@@ -145,6 +146,7 @@ class Committing(Locking):
     lookup: int = 200
     issues: list[tuple[int, str]] = field(default_factory=list)
     posts: list[tuple[str, float, float, int]] = field(default_factory=list)
+    made: list[str | None] = field(default_factory=list)  # Message-IDs with their issue
 
     def __call__(self, request: Request) -> Answer:
         if request.method == "GET":
@@ -155,6 +157,7 @@ class Committing(Locking):
         with self.lock:
             if status == 201 or self.anyway:
                 self.issues.append((len(self.issues) + 1, subject))
+                self.made.append(Message(request.field("email")).message_id)
             self.posts.append((subject, started, time.monotonic(), status))
         return status, b"", 0
 
@@ -226,6 +229,27 @@ def test_a_lookup_that_fails_sets_the_refusal_aside_in_doubt(
     assert len(committing.issues) == 12  # none doubled
     assert imap.messages("INBOX") == {}
     assert len(imap.messages("Quarantine")) == len(refused)
+
+
+def test_worker_processes_never_take_another_folders_issue(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """Worker processes, the same subjects in four folders: each message has its issue or waits."""
+    committing = Committing(delay=0.05, anyway=False)
+    redmine.answer = committing
+    folders = ["INBOX", "F1", "F2", "F3"]
+    raws = {name: backlog(imap, 6, name) for name in folders}
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url, workers=2,
+                        target={"concurrency": 4, "api_key": "api-read-key"},
+                        folders=[{"name": name, "project": "support"} for name in folders])
+    run = subprocess.run(command("run", "--once", "-c", str(path)), cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stderr
+    assert any(status == 422 for *_, status in committing.posts)
+    created = Counter(committing.made)
+    waiting = {Message(raw).message_id for _, raw in imap.messages("Quarantine").values()}
+    for raw in (raw for each in raws.values() for raw in each):
+        message_id = Message(raw).message_id
+        assert created[message_id] == 1 or message_id in waiting
 
 
 def test_a_lock_conflict_without_lookups_pins_auto_to_one(

@@ -372,7 +372,7 @@ def test_check_notes_what_a_lock_conflict_may_cost(
     assert main(["check", "-c", str(path)]) == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("NOTE")]
     assert len(notes) == noted
-    assert not noted or "api_key" in notes[0] and "target redmine" in notes[0]
+    assert not noted or ("api_key" in notes[0] and "target redmine" in notes[0])
 
 
 def test_check_names_each_failure(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
