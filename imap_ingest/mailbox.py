@@ -431,8 +431,12 @@ class Mailbox:
                     self._client.create_folder(name)
                     log.info("account %s: created folder %s", self.account.name, name)
         except CommandRefused as exc:
-            raise CommandRefused(f"cannot create folder {name}: {exc.reason}",
-                                 account=self.account.name, folder=folder) from None
+            # Another session (a worker process of ours, a person) may have made it meanwhile.
+            with self._errors(folder):
+                made = self._client.folder_exists(name)
+            if not made:
+                raise CommandRefused(f"cannot create folder {name}: {exc.reason}",
+                                     account=self.account.name, folder=folder) from None
         self._known_folders.add(folder)
 
     @contextmanager

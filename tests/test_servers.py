@@ -81,19 +81,19 @@ def test_a_folder_the_server_refuses_is_that_folders_failure(
     imap.append("Plain", second)
     folders = [{"name": "INBOX", "project": "support", "move_on_success": "~Done"},
                {"name": "Plain", "project": "support"}]
-    assert once(tmp_path, imap, redmine, folders=folders) == 75
+    assert once(tmp_path, imap, redmine, folders=folders, workers=1) == 75
     assert len(redmine.requests) == 2  # the second folder's mail was posted all the same
     assert bodies(imap, "INBOX") == [first] and bodies(imap, "Plain") == []
     err = capsys.readouterr().err
     assert "INBOX uid 1: not moved to ~Done: cannot create folder ~Done: server said:" in err
     assert "left in place for the next pass" in err
     folders[0]["move_on_success"] = "Done"
-    assert once(tmp_path, imap, redmine, folders=folders) == 0
+    assert once(tmp_path, imap, redmine, folders=folders, workers=1) == 0
     assert len(redmine.requests) == 2  # not posted again
     assert bodies(imap, "INBOX") == [] and bodies(imap, "Done") == [first]
     err = capsys.readouterr().err
     assert "not moved to ~Done" in err and "moved to Done instead, as configured now" in err
-    assert once(tmp_path, imap, redmine, folders=folders) == 0
+    assert once(tmp_path, imap, redmine, folders=folders, workers=1) == 0
 
 
 def test_what_the_config_now_says_instead_is_one_command_for_all(
