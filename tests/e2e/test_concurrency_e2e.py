@@ -17,7 +17,7 @@ from imap_ingest.cli import main
 from ..support.dovecot import ImapAccount
 from ..support.ingest_env import write_config
 from ..support.mail import make
-from .redmine import MAIL_KEY, PROJECT, ensure_template, passenger
+from .redmine import ADMIN_KEY, MAIL_KEY, PROJECT, ensure_template, passenger
 
 MESSAGES = 60
 
@@ -30,20 +30,24 @@ def stock_passenger() -> Iterator[tuple[str, Path]]:
         yield served
 
 
+@pytest.mark.parametrize("api_key", [None, ADMIN_KEY], ids=["no-lookup", "lookup"])
 def test_concurrency_8_on_stock_sqlite_files_every_message_once(
-        tmp_path: Path, imap: ImapAccount, stock_passenger: tuple[str, Path]) -> None:
+        tmp_path: Path, imap: ImapAccount, stock_passenger: tuple[str, Path],
+        api_key: str | None) -> None:
     """60 messages at concurrency 8: 60 issues, none doubled, none failed or in doubt."""
     url, database = stock_passenger
-    subjects = [f"stock sqlite {i}" for i in range(MESSAGES)]
+    subjects = [f"stock sqlite {api_key is not None} {i}" for i in range(MESSAGES)]
     with imap.client() as client:
         for subject in subjects:
             client.append("INBOX", make(subject=subject))
     path = write_config(tmp_path / "config.yaml", imap, url, key=MAIL_KEY,
                         folder={"project": PROJECT, "move_on_failure": "Failed",
                                 "batch_size": 20},
-                        target={"concurrency": 8, "timeout": "60s"})
+                        target={"concurrency": 8, "timeout": "60s",
+                                **({"api_key": api_key} if api_key else {})})
     assert main(["run", "--once", "-c", str(path)]) == 0
     with sqlite3.connect(database) as db:
         issues = Counter(subject for (subject,) in db.execute("SELECT subject FROM issues"))
+    issues = Counter({subject: n for subject, n in issues.items() if subject in subjects})
     assert set(issues) == set(subjects) and max(issues.values()) == 1
     assert {folder: len(imap.messages(folder)) for folder in imap.folders()} == {"INBOX": 0}
