@@ -92,6 +92,8 @@ class _Sent:
     started: float  # time.monotonic()
     at: float  # time.time(), when it was handed to its tracker
     send: Callable[[], Outcome]
+    ties: frozenset[str]  # what it waits for in flight (inflight.py)
+    again: bool = False  # sent again among others after a crowded refusal
 
 
 # How often a pass looks again at a copy another pass is posting.
@@ -176,7 +178,10 @@ class _Pass:
         self.inflight: InFlight[_Sent] = InFlight(
             {name: self._limit(name) for name in self.config.targets},
             sum(self.config.concurrency(name) for name in self.config.targets))
-        # Refused among others: to be sent again alone, unless the tracker made it anyway.
+        # Refused among others, unless the tracker made it anyway: to be sent again among
+        # others once when it can be looked up (a lock conflict is seldom met twice), then
+        # alone.
+        self.crowded: list[tuple[_Sent, Outcome]] = []
         self.lonely: list[tuple[_Sent, Outcome]] = []
         self.lookups: dict[str, Tickets | None] = {}  # by target, opened when first needed
         self.refused: TrackerRefused | None = None  # a target refused our key: stop the pass
@@ -224,8 +229,9 @@ class _Pass:
                     progress.show(self.report.counts.total())
         finally:
             # What was sent is recorded, and what was decided carried out, even when the
-            # pass is cut short.
-            self._record(self.inflight.drain())
+            # pass is cut short (recording may send a crowded refusal again: until none is).
+            while answers := self.inflight.drain():
+                self._record(answers)
             self.inflight.close()
             for lookup in self.lookups.values():
                 if lookup is not None:
@@ -466,7 +472,7 @@ class _Pass:
             self.context.lately.posted(target, id, message.subject or "")
         self.inflight.start(target, ties, _Sent(key, id, message, decision.rule, record,
                                                 arrived, target, time.monotonic(), time.time(),
-                                                send), send)
+                                                send, ties), send)
 
     def _flooded(self, message: Message) -> Verdict | None:
         """Counted by the flood breaker: None while under its limits, else the hold."""
@@ -541,14 +547,29 @@ class _Pass:
         for sent, outcome in answers:
             self.context.beat()
             self._answer(sent, outcome)
+        while self.crowded:
+            self._again(*self.crowded.pop(0))
         while self.lonely:
             self._alone(*self.lonely.pop(0))
+
+    def _again(self, sent: _Sent, refusal: Outcome) -> None:
+        """Send a message refused among others again among others, unless the tracker,
+        asked first, shows it made the ticket despite its refusal."""
+        lookup = self._lookup(sent.target)
+        assert lookup is not None  # only a target with a lookup is sent again among others
+        if (made := self._made(lookup, sent, refusal)) is not None:
+            self._answer(sent, made)
+            return
+        self._record(self.inflight.make_room(sent.target, sent.ties))
+        again = replace(sent, again=True)
+        self.inflight.start(sent.target, sent.ties, again, again.send)
 
     def _alone(self, sent: _Sent, refusal: Outcome) -> None:
         """Send a message refused among others again, with nothing else in flight to its
         target (from any folder), and take that answer as the tracker's word; unless the
         tracker, asked first, shows it made the ticket despite its refusal."""
-        self._record(self.inflight.drain(sent.target))
+        while answers := self.inflight.drain(sent.target):
+            self._record(answers)  # which may send another crowded refusal again
         self.ledger.flush()  # every answer heard is recorded before another POST
         pace = self.paces.get(sent.target)
         lookup = self._lookup(sent.target)
@@ -559,17 +580,15 @@ class _Pass:
             outcome = made or replace(sent.send(), crowded=False)
         if pace and outcome.kind is Kind.SUCCESS:
             pace.conflicted()  # the refusal was the crowd's doing: fewer at once
-            # Each conflict drains the target and posts alone: on stock SQLite that cost
-            # more than concurrency gained, measured with and without a lookup.
-            if self.config.targets[sent.target].type == "redmine" and pace.pin(1):
+            if (lookup is None and self.config.targets[sent.target].type == "redmine"
+                    and pace.pin(1)):
                 log.warning(
                     "target %s (%s): one request at a time from now on: it refused a message "
                     "among others and took it alone, a lock conflict, so it runs on SQLite, "
-                    "where each conflict costs more than concurrency gains%s "
-                    "(docs/concurrency.md); give Redmine a database that takes concurrent "
-                    "writers", sent.target, pace.name, "" if lookup else (
-                        " and such a refusal may come after the issue was made; give the "
-                        "target an api_key to look before sending again"))
+                    "where such a refusal may come after the issue was made "
+                    "(docs/concurrency.md); give the target an api_key (to look before "
+                    "sending again) or Redmine a database that takes concurrent writers",
+                    sent.target, pace.name)
         self._answer(sent, outcome)
 
     def _lookup(self, target: str) -> Tickets | None:
@@ -609,8 +628,11 @@ class _Pass:
         verdict = answer(outcome, sent.record, self.policy, time.time())
         if verdict.alone:
             log.info("%s uid %d: %s", self.where, key.uid, verdict.reason)
-            self.lonely.append((sent, outcome))
+            among = not sent.again and self._lookup(target) is not None
+            (self.crowded if among else self.lonely).append((sent, outcome))
             return
+        if sent.again and outcome.kind is Kind.SUCCESS and (pace := self.paces.get(target)):
+            pace.conflicted()  # the refusal was the crowd's doing: fewer at once
         if self.lookups.get(target) is not None:
             self.context.lately.answered(target, sent.id, True if verdict.result is
                                          Result.SUBMITTED else False if verdict.result is
