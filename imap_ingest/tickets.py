@@ -317,8 +317,12 @@ class RedmineTickets:
                                    "was posted, ours or another's")
             return None
         subject = redmine_subject(one.subject)
+        # Redmine's "contains" filter (``~``, case-insensitive, every word) narrows the search
+        # to a page or so; equality, here, decides. Without it a lookup read every issue of
+        # the last minute: nine pages at 15 issues a second.
+        narrowed = {"subject": f"~{subject}"} if subject.strip() else {}
         return made_of([str(i["id"]) for i in self._issues(
-            {"created_on": f">={since:%Y-%m-%dT%H:%M:%SZ}", "sort": "id"})
+            {"created_on": f">={since:%Y-%m-%dT%H:%M:%SZ}", "sort": "id", **narrowed})
             if str(i.get("subject") or "") == subject], taken, unsure)
 
     def fields(self, tickets: Sequence[str]) -> dict[str, Fields]:

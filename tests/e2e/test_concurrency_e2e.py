@@ -6,13 +6,18 @@ is locked" (docs/concurrency.md). Such a 422 must neither fail a message nor dou
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from imap_ingest.cli import main
+from imap_ingest.message import Message
+from imap_ingest.tickets import BATCH, Made, RedmineTickets, Submitted
+from imap_ingest.trackers.redmine import Form, RedmineTarget, crlf
 
 from ..support.dovecot import ImapAccount
 from ..support.ingest_env import write_config
@@ -51,3 +56,47 @@ def test_concurrency_8_on_stock_sqlite_files_every_message_once(
     issues = Counter({subject: n for subject, n in issues.items() if subject in subjects})
     assert set(issues) == set(subjects) and max(issues.values()) == 1
     assert {folder: len(imap.messages(folder)) for folder in imap.folders()} == {"INBOX": 0}
+
+
+@pytest.fixture(scope="module")
+def crowded_since(stock_passenger: tuple[str, Path]) -> float:
+    """More issues than a page of issues.json made just now: when they began."""
+    url, _ = stock_passenger
+    began = time.time()
+    with requests.Session() as session:
+        for i in range(BATCH + 10):
+            answer = session.post(f"{url}/mail_handler", data=bytes(Form({
+                "key": MAIL_KEY, "issue[project]": PROJECT,
+                "email": crlf(make(subject=f"crowd {i}"))})), headers={
+                "Content-Type": "application/x-www-form-urlencoded"}, timeout=60)
+            assert answer.status_code == 201, answer.status_code
+    return began
+
+
+@pytest.mark.parametrize("subject", [
+    "100% done_ok", "it's [Support] \"quoted\" a  b", "Ünïcode тема ✓", "~ tilde first",
+    "word"], ids=["like-wildcards", "quotes-brackets", "unicode", "operator-like", "one-word"])
+def test_a_lookup_finds_the_issue_of_its_subject_and_no_other(
+        tmp_path: Path, imap: ImapAccount, stock_passenger: tuple[str, Path],
+        crowded_since: float, subject: str) -> None:
+    """Redmine's own search: the issue of exactly this subject, not one that contains it."""
+    url, _ = stock_passenger
+    mine, longer = (make(subject=s, message_id=f"<{n}-{abs(hash(subject))}@example.org>")
+                    for n, s in ((1, subject), (2, f"{subject} and more")))
+    with imap.client() as client:
+        for raw in (longer, mine):
+            client.append("INBOX", raw)
+    path = write_config(tmp_path / "config.yaml", imap, url, key=MAIL_KEY,
+                        folder={"project": PROJECT}, target={"api_key": ADMIN_KEY})
+    assert main(["run", "--once", "-c", str(path)]) == 0
+    target = RedmineTarget.model_validate({"type": "redmine", "url": url, "key": MAIL_KEY})
+    lookup = RedmineTickets(target, ADMIN_KEY)
+    try:
+        made = lookup.made(Submitted.of(1, Message(mine), "here", at=crowded_since), 0, 0)
+        searched = lookup.requests
+    finally:
+        lookup.close()
+    ids = {f"{s}": n for n, s in sqlite3.connect(stock_passenger[1]).execute(
+        "SELECT id, subject FROM issues")}
+    assert made == Made(str(ids[subject]))
+    assert searched == 1  # one page: the search was narrowed to the subject on the server
