@@ -155,6 +155,6 @@ def limits_over_time(log: str) -> tuple[list[float], list[float]]:
     return times, values
 
 
-def retried_alone(log: str) -> int:
-    """How many refusals among others the pass sent again alone."""
-    return sum("sending it again alone" in text for _, text in log_events(log))
+def sent_again(log: str) -> int:
+    """How many refusals among others the pass sent again."""
+    return sum("sending it again before it counts" in text for _, text in log_events(log))

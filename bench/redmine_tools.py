@@ -9,11 +9,11 @@ recommends; the same N messages (default 500, from a member of the project, one 
   - the ceiling: the same N form POSTs from a minimal client with 4 threads, 4 keep-alive
     connections, messages already in memory
 Every run is checked: the number of issues Redmine created (more than N: doubled), the
-messages not filed, and the 422s imap-ingest sent again alone ("retried").
+messages not filed, and the 422s imap-ingest sent again ("sent again").
 
 SQLite deadlocks two writers that both began reading (Redmine answers 422 "database is
 locked"). By default the server is Debian's as it comes (stock SQLite): imap-ingest sends
-such a 422 again alone (docs/concurrency.md), and the ceiling client counts them as
+such a 422 again before it counts (docs/concurrency.md), and the ceiling client counts them as
 refused. With ``immediate`` the server begins every transaction IMMEDIATE (a writer waits
 for the other, 5 s at most), which is what a Redmine on SQLite needs before other clients
 can post concurrently; with PostgreSQL or MySQL neither is needed.
@@ -43,8 +43,8 @@ from bench.common import (
     limits_over_time,
     message,
     rates,
-    retried_alone,
     run_once,
+    sent_again,
     submitted_over_time,
     timed_threads,
 )
@@ -54,13 +54,16 @@ from tests.support.dovecot import Dovecot, ImapAccount
 from tests.support.ingest_env import write_config
 
 PROCESSES = 2
-CONCURRENCY: tuple[int | str, ...] = ("auto", *(("auto base",) if BASE else ()), 1, 2, 3, 4, 8)
+# "auto" is the default config; the others also have api_key, so a crowded 422 is looked up
+# before it is sent again (without it, a fixed setting above 1 may double an issue).
+CONCURRENCY: tuple[int | str, ...] = (
+    "auto", "auto, api_key", *(("auto base",) if BASE else ()), 1, 2, 3, 4, 8)
 IMMEDIATE = False
 CEILING_THREADS = 4
 SENDER = b"From: Alice Member <alice@example.org>"
 TIMELINES: dict[str, list[tuple[float, int]]] = {}  # the last round's, by concurrency
 LIMITS: dict[str, tuple[list[float], list[float]]] = {}  # auto's limit over the last round
-Result = tuple[float, int, int, int]  # seconds, issues, messages not filed, retried alone
+Result = tuple[float, int, int, int]  # seconds, issues, messages not filed, sent again
 
 def fill(imap: ImapAccount, raws: list[bytes]) -> None:
     with imap.client() as client:
@@ -95,7 +98,8 @@ def ours(imap: ImapAccount, url: str, database: Path, concurrency: int | str,
                         folder={"project": e2e.PROJECT, "batch_size": 100},
                         target={"timeout": "120s"} | (
                             {"concurrency": concurrency} if isinstance(concurrency, int)
-                            else {}),
+                            else {}) | (
+                            {} if concurrency == "auto" else {"api_key": e2e.ADMIN_KEY}),
                         state_dir=str(state))
     with submitted_over_time(state / "ledger.sqlite3") as samples:
         elapsed, log, _ = run_once(path, base=concurrency == "auto base")
@@ -105,7 +109,7 @@ def ours(imap: ImapAccount, url: str, database: Path, concurrency: int | str,
     # Refused mail is kept there, marked; mail in doubt is moved to Quarantine.
     failed = len(imap.messages("INBOX")) + sum(
         len(imap.messages(folder)) for folder in imap.folders() if folder != "INBOX")
-    return elapsed, e2e.issue_count(database), failed, retried_alone(log)
+    return elapsed, e2e.issue_count(database), failed, sent_again(log)
 
 
 def ceiling(raws: list[bytes], url: str, database: Path) -> Result:
@@ -154,7 +158,7 @@ def main(count: int, rounds: int) -> None:
             runs.setdefault(name, []).append(run(imap))
             elapsed, created, failed, retried = runs[name][-1]
             print(f"  {name:<34} {count / elapsed:6.1f} msg/s  {created} issues, "
-                  f"{failed} refused, {retried} retried alone; load {before} -> {load()}",
+                  f"{failed} refused, {retried} sent again; load {before} -> {load()}",
                   flush=True)
 
         for round_ in range(rounds):
@@ -187,7 +191,7 @@ def summarise(count: int, runs: dict[str, list[Result]]) -> None:
     fixed = max(value for name, value in rate.items()
                 if name.removeprefix("imap-ingest concurrency ").isdigit())
     print(f"  {'':<34} {'msg/s':>6}  {'of ceiling':>10}  {'of best fixed':>13}  {'vs rake':>7}"
-          "  issues/refused/retried")
+          "  issues/refused/sent again")
     for name, value in rate.items():
         outcomes = ", ".join(f"{created}/{failed}/{retried}"
                              for _, created, failed, retried in runs[name])
@@ -207,7 +211,7 @@ def summarise(count: int, runs: dict[str, list[Result]]) -> None:
     plot.timeline("redmine-auto.png", f"Redmine (stock SQLite, Passenger x{PROCESSES}): "
                   "throughput over a run",
                   {f"concurrency: {name}": rates(samples) for name, samples in TIMELINES.items()
-                   if name in ("auto", "auto base", "2", "4")},
+                   if name in ("auto", "auto, api_key", "auto base", "2", "4")},
                   {f"{name}: limit": steps for name, steps in LIMITS.items()
                    if name != "auto base"})  # an older tree does not log its limit
 

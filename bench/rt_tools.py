@@ -58,8 +58,8 @@ from bench.common import (
     limits_over_time,
     message,
     rates,
-    retried_alone,
     run_once,
+    sent_again,
     submitted_over_time,
     timed_threads,
 )
@@ -92,7 +92,7 @@ class Run:
     problems: Counter[str] = field(default_factory=Counter)
     rt_cpu: float = 0.0  # CPU seconds RT's rt-server and workers spent, per message
     load: float = 0.0  # the 1-minute load average at the run's end
-    retried: int = 0  # refusals among others imap-ingest sent again alone
+    retried: int = 0  # refusals among others imap-ingest sent again
 
     @property
     def rate(self) -> float:
@@ -180,7 +180,7 @@ def ours(dovecot: Dovecot, rt: RealRT, messages: list[bytes], concurrency: int) 
         with submitted_over_time(path.parent / "state" / "ledger.sqlite3") as samples:
             seconds, log, status = run_once(path, base=concurrency == BASE_AUTO)
         run = Run("imap-ingest", concurrency, seconds, len(messages),
-                  retried=retried_alone(log))
+                  retried=sent_again(log))
     if status != 0:
         run.problems[f"imap-ingest exit {status}"] += 1
         print(log[-2000:], file=sys.stderr)
@@ -298,7 +298,7 @@ def main(count: int, json_path: str | None) -> None:
                 print(f"  round {round_}: {run.label:<40} {run.rate:5.2f} msg/s "
                       f"({run.seconds:5.1f} s)  RT {run.rt_cpu:.3f} CPU s/msg, "
                       f"{run.rt_busy:.2f} cores busy  load {before:.2f} -> {run.load:.2f}  "
-                      f"retried alone {run.retried}  failures: {said}", flush=True)
+                      f"sent again {run.retried}  failures: {said}", flush=True)
     print(f"load average after: {load()}")
     tool, top = best(runs, "rt-mailgate"), best(runs, "ceiling")
     print(f"\nbest of {ROUNDS} rounds, {count} messages each; ceiling = best thread count "

@@ -34,6 +34,7 @@ from .rules import Decision, RuleSet
 from .smime import Gate
 from .source import Fetched, Flagged, Serial, Source
 from .states import Result, State
+from .tickets import SLACK, Lately, LookupFailed, Submitted, Tickets, open_tickets
 from .trackers import Envelope, Kind, Outcome, Paced, Tracker
 from .verdict import (
     Policy,
@@ -89,7 +90,10 @@ class _Sent:
     arrived: datetime | None
     target: str
     started: float  # time.monotonic()
+    at: float  # time.time(), when it was handed to its tracker
     send: Callable[[], Outcome]
+    ties: frozenset[str]  # what it waits for in flight (inflight.py)
+    again: bool = False  # sent again among others after a crowded refusal
 
 
 # How often a pass looks again at a copy another pass is posting.
@@ -133,6 +137,7 @@ class Context:
     observe: Callable[[str, Message | None, Verdict], None] | None = None
     tripped: Callable[[str, str], None] | None = None  # the flood breaker held one (alerts)
     behind: Behind = field(default_factory=Behind)
+    lately: Lately = field(default_factory=Lately)
 
 
 def ingest(mailbox: Source, folder: Folder, context: Context) -> PassReport:
@@ -173,7 +178,12 @@ class _Pass:
         self.inflight: InFlight[_Sent] = InFlight(
             {name: self._limit(name) for name in self.config.targets},
             sum(self.config.concurrency(name) for name in self.config.targets))
-        self.lonely: list[_Sent] = []  # refused among others: to be sent again alone
+        # Refused among others, unless the tracker made it anyway: to be sent again among
+        # others once when it can be looked up (a lock conflict is seldom met twice), then
+        # alone.
+        self.crowded: list[tuple[_Sent, Outcome]] = []
+        self.lonely: list[tuple[_Sent, Outcome]] = []
+        self.lookups: dict[str, Tickets | None] = {}  # by target, opened when first needed
         self.refused: TrackerRefused | None = None  # a target refused our key: stop the pass
         self.keeper = Keeper(self.config, self.ledger, self.config.archive_for(folder))
         self.plan = firstrun.Plan([])
@@ -219,9 +229,13 @@ class _Pass:
                     progress.show(self.report.counts.total())
         finally:
             # What was sent is recorded, and what was decided carried out, even when the
-            # pass is cut short.
-            self._record(self.inflight.drain())
+            # pass is cut short (recording may send a crowded refusal again: until none is).
+            while answers := self.inflight.drain():
+                self._record(answers)
             self.inflight.close()
+            for lookup in self.lookups.values():
+                if lookup is not None:
+                    lookup.close()
             try:
                 self.disposal.flush()
             finally:
@@ -454,8 +468,11 @@ class _Pass:
         send = functools.partial(_sending, self.where, key.uid,
                                  self.context.trackers[target].submit,
                                  decision.submission(message.raw), decision.options, envelope)
+        if self._lookup(target) is not None:
+            self.context.lately.posted(target, id, message.subject or "")
         self.inflight.start(target, ties, _Sent(key, id, message, decision.rule, record,
-                                                arrived, target, time.monotonic(), send), send)
+                                                arrived, target, time.monotonic(), time.time(),
+                                                send, ties), send)
 
     def _flooded(self, message: Message) -> Verdict | None:
         """Counted by the flood breaker: None while under its limits, else the hold."""
@@ -530,20 +547,80 @@ class _Pass:
         for sent, outcome in answers:
             self.context.beat()
             self._answer(sent, outcome)
+        while self.crowded:
+            self._again(*self.crowded.pop(0))
         while self.lonely:
-            self._alone(self.lonely.pop(0))
+            self._alone(*self.lonely.pop(0))
 
-    def _alone(self, sent: _Sent) -> None:
+    def _again(self, sent: _Sent, refusal: Outcome) -> None:
+        """Send a message refused among others again among others, unless the tracker,
+        asked first, shows it made the ticket despite its refusal."""
+        lookup = self._lookup(sent.target)
+        assert lookup is not None  # only a target with a lookup is sent again among others
+        if (made := self._made(lookup, sent, refusal)) is not None:
+            self._answer(sent, made)
+            return
+        self._record(self.inflight.make_room(sent.target, sent.ties))
+        again = replace(sent, again=True)
+        self.inflight.start(sent.target, sent.ties, again, again.send)
+
+    def _alone(self, sent: _Sent, refusal: Outcome) -> None:
         """Send a message refused among others again, with nothing else in flight to its
-        target (from any folder), and take that answer as the tracker's word."""
-        self._record(self.inflight.drain(sent.target))
+        target (from any folder), and take that answer as the tracker's word; unless the
+        tracker, asked first, shows it made the ticket despite its refusal."""
+        while answers := self.inflight.drain(sent.target):
+            self._record(answers)  # which may send another crowded refusal again
         self.ledger.flush()  # every answer heard is recorded before another POST
         pace = self.paces.get(sent.target)
+        lookup = self._lookup(sent.target)
         with pace.alone() if pace else contextlib.nullcontext():
-            outcome = replace(sent.send(), crowded=False)  # alone, whatever the Client saw
+            # Asked alone too: no post of another folder's is making an issue meanwhile.
+            made = self._made(lookup, sent, refusal) if lookup is not None else None
+            # Sent again alone: whatever the Client saw, it was alone.
+            outcome = made or replace(sent.send(), crowded=False)
         if pace and outcome.kind is Kind.SUCCESS:
             pace.conflicted()  # the refusal was the crowd's doing: fewer at once
+            if (lookup is None and self.config.targets[sent.target].type == "redmine"
+                    and pace.pin(1)):
+                log.warning(
+                    "target %s (%s): one request at a time from now on: it refused a message "
+                    "among others and took it alone, a lock conflict, so it runs on SQLite, "
+                    "where such a refusal may come after the issue was made "
+                    "(docs/concurrency.md); give the target an api_key (to look before "
+                    "sending again) or Redmine a database that takes concurrent writers",
+                    sent.target, pace.name)
         self._answer(sent, outcome)
+
+    def _lookup(self, target: str) -> Tickets | None:
+        """The target's lookup for this pass, or None when it has none."""
+        if target not in self.lookups:
+            self.lookups[target] = open_tickets(self.config.targets[target])
+        return self.lookups[target]
+
+    def _made(self, lookup: Tickets, sent: _Sent, refusal: Outcome) -> Outcome | None:
+        """What the tracker's tickets say of a message it refused among others: taken
+        after all, in doubt, or None (it made nothing: send it again alone)."""
+        one = Submitted.of(sent.id, sent.message, f"{self.where} uid {sent.key.uid}",
+                           at=sent.at)
+        taken, unsure = self.context.lately.alike(sent.target, sent.id, one.subject,
+                                                  one.at - 2 * SLACK)
+        if (pace := self.paces.get(sent.target)) is not None and pace.shared is not None:
+            # The run's other processes post too, and what they posted is not seen here:
+            # an issue of its subject may be theirs, so one found is in doubt.
+            unsure += 1
+        try:
+            made = lookup.made(one, taken, unsure)
+        except LookupFailed as exc:
+            if self.policy.resubmit_in_doubt:
+                return None  # in_doubt: resubmit
+            return replace(refusal, crowded=False, in_doubt=True, reason=(
+                f"{refusal.reason}, with others in flight, and whether it made the ticket "
+                f"anyway is unknown: {exc}"))
+        if made is None:
+            return None
+        which = made.ticket or "(which one of its subject is unknown)"
+        return Outcome(Kind.SUCCESS, f"the tracker made ticket {which} despite refusing it "
+                       "among others", ticket=made.ticket, status=refusal.status)
 
     def _answer(self, sent: _Sent, outcome: Outcome) -> None:
         """Record what the tracker said of one message, and queue what becomes of it."""
@@ -551,8 +628,15 @@ class _Pass:
         verdict = answer(outcome, sent.record, self.policy, time.time())
         if verdict.alone:
             log.info("%s uid %d: %s", self.where, key.uid, verdict.reason)
-            self.lonely.append(sent)
+            among = not sent.again and self._lookup(target) is not None
+            (self.crowded if among else self.lonely).append((sent, outcome))
             return
+        if sent.again and outcome.kind is Kind.SUCCESS and (pace := self.paces.get(target)):
+            pace.conflicted()  # the refusal was the crowd's doing: fewer at once
+        if self.lookups.get(target) is not None:
+            self.context.lately.answered(target, sent.id, True if verdict.result is
+                                         Result.SUBMITTED else False if verdict.result is
+                                         Result.FAILED else None)
         assert verdict.state is not None  # every answer is recorded
         if outcome.kind is Kind.SUCCESS:
             self.context.metrics.submitted(key.account, key.folder, target,

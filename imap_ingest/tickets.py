@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -30,7 +31,7 @@ from .urls import origin
 
 BATCH = 100  # Message-IDs or tickets per request
 _ANSWER_LIMIT = 32 * 1024 * 1024  # a hundred Redmine issues carry their descriptions
-_SLACK = 60.0  # seconds a tracker's clock may be behind ours
+SLACK = 60.0  # seconds a tracker's clock may be behind ours
 # Redmine's own: app/models/mail_handler.rb, MESSAGE_ID_RE and ISSUE_REPLY_SUBJECT_RE.
 _REDMINE_REFERENCE = re.compile(r"<?redmine\.issue-(\d+)\.\d+(\.[a-f0-9]+)?@")
 _REDMINE_SUBJECT = re.compile(r"\[(?:[^\]]*\s+)?#(\d+)\]")
@@ -57,6 +58,13 @@ class Submitted:
 Fields = dict[str, list[str]]  # a ticket's fields by lower-case name: its name(s) and id
 
 
+@dataclass(frozen=True, slots=True)
+class Made:
+    """The tracker made a ticket of a message it refused (docs/concurrency.md)."""
+
+    ticket: str | None  # None: made, but which of the issues alike is its own is unknown
+
+
 class LookupFailed(Exception):
     """The tracker did not answer a lookup usably (reason without secrets)."""
 
@@ -68,6 +76,12 @@ class Tickets(Protocol):
 
     def find(self, sent: Sequence[Submitted]) -> dict[int, str]:
         """The ticket each record became, where the tracker shows it."""
+
+    def made(self, one: Submitted, taken: int, unsure: int) -> Made | None:
+        """Whether the tracker made a ticket of ``one`` (posted at ``one.at``) although it
+        refused it; ``taken`` and ``unsure``: how many other messages of its subject were
+        posted to it lately, taken, or with no answer to trust (Lately). LookupFailed when
+        it cannot tell."""
 
     def fields(self, tickets: Sequence[str]) -> dict[str, Fields]:
         """Each ticket's fields now (queue, status, ...), for the training filters."""
@@ -90,6 +104,48 @@ def open_tickets(target: Target) -> Tickets | None:
         if isinstance(target, RedmineTarget) and (key := pick_secret(target, "api_key")):
             return RedmineTickets(target, key.get_secret_value())
     return None
+
+
+class Lately:
+    """The messages this process posted to each target lately, by subject: what tells a
+    refused message's issue from another's of the same subject (``made_of``). Only the
+    pass of a target with a lookup posts here. Thread-safe: shared by every folder."""
+
+    KEEP = 4 * SLACK  # seconds an answered post is kept
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        # target: record: (subject, taken: True, unsure: None, answered at)
+        self._posts: dict[str, dict[int, tuple[str, bool | None, float]]] = {}
+
+    def posted(self, target: str, record: int, subject: str) -> None:
+        """About to be posted: unsure until answered."""
+        with self._lock:
+            now = self._clock()
+            posts = self._posts.setdefault(target, {})
+            for old in [r for r, (_, _, at) in posts.items() if at < now - self.KEEP]:
+                del posts[old]
+            posts[record] = (redmine_subject(subject), None, float("inf"))
+
+    def answered(self, target: str, record: int, taken: bool | None) -> None:
+        """Taken (True), made nothing (False: forgotten), or no answer to trust (None)."""
+        with self._lock:
+            posts = self._posts.get(target, {})
+            if record in posts:
+                if taken is False:
+                    del posts[record]
+                else:
+                    posts[record] = (posts[record][0], taken, self._clock())
+
+    def alike(self, target: str, record: int, subject: str, since: float) -> tuple[int, int]:
+        """Other posts of ``subject`` answered since ``since`` (or not yet): how many were
+        taken, how many are unsure."""
+        subject = redmine_subject(subject)
+        with self._lock:
+            found = [taken for r, (title, taken, at) in self._posts.get(target, {}).items()
+                     if r != record and title == subject and at >= since]
+        return sum(t is True for t in found), sum(t is None for t in found)
 
 
 def look_up(config: Config, sent: dict[str, list[Submitted]]) -> dict[int, str]:
@@ -184,6 +240,12 @@ class RtTickets:
                     found.setdefault(stored[str(item["id"])], str(item["ObjectId"]))
         return found
 
+    def made(self, one: Submitted, taken: int, unsure: int) -> Made | None:
+        # By Message-ID: exact. Without one, nothing to find; RT's refusal is then trusted as
+        # ever (its gateway's work for a message is one transaction).
+        ticket = self.find([one]).get(one.record)
+        return Made(ticket) if ticket is not None else None
+
     def fields(self, tickets: Sequence[str]) -> dict[str, Fields]:
         found: dict[str, Fields] = {}
         for chunk in _chunks([t for t in tickets if t.isdigit()], BATCH):
@@ -238,10 +300,30 @@ class RedmineTickets:
                 new.append(one)
         if not new:
             return found
-        since = datetime.fromtimestamp(min(one.at for one in new) - _SLACK, UTC)
+        since = datetime.fromtimestamp(min(one.at for one in new) - SLACK, UTC)
         issues = self._issues({"created_on": f">={since:%Y-%m-%dT%H:%M:%SZ}", "sort": "id"})
         return found | match_new_issues(new, [(str(i["id"]), str(i.get("subject") or ""))
                                               for i in issues])
+
+    def made(self, one: Submitted, taken: int, unsure: int) -> Made | None:
+        # Redmine keeps no Message-ID: a new issue is told by its subject among those made
+        # since, a note by the issue's journals.
+        since = datetime.fromtimestamp(one.at - SLACK, UTC)
+        if one.reply_to is not None:
+            issue = self._rest.call("GET", f"{self._base}/issues/{one.reply_to}.json",
+                                    {"include": "journals"}).get("issue") or {}
+            if any(_utc(str(j.get("created_on"))) >= since for j in issue.get("journals") or []):
+                raise LookupFailed(f"issue {one.reply_to} has a note made since the message "
+                                   "was posted, ours or another's")
+            return None
+        subject = redmine_subject(one.subject)
+        # Redmine's "contains" filter (``~``, case-insensitive, every word) narrows the search
+        # to a page or so; equality, here, decides. Without it a lookup read every issue of
+        # the last minute: nine pages at 15 issues a second.
+        narrowed = {"subject": f"~{subject}"} if subject.strip() else {}
+        return made_of([str(i["id"]) for i in self._issues(
+            {"created_on": f">={since:%Y-%m-%dT%H:%M:%SZ}", "sort": "id", **narrowed})
+            if str(i.get("subject") or "") == subject], taken, unsure)
 
     def fields(self, tickets: Sequence[str]) -> dict[str, Fields]:
         found: dict[str, Fields] = {}
@@ -280,6 +362,25 @@ def redmine_reply_to(message: Message) -> str | None:
     return found[1] if found else None
 
 
+def redmine_subject(subject: str) -> str:
+    """A subject as Redmine stores it on the issue."""
+    return subject.strip()[:255]
+
+
+def made_of(issues: Sequence[str], taken: int, unsure: int) -> Made | None:
+    """Whether Redmine made an issue of a message it refused, from ``issues``: those of its
+    subject made since it was posted (oldest first); ``taken``: other messages of that
+    subject the target took meanwhile; ``unsure``: others that may or may not have made one.
+    An issue that could be another message's is never taken for this one's: that would
+    lose this message. So only one issue more than ``taken``, with none unsure, is its."""
+    if len(issues) <= taken:
+        return None  # each is another's: it made none
+    if unsure or len(issues) > taken + 1:
+        raise LookupFailed(f"{len(issues)} issues of its subject made since it was posted, "
+                           f"for {taken} other message(s) taken and {unsure} unsure")
+    return Made(issues[0] if taken == 0 else None)
+
+
 def match_new_issues(sent: Sequence[Submitted],
                      issues: Sequence[tuple[str, str]]) -> dict[int, str]:
     """Pair messages with issues (id, subject; oldest first) by the subject Redmine gave
@@ -287,13 +388,21 @@ def match_new_issues(sent: Sequence[Submitted],
     free = list(issues)
     found: dict[int, str] = {}
     for one in sorted(sent, key=lambda s: s.at):
-        subject = one.subject.strip()[:255]
+        subject = redmine_subject(one.subject)
         for i, (issue, title) in enumerate(free):
             if title == subject:
                 found[one.record] = issue
                 del free[i]
                 break
     return found
+
+
+def _utc(stamp: str) -> datetime:
+    """Redmine's ``2026-12-02T07:57:13Z``; an unreadable one as now (made since)."""
+    try:
+        return datetime.fromisoformat(stamp).astimezone(UTC)
+    except ValueError:
+        return datetime.now(UTC)
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

@@ -61,7 +61,7 @@ class Verdict:
     target_ok: bool | None = None  # True: the target works again; False: it failed for now
     stop: bool = False  # the target refused our key: stop the folder, log nothing
     instead: Disposition | None = None  # where it goes if ``to`` cannot be carried out
-    alone: bool = False  # send it again now, with nothing else in flight to the target
+    alone: bool = False  # send it again before it counts (alone, or first among others)
 
     @property
     def text(self) -> str:
@@ -222,7 +222,7 @@ def answer(outcome: Outcome, record: Record | None, policy: Policy, now: float) 
         # counts. Sending it again doubles nothing: a refusal means the tracker kept
         # nothing of it (docs/concurrency.md, for each tracker), a partial one is excluded.
         return Verdict(Result.DEFERRED, f"{outcome.reason}, with others in flight: "
-                       "sending it again alone", alone=True)
+                       "sending it again before it counts", alone=True)
     if outcome.in_doubt and not policy.resubmit_in_doubt:
         return replace(in_doubt(outcome.reason, policy),
                        target_ok=False if outcome.kind is Kind.TEMPORARY else None)

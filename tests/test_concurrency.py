@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import logging
+import sqlite3
+import subprocess
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +21,7 @@ from imap_ingest.cli import main
 from imap_ingest.message import Message
 
 from .support.dovecot import ImapAccount
-from .support.ingest_env import backlog, write_config
+from .support.ingest_env import ROOT, backlog, command, write_config
 from .support.mail import make
 from .support.redmine_server import Answer, FakeRedmine, Request
 
@@ -127,6 +134,153 @@ def test_a_refusal_among_others_is_sent_again_alone(
     assert sorted(created) == sorted(f"backlog {i}" for i in range(12) if i != 3)
     assert list(imap.messages("INBOX")) == [4]  # backlog 3, kept, marked as failed
     assert locking.order.count("backlog 3") <= 2
+
+
+@dataclass
+class Committing(Locking):
+    """Locking, where a crowded 422 may come after the issue was made (``anyway``), as
+    Redmine on SQLite answers when a write after the issue's commit hits the lock; serves
+    the issues made on /issues.json (``lookup``: its status)."""
+
+    anyway: bool = True
+    lookup: int = 200
+    issues: list[tuple[int, str]] = field(default_factory=list)
+    posts: list[tuple[str, float, float, int]] = field(default_factory=list)
+    made: list[str | None] = field(default_factory=list)  # Message-IDs with their issue
+
+    def __call__(self, request: Request) -> Answer:
+        if request.method == "GET":
+            return self.listed(request)
+        started = time.monotonic()
+        status = super().__call__(request)[0]
+        subject = subject_of(request)
+        with self.lock:
+            if status == 201 or self.anyway:
+                self.issues.append((len(self.issues) + 1, subject))
+                self.made.append(Message(request.field("email")).message_id)
+            self.posts.append((subject, started, time.monotonic(), status))
+        return status, b"", 0
+
+    def listed(self, request: Request) -> Answer:
+        assert request.path == "/issues.json", request.path
+        assert request.headers.get("X-Redmine-API-Key") == "api-read-key"
+        if self.lookup != 200:
+            return self.lookup, b"", 0
+        offset, limit = (int(request.field(name)) for name in ("offset", "limit"))
+        stamp = f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
+        with self.lock:
+            issues = [{"id": n, "subject": subject, "created_on": stamp}
+                      for n, subject in self.issues]
+        return 200, json.dumps({"issues": issues[offset:offset + limit],
+                                "total_count": len(issues)}).encode(), 0, {
+            "Content-Type": "application/json"}
+
+    def posted(self) -> Counter[str]:
+        return Counter(subject for subject, *_ in self.posts)
+
+
+def ledger_tickets(tmp_path: Path) -> dict[int, str | None]:
+    """Each message's ticket in the ledger, by UID."""
+    with sqlite3.connect(tmp_path / "state" / "ledger.sqlite3") as db:
+        return dict(db.execute("SELECT uid, ticket FROM messages"))
+
+
+def test_a_refusal_among_others_that_made_the_issue_is_not_sent_again(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """With api_key, a crowded 422 whose issue exists is taken, with its issue; no second POST."""
+    committing = Committing(delay=0.05)
+    redmine.answer = committing
+    backlog(imap, 12)
+    assert run(tmp_path, imap, redmine, concurrency=4, api_key="api-read-key") == 0
+    refused = [subject for subject, _, _, status in committing.posts if status == 422]
+    assert refused  # the test saw what it is about
+    assert set(committing.posted().values()) == {1}
+    assert sorted(subject for _, subject in committing.issues) == sorted(
+        f"backlog {i}" for i in range(12))
+    issue = {subject: str(n) for n, subject in committing.issues}
+    tickets = ledger_tickets(tmp_path)
+    assert {tickets[int(s.split()[1]) + 1] for s in refused} == {issue[s] for s in refused}
+    assert imap.messages("INBOX") == {}
+
+
+def test_a_refusal_among_others_that_made_nothing_is_sent_again_among_others_then_alone(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """With api_key, a crowded 422 that made no issue: once more among others, then alone."""
+    committing = Committing(delay=0.05, anyway=False)
+    redmine.answer = committing
+    backlog(imap, 12)
+    assert run(tmp_path, imap, redmine, concurrency=4, api_key="api-read-key") == 0
+    posted = committing.posted()
+    assert max(posted.values()) <= 3 and any(n > 1 for n in posted.values())
+    # A second post of a refused subject overlapped another post: no drain before it.
+    refused = {subject for subject, _, _, status in committing.posts if status == 422}
+    seconds = [next(itertools.islice(((start, end) for subject, start, end, _ in
+                                      committing.posts if subject == s), 1, None))
+               for s in refused]
+    assert any(start < other_end and other_start < end
+               for start, end in seconds for subject, other_start, other_end, _
+               in committing.posts if (other_start, other_end) != (start, end))
+    assert sorted(subject for _, subject in committing.issues) == sorted(
+        f"backlog {i}" for i in range(12))
+    assert any(r.method == "GET" for r in redmine.requests)  # it looked first
+    assert imap.messages("INBOX") == {}
+
+
+def test_a_lookup_that_fails_sets_the_refusal_aside_in_doubt(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """The lookup failing: the crowded 422 goes to Quarantine, never posted a second time."""
+    committing = Committing(delay=0.05, lookup=500)
+    redmine.answer = committing
+    backlog(imap, 12)
+    assert run(tmp_path, imap, redmine, concurrency=4, api_key="api-read-key") == 0
+    refused = {subject for subject, _, _, status in committing.posts if status == 422}
+    assert refused and set(committing.posted().values()) == {1}
+    assert len(committing.issues) == 12  # none doubled
+    assert imap.messages("INBOX") == {}
+    assert len(imap.messages("Quarantine")) == len(refused)
+
+
+def test_worker_processes_never_take_another_folders_issue(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine) -> None:
+    """Worker processes, the same subjects in four folders: each message has its issue or waits."""
+    committing = Committing(delay=0.05, anyway=False)
+    redmine.answer = committing
+    folders = ["INBOX", "F1", "F2", "F3"]
+    raws = {name: backlog(imap, 6, name) for name in folders}
+    path = write_config(tmp_path / "config.yaml", imap, redmine.url, workers=2,
+                        target={"concurrency": 4, "api_key": "api-read-key"},
+                        folders=[{"name": name, "project": "support"} for name in folders])
+    run = subprocess.run(command("run", "--once", "-c", str(path)), cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stderr
+    assert any(status == 422 for *_, status in committing.posts)
+    created = Counter(committing.made)
+    waiting = {Message(raw).message_id for _, raw in imap.messages("Quarantine").values()}
+    for raw in (raw for each in raws.values() for raw in each):
+        message_id = Message(raw).message_id
+        assert created[message_id] == 1 or message_id in waiting
+
+
+def test_a_lock_conflict_without_lookups_pins_auto_to_one(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Without api_key, auto's first confirmed lock conflict on Redmine: one at a time after."""
+    committing = Committing(delay=0.03, anyway=False)
+    redmine.answer = committing
+    backlog(imap, 40)
+    with caplog.at_level(logging.WARNING):
+        assert run(tmp_path, imap, redmine) == 0
+    refused = {subject for subject, _, _, status in committing.posts if status == 422}
+    assert refused
+    # The first retry alone that went through: the confirmed conflict.
+    confirmed = next(end for subject, _, end, status in committing.posts
+                     if status == 201 and subject in refused)
+    after = [(start, end) for _, start, end, _ in committing.posts if start > confirmed]
+    assert after and all(b_start >= a_end for (_, a_end), (b_start, _)
+                         in itertools.pairwise(sorted(after)))
+    assert len(committing.issues) == 40
+    pinned = [r.getMessage() for r in caplog.records if "one request at a time" in r.message]
+    assert len(pinned) == 1 and "target redmine " in pinned[0] and "api_key" in pinned[0]
 
 
 def test_concurrency_bounds_the_requests_in_flight(

@@ -185,7 +185,7 @@ def test_a_refusal_among_others_is_tried_again_alone(outcome: Outcome, alone: bo
     assert verdict.alone is alone
     if alone:
         assert (verdict.result, verdict.state, verdict.to) == (Result.DEFERRED, None, None)
-        assert verdict.reason.startswith(outcome.reason) and "alone" in verdict.reason
+        assert verdict.reason.startswith(outcome.reason) and "sending it again" in verdict.reason
 
 
 def test_no_answer_is_retried_under_resubmit() -> None:

@@ -6,18 +6,23 @@ is locked" (docs/concurrency.md). Such a 422 must neither fail a message nor dou
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from imap_ingest.cli import main
+from imap_ingest.message import Message
+from imap_ingest.tickets import BATCH, Made, RedmineTickets, Submitted
+from imap_ingest.trackers.redmine import Form, RedmineTarget, crlf
 
 from ..support.dovecot import ImapAccount
 from ..support.ingest_env import write_config
 from ..support.mail import make
-from .redmine import MAIL_KEY, PROJECT, ensure_template, passenger
+from .redmine import ADMIN_KEY, MAIL_KEY, PROJECT, ensure_template, passenger
 
 MESSAGES = 60
 
@@ -30,20 +35,68 @@ def stock_passenger() -> Iterator[tuple[str, Path]]:
         yield served
 
 
+@pytest.mark.parametrize("api_key", [None, ADMIN_KEY], ids=["no-lookup", "lookup"])
 def test_concurrency_8_on_stock_sqlite_files_every_message_once(
-        tmp_path: Path, imap: ImapAccount, stock_passenger: tuple[str, Path]) -> None:
+        tmp_path: Path, imap: ImapAccount, stock_passenger: tuple[str, Path],
+        api_key: str | None) -> None:
     """60 messages at concurrency 8: 60 issues, none doubled, none failed or in doubt."""
     url, database = stock_passenger
-    subjects = [f"stock sqlite {i}" for i in range(MESSAGES)]
+    subjects = [f"stock sqlite {api_key is not None} {i}" for i in range(MESSAGES)]
     with imap.client() as client:
         for subject in subjects:
             client.append("INBOX", make(subject=subject))
     path = write_config(tmp_path / "config.yaml", imap, url, key=MAIL_KEY,
                         folder={"project": PROJECT, "move_on_failure": "Failed",
                                 "batch_size": 20},
-                        target={"concurrency": 8, "timeout": "60s"})
+                        target={"concurrency": 8, "timeout": "60s",
+                                **({"api_key": api_key} if api_key else {})})
     assert main(["run", "--once", "-c", str(path)]) == 0
     with sqlite3.connect(database) as db:
         issues = Counter(subject for (subject,) in db.execute("SELECT subject FROM issues"))
+    issues = Counter({subject: n for subject, n in issues.items() if subject in subjects})
     assert set(issues) == set(subjects) and max(issues.values()) == 1
     assert {folder: len(imap.messages(folder)) for folder in imap.folders()} == {"INBOX": 0}
+
+
+@pytest.fixture(scope="module")
+def crowded_since(stock_passenger: tuple[str, Path]) -> float:
+    """More issues than a page of issues.json made just now: when they began."""
+    url, _ = stock_passenger
+    began = time.time()
+    with requests.Session() as session:
+        for i in range(BATCH + 10):
+            answer = session.post(f"{url}/mail_handler", data=bytes(Form({
+                "key": MAIL_KEY, "issue[project]": PROJECT,
+                "email": crlf(make(subject=f"crowd {i}"))})), headers={
+                "Content-Type": "application/x-www-form-urlencoded"}, timeout=60)
+            assert answer.status_code == 201, answer.status_code
+    return began
+
+
+@pytest.mark.parametrize("subject", [
+    "100% done_ok", "it's [Support] \"quoted\" a  b", "Ünïcode тема ✓", "~ tilde first",
+    "word"], ids=["like-wildcards", "quotes-brackets", "unicode", "operator-like", "one-word"])
+def test_a_lookup_finds_the_issue_of_its_subject_and_no_other(
+        tmp_path: Path, imap: ImapAccount, stock_passenger: tuple[str, Path],
+        crowded_since: float, subject: str) -> None:
+    """Redmine's own search: the issue of exactly this subject, not one that contains it."""
+    url, _ = stock_passenger
+    mine, longer = (make(subject=s, message_id=f"<{n}-{abs(hash(subject))}@example.org>")
+                    for n, s in ((1, subject), (2, f"{subject} and more")))
+    with imap.client() as client:
+        for raw in (longer, mine):
+            client.append("INBOX", raw)
+    path = write_config(tmp_path / "config.yaml", imap, url, key=MAIL_KEY,
+                        folder={"project": PROJECT}, target={"api_key": ADMIN_KEY})
+    assert main(["run", "--once", "-c", str(path)]) == 0
+    target = RedmineTarget.model_validate({"type": "redmine", "url": url, "key": MAIL_KEY})
+    lookup = RedmineTickets(target, ADMIN_KEY)
+    try:
+        made = lookup.made(Submitted.of(1, Message(mine), "here", at=crowded_since), 0, 0)
+        searched = lookup.requests
+    finally:
+        lookup.close()
+    ids = {f"{s}": n for n, s in sqlite3.connect(stock_passenger[1]).execute(
+        "SELECT id, subject FROM issues")}
+    assert made == Made(str(ids[subject]))
+    assert searched == 1  # one page: the search was narrowed to the subject on the server
