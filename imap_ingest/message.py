@@ -185,16 +185,8 @@ class Message:
         split = end.end() if end else min(len(self.raw), MAX_HEADER_BYTES)
         head = self.raw[:split].replace(b"\r\n", b"\n")
         digest = hashlib.sha256(_TRACE.sub(b"", _ENVELOPE.sub(b"", head, count=1)))
-        body = memoryview(self.raw)[split:]
-        # In pieces below hashlib's 2048 bytes, which it hashes without letting go of the
-        # GIL: letting go hands it to the HTTP threads, and this (the IMAP) thread waits up to
-        # a switch interval (5 ms) to get it back, for every message.
-        for start in range(0, len(body), _HASH_PIECE):
-            digest.update(body[start:start + _HASH_PIECE])
+        digest.update(memoryview(self.raw)[split:])
         return digest.hexdigest()
-
-
-_HASH_PIECE = 2047
 
 
 def _header_text(raw: bytes) -> str:
