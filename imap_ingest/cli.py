@@ -11,18 +11,13 @@ import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, authorize, compat, deliver, demo, handoff, logs
-from .check import check
+from . import __version__, compat, handoff, logs
 from .config import CONFIG_VARIABLE, Config, load, parse_duration, templates
 from .errors import EX_CANTCREAT, EX_OK, EX_USAGE, IngestError
-from .explain import explain
-from .from_fetchmail import convert as from_fetchmail
-from .from_rake import convert
 from .ledger import open_ledger
 from .processes import once
 from .retry import retry_account
 from .service import serve
-from .status import history, status
 
 log = logging.getLogger("imap_ingest")
 
@@ -93,6 +88,8 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _check(config: Config, args: argparse.Namespace) -> int:
+    from .check import check
+
     return check(config, args.config)
 
 
@@ -117,6 +114,8 @@ def _auth_login(config: Config, args: argparse.Namespace) -> int:
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
+    from . import authorize  # the browser/device login stack, only for this command
+
     if browser:
         authorize.browser_login(account.name, oauth2, say, args.port, not args.no_browser)
     else:
@@ -127,10 +126,14 @@ def _auth_login(config: Config, args: argparse.Namespace) -> int:
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
+    from .status import status
+
     return status(config)
 
 
 def _history(config: Config, args: argparse.Namespace) -> int:
+    from .status import history
+
     return history(config, args.message_id)
 
 
@@ -153,6 +156,8 @@ def _export_training(config: Config, args: argparse.Namespace) -> int:
 def _retry(config: Config, args: argparse.Namespace) -> int:
     route = args.folder.removeprefix("spool/")
     if route != args.folder and route in config.routes:
+        from . import deliver
+
         for line in deliver.retry(config, route):
             print(line)
         return EX_OK
@@ -174,6 +179,8 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
 
 
 def _explain(config: Config, args: argparse.Namespace) -> int:
+    from .explain import explain
+
     return explain(config, args.message, args.folder, args.account)
 
 
@@ -190,15 +197,21 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from . import demo
+
     return demo.run(Path(args.dir))
 
 
 def _from_rake(args: argparse.Namespace) -> int:
+    from .from_rake import convert
+
     print(convert(" ".join(args.options)), end="")
     return EX_OK
 
 
 def _from_fetchmail(args: argparse.Namespace) -> int:
+    from .from_fetchmail import convert as from_fetchmail
+
     print(from_fetchmail(Path(args.file).expanduser().read_text(encoding="utf-8")), end="")
     return EX_OK
 

@@ -24,10 +24,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.interval import IntervalTrigger
-
 from .alerts import Alerter
 from .budget import budget_of, plan
 from .config import Account, Config, Folder, load
@@ -51,6 +47,8 @@ from .trackers import Tracker, open_tracker
 from .worker import Connection, FolderWorker, Watcher, folder_pass, leased_here, log_failure
 
 if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
     from .ledger.leases import Leases
 
 log = logging.getLogger(__name__)
@@ -166,6 +164,8 @@ class Service:
         """Add a worker per folder to the scheduler, and an IDLE watcher where wanted and
         the account's connection budget allows; with leases, each works only while this
         replica holds its folder."""
+        from apscheduler.triggers.interval import IntervalTrigger
+
         context = self.context()
         leases = self.ledger.lease(self.replica, self.folders(), self.config.ledger.lease_ttl,
                                    balance=True)
@@ -262,6 +262,10 @@ def serve(path: str | os.PathLike[str], config: Config, retry_now: bool = False)
     stop, reload = threading.Event(), threading.Event()
     status = StatusServer(config.http) if config.http else None
     console = ConsoleServer(config.console) if config.console else None
+    # APScheduler only here: run --once starts without it.
+    from apscheduler.executors.pool import ThreadPoolExecutor
+    from apscheduler.schedulers.background import BackgroundScheduler
+
     with signals(stop, reload):
         while True:
             service = Service(config, retry_now)

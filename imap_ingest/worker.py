@@ -13,9 +13,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from apscheduler.job import Job
-from apscheduler.jobstores.base import JobLookupError
-
 from .backoff import Backoff
 from .config import Account, Config, Folder, HttpTarget
 from .errors import (
@@ -37,6 +34,8 @@ from .oauth import Tokens
 from .source import Source, open_source
 
 if TYPE_CHECKING:
+    from apscheduler.job import Job
+
     from .ledger.leases import Leases
 
 log = logging.getLogger("imap_ingest.service")
@@ -224,6 +223,8 @@ class FolderWorker:
             self._again = True
             self._announced = True
             if not self._running and self.job is not None:
+                from apscheduler.jobstores.base import JobLookupError  # loaded by the service
+
                 with suppress(JobLookupError):  # the scheduler is shutting down
                     self.job.modify(next_run_time=datetime.now(UTC))
 
