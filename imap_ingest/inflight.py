@@ -28,6 +28,7 @@ class InFlight(Generic[T]):
         self._limits = limits
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submit")
         self._running: dict[Future[Outcome], tuple[str, frozenset[str], T]] = {}
+        self._error: BaseException | None = None  # a send's, raised by check()
 
     def make_room(self, target: str, ties: frozenset[str]) -> list[tuple[T, Outcome]]:
         """Wait until ``target`` has a free slot and nothing in flight shares one of
@@ -59,6 +60,13 @@ class InFlight(Generic[T]):
         return self._collect(future for future, (to, _, _) in self._running.items()
                              if target in (None, to))
 
+    def check(self) -> None:
+        """Raise the first error a send raised, once the answers beside it were taken: a
+        message the tracker took must be recorded even when another send failed."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
@@ -71,8 +79,12 @@ class InFlight(Generic[T]):
     def _collect(self, futures: Iterable[Future[Outcome]]) -> list[tuple[T, Outcome]]:
         # In the order sent (the dict's), whatever order they finished in.
         done = set(futures)
-        answers = [(tag, future.result()) for future, (_, _, tag) in self._running.items()
-                   if future in done]
-        for future in done:
-            del self._running[future]
+        answers: list[tuple[T, Outcome]] = []
+        for future, (_, _, tag) in list(self._running.items()):
+            if future in done:
+                del self._running[future]
+                if (error := future.exception()) is None:
+                    answers.append((tag, future.result()))
+                elif self._error is None:
+                    self._error = error
         return answers

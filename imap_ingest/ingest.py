@@ -223,6 +223,7 @@ class _Pass:
                 self.context.metrics.fetched.labels(*labels).inc()
                 self._guarded(fetched)
                 self._record(self.inflight.finished())
+                self.inflight.check()
                 if len(self.disposal) >= self.folder.batch_size:
                     self.disposal.send()
                 if progress:
@@ -239,8 +240,14 @@ class _Pass:
             try:
                 self.disposal.flush()
             finally:
-                self.serial.close()
-            self.ledger.flush()
+                # The answers heard are recorded even when the server failed a disposition
+                # (they wait for the next write): left unrecorded, a message the tracker
+                # took would be in doubt next pass, and sent again under in_doubt: resubmit.
+                try:
+                    self.serial.close()
+                finally:
+                    self.ledger.flush()
+            self.inflight.check()
             self.context.behind.keep(self.report.account, self.folder.name,
                                      self.mailbox.uidvalidity, self.behind)
             if progress:
@@ -445,6 +452,7 @@ class _Pass:
         digest = message.digest()
         ties = message.ties() | {digest}
         self._record(self.inflight.make_room(target, ties))
+        self.inflight.check()
         if self.context.stop.is_set() or self.refused:
             return  # left for the next pass
         if self._down(target):
