@@ -230,9 +230,8 @@ class _Pass:
                     progress.show(self.report.counts.total())
         finally:
             # What was sent is recorded, and what was decided carried out, even when the
-            # pass is cut short (recording may send a crowded refusal again: until none is).
-            while answers := self.inflight.drain():
-                self._record(answers)
+            # pass is cut short.
+            self._settle()
             self.inflight.close()
             for lookup in self.lookups.values():
                 if lookup is not None:
@@ -560,6 +559,12 @@ class _Pass:
         while self.lonely:
             self._alone(*self.lonely.pop(0))
 
+    def _settle(self, target: str | None = None) -> None:
+        """Record every answer still to come (from ``target``, or all), until none is in
+        flight: recording one may send a crowded refusal again."""
+        while answers := self.inflight.drain(target):
+            self._record(answers)
+
     def _again(self, sent: _Sent, refusal: Outcome) -> None:
         """Send a message refused among others again among others, unless the tracker,
         asked first, shows it made the ticket despite its refusal."""
@@ -576,8 +581,7 @@ class _Pass:
         """Send a message refused among others again, with nothing else in flight to its
         target (from any folder), and take that answer as the tracker's word; unless the
         tracker, asked first, shows it made the ticket despite its refusal."""
-        while answers := self.inflight.drain(sent.target):
-            self._record(answers)  # which may send another crowded refusal again
+        self._settle(sent.target)
         self.ledger.flush()  # every answer heard is recorded before another POST
         pace = self.paces.get(sent.target)
         lookup = self._lookup(sent.target)

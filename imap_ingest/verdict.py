@@ -219,8 +219,9 @@ def answer(outcome: Outcome, record: Record | None, policy: Policy, now: float) 
             outcome.partial or outcome.in_doubt):
         # Refused while others were in flight: maybe their conflict, not the message (on
         # SQLite, Redmine answers 422 to "database is locked"), so only a refusal alone
-        # counts. Sending it again doubles nothing: a refusal means the tracker kept
-        # nothing of it (docs/concurrency.md, for each tracker), a partial one is excluded.
+        # counts. A refusal means the tracker kept nothing of it, except Redmine on SQLite
+        # now and then (docs/concurrency.md): the pass asks it first where it can look. A
+        # partial refusal is excluded.
         return Verdict(Result.DEFERRED, f"{outcome.reason}, with others in flight: "
                        "sending it again before it counts", alone=True)
     if outcome.in_doubt and not policy.resubmit_in_doubt:

@@ -96,7 +96,7 @@ def test_a_lookup_finds_the_issue_of_its_subject_and_no_other(
         searched = lookup.requests
     finally:
         lookup.close()
-    ids = {f"{s}": n for n, s in sqlite3.connect(stock_passenger[1]).execute(
-        "SELECT id, subject FROM issues")}
+    with sqlite3.connect(stock_passenger[1]) as db:
+        ids = {s: n for n, s in db.execute("SELECT id, subject FROM issues")}
     assert made == Made(str(ids[subject]))
     assert searched == 1  # one page: the search was narrowed to the subject on the server
