@@ -275,6 +275,36 @@ def leaf_parts(raw: bytes) -> Iterator[Part]:
     """Every non-multipart part, decoded from its transfer encoding; broken MIME is read
     as best it can be, never raising. Parts nested deeper than MAX_DEPTH are not opened:
     each comes whole, as one opaque part of its own type."""
+    for part, _, leaf in _walk(raw):
+        if leaf:
+            payload = part.get_payload(decode=True)
+            filename = part.get_filename()
+            yield Part(part.get_content_type(), _decode_words(filename) if filename else None,
+                       payload if isinstance(payload, bytes) else b"",
+                       part.get_content_charset())
+
+
+def may_attach(raw: bytes) -> bool:
+    """Whether Redmine could store an attachment of this message: the mail library it reads
+    mail with takes one from any part inside a multipart that has a file name, a name or a
+    location, and from the mail an attached message holds. Errs only towards yes: also for
+    any other part that is not text, an attached message, and MIME too deep or too broken
+    to read whole."""
+    for part, depth, leaf in _walk(raw):
+        maintype = part.get_content_maintype()
+        if depth == 0:
+            if maintype == "multipart" and not leaf:
+                continue
+            return maintype in ("multipart", "message")  # a multipart without its parts
+        if (depth >= MAX_DEPTH or maintype == "message" or part.get_filename()
+                or "Content-Location" in part or (leaf and maintype != "text")):
+            return True
+    return False
+
+
+def _walk(raw: bytes) -> Iterator[tuple[email.message.Message, int, bool]]:
+    """Every part of the MIME tree, each before those it holds: (its header block, its
+    depth, whether it is a leaf). Never raises; parts at MAX_DEPTH are leaves, unopened."""
     # The stdlib parser recurses once per level (RecursionError near 1,000), so the tree is
     # walked here with a stack; the stdlib only reads each part's header block.
     stack: list[tuple[bytes, int, str]] = [(raw, 0, "text/plain")]
@@ -283,13 +313,8 @@ def leaf_parts(raw: bytes) -> Iterator[Part]:
         part = _HEADERS.parsebytes(data, headersonly=True)
         part.set_default_type(default)
         children = _children(part, data, depth + 1) if depth < MAX_DEPTH else []
-        if children:
-            stack.extend(reversed(children))
-            continue
-        payload = part.get_payload(decode=True)
-        filename = part.get_filename()
-        yield Part(part.get_content_type(), _decode_words(filename) if filename else None,
-                   payload if isinstance(payload, bytes) else b"", part.get_content_charset())
+        yield part, depth, not children
+        stack.extend(reversed(children))
 
 
 def _body(data: bytes) -> bytes:
