@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from . import token_file
-from .config import Config, Folder, HttpTarget, OAuth2, Target, pick_secret
+from .config import Config, Folder, OAuth2
 from .errors import EX_NOPERM, EX_OK, EX_TEMPFAIL, CommandRefused, MailboxError, worst
 from .mailbox import Mailbox
 from .source import Source, open_source
@@ -67,20 +67,7 @@ def check(config: Config, path: str | os.PathLike[str]) -> int:
             tracker.close()
         code = {Kind.SUCCESS: EX_OK, Kind.CONFIG: EX_NOPERM}.get(outcome.kind, EX_TEMPFAIL)
         report(outcome.kind is Kind.SUCCESS, f"target {name}", outcome.reason, code)
-        if note := _lock_note(target):
-            print(f"NOTE  target {name}: {note}", flush=True)
     return worst(*codes)
-
-
-def _lock_note(target: Target) -> str | None:
-    """What concurrency may cost a Redmine that cannot be asked what it made."""
-    if (target.type != "redmine" or not isinstance(target, HttpTarget)
-            or target.max_in_flight() == 1 or pick_secret(target, "api_key")):
-        return None
-    return ("sent more than one at a time, a Redmine on SQLite may answer a lock conflict "
-            "after it made the issue, and the message sent again would double it; with an "
-            "api_key imap-ingest looks first (auto goes one at a time after the first "
-            "conflict; docs/concurrency.md)")
 
 
 def destinations(folders: list[Folder], config: Config) -> dict[str, str]:

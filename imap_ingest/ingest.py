@@ -35,7 +35,7 @@ from .smime import Gate
 from .source import Fetched, Flagged, Serial, Source
 from .states import Result, State
 from .tickets import SLACK, Lately, LookupFailed, Submitted, Tickets, open_tickets
-from .trackers import Envelope, Kind, Outcome, Paced, Tracker
+from .trackers import Envelope, Kind, Lonely, Outcome, Paced, Tracker
 from .verdict import (
     Policy,
     Verdict,
@@ -179,8 +179,8 @@ class _Pass:
             {name: self._limit(name) for name in self.config.targets},
             sum(self.config.concurrency(name) for name in self.config.targets))
         # Refused among others, unless the tracker made it anyway: to be sent again among
-        # others once when it can be looked up (a lock conflict is seldom met twice), then
-        # alone.
+        # others once where that cannot double a ticket (a lock conflict is seldom met
+        # twice), then alone.
         self.crowded: list[tuple[_Sent, Outcome]] = []
         self.lonely: list[tuple[_Sent, Outcome]] = []
         self.lookups: dict[str, Tickets | None] = {}  # by target, opened when first needed
@@ -477,9 +477,13 @@ class _Pass:
                                  decision.submission(message.raw), decision.options, envelope)
         if self._lookup(target) is not None:
             self.context.lately.posted(target, id, message.subject or "")
-        self.inflight.start(target, ties, _Sent(key, id, message, decision.rule, record,
-                                                arrived, target, time.monotonic(), time.time(),
-                                                send, ties), send)
+        sent = _Sent(key, id, message, decision.rule, record, arrived, target,
+                     time.monotonic(), time.time(), send, ties)
+        if isinstance(tracker := self.context.trackers[target], Lonely) and tracker.alone(
+                message.raw):
+            self._alone(sent)
+        else:
+            self.inflight.start(target, ties, sent, send)
 
     def _flooded(self, message: Message) -> Verdict | None:
         """Counted by the flood breaker: None while under its limits, else the hold."""
@@ -569,38 +573,30 @@ class _Pass:
         """Send a message refused among others again among others, unless the tracker,
         asked first, shows it made the ticket despite its refusal."""
         lookup = self._lookup(sent.target)
-        assert lookup is not None  # only a target with a lookup is sent again among others
-        if (made := self._made(lookup, sent, refusal)) is not None:
+        if lookup is not None and (made := self._made(lookup, sent, refusal)) is not None:
             self._answer(sent, made)
             return
         self._record(self.inflight.make_room(sent.target, sent.ties))
         again = replace(sent, again=True)
         self.inflight.start(sent.target, sent.ties, again, again.send)
 
-    def _alone(self, sent: _Sent, refusal: Outcome) -> None:
-        """Send a message refused among others again, with nothing else in flight to its
-        target (from any folder), and take that answer as the tracker's word; unless the
-        tracker, asked first, shows it made the ticket despite its refusal."""
+    def _alone(self, sent: _Sent, refusal: Outcome | None = None) -> None:
+        """Send a message with nothing else in flight to its target (from any folder), and
+        take that answer as the tracker's word: one the tracker wants so (``Lonely``), or
+        one it refused among others (``refusal``), unless the tracker, asked first, shows it
+        made the ticket despite its refusal."""
         self._settle(sent.target)
         self.ledger.flush()  # every answer heard is recorded before another POST
         pace = self.paces.get(sent.target)
-        lookup = self._lookup(sent.target)
+        lookup = self._lookup(sent.target) if refusal is not None else None
         with pace.alone() if pace else contextlib.nullcontext():
             # Asked alone too: no post of another folder's is making an issue meanwhile.
-            made = self._made(lookup, sent, refusal) if lookup is not None else None
-            # Sent again alone: whatever the Client saw, it was alone.
+            made = (self._made(lookup, sent, refusal)
+                    if lookup is not None and refusal is not None else None)
+            # Sent alone: whatever the Client saw, it was alone.
             outcome = made or replace(sent.send(), crowded=False)
-        if pace and outcome.kind is Kind.SUCCESS:
+        if refusal is not None and pace and outcome.kind is Kind.SUCCESS:
             pace.conflicted()  # the refusal was the crowd's doing: fewer at once
-            if (lookup is None and self.config.targets[sent.target].type == "redmine"
-                    and pace.pin(1)):
-                log.warning(
-                    "target %s (%s): one request at a time from now on: it refused a message "
-                    "among others and took it alone, a lock conflict, so it runs on SQLite, "
-                    "where such a refusal may come after the issue was made "
-                    "(docs/concurrency.md); give the target an api_key (to look before "
-                    "sending again) or Redmine a database that takes concurrent writers",
-                    sent.target, pace.name)
         self._answer(sent, outcome)
 
     def _lookup(self, target: str) -> Tickets | None:
@@ -640,7 +636,10 @@ class _Pass:
         verdict = answer(outcome, sent.record, self.policy, time.time())
         if verdict.alone:
             log.info("%s uid %d: %s", self.where, key.uid, verdict.reason)
-            among = not sent.again and self._lookup(target) is not None
+            # Sent again among others once, where that cannot double a ticket: the tracker
+            # can be asked, or it is sent alone whatever a refusal may not tell.
+            among = not sent.again and (self._lookup(target) is not None or isinstance(
+                self.context.trackers[target], Lonely))
             (self.crowded if among else self.lonely).append((sent, outcome))
             return
         if sent.again and outcome.kind is Kind.SUCCESS and (pace := self.paces.get(target)):

@@ -129,14 +129,6 @@ class Limiter:
         self._reset()
         return self.limit
 
-    def pin(self, most: int) -> bool:
-        """At most ``most`` from now on, for good; whether that changed the ceiling."""
-        if self.most <= most:
-            return False
-        self.most = most
-        self.limit = min(self.limit, most)
-        return True
-
     def _reset(self) -> None:
         self._total, self._count, self._idle, self._conflicts = 0.0, 0, 0, 0
 
@@ -225,14 +217,6 @@ class Pace:
         if self.fixed is None:
             with self._ready:
                 self._sample(0.0, Signal.CONFLICT, True)
-
-    def pin(self, most: int) -> bool:
-        """``auto`` keeps to at most ``most`` for the rest of the process (a fixed number is
-        the owner's); True the first time only, for the caller to say why once."""
-        if self.fixed is not None:
-            return False
-        with self._ready:
-            return self.limiter.pin(most)
 
     def _sample(self, latency: float, signal: Signal, saturated: bool) -> None:
         before = self.limiter.limit

@@ -358,23 +358,6 @@ def test_check_reports_each_part(tmp_path: Path, imap: ImapAccount, redmine: Fak
     assert len(imap.messages("INBOX")) == 1
 
 
-@pytest.mark.parametrize(("target", "noted"), [
-    ({}, True),  # auto
-    ({"concurrency": 4}, True),
-    ({"concurrency": 1}, False),
-    ({"api_key": "read-key"}, False),
-], ids=["auto", "four", "one", "api-key"])
-def test_check_notes_what_a_lock_conflict_may_cost(
-        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
-        capsys: pytest.CaptureFixture[str], target: dict[str, object], noted: bool) -> None:
-    """check notes that a Redmine sent more than one at a time, without lookups, may double."""
-    path = write_config(tmp_path / "c.yaml", imap, redmine.url, target=target)
-    assert main(["check", "-c", str(path)]) == 0
-    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("NOTE")]
-    assert len(notes) == noted
-    assert not noted or ("api_key" in notes[0] and "target redmine" in notes[0])
-
-
 def test_check_names_each_failure(tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     """`check` names each failing folder and target and exits 78."""

@@ -305,29 +305,3 @@ def test_a_change_of_limit_is_logged_with_the_origin(caplog: pytest.LogCaptureFi
     assert pace.limit == 2
     assert [r.getMessage() for r in caplog.records] == [
         "https://tracker.example: 2 requests at once (was 1; 40 ms a request, 40 at best)"]
-
-
-@pytest.mark.parametrize(("limit", "most", "to", "after", "pinned"), [
-    (4, 8, 1, 1, True),  # auto at 4: one at a time from now on
-    (1, 8, 1, 1, True),  # at 1 already: it no longer climbs
-    (3, 8, 2, 2, True),
-    (1, 1, 1, 1, False),  # max_concurrency: 1: nothing to pin
-], ids=["at-4", "at-1", "to-2", "most-1"])
-def test_pin_holds_the_limit_for_good(limit: int, most: int, to: int, after: int,
-                                      pinned: bool) -> None:
-    """`pin` lowers the limit and its ceiling; no round of quick answers raises it again."""
-    limiter = Limiter(most, limit=limit)
-    assert limiter.pin(to) is pinned
-    assert limiter.limit == after
-    for _ in range(10 * ROUND):
-        limiter.sample(0.05)
-    assert limiter.limit == after and limiter.most == min(most, to)
-    assert limiter.pin(to) is False  # once: a second pin changes nothing
-
-
-def test_a_fixed_pace_is_not_pinned() -> None:
-    """`concurrency: 4` is the owner's number: pinning leaves it; auto's is pinned, once."""
-    fixed, auto = Pace(4, 4), Pace(None, 8)
-    auto.limiter.limit = 5
-    assert fixed.pin(1) is False and fixed.limit == 4
-    assert auto.pin(1) is True and auto.limit == 1 and auto.pin(1) is False

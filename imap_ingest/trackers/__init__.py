@@ -96,6 +96,14 @@ class Paced(Protocol):
     pace: Pace
 
 
+@runtime_checkable
+class Lonely(Protocol):
+    """A tracker that must get some messages with nothing else in flight to it."""
+
+    def alone(self, raw: bytes) -> bool:
+        """Whether this message must be posted so."""
+
+
 def open_tracker(target: Target) -> Tracker:
     """The tracker for one entry of ``targets:``."""
     return registry.lookup(target.type).tracker(target)

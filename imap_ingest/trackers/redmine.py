@@ -18,7 +18,9 @@ from ..config import (
     SecretFromFile,
     SubmitOptions,
     WithSecret,
+    pick_secret,
 )
+from ..message import may_attach
 from ..urls import origin, shown
 from . import Envelope, Kind, Outcome
 from ._http import Client, retry_after
@@ -137,10 +139,10 @@ LOCK_WAIT = 5.0
 
 def crowded(outcome: Outcome, among_others: bool, seconds: float) -> Outcome:
     """``outcome`` of a request that had others in flight beside it (``among_others``) and
-    took ``seconds``. A refusal then is sent again alone (verdict.answer), unless it took the
-    lock wait: an attachment's INSERT that waited it out fails after the issue was committed
-    (docs/concurrency.md; measured: a 422 whose issue exists), so sent again it would make
-    a second issue. That one is in doubt, for a person to look at."""
+    took ``seconds``. A refusal then is sent again (verdict.answer), unless it took the lock
+    wait: a statement after the issue's commit that waited it out (an attachment's INSERT,
+    the notification's reads) fails with the issue made (docs/concurrency.md), so sent
+    again it would make a second issue. That one is in doubt, for a person to look at."""
     if among_others and outcome.kind is Kind.PERMANENT and seconds >= LOCK_WAIT:
         return replace(outcome, crowded=True, in_doubt=True, reason=(
             f"{outcome.reason}, after {seconds:.0f} s with others in flight: Redmine may "
@@ -192,6 +194,15 @@ class Redmine:
         self._url = f"{target.url}/mail_handler"
         self._http = Client(target)
         self.pace = self._http.pace
+        self._looked_up = pick_secret(target, "api_key") is not None
+
+    def alone(self, raw: bytes) -> bool:
+        """Whether the message must be posted with nothing else in flight: when its issue
+        cannot be looked up (no api_key) and Redmine could store an attachment of it. On
+        SQLite an attachment is written after the issue's commit, and its INSERT can meet a
+        lock conflict there: a 422 for an issue made, which sent again would double it. A
+        message without one makes nothing when refused so (docs/concurrency.md)."""
+        return not self._looked_up and self.pace.most > 1 and may_attach(raw)
 
     def submit(self, raw: bytes, options: SubmitOptions, envelope: Envelope) -> Outcome:
         data = Form(form(raw, options, self._target))

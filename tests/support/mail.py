@@ -23,3 +23,14 @@ def make(subject: str = "Printer on fire", sender: str = "alice@example.org",
         *(f"{name}: {value}" for name, value in (headers or {}).items()),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n" + body.replace("\n", "\r\n")).encode()
+
+
+def make_attached(subject: str) -> bytes:
+    """``make``'s message with a small PDF attached, which Redmine stores as an attachment."""
+    return make(subject=subject).replace(
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\nPlease help.\r\n",
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        b"Content-Type: text/plain\r\n\r\nPlease help.\r\n--b\r\n"
+        b'Content-Type: application/pdf\r\nContent-Disposition: attachment; filename="a.pdf"'
+        b"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b--\r\n")
+
