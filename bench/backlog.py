@@ -7,6 +7,9 @@ N realistic messages (2-20 KB, 10% with a 200 KB attachment) in a dovecot folder
     as Redmine wants them, over one keep-alive connection by a minimal script
   - the same N messages spread over 2 and 4 folders of the account (one run --once, with
     the default workers: auto, a process per core)
+  - the HTTP layer alone: the same POSTs through http.client (the floor's) and through
+    imap-ingest's Client (requests, the limiter's slot, the deadline), and what the difference
+    leaves of the floor for one folder even if every other step of the pass cost nothing
 Prints each run's CPU time per message too (the machine's speed drifts; CPU time less).
 Run: python -m bench.backlog [N]     (default 10000)
 """
@@ -27,7 +30,8 @@ from urllib.parse import urlsplit
 from imapclient import IMAPClient
 
 from bench.common import message, sink
-from imap_ingest.trackers.redmine import Form
+from imap_ingest.trackers._http import Client
+from imap_ingest.trackers.redmine import Form, RedmineTarget
 from tests.support.dovecot import Dovecot, ImapAccount
 from tests.support.ingest_env import ROOT, command, write_config
 
@@ -87,6 +91,35 @@ def floor(imap: ImapAccount, url: str) -> float:
     return time.perf_counter() - started
 
 
+def http_layers(url: str, count: int) -> tuple[float, float]:
+    """Seconds a POST of a form-encoded message takes through http.client and through our
+    Client, on the same keep-alive sink, ``count`` of each (alternating halves)."""
+    rng = random.Random(1)
+    bodies = [bytes(Form({"key": "k", "email": message(i, rng)})) for i in range(100)]
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    target = urlsplit(url)
+    plain = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port)
+    ours = Client(RedmineTarget.model_validate({"type": "redmine", "url": url, "key": "k"}))
+
+    def by_http_client(body: bytes) -> None:
+        plain.request("POST", "/mail_handler", body, headers)
+        plain.getresponse().read()
+
+    def by_ours(body: bytes) -> None:
+        ours.request("POST", url + "/mail_handler", data=body, headers=headers)
+
+    spent = {by_http_client: 0.0, by_ours: 0.0}
+    for _ in range(2):
+        for post in spent:
+            started = time.perf_counter()
+            for i in range(count // 2):
+                post(bodies[i % len(bodies)])
+            spent[post] += time.perf_counter() - started
+    plain.close()
+    ours.close()
+    return spent[by_http_client] / count, spent[by_ours] / count
+
+
 def main(count: int) -> None:
     with Dovecot() as dovecot, tempfile.TemporaryDirectory() as tmp:
         print(f"{count} messages; dovecot on loopback; a 201 sink in its own process; "
@@ -99,8 +132,13 @@ def main(count: int) -> None:
         print(f"  {size / count / 1024:.1f} KiB per message on average")
         with sink() as (url, _):
             base = floor(floor_imap, url)
+            plain, client = http_layers(url, min(count, 2000))
         print(f"  floor (batched FETCH + keep-alive POST): {count / base:7.0f} msg/s "
               f"({base:.1f} s)")
+        bound = base / (base + count * (client - plain))
+        print(f"  a POST alone: http.client {plain * 1000:.3f} ms, imap-ingest's Client "
+              f"{client * 1000:.3f} ms: with every other step free, one folder would make "
+              f"at most {bound:.0%} of the floor")
         one = 0.0
         for folders, imap in accounts.items():
             with sink() as (url, answered):
