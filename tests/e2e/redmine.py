@@ -509,19 +509,20 @@ end)
 
 
 @contextlib.contextmanager
-def passenger(template: Path, processes: int = 2,
-              immediate: bool = False) -> Iterator[tuple[str, Path]]:
+def passenger(template: Path, processes: int = 2, immediate: bool = False,
+              ruby: str = "") -> Iterator[tuple[str, Path]]:
     """Debian's Redmine under Passenger with ``processes`` processes on a fresh copy of the
     template database, without Rack::Lock: concurrent POSTs meet SQLite's single writer as
     they do in production (422 "database is locked"; ``immediate`` makes writers wait for
-    each other instead). Yields (base URL, the database file)."""
+    each other instead). ``ruby`` is appended to config.ru, after the application is loaded
+    (bench/redmine_probe.rb). Yields (base URL, the database file)."""
     directory = Path(tempfile.mkdtemp(prefix="redmine-passenger-"))
     database = directory / "db" / "redmine.sqlite3"
     write_instance(directory, database)
     shutil.copyfile(template, database)
     config = CONFIG_RU.format(root=REDMINE_ROOT, reset=RESET_PATH)
     (directory / "config.ru").write_text(config.replace("use Rack::Lock\n", "")
-                                         + (_IMMEDIATE if immediate else ""))
+                                         + (_IMMEDIATE if immediate else "") + ruby)
     port, = free_ports(1)
     env = ruby_env(directory, {"E2E_TOKEN": "-", "E2E_TEMPLATE": str(template)})
     server = subprocess.Popen(
