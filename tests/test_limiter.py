@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imap_ingest.limiter import ROUND, Limiter, Pace, Signal, Slots
+from imap_ingest.limiter import HOLD, ROUND, Limiter, Pace, Signal, Slots
 
 
 def settle(workers: int, most: int = 8, answers: int = 400, service: float = 0.04) -> list[int]:
@@ -45,6 +45,47 @@ def test_climbs_one_round_at_a_time() -> None:
     """Each raise waits for a round of answers, so a short backlog stays at one."""
     limiter = Limiter(8)
     assert [limiter.sample(0.05) for _ in range(ROUND)] == [1] * (ROUND - 1) + [2]
+
+
+def rounds(limiter: Limiter, latency: dict[int, float], count: int) -> list[int]:
+    """The limit after each of ``count`` rounds against a tracker of one lock: latencies by
+    limit, the answers a second 1 / latency[1] at every limit."""
+    seen, at = [], 0.0
+    for _ in range(count):
+        for _ in range(max(ROUND, limiter.limit)):
+            at += latency[1]
+            limiter.sample(latency[limiter.limit], at=at)
+        seen.append(limiter.limit)
+    return seen
+
+
+def test_a_raise_onto_a_queue_that_does_not_pay_is_given_back_for_a_while() -> None:
+    """A slot taken while requests wait that answers no more a second goes back, HOLD rounds."""
+    limiter = Limiter(8)
+    # 1.5 times the lowest at 2 (0.67 waiting, so Vegas adds a third), 5 a second at all.
+    seen = rounds(limiter, {1: 0.2, 2: 0.3, 3: 0.45}, 2 * HOLD + 6)
+    assert seen[:HOLD + 4] == [2, 3, 2] + [2] * HOLD + [3], seen
+    assert limiter.unpaid is False  # tried again: the log's "no more than at 2" was once
+
+
+def test_a_third_slot_must_pay_when_the_second_brought_little() -> None:
+    """At 2 the latency shows no queue, but no more answers came a second: 3 must pay."""
+    limiter = Limiter(8)
+    # 1.2 times the lowest at 2, twice at 3; 5 a second at every limit
+    seen = rounds(limiter, {1: 0.2, 2: 0.24, 3: 0.48}, 4)
+    assert seen == [2, 3, 2, 2], seen
+
+
+def test_a_raise_onto_a_queue_stays_while_it_pays() -> None:
+    """Answers coming a fifth faster at 3 than at 2 keep the slot; no faster, it goes back."""
+    for faster, after in ((1.2, 3), (1.0, 2)):
+        limiter, at = Limiter(3, limit=2, lowest=0.1), 0.0
+        for limit, gap in ((2, 0.1), (3, 0.1 / faster)):
+            for _ in range(ROUND):
+                at += gap
+                limiter.sample(0.15 * limit / 2, at=at)  # 1.5 times the lowest: a queue
+            assert limiter.limit == (3 if limit == 2 else after)
+        assert limiter.unpaid is (after == 2)  # for the log: "no more than at 2"
 
 
 @pytest.mark.parametrize(("before", "after"), [(8, 4), (5, 2), (1, 1)])
@@ -304,4 +345,5 @@ def test_a_change_of_limit_is_logged_with_the_origin(caplog: pytest.LogCaptureFi
         pace.answered(ticket, Signal.ANSWER)
     assert pace.limit == 2
     assert [r.getMessage() for r in caplog.records] == [
-        "https://tracker.example: 2 requests at once (was 1; 40 ms a request, 40 at best)"]
+        "https://tracker.example: 2 requests at once (was 1; 40 ms a request, 40 at best, "
+        "25.0 a second)"]
