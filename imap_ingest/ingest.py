@@ -589,7 +589,9 @@ class _Pass:
         self.ledger.flush()  # every answer heard is recorded before another POST
         pace = self.paces.get(sent.target)
         lookup = self._lookup(sent.target) if refusal is not None else None
-        with pace.alone() if pace else contextlib.nullcontext():
+        # Without a question first, the other processes wait only for the post itself, not
+        # for its body to be built.
+        with pace.alone(lazily=lookup is None) if pace else contextlib.nullcontext():
             # Asked alone too: no post of another folder's is making an issue meanwhile.
             made = (self._made(lookup, sent, refusal)
                     if lookup is not None and refusal is not None else None)

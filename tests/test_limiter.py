@@ -302,6 +302,27 @@ def test_alone_waits_for_other_processes_and_keeps_them_out(tmp_path: Path) -> N
     assert time.monotonic() - began >= 0.55
 
 
+def test_lazily_alone_keeps_other_processes_out_from_its_first_request(tmp_path: Path) -> None:
+    """alone(lazily=True) lets another process's requests in until its own first one."""
+    pace = _shared(tmp_path)
+    with pace.alone(lazily=True):
+        before = _FORK.Event()
+        other = _FORK.Process(target=_hold, args=(tmp_path, before, 0))
+        other.start()
+        assert before.wait(10)  # nothing of this thread's in flight yet
+        other.join(10)
+        with pace.slot():
+            during = _FORK.Event()
+            late = _FORK.Process(target=_hold, args=(tmp_path, during, 0))
+            late.start()
+            assert not during.wait(0.3)
+        with pace.slot():  # a second request of the thread alone still gets in
+            pass
+        assert not during.wait(0.2)  # and the others stay out until alone() ends
+    assert during.wait(10)
+    late.join(10)
+
+
 def test_a_killed_process_lets_go_of_its_slots(tmp_path: Path) -> None:
     """SIGKILL of a process holding a slot: alone() still gets every slot."""
     held = _FORK.Event()
