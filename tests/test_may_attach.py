@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imap_ingest.message import MAX_DEPTH, may_attach
+from imap_ingest.message import MAX_DEPTH, leaf_parts, may_attach
 
 from .test_poison import POISON, nested
 
@@ -51,6 +51,14 @@ PDF = (b'Content-Type: application/pdf\r\nContent-Disposition: attachment; filen
 def test_may_attach(body: bytes, may: bool) -> None:
     """What may carry an attachment, erring only towards yes."""
     assert may_attach(HEAD + body) is may
+
+
+def test_a_boundary_inside_a_line_is_no_delimiter() -> None:
+    """Only a line that starts with the boundary ends a part."""
+    raw = HEAD + multipart(b"Content-Type: text/plain\r\n\r\nsee this--b\r\n"
+                           b"Content-Type: image/png\r\n\r\nPNG")
+    assert may_attach(raw) is False
+    assert [part.content_type for part in leaf_parts(raw)] == ["text/plain"]
 
 
 def test_mime_too_deep_to_read_whole_may_attach() -> None:
