@@ -12,7 +12,7 @@ from selenium.webdriver.common.by import By
 
 from imap_ingest.states import SKIPPED
 
-from .support.browser import body_text, log_in, reload_until, screenshot
+from .support.browser import body_text, log_in, reload_until, screenshot, submit
 from .support.daemon import Daemon, free_port, start
 from .support.dovecot import Dovecot, ImapAccount
 from .support.ingest_env import pop3_config
@@ -39,7 +39,7 @@ def test_release_a_held_message_from_the_console(
     log_in(browser, url, "wrong")
     wait_for(lambda: "not the console's" in browser.page_source)
     browser.find_element(By.NAME, "token").send_keys(TOKEN)
-    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    submit(browser)
 
     reload_until(browser, url, "Out of office", timeout=30)
     folders = browser.find_element(By.XPATH, "//h2[.='Folders']/following-sibling::div[1]").text

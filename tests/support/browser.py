@@ -43,7 +43,22 @@ def log_in(driver: webdriver.Chrome, url: str, token: str) -> None:
     """Open the console at ``url`` and log in with ``token``."""
     driver.get(url)
     driver.find_element(By.NAME, "token").send_keys(token)
-    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    submit(driver)
+
+
+def submit(driver: webdriver.Chrome) -> None:
+    """Press the form's submit button and wait for its answer to replace the page: a page
+    asked for before that would cancel the POST, and with it the log-in's cookie."""
+    button = driver.find_element(By.CSS_SELECTOR, "button[type=submit]")
+    button.click()
+
+    def replaced() -> bool:
+        try:
+            button.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        return False
+    wait_for(replaced)
 
 
 def reload_until(driver: webdriver.Chrome, url: str, text: str, timeout: float = 30) -> None:
