@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
@@ -49,15 +53,15 @@ def log_in(driver: webdriver.Chrome, url: str, token: str) -> None:
 def submit(driver: webdriver.Chrome) -> None:
     """Press the form's submit button and wait for its answer to replace the page: a page
     asked for before that would cancel the POST, and with it the log-in's cookie."""
-    button = driver.find_element(By.CSS_SELECTOR, "button[type=submit]")
-    button.click()
+    driver.execute_script("window.beforeSubmit = true")
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
     def replaced() -> bool:
         try:
-            button.is_enabled()
-        except StaleElementReferenceException:
-            return True
-        return False
+            return bool(driver.execute_script(
+                "return window.beforeSubmit === undefined && document.readyState === 'complete'"))
+        except WebDriverException:
+            return False  # between the two documents
     wait_for(replaced)
 
 
