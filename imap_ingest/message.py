@@ -314,36 +314,30 @@ def _walk(raw: bytes) -> Iterator[tuple[email.message.Message, bytes, int, bool]
     stack: list[tuple[bytes, int, str]] = [(raw, 0, "text/plain")]
     while stack:
         data, depth, default = stack.pop()
-        part = _HEADERS.parsebytes(_head(data), headersonly=True)
+        head, body = _split(data)
+        part = _HEADERS.parsebytes(head, headersonly=True)
         part.set_default_type(default)
-        children = _children(part, data, depth + 1) if depth < MAX_DEPTH else []
+        children = _children(part, body, depth + 1) if depth < MAX_DEPTH else []
         yield part, data, depth, not children
         stack.extend(reversed(children))
 
 
-def _head(data: bytes) -> bytes:
-    """A part's header block, with the empty line that ends it."""
+def _split(data: bytes) -> tuple[bytes, bytes]:
+    """A part's header block, with the empty line that ends it, and what follows it."""
     if data[:1] == b"\n" or data[:2] == b"\r\n":
-        return b""  # no header fields at all
+        return b"", data[data.index(b"\n") + 1:]  # no header fields at all
     end = _END_OF_HEADER.search(data)
-    return data[:end.end()] if end else data
+    return (data[:end.end()], data[end.end():]) if end else (data, b"")
 
 
-def _body(data: bytes) -> bytes:
-    """What follows the header block: everything after its first empty line."""
-    if data[:1] == b"\n" or data[:2] == b"\r\n":
-        return data[data.index(b"\n") + 1:]  # no header fields at all
-    end = _END_OF_HEADER.search(data)
-    return data[end.end():] if end else b""
-
-
-def _children(part: email.message.Message, data: bytes, depth: int
+def _children(part: email.message.Message, body: bytes, depth: int
               ) -> list[tuple[bytes, int, str]]:
-    """The parts a multipart or an attached message holds, as (bytes, depth, default type);
-    none when it holds none (a leaf, or a multipart whose boundary never appears)."""
+    """The parts a multipart or an attached message holds (``body``: what follows its
+    header block), as (bytes, depth, default type); none when it holds none (a leaf, or a
+    multipart whose boundary never appears)."""
     maintype = part.get_content_maintype()
     if maintype == "message" and part.get_content_subtype() != "delivery-status":
-        return [(_body(data), depth, "text/plain")]
+        return [(body, depth, "text/plain")]
     boundary = part.get_boundary() if maintype == "multipart" else None
     if not boundary:
         return []
@@ -353,7 +347,6 @@ def _children(part: email.message.Message, data: bytes, depth: int
     # checked after.
     delimiter = re.compile(rb"--" + re.escape(boundary.encode("utf-8", "surrogateescape"))
                            + rb"(--)?[ \t]*\r?$", re.MULTILINE)
-    body = _body(data)
     children: list[tuple[bytes, int, str]] = []
     start: int | None = None
     for match in delimiter.finditer(body):

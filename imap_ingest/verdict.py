@@ -220,8 +220,8 @@ def answer(outcome: Outcome, record: Record | None, policy: Policy, now: float) 
         # Refused while others were in flight: maybe their conflict, not the message (on
         # SQLite, Redmine answers 422 to "database is locked"), so only a refusal alone
         # counts. A refusal means the tracker kept nothing of it, except Redmine on SQLite
-        # now and then (docs/concurrency.md): the pass asks it first where it can look. A
-        # partial refusal is excluded.
+        # for mail with an attachment (docs/concurrency.md): the pass asks it first where it
+        # can look, and posts such mail alone where it cannot. A partial refusal is excluded.
         return Verdict(Result.DEFERRED, f"{outcome.reason}, with others in flight: "
                        "sending it again before it counts", alone=True)
     if outcome.in_doubt and not policy.resubmit_in_doubt:
