@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 # Bytes of fetched mail the pass reads ahead of the message it is deciding, at most (plus
 # one message, and the FETCH the source is reading).
 AHEAD_BYTES = 16 * 1024 * 1024
+# Mail to be posted alone waits until this many (or AHEAD_BYTES of them) are waiting, then
+# goes in a row: the requests in flight run out once for the row, not once for each, and
+# while they run out the tracker's other workers idle (docs/concurrency.md).
+ALONE_ROW = 8
 
 
 @dataclass
@@ -94,6 +98,18 @@ class _Sent:
     send: Callable[[], Outcome]
     ties: frozenset[str]  # what it waits for in flight (inflight.py)
     again: bool = False  # sent again among others after a crowded refusal
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    """A message decided for a tracker that wants it posted alone, waiting for its row."""
+
+    key: Key
+    message: Message
+    decision: Decision
+    record: Record | None
+    arrived: datetime | None
+    ties: frozenset[str]
 
 
 # How often a pass looks again at a copy another pass is posting.
@@ -183,6 +199,7 @@ class _Pass:
         # twice), then alone.
         self.crowded: list[tuple[_Sent, Outcome]] = []
         self.lonely: list[tuple[_Sent, Outcome]] = []
+        self.waiting: list[_Waiting] = []  # to be posted alone, in the folder's order
         self.lookups: dict[str, Tickets | None] = {}  # by target, opened when first needed
         self.refused: TrackerRefused | None = None  # a target refused our key: stop the pass
         self.keeper = Keeper(self.config, self.ledger, self.config.archive_for(folder))
@@ -221,13 +238,14 @@ class _Pass:
                     break
                 self.context.beat()
                 self.context.metrics.fetched.labels(*labels).inc()
-                self._guarded(fetched)
+                self._guarded(fetched.uid, fetched.size, functools.partial(self._one, fetched))
                 self._record(self.inflight.finished())
                 self.inflight.check()
                 if len(self.disposal) >= self.folder.batch_size:
                     self.disposal.send()
                 if progress:
                     progress.show(self.report.counts.total())
+            self._post_waiting()  # unless stopped: then they are left for the next pass
         finally:
             # What was sent is recorded, and what was decided carried out, even when the
             # pass is cut short.
@@ -383,17 +401,17 @@ class _Pass:
             self.down.add(target)
         return target in self.down
 
-    def _guarded(self, fetched: Fetched) -> None:
-        """One message; a bug of ours that it sets off fails that message, not the pass."""
+    def _guarded(self, uid: int, size: int, work: Callable[[], None]) -> None:
+        """``work`` on one message; a bug of ours that it sets off fails that message, not
+        the pass."""
         try:
-            self._one(fetched)
+            work()
         except IngestError:
             raise  # the session, the ledger or the config: not this message's doing
         except Exception as exc:
-            log.exception("%s uid %d: internal error", self.where, fetched.uid)
-            key = Key(self.report.account, self.folder.name, self.mailbox.uidvalidity,
-                      fetched.uid)
-            self._decide(key, None, fetched.size, "-", crashed(_error(exc), self.policy))
+            log.exception("%s uid %d: internal error", self.where, uid)
+            key = Key(self.report.account, self.folder.name, self.mailbox.uidvalidity, uid)
+            self._decide(key, None, size, "-", crashed(_error(exc), self.policy))
 
     def _one(self, fetched: Fetched) -> None:
         """Rules, then submit: decide one fetched message, or send it on its way."""
@@ -445,11 +463,22 @@ class _Pass:
         return True
 
     def _submit(self, key: Key, message: Message, decision: Decision, record: Record | None,
-                arrived: datetime | None) -> None:
+                arrived: datetime | None, waited: bool = False) -> None:
         assert decision.options is not None
         target = self.config.target_for(decision.options)
         digest = message.digest()
         ties = message.ties() | {digest}
+        tracker = self.context.trackers[target]
+        alone = isinstance(tracker, Lonely) and tracker.alone(message.raw)
+        if not waited:
+            if any(ties & waiting.ties for waiting in self.waiting):
+                self._post_waiting()  # what it is tied to first, in the folder's order
+            if alone:
+                self.waiting.append(_Waiting(key, message, decision, record, arrived, ties))
+                if (len(self.waiting) >= ALONE_ROW or sum(
+                        len(waiting.message.raw) for waiting in self.waiting) >= AHEAD_BYTES):
+                    self._post_waiting()
+                return
         self._record(self.inflight.make_room(target, ties))
         self.inflight.check()
         if self.context.stop.is_set() or self.refused:
@@ -479,11 +508,18 @@ class _Pass:
             self.context.lately.posted(target, id, message.subject or "")
         sent = _Sent(key, id, message, decision.rule, record, arrived, target,
                      time.monotonic(), time.time(), send, ties)
-        if isinstance(tracker := self.context.trackers[target], Lonely) and tracker.alone(
-                message.raw):
+        if alone:
             self._alone(sent)
         else:
             self.inflight.start(target, ties, sent, send)
+
+    def _post_waiting(self) -> None:
+        """Post the mail waiting to go alone, one after the other."""
+        while self.waiting:
+            one = self.waiting.pop(0)
+            self._guarded(one.key.uid, len(one.message.raw), functools.partial(
+                self._submit, one.key, one.message, one.decision, one.record, one.arrived,
+                waited=True))
 
     def _flooded(self, message: Message) -> Verdict | None:
         """Counted by the flood breaker: None while under its limits, else the hold."""

@@ -284,6 +284,45 @@ def test_without_lookups_mail_that_may_attach_is_posted_alone(
     assert imap.messages("INBOX") == {}
 
 
+def test_mail_posted_alone_goes_in_a_row_not_one_drain_each(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
+    """No api_key: mail with attachments waits to be posted alone a few in a row, so the
+    requests in flight are let run out once for them, not once for each."""
+    subjects = [f"backlog {i}" for i in range(48)]
+    with imap.client() as client:
+        for i, subject in enumerate(subjects):
+            client.append("INBOX", make_attached(subject) if i % 6 == 5 else make(subject=subject))
+    attached = {s for i, s in enumerate(subjects) if i % 6 == 5}
+    timeline.delay = 0.03
+    assert run(tmp_path, imap, redmine, concurrency=4) == 0
+    assert sorted(timeline.spans) == sorted(subjects)
+    spans = sorted((start, end, subject) for subject, (start, end) in timeline.spans.items())
+    for i, (start, end, subject) in enumerate(spans):
+        if subject in attached:  # still alone
+            assert all(e <= start or s >= end for j, (s, e, _) in enumerate(spans) if j != i)
+    # Runs of attachments one after the other, in the order they were posted.
+    runs = sum(1 for i, (_, _, subject) in enumerate(spans)
+               if subject in attached and (i == 0 or spans[i - 1][2] not in attached))
+    assert runs <= len(attached) // 2
+    assert imap.messages("INBOX") == {}
+
+
+def test_a_reply_to_mail_waiting_to_go_alone_waits_for_it(
+        tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
+    """A reply to mail that waits to be posted alone is posted after it, not before."""
+    question = make_attached("question")
+    imap.append("INBOX", question)
+    asked = Message(question).message_id
+    assert asked is not None
+    imap.append("INBOX", make(subject="reply", headers={"In-Reply-To": asked}))
+    backlog(imap, 6)
+    timeline.delay = 0.05
+    assert run(tmp_path, imap, redmine, concurrency=4) == 0
+    assert timeline.order.index("question") < timeline.order.index("reply")
+    assert timeline.spans["question"][1] <= timeline.spans["reply"][0]
+    assert imap.messages("INBOX") == {}
+
+
 def test_concurrency_bounds_the_requests_in_flight(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
     """`concurrency: 4` keeps four requests in flight, never a fifth."""
