@@ -286,8 +286,7 @@ def test_without_lookups_mail_that_may_attach_is_posted_alone(
 
 def test_mail_posted_alone_goes_in_a_row_not_one_drain_each(
         tmp_path: Path, imap: ImapAccount, redmine: FakeRedmine, timeline: Timeline) -> None:
-    """No api_key: mail with attachments waits to be posted alone a few in a row, so the
-    requests in flight are let run out once for them, not once for each."""
+    """No api_key: mail with attachments is posted alone, several in a row, not one drain each."""
     subjects = [f"backlog {i}" for i in range(48)]
     with imap.client() as client:
         for i, subject in enumerate(subjects):

@@ -169,6 +169,8 @@ class ImapAccount:
             fetched = client.fetch(uids, ["FLAGS", "BODY.PEEK[]"])
         result: dict[int, tuple[tuple[bytes, ...], bytes]] = {}
         for uid, data in fetched.items():
+            if data.get(b"BODY[]") is None:
+                continue  # expunged by the pass under test between the SEARCH and the FETCH
             flags = tuple(sorted(bytes(f) for f in data[b"FLAGS"] if bytes(f) != b"\\Recent"))
             result[int(uid)] = (flags, bytes(data[b"BODY[]"]))
         return result
